@@ -1,0 +1,13 @@
+// A static musl echo loop: the smallest "working process" remap measures (DESIGN §4).
+// It copies stdin to stdout a byte at a time, blocking in read(2) when idle.
+// remap-build: musl-gcc -static -Os -o {out} {src}
+#include <unistd.h>
+
+int main(void)
+{
+	char c;
+	while (read(0, &c, 1) == 1)
+		if (write(1, &c, 1) != 1)
+			return 1;
+	return 0;
+}

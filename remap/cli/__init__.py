@@ -1,0 +1,75 @@
+"""The ``remap`` command line: one entry point, subcommands registered by their own modules.
+
+Why a registry: each subject (residency, injection, experiments, folding) keeps its commands next
+to its code; this module only owns the shared behaviour every command promises -- ``--json``,
+one-line errors on stderr, and an exit code per error class (see remap.errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ..errors import RemapError, UsageError
+
+# Each module defines register(subparsers) and sets func=handler(args) -> int on its parsers.
+COMMAND_MODULES = ["residency", "inject", "experiment", "fold"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 2 (not a usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="remap", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f".{name}", __name__).register(sub)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"remap {version('remap')}"
+    except PackageNotFoundError:
+        return "remap (not installed)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (the console script exits with it)."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return UsageError.exit_code
+        rc = args.func(args)
+        return int(rc or 0)
+    except RemapError as e:
+        print(f"remap: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("remap: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # the one place a bug is turned into one line
+        if os.environ.get("REMAP_DEBUG"):
+            raise
+        print(
+            f"remap: internal error: {type(e).__name__}: {e} (set REMAP_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

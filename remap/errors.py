@@ -1,0 +1,83 @@
+"""One error vocabulary for remap, raised from the few places that touch the kernel.
+
+Why: psutil's lesson -- raw ``OSError``s from /proc and ptrace mean different things depending
+on whether the process still exists, so they are translated once, near the syscall, into a
+handful of classes.  The CLI maps each class to one line on stderr and one exit code
+(see ``EXIT_CODES``); nothing else in remap prints tracebacks for these.
+"""
+
+from __future__ import annotations
+
+
+class RemapError(Exception):
+    """Base of every error remap reports to a user; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 70  # internal error unless a subclass says otherwise
+
+
+class UsageError(RemapError):
+    """The command line or an argument value is wrong."""
+
+    exit_code = 2
+
+
+class NoSuchProcess(RemapError):
+    """The PID does not exist (or exited while we looked)."""
+
+    exit_code = 3
+
+    def __init__(self, pid: int, msg: str | None = None):
+        self.pid = pid
+        super().__init__(msg or f"no such process: {pid}")
+
+
+class ZombieProcess(NoSuchProcess):
+    """The PID is a zombie: it has no address space left to look at or change."""
+
+    def __init__(self, pid: int, msg: str | None = None):
+        super().__init__(pid, msg or f"process {pid} is a zombie (it has exited; no memory left)")
+
+
+class AccessDenied(RemapError):
+    """The kernel refused: not root, or not allowed to ptrace/read this process."""
+
+    exit_code = 4
+
+
+class UnsupportedTarget(RemapError):
+    """A process remap cannot safely work on: kernel thread, 32-bit, foreign arch, seccomp..."""
+
+    exit_code = 5
+
+
+class AlreadyTraced(UnsupportedTarget):
+    """Another tracer (strace, gdb, a debugger) already holds the process."""
+
+
+class UnsafeStep(RemapError):
+    """A step's precondition failed; the target was left as it was."""
+
+    exit_code = 6
+
+
+class ExperimentError(RemapError):
+    """An experiment file is malformed, unknown, or its target cannot be built."""
+
+    exit_code = 7
+
+
+class InternalError(RemapError):
+    """A bug in remap: something it believed could not happen."""
+
+    exit_code = 70
+
+
+EXIT_CODES = {
+    "usage": UsageError.exit_code,
+    "no such process": NoSuchProcess.exit_code,
+    "permission": AccessDenied.exit_code,
+    "unsupported target": UnsupportedTarget.exit_code,
+    "unsafe step": UnsafeStep.exit_code,
+    "experiment": ExperimentError.exit_code,
+    "internal": InternalError.exit_code,
+}

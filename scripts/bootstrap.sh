@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install everything remap needs on a fresh Debian machine, idempotently: apt packages,
+# a virtualenv in .venv with remap (editable) and its test tools, and the bundled targets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+pkgs=(gcc make musl-tools procps smem gdb strace python3 python3-venv python3-dev libffi-dev
+      busybox-static qemu-system-x86 iproute2)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.remap-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  echo "$want" > "$stamp"
+fi
+# Build every bundled target now so the first test or experiment does not pay for it.
+.venv/bin/python -c 'from remap import targets
+for n, v in targets.all_targets():
+    targets.build(n, v)'
