@@ -217,3 +217,11 @@ SYSCALLS = {
     "process_madvise": 440,
 }
 SYSCALL_NAMES = {nr: name for name, nr in SYSCALLS.items()}
+
+# include/linux/sched.h (per-task flags, field 9 of /proc/PID/stat)
+PF_KTHREAD = 0x00200000
+
+# include/uapi/linux/fs.h (6.7+): struct pm_scan_arg.flags and sizes
+PM_SCAN_WP_MATCHING = 1 << 0
+PM_SCAN_CHECK_WPASYNC = 1 << 1
+PM_SCAN_ARG_SIZE = 96  # sizeof(struct pm_scan_arg): twelve __u64

@@ -1,0 +1,537 @@
+"""The residency model: every present page of a process, labelled, and every RSS counter beside it.
+
+Why one snapshot: counters, tables, JSON, PNG and the fold's preconditions must all describe the
+same instant (psutil's ``oneshot``).  :func:`snapshot` reads status, statm, smaps, smaps_rollup
+and pagemap once, back to back, and every view is computed from the :class:`Snapshot`.
+(VMAs come from smaps, whose header lines are the maps lines: reading maps too would only add a
+second, possibly different, view of the same instant.)
+
+The model knows no colours or tables (remap.render does).
+
+Example::
+
+    >>> s = remap.snapshot(pid)
+    >>> s.summary
+    'VM 20 kB (Max 20 kB), RSS 12 kB [ Code 4 kB, Data 8 kB, Libs 0 kB, Stack 132 kB ]'
+    >>> [p.label for p in s.anon_pages()]
+    ['data', 'stack']
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from . import elfmap, pagemap, procfs
+from . import kconst as K
+from .errors import AccessDenied, NoSuchProcess
+
+_SPECIAL = {
+    "[heap]": "heap",
+    "[stack]": "stack",
+    "[vdso]": "vdso",
+    "[vvar]": "vvar",
+    "[vvar_vclock]": "vvar",
+    "[vsyscall]": "vsyscall",
+}
+_SHMEM_PREFIXES = ("/memfd:", "/SYSV", "/dev/zero", "[anon_shmem")
+_SHMEM_FS = {"tmpfs", "ramfs", "hugetlbfs", "devtmpfs"}
+
+
+@dataclass(slots=True)
+class Page:
+    """One present page.  ``backing``: file | anon | shmem | pfnmap ("anon" includes CoW)."""
+
+    addr: int
+    backing: str
+    cow: bool  # anonymous page inside a private file mapping (e.g. written .data)
+    label: str
+    section: str | None
+    symbol: str | None
+    pfn: int | None
+    flags: int | None  # KPF_* bits from /proc/kpageflags (root, snapshot(kpageflags=True))
+
+    @property
+    def clean_file(self) -> bool:
+        """Present and backed by the file itself (pagemap bit 61): droppable without loss."""
+        return self.backing == "file"
+
+    def to_json(self) -> dict:
+        return {
+            "addr": self.addr,
+            "backing": self.backing,
+            "label": self.label,
+            "section": self.section,
+            "symbol": self.symbol,
+        }
+
+
+@dataclass(slots=True)
+class Vma:
+    """One mapping with its smaps figures (kB) and its PRESENT pages (sorted by address)."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    dev: str
+    inode: int
+    path: str
+    label: str
+    rss_kb: int
+    anon_kb: int
+    file_kb: int
+    shmem_kb: int
+    swap_kb: int
+    pages: list[Page] = field(default_factory=list)
+    vmflags: frozenset[str] = frozenset()
+    zero_pages: int = 0  # present in pagemap but mapping the shared zero page (no RSS)
+    smaps: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def size_kb(self) -> int:
+        return (self.end - self.start) >> 10
+
+    @property
+    def npages(self) -> int:
+        return (self.end - self.start) >> K.PAGE_SHIFT
+
+    def contains(self, addr: int) -> bool:
+        return self.start <= addr < self.end
+
+    @property
+    def is_file(self) -> bool:
+        """Backed by a real file (not anonymous, not a [special] mapping)."""
+        return self.inode != 0 and not self.path.startswith("[")
+
+    @property
+    def pfnmap(self) -> bool:
+        """VM_PFNMAP/VM_IO (smaps 'pf'/'io'): raw frames that no RSS counter ever counts."""
+        return "pf" in self.vmflags or "io" in self.vmflags
+
+    def to_json(self, pages: bool = True) -> dict:
+        d = {
+            "start": self.start,
+            "end": self.end,
+            "perms": self.perms,
+            "path": self.path,
+            "label": self.label,
+            "rss_kb": self.rss_kb,
+        }
+        if pages:
+            d["pages"] = [p.to_json() for p in self.pages]
+        return d
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """A process's residency at one instant (see module docstring)."""
+
+    pid: int
+    kernel: str
+    vmas: list[Vma]
+    status: dict
+    statm: procfs.Statm
+    smaps_rollup: dict[str, int]
+    counters_kb: dict[str, int]
+    summary: str
+    notes: list[str]
+    exe: str = ""
+    method: str = ""  # "scan" (PAGEMAP_SCAN) or "read"
+
+    @property
+    def rss_kb(self) -> int:
+        """RSS from the page walk (present pages that some RSS counts), in kB."""
+        return self.counters_kb["pagemap_present"]
+
+    @property
+    def present_pages(self) -> int:
+        return sum(len(v.pages) for v in self.vmas if not v.pfnmap)
+
+    def vma_at(self, addr: int) -> Vma | None:
+        i = bisect.bisect_right([v.start for v in self.vmas], addr) - 1
+        if i >= 0 and self.vmas[i].contains(addr):
+            return self.vmas[i]
+        return None
+
+    def find(self, label: str) -> list[Vma]:
+        """VMAs whose label is LABEL or that hold a page labelled LABEL (e.g. 'code', 'bss')."""
+        return [v for v in self.vmas if v.label == label or any(p.label == label for p in v.pages)]
+
+    def anon_pages(self) -> list[Page]:
+        return [p for v in self.vmas for p in v.pages if p.backing == "anon"]
+
+    def pages(self) -> list[Page]:
+        return [p for v in self.vmas for p in v.pages]
+
+    def to_json(self, pages: bool = True) -> dict:
+        """The ``remap map --json`` shape of issue 2."""
+        return {
+            "pid": self.pid,
+            "kernel": self.kernel,
+            "vmas": [v.to_json(pages) for v in self.vmas],
+        }
+
+    def explain_json(self) -> dict:
+        """The ``remap explain --json`` shape of issue 2."""
+        return {
+            "pid": self.pid,
+            "kernel": self.kernel,
+            "summary": self.summary,
+            "counters_kb": dict(self.counters_kb),
+            "notes": list(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------- kernel mechanisms
+def _version(release: str) -> tuple[int, int, int]:
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if not m:
+        return (0, 0, 0)
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def mechanism_for(kernel_release: str) -> str:
+    """How status/statm RSS counters are kept on this kernel release (one sentence).
+
+    Why a function: explain, records and reports all need the same wording for the same kernel.
+    """
+    v = _version(kernel_release)
+    if v < (2, 6, 34):
+        return (
+            f"Linux {kernel_release}: mm RSS counters are updated atomically at every fault, "
+            "so status/statm match the page walk"
+        )
+    if v < (6, 2, 0):
+        return (
+            f"Linux {kernel_release}: split RSS counting (SPLIT_RSS_COUNTING, 2.6.34-6.1): each "
+            "thread caches its RSS deltas and folds them into the mm counters only every 64 "
+            "page faults (TASK_RSS_EVENTS_THRESH), at exec and at exit, so status/statm lag the "
+            "page walk; a process with fewer than ~64 faults can show VmRSS 4 kB forever"
+        )
+    if v < (6, 16, 0):
+        return (
+            f"Linux {kernel_release}: per-CPU RSS counters (percpu_counter since 6.2, 'mm: "
+            "convert mm's rss stats into percpu_counter'): status/statm read the global count "
+            "without summing the per-CPU deltas, off by up to batch x nr_cpus pages, until the "
+            "2025 fix 'mm: fix the inaccurate memory statistics issue for users'"
+        )
+    return (
+        f"Linux {kernel_release}: per-CPU RSS counters (since 6.2), summed exactly for status and "
+        "statm since the 2025 fix 'mm: fix the inaccurate memory statistics issue for users' "
+        "(6.16), so they should match the page walk of a process that is not faulting"
+    )
+
+
+# --------------------------------------------------------------------------- labelling
+def _is_shmem(e: procfs.SmapsEntry, fstypes: dict[str, str] | None) -> bool:
+    if e.path.startswith(_SHMEM_PREFIXES):
+        return True
+    if e.inode and not e.path.startswith("[") and e.dev.startswith("00:") and fstypes:
+        return fstypes.get(e.dev) in _SHMEM_FS
+    return False
+
+
+def _thread_sps(pid: int, status: dict, notes: list[str]) -> list[int]:
+    """Stack pointers of the non-main threads (for the thread-stack label)."""
+    if int(status.get("Threads", 1)) <= 1:
+        return []
+    sps = []
+    unknown = 0
+    for tid in procfs.thread_ids(pid):
+        if tid == pid:
+            continue
+        sp = None
+        try:
+            sc = procfs.read_syscall(pid, tid)
+            sp = sc.sp
+            if sp is None:
+                sp = procfs.read_stat(pid, tid).kstkesp or None
+        except (NoSuchProcess, AccessDenied):
+            pass
+        if sp:
+            sps.append(sp)
+        else:
+            unknown += 1
+    if unknown:
+        notes.append(
+            f"{unknown} thread(s) were running or unreadable: their stacks may be labelled "
+            "'anon' instead of 'thread-stack'"
+        )
+    return sps
+
+
+def _vma_label(e: procfs.SmapsEntry, exe: str, shmem: bool, sps: list[int]) -> str:
+    if e.path in _SPECIAL:
+        return _SPECIAL[e.path]
+    if shmem:
+        return "shmem"
+    if e.inode and not e.path.startswith("["):
+        if e.path == exe:
+            return "code" if "x" in e.perms else ("data" if "w" in e.perms else "rodata")
+        return _vma_label_for_file(e.path)
+    for sp in sps:
+        if e.start <= sp < e.end:
+            return "thread-stack"
+    return "anon"
+
+
+def _vma_label_for_file(path: str) -> str:
+    return "lib:" + os.path.basename(path.removesuffix(" (deleted)"))
+
+
+class _ElfView:
+    """ELF description of the pages of one mapped file (exe or library) at its load bias."""
+
+    def __init__(self, info: elfmap.ElfInfo, bias: int):
+        self.info, self.bias = info, bias
+
+    def describe(self, addr: int):
+        return self.info.describe(addr - self.bias)
+
+
+def _elf_views(entries: list[procfs.SmapsEntry], exe: str) -> list[_ElfView | None]:
+    """For each VMA, the ELF view describing it (file mappings, plus the exe's anon .bss tail)."""
+    views: list[_ElfView | None] = [None] * len(entries)
+    lowest: dict[tuple[str, int], tuple[int, int]] = {}
+    for e in entries:
+        if e.inode and not e.path.startswith("[") and (e.path, e.inode) not in lowest:
+            lowest[(e.path, e.inode)] = (e.start, e.offset)
+    cache: dict[tuple[str, int], _ElfView | None] = {}
+    prev_file: _ElfView | None = None
+    prev_end = -1
+    for i, e in enumerate(entries):
+        if e.inode and not e.path.startswith("["):
+            key = (e.path, e.inode)
+            if key not in cache:
+                info = elfmap.load(e.path, e.inode)
+                if info is None or not info.segments:
+                    cache[key] = None
+                else:
+                    s, off = lowest[key]
+                    cache[key] = _ElfView(info, elfmap.load_bias(info, s, off))
+            views[i] = cache[key]
+            prev_file, prev_end = views[i], e.end
+        elif not e.path and prev_file is not None and e.start == prev_end:
+            # anonymous tail right after a file's last mapping: its .bss past the file size
+            v = prev_file
+            if e.start < v.bias + v.info.end_vaddr:
+                views[i] = v
+            prev_file = None
+        else:
+            prev_file = None
+    return views
+
+
+# --------------------------------------------------------------------------- snapshot
+def snapshot(pid: int, *, method: str = "auto", kpageflags: bool = False) -> Snapshot:
+    """Read PID's residency at one instant.
+
+    METHOD: "auto" (PAGEMAP_SCAN if the kernel has it), "scan" or "read" (plain pagemap read).
+    KPAGEFLAGS: also fill Page.flags from /proc/kpageflags (root only; costs a pread per run).
+    Raises NoSuchProcess / ZombieProcess / AccessDenied / UnsupportedTarget (remap.errors).
+    """
+    procfs.check_target(pid)
+    kernel = procfs.kernel_release()
+    # --- the instant: the kernel's files, back to back
+    status = procfs.read_status(pid)
+    statm = procfs.read_statm(pid)
+    entries = procfs.read_smaps(pid)
+    rollup = procfs.read_smaps_rollup(pid)
+    ranges = [(e.start, e.end) for e in entries]
+    use_scan = method == "scan" or (method == "auto" and pagemap.scan_supported())
+    fd = procfs.open_proc(pid, "pagemap")
+    try:
+        if use_scan:
+            runs = pagemap.present_scan(pid, ranges, fd=fd)
+            # the scan skips VM_PFNMAP VMAs: read those few entries directly
+            pf = [i for i, e in enumerate(entries) if "pf" in e.vmflags or "io" in e.vmflags]
+            if pf:
+                for i, r in zip(
+                    pf, pagemap.present_read(pid, [ranges[i] for i in pf], fd=fd), strict=True
+                ):
+                    runs[i] = r
+        else:
+            runs = pagemap.present_read(pid, ranges, fd=fd)
+        pfns = pagemap.pfns_for(pid, [r for rs in runs for r in rs], fd=fd)
+    finally:
+        os.close(fd)
+    # --- everything below is computed from what was read
+    notes: list[str] = []
+    exe = procfs.read_exe(pid)
+    sps = _thread_sps(pid, status, notes)
+    fstypes = None
+    if any(e.inode and e.dev.startswith("00:") for e in entries):
+        try:
+            fstypes = procfs.read_mount_fstypes(pid)
+        except AccessDenied:
+            fstypes = None
+    views = _elf_views(entries, exe)
+    flags_of: dict[int, int] = {}
+    if kpageflags and pfns:
+        flags_of = pagemap.kpageflags(pfns.values())
+
+    vmas: list[Vma] = []
+    zero_unknown = 0
+    for e, rs, view in zip(entries, runs, views, strict=True):
+        shmem = _is_shmem(e, fstypes)
+        label = _vma_label(e, exe, shmem, sps)
+        f = e.fields
+        rss, anon = f.get("Rss", 0), f.get("Anonymous", 0)
+        shmem_kb = rss - anon if shmem else 0
+        v = Vma(
+            e.start, e.end, e.perms, e.offset, e.dev, e.inode, e.path, label,
+            rss, anon, rss - anon - shmem_kb, shmem_kb, f.get("Swap", 0),
+            vmflags=e.vmflags, smaps=f,
+        )  # fmt: skip
+        is_exe_part = view is not None and view.info.path == exe
+        if view is not None and not e.path:  # anonymous .bss tail of a mapped ELF file
+            v.label = "bss" if is_exe_part else _vma_label_for_file(view.info.path)
+        private_file = v.is_file and e.perms[3] == "p"
+        pages = v.pages
+        for r in rs:
+            if r.zero:
+                v.zero_pages += r.npages
+                continue
+            if r.zero is None and not r.file:
+                zero_unknown += r.npages
+            if v.pfnmap:
+                backing, cow = "pfnmap", False
+            elif r.file:
+                backing, cow = ("shmem" if shmem else "file"), False
+            else:
+                backing, cow = "anon", private_file
+            for a in range(r.start, r.end, K.PAGE_SIZE):
+                pl, sec, sym = label, None, None
+                if view is not None:
+                    pl2, sec, sym = view.describe(a)
+                    if is_exe_part and pl2:
+                        pl = pl2
+                pfn = pfns.get(a)
+                pages.append(Page(a, backing, cow, pl, sec, sym, pfn, flags_of.get(pfn)))
+        if is_exe_part and e.path:
+            labels = Counter(p.label for p in pages) or Counter(
+                view.describe(a)[0] for a in range(e.start, min(e.end, e.start + (64 << 12)), 4096)
+            )
+            top = labels.most_common(1)[0][0] if labels else None
+            if top:
+                v.label = top
+        vmas.append(v)
+
+    counted = [v for v in vmas if not v.pfnmap and "ht" not in v.vmflags]
+    present_kb = 4 * sum(len(v.pages) for v in counted)
+    counters = {
+        "status_vmrss": int(status.get("VmRSS", 0)),
+        "status_rss_anon": int(status.get("RssAnon", 0)),
+        "status_rss_file": int(status.get("RssFile", 0)),
+        "status_rss_shmem": int(status.get("RssShmem", 0)),
+        "statm_rss": statm.resident * (K.PAGE_SIZE >> 10),
+        "smaps_rss": sum(v.rss_kb for v in vmas),
+        "smaps_rollup_rss": int(rollup.get("Rss", 0)),
+        "pagemap_present": present_kb,
+    }
+    notes[:0] = _reconcile(
+        kernel, counters, vmas, zero_unknown, bool(pfns) or pagemap.pfns_visible()
+    )
+    return Snapshot(
+        pid=pid,
+        kernel=kernel,
+        vmas=vmas,
+        status=status,
+        statm=statm,
+        smaps_rollup=rollup,
+        counters_kb=counters,
+        summary=seed_summary(status),
+        notes=notes,
+        exe=exe,
+        method="scan" if use_scan else "read",
+    )
+
+
+def seed_summary(status: dict) -> str:
+    """The seed bot's one-line summary, built from /proc/PID/status."""
+    g = lambda k: int(status.get(k, 0))  # noqa: E731
+    return (
+        f"VM {g('VmSize')} kB (Max {g('VmPeak')} kB), RSS {g('VmRSS')} kB "
+        f"[ Code {g('VmExe')} kB, Data {g('VmData')} kB, Libs {g('VmLib')} kB, "
+        f"Stack {g('VmStk')} kB ]"
+    )
+
+
+def _reconcile(
+    kernel: str, c: dict[str, int], vmas: list[Vma], zero_unknown: int, pfns: bool
+) -> list[str]:
+    """Notes: where counters disagree, which one is exact and the kernel mechanism behind it."""
+    notes: list[str] = []
+    walk = c["pagemap_present"]
+    if c["smaps_rss"] == c["smaps_rollup_rss"] == walk:
+        notes.append(
+            f"page walk: smaps Rss sum, smaps_rollup and pagemap all say {walk} kB (exact: "
+            "they walk the page tables at read time)"
+        )
+    else:
+        notes.append(
+            f"page walks disagree (smaps {c['smaps_rss']} kB, smaps_rollup "
+            f"{c['smaps_rollup_rss']} kB, pagemap {walk} kB): the process faulted or freed "
+            "pages between the reads (it was not blocked); each figure is exact for its instant"
+        )
+    st = c["status_vmrss"]
+    parts = c["status_rss_anon"] + c["status_rss_file"] + c["status_rss_shmem"]
+    if st == c["statm_rss"] == c["smaps_rss"]:
+        notes.append(f"status VmRSS and statm agree with the page walk. {mechanism_for(kernel)}.")
+    else:
+        notes.append(
+            f"status VmRSS {st} kB / statm {c['statm_rss']} kB differ from the page walk "
+            f"{c['smaps_rss']} kB: the page walk is exact, the counters are not. "
+            f"{mechanism_for(kernel)}."
+        )
+    if parts != st:
+        notes.append(f"RssAnon+RssFile+RssShmem = {parts} kB but VmRSS = {st} kB (read racing)")
+    pf = [v for v in vmas if v.pfnmap and v.pages]
+    if pf:
+        n = sum(len(v.pages) for v in pf)
+        names = ", ".join(sorted({v.path or v.label for v in pf}))
+        notes.append(
+            f"{n} present page(s) in PFN maps ({names}): VM_PFNMAP frames have no struct page "
+            "to count, so no RSS counter includes them (vvar never counts; vdso does, once "
+            "touched)"
+        )
+    z = sum(v.zero_pages for v in vmas)
+    if z:
+        notes.append(
+            f"{z} page(s) map the shared zero page (read but never written): present in "
+            "pagemap, counted by no RSS figure, excluded from pagemap_present"
+        )
+    if zero_unknown and not pfns:
+        notes.append(
+            "PFNs are hidden from unprivileged readers (pagemap shows PFN 0 without "
+            "CAP_SYS_ADMIN since 4.2): shared-zero-page mappings cannot be told from real "
+            "anonymous pages on the plain read path; pfn/flags are None and "
+            "kpageflags/kpagecount are unavailable -- run as root for them"
+        )
+    elif not pfns:
+        notes.append(
+            "no PFNs: pagemap hides them without CAP_SYS_ADMIN, so pfn/flags are None and "
+            "kpageflags/kpagecount are unavailable (run as root for them)"
+        )
+    thp = sum(v.smaps.get("AnonHugePages", 0) + v.smaps.get("FilePmdMapped", 0) for v in vmas)
+    thp += sum(v.smaps.get("ShmemPmdMapped", 0) for v in vmas)
+    if thp:
+        notes.append(
+            f"{thp} kB are PMD-mapped huge pages: counted as 2 MB units by every RSS figure and "
+            "as 512 present 4 kB entries by pagemap"
+        )
+    ht = [v for v in vmas if "ht" in v.vmflags]
+    if ht:
+        kb = sum(v.smaps.get("Private_Hugetlb", 0) + v.smaps.get("Shared_Hugetlb", 0) for v in ht)
+        notes.append(
+            f"hugetlbfs mappings ({kb} kB) are not in any RSS figure (smaps shows them as "
+            "*_Hugetlb) and are excluded from pagemap_present"
+        )
+    swap = sum(v.swap_kb for v in vmas)
+    if swap:
+        notes.append(f"{swap} kB are swapped out: not resident, counted by VmSwap only")
+    return notes
