@@ -1,0 +1,243 @@
+"""The residency model against the kernel's own files, on three real targets.
+
+Each test starts a real process (static musl echoloop, dynamic glibc glibcloop, a CPython),
+waits until it blocks, snapshots it and checks the snapshot against /proc read by the test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+import remap
+from remap import kconst as K
+from remap import pagemap, residency
+
+LABELS = {
+    "elf-header", "code", "rodata", "data", "bss", "heap", "stack", "thread-stack",
+    "vdso", "vvar", "vsyscall", "anon", "shmem",
+}  # fmt: skip
+
+
+def _all_blocked(pid: int, timeout: float = 5.0) -> None:
+    """Wait until every thread of PID sleeps (state S): nothing faults while we compare."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if all(s == "S" for s in states):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"{pid} did not block within {timeout}s")
+
+
+def _kernel_smaps_rss(pid: int) -> int:
+    """Sum of Rss: lines of /proc/PID/smaps, parsed here independently of remap.procfs."""
+    with open(f"/proc/{pid}/smaps") as f:
+        return sum(int(ln.split()[1]) for ln in f if ln.startswith("Rss:"))
+
+
+def _kernel_rollup_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("Rss:"))
+
+
+@pytest.fixture
+def echoloop(spawn):
+    t = spawn("echoloop")
+    t.wait_blocked()
+    return t
+
+
+@pytest.fixture
+def glibcloop(spawn):
+    t = spawn("glibcloop", "default", "512", "2")
+    assert t.proc.stdout.readline().startswith(b"ready")
+    _all_blocked(t.pid)
+    return t
+
+
+@pytest.fixture
+def cpython():
+    code = "import sys; b = bytearray(3 << 20); print('ready', flush=True); sys.stdin.read()"
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert p.stdout.readline().startswith(b"ready")
+        _all_blocked(p.pid)
+        yield p
+    finally:
+        p.kill()
+        p.wait(timeout=5)
+        p.stdin.close()
+        p.stdout.close()
+
+
+def _check_counters_and_labels(pid: int) -> residency.Snapshot:
+    s = remap.snapshot(pid)
+    kernel_smaps, kernel_rollup = _kernel_smaps_rss(pid), _kernel_rollup_rss(pid)
+    c = s.counters_kb
+    assert c["smaps_rss"] == c["smaps_rollup_rss"] == c["pagemap_present"], (c, s.notes)
+    assert c["smaps_rss"] == kernel_smaps == kernel_rollup
+    assert s.rss_kb == c["pagemap_present"] == 4 * s.present_pages
+    assert set(c) == {
+        "status_vmrss", "status_rss_anon", "status_rss_file", "status_rss_shmem",
+        "statm_rss", "smaps_rss", "smaps_rollup_rss", "pagemap_present",
+    }  # fmt: skip
+    for v in s.vmas:
+        assert v.rss_kb == 4 * len(v.pages) or v.pfnmap, (v, len(v.pages))
+        assert v.pages == sorted(v.pages, key=lambda p: p.addr)
+        for p in v.pages:
+            assert v.contains(p.addr)
+            assert p.label in LABELS or p.label.startswith("lib:"), p
+            assert p.backing in ("file", "anon", "shmem", "pfnmap")
+    assert s.summary.startswith("VM ") and "Stack" in s.summary
+    assert s.notes
+    return s
+
+
+def test_static_musl_counters_agree_and_labels(echoloop):
+    s = _check_counters_and_labels(echoloop.pid)
+    labels = {p.label for p in s.pages()}
+    assert {"elf-header", "code", "stack"} <= labels
+    # musl writes its own globals at start-up: that page of the RW mapping is CoW'd (anon)
+    data = [p for p in s.pages() if p.label == "data" and p.backing == "anon"]
+    assert data and all(p.cow for p in data)
+    assert all(p.clean_file for p in s.pages() if p.label == "code")
+    assert not any(p.clean_file for p in s.pages() if p.label == "stack")
+
+
+def test_static_target_labels_match_elf_sections(echoloop):
+    """Every present page of the exe: label and section agree with the ELF file (pyelftools)."""
+    s = remap.snapshot(echoloop.pid)
+    with open(echoloop.path, "rb") as f:
+        elf = ELFFile(f)
+        secs = [
+            (x.name, x["sh_addr"], x["sh_addr"] + x["sh_size"], x["sh_flags"], x["sh_type"])
+            for x in elf.iter_sections()
+            if x["sh_flags"] & 2 and x["sh_size"]
+        ]
+        first = min(p["p_vaddr"] for p in elf.iter_segments() if p["p_type"] == "PT_LOAD")
+    exe_pages = [p for v in s.vmas if v.path == str(echoloop.path) for p in v.pages]
+    assert len(exe_pages) >= 3
+    for p in exe_pages:  # static, non-PIE: ELF vaddr == address
+        over = [x for x in secs if x[1] < p.addr + 4096 and x[2] > p.addr]
+        if p.addr == first & ~0xFFF:
+            want = "elf-header"
+        elif any(x[3] & 4 for x in over):
+            want = "code"
+        elif any(x[3] & 1 and x[4] != "SHT_NOBITS" for x in over):
+            want = "data"
+        elif any(not x[3] & 1 for x in over):
+            want = "rodata"
+        else:
+            want = "bss"
+        assert p.label == want, (hex(p.addr), p.label, over)
+        if over:
+            assert p.section in {x[0] for x in over}
+        else:
+            assert p.section is None
+    # and the readelf view of the first code page agrees on the symbol being a real function
+    code = [p for p in exe_pages if p.label == "code"]
+    assert code and all(p.symbol for p in code)
+
+
+def test_glibc_dynamic_counters_agree_and_labels(glibcloop):
+    s = _check_counters_and_labels(glibcloop.pid)
+    labels = {p.label for p in s.pages()}
+    assert "lib:libc.so.6" in labels
+    assert any(lb.startswith("lib:ld-linux") for lb in labels)
+    assert "heap" in labels or "anon" in labels  # 512 kB malloc may be an mmap
+    assert {"code", "elf-header"} <= labels
+    # two idle threads: their stacks are found from /proc/PID/task/TID/syscall
+    assert len(s.find("thread-stack")) == 2
+    # the written global 'counter' lives in a CoW page of the exe's RW mapping
+    with open(glibcloop.path, "rb") as f:
+        sym = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name("counter")[0]
+    base = min(v.start for v in s.vmas if v.path == str(glibcloop.path))  # PIE: bias = base
+    page = next(p for p in s.pages() if p.addr == (base + sym["st_value"]) & ~0xFFF)
+    assert page.backing == "anon" and page.cow and page.label == "data"
+    assert page.section in (".data", ".got.plt", ".got")
+    libc_code = [p for p in s.pages() if p.label == "lib:libc.so.6" and p.section == ".text"]
+    assert libc_code and all(p.clean_file for p in libc_code)
+
+
+def test_cpython_counters_agree(cpython):
+    s = _check_counters_and_labels(cpython.pid)
+    assert s.counters_kb["pagemap_present"] > 3 << 10  # the 3 MB bytearray is resident
+
+
+@pytest.mark.skipif(not pagemap.scan_supported(), reason="kernel lacks PAGEMAP_SCAN (6.7+)")
+def test_scan_and_plain_read_agree(glibcloop, echoloop):
+    for pid in (glibcloop.pid, echoloop.pid):
+        a = remap.snapshot(pid, method="scan")
+        b = remap.snapshot(pid, method="read")
+        assert a.method == "scan" and b.method == "read"
+        pa = [(p.addr, p.backing, p.label, p.section, p.symbol) for p in a.pages()]
+        pb = [(p.addr, p.backing, p.label, p.section, p.symbol) for p in b.pages()]
+        assert pa == pb
+        assert a.counters_kb == b.counters_kb
+
+
+def test_pfns_and_kpageflags_as_root(echoloop, is_root):
+    if not is_root:
+        pytest.skip("PFNs need CAP_SYS_ADMIN")
+    s = remap.snapshot(echoloop.pid, kpageflags=True)
+    pages = s.pages()
+    assert all(p.pfn for p in pages)
+    anon = [p for p in pages if p.backing == "anon"]
+    assert anon and all(p.flags & (1 << K.KPF_ANON) for p in anon)
+    files = [p for p in pages if p.backing == "file"]
+    assert files and not any(p.flags & (1 << K.KPF_ANON) for p in files)
+    counts = pagemap.kpagecount([p.pfn for p in pages])
+    assert all(counts[p.pfn] >= 1 for p in pages)
+
+
+def test_zero_page_is_present_but_not_counted(tmp_path):
+    """A read-only touch maps the shared zero page: pagemap sees it, no RSS counts it."""
+    code = (
+        "import mmap, sys; m = mmap.mmap(-1, 64 << 12, flags=mmap.MAP_PRIVATE|mmap.MAP_ANONYMOUS)\n"
+        "s = sum(m[i << 12] for i in range(64)); print('ready', flush=True); sys.stdin.read()"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert p.stdout.readline().startswith(b"ready")
+        _all_blocked(p.pid)
+        s = remap.snapshot(p.pid)
+        c = s.counters_kb
+        assert c["smaps_rss"] == c["pagemap_present"] == _kernel_smaps_rss(p.pid)
+        if pagemap.scan_supported() or pagemap.pfns_visible():
+            assert sum(v.zero_pages for v in s.vmas) >= 64
+            assert any("zero page" in n for n in s.notes)
+    finally:
+        p.kill()
+        p.wait(timeout=5)
+        p.stdin.close()
+        p.stdout.close()
+
+
+def test_snapshot_of_tiny_static_process_is_fast(echoloop):
+    remap.snapshot(echoloop.pid)  # warm the ELF cache and imports
+    t = time.perf_counter()
+    for _ in range(20):
+        remap.snapshot(echoloop.pid)
+    per = (time.perf_counter() - t) / 20
+    assert per < 0.02, f"{per * 1e3:.1f} ms per snapshot"
+
+
+def test_mechanism_for_names_the_kernel_mechanism():
+    assert "split RSS" in residency.mechanism_for("4.19.0-amd64")
+    assert "64" in residency.mechanism_for("6.1.0-13-amd64")
+    assert "per-CPU" in residency.mechanism_for("6.5.0")
+    assert "2025" in residency.mechanism_for("6.18.44")
+    assert "atomically" in residency.mechanism_for("2.6.32")
