@@ -225,3 +225,9 @@ PF_KTHREAD = 0x00200000
 PM_SCAN_WP_MATCHING = 1 << 0
 PM_SCAN_CHECK_WPASYNC = 1 << 1
 PM_SCAN_ARG_SIZE = 96  # sizeof(struct pm_scan_arg): twelve __u64
+
+# include/uapi/linux/elf.h, include/uapi/linux/elf-em.h (the ELF header checks of remap.inject)
+ELFCLASS32 = 1
+ELFCLASS64 = 2
+EM_386 = 3
+EM_X86_64 = 62

@@ -1,0 +1,143 @@
+"""Find a `syscall` instruction (0f 05) that already exists in an executable mapping of a target.
+
+Why from disk: remap never patches bytes in the target (a patched private page turns into an
+anonymous copy, DESIGN 5.4), and reading the target's memory would fault its pages in.  The
+bytes of a private file mapping are, page for page, the bytes of the file at the mapping's
+offset, so we search the file (through /proc/PID/map_files when we may, which is the exact file
+even if the path was replaced) and translate the hit into the target's address.  The vdso has no
+file: every 64-bit process on this kernel maps the same image, so we search our own copy.
+
+Any 0f 05 pair works, even one in the middle of a longer instruction: the CPU decodes from
+wherever rip points, and setting rip through ptrace is not an indirect branch (no IBT check).
+
+Example::
+
+    >>> from remap import gadget
+    >>> g = gadget.find(pid)         # Gadget(addr=0x401a2c, path='/usr/bin/foo')
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+SYSCALL_INSN = b"\x0f\x05"
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One line of /proc/PID/maps (only what gadget search needs)."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    inode: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Gadget:
+    """A `syscall` instruction at `addr` in the target, found in `path` (or "[vdso]")."""
+
+    addr: int
+    path: str
+
+
+def read_maps(pid: int | str) -> list[Mapping]:
+    """Parse /proc/PID/maps (small private reader: gadget search must not depend on policy)."""
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            lo, hi = parts[0].split("-")
+            out.append(
+                Mapping(
+                    int(lo, 16),
+                    int(hi, 16),
+                    parts[1],
+                    int(parts[2], 16),
+                    int(parts[4]),
+                    parts[5].strip() if len(parts) > 5 else "",
+                )
+            )
+    return out
+
+
+def _file_bytes(pid: int, m: Mapping) -> bytes | None:
+    """The on-disk bytes backing mapping m, or None if the file cannot be trusted or read."""
+    if m.path.endswith(" (deleted)") or not m.path.startswith("/"):
+        return None
+    size = m.end - m.start
+    for name in (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", m.path):
+        try:
+            with open(name, "rb") as f:
+                if os.fstat(f.fileno()).st_ino != m.inode:
+                    continue  # the path now names another file: its bytes are not mapped
+                f.seek(m.offset)
+                return f.read(size)
+        except OSError:
+            continue
+    return None
+
+
+def _own_vdso() -> bytes | None:
+    """Our own vdso image (identical in every 64-bit process of this kernel)."""
+    for m in read_maps("self"):
+        if m.path == "[vdso]":
+            with open("/proc/self/mem", "rb") as f:
+                f.seek(m.start)
+                return f.read(m.end - m.start)
+    return None
+
+
+def candidates(pid: int, maps: list[Mapping] | None = None) -> list[Gadget]:
+    """Every mapping's first `syscall` instruction, best first.
+
+    Order: the target's own executable, then libc, then other files, then the vdso (touching a
+    vdso page makes it count in RSS, DESIGN 4).  One per mapping is enough.
+    """
+    maps = maps if maps is not None else read_maps(pid)
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        exe = ""
+    found: list[tuple[int, Gadget]] = []
+    for m in maps:
+        if "x" not in m.perms:
+            continue
+        if m.path == "[vdso]":
+            data = _own_vdso()
+            if data is None or len(data) != m.end - m.start:
+                continue
+            rank = 3
+        else:
+            data = _file_bytes(pid, m)
+            if data is None:
+                continue
+            rank = 0 if m.path == exe else 1 if "/libc" in m.path else 2
+        i = data.find(SYSCALL_INSN)
+        if i >= 0:
+            found.append((rank, Gadget(m.start + i, m.path)))
+    found.sort(key=lambda rg: rg[0])
+    return [g for _, g in found]
+
+
+def find(pid: int) -> Gadget | None:
+    """The best `syscall` gadget of PID, or None if it has none anywhere (then refuse)."""
+    c = candidates(pid)
+    return c[0] if c else None
+
+
+def in_page(pid: int, page_addr: int, page_size: int = 4096) -> Gadget | None:
+    """A `syscall` instruction inside the page at page_addr (for the fold's surviving page)."""
+    for m in read_maps(pid):
+        if not (m.start <= page_addr < m.end) or "x" not in m.perms:
+            continue
+        data = _file_bytes(pid, m)
+        if data is None:
+            return None
+        lo = page_addr - m.start
+        i = data[lo : lo + page_size].find(SYSCALL_INSN)
+        return Gadget(page_addr + i, m.path) if i >= 0 else None
+    return None

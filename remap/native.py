@@ -1,0 +1,150 @@
+"""The cffi-compiled ptrace fast path (csrc/native/remap_native.c) and the batch stub bytes.
+
+Why cffi API mode, compiled on first use: the C helper needs the real ``struct
+user_regs_struct`` layout and the PTRACE_* request numbers from the system headers, and one
+injected syscall must cost a single Python->C crossing (see the C file's header for what lives
+in C and what stays in python-ptrace).  The module is built into ``build/native/`` under a name
+keyed by a hash of the C source and the declarations below, so editing the C file rebuilds it
+and concurrent test processes never load a half-written library (atomic rename).
+
+Usage::
+
+    from remap import native
+    lib, ffi = native.load()
+    lib.rn_ptrace(kconst.PTRACE_SEIZE, tid, 0, options)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from .errors import InternalError
+from .targets import CSRC, build_dir
+
+NATIVE_SRC = CSRC / "native"
+C_FILE = NATIVE_SRC / "remap_native.c"
+STUB_FILE = NATIVE_SRC / "batch_stub.S"
+
+CDEF = """
+struct user_regs_struct {
+    unsigned long long r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi,
+                       rdi, orig_rax, rip, cs, eflags, rsp, ss, fs_base, gs_base, ds, es,
+                       fs, gs;
+};
+struct user_fpregs_struct { ...; };
+struct rn_call {
+    struct user_regs_struct regs;
+    long long result;
+    int status;
+    int nsig;
+    int sigs[8];
+};
+#define RN_EXITED 1
+#define RN_LOST 2
+long rn_ptrace(long req, int tid, unsigned long addr, unsigned long data);
+int rn_getregs(int tid, struct user_regs_struct *regs);
+int rn_setregs(int tid, const struct user_regs_struct *regs);
+int rn_getfpregs(int tid, struct user_fpregs_struct *fp);
+int rn_setfpregs(int tid, const struct user_fpregs_struct *fp);
+int rn_getsigmask(int tid, uint64_t *mask);
+int rn_setsigmask(int tid, uint64_t mask);
+int rn_wait(int tid, int *status, int flags);
+int rn_inject(int tid, struct rn_call *c);
+int rn_run_stub(int tid, struct rn_call *c);
+int rn_reinterrupt(int tid, const struct user_regs_struct *regs, struct rn_call *c);
+long rn_vm_read(int pid, void *local, unsigned long remote, unsigned long n);
+long rn_vm_write(int pid, const void *local, unsigned long remote, unsigned long n);
+int rn_pidfd_open(int pid);
+long rn_process_madvise(int pidfd, unsigned long addr, unsigned long len, int advice);
+int rn_getaffinity(int pid, unsigned long size, unsigned char *mask);
+int rn_setaffinity(int pid, unsigned long size, const unsigned char *mask);
+int rn_tgkill(int tgid, int tid, int sig);
+"""
+
+REGS = (
+    "r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss "
+    "fs_base gs_base ds es fs gs"
+).split()
+
+
+def _out_dir() -> Path:
+    return build_dir() / "native"
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p + b"\0")
+    return h.hexdigest()[:16]
+
+
+@cache
+def load() -> tuple[Any, Any]:
+    """Return (lib, ffi) of the compiled helper, building it first if its source changed."""
+    src = C_FILE.read_bytes()
+    name = f"_remap_native_{_digest(src, CDEF.encode(), sys.version.encode())}"
+    out = _out_dir()
+    found = sorted(out.glob(f"{name}.*.so")) + sorted(out.glob(f"{name}.so"))
+    if not found:
+        found = [_compile(name, out)]
+    spec = importlib.util.spec_from_file_location(name, found[0])
+    if spec is None or spec.loader is None:
+        raise InternalError(f"cannot load native helper {found[0]}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.lib, mod.ffi
+
+
+def _compile(name: str, out: Path) -> Path:
+    """Compile into a private temp dir, then rename into place (safe against parallel builds)."""
+    from cffi import FFI
+
+    out.mkdir(parents=True, exist_ok=True)
+    ffi = FFI()
+    ffi.cdef(CDEF)
+    ffi.set_source(
+        name,
+        '#include "remap_native.c"',
+        include_dirs=[str(NATIVE_SRC)],
+        extra_compile_args=["-O2", "-Wall"],
+    )
+    with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
+        try:
+            built = Path(ffi.compile(tmpdir=tmp, verbose=False))
+        except Exception as e:  # compiler missing or C error: one line, not a traceback
+            raise InternalError(f"cannot build native helper from {C_FILE}: {e}") from None
+        final = out / built.name
+        os.replace(built, final)
+    return final
+
+
+@cache
+def stub_code() -> bytes:
+    """The batch stub's machine code, assembled from csrc/native/batch_stub.S (cached)."""
+    src = STUB_FILE.read_bytes()
+    out = _out_dir() / f"batch_stub-{_digest(src)}.bin"
+    if out.is_file():
+        return out.read_bytes()
+    if shutil.which("as") is None or shutil.which("objcopy") is None:
+        raise InternalError("cannot assemble the batch stub: `as`/`objcopy` not found (binutils)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".stub-") as tmp:
+        obj, binf = Path(tmp) / "stub.o", Path(tmp) / "stub.bin"
+        for argv in (
+            ["as", "--64", "-o", str(obj), str(STUB_FILE)],
+            ["objcopy", "-O", "binary", "-j", ".text", str(obj), str(binf)],
+        ):
+            res = subprocess.run(argv, capture_output=True, text=True)
+            if res.returncode:
+                raise InternalError(f"cannot assemble {STUB_FILE}: {res.stderr.strip()}")
+        os.replace(binf, out)
+    return out.read_bytes()
