@@ -1,9 +1,183 @@
-"""CLI commands for the residency side of remap (see remap.cli for the shared contract)."""
+"""CLI commands for the residency side of remap (see remap.cli for the shared contract).
+
+``remap map PID``      one row per mapping (pmap -X style); --pages, --png FILE, --json
+``remap explain PID``  every RSS figure side by side, the seed summary line, and why they differ
+``remap watch PID``    re-snapshot every --interval seconds, --count times: RSS changes and the
+                       pages referenced in between (clear_refs + smaps Referenced)
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+
+from ..errors import AccessDenied, UsageError
+from .common import add_json, pid_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the remap parser."""
+    p = sub.add_parser("map", help="every mapping and (with --pages) every present page")
+    p.add_argument("pid", type=pid_arg)
+    p.add_argument("--pages", action="store_true", help="list every present page")
+    p.add_argument("--png", metavar="FILE", help="draw the address space into FILE")
+    add_json(p)
+    p.set_defaults(func=cmd_map)
+
+    p = sub.add_parser("explain", help="every RSS counter side by side, and why they differ")
+    p.add_argument("pid", type=pid_arg)
+    add_json(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("watch", help="re-snapshot and print RSS changes and referenced pages")
+    p.add_argument("pid", type=pid_arg)
+    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="S")
+    p.add_argument("--count", type=_positive_int, default=5, metavar="N")
+    p.add_argument(
+        "--no-refs", action="store_true", help="do not clear/read referenced bits (clear_refs)"
+    )
+    add_json(p)
+    p.set_defaults(func=cmd_watch)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise UsageError(f"not a number: {text!r}") from None
+    if not 0 < v <= 3600:
+        raise UsageError(f"interval must be in (0, 3600] seconds: {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text, 10)
+    except ValueError:
+        raise UsageError(f"not an integer: {text!r}") from None
+    if v <= 0:
+        raise UsageError(f"must be positive: {text!r}")
+    return v
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False, width=max(100, _term_width()))
+
+
+def _term_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((160, 40)).columns
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    from ..residency import snapshot
+
+    snap = snapshot(args.pid)
+    if args.png:
+        from ..render import png
+
+        try:
+            png(snap, args.png)
+        except OSError as e:
+            raise UsageError(f"cannot write {args.png}: {e.strerror}") from None
+    if args.json:
+        print_json(snap.to_json())
+        return 0
+    from ..render import map_table, pages_table
+
+    con = _console()
+    con.print(map_table(snap))
+    if args.pages:
+        con.print(pages_table(snap))
+    if args.png:
+        con.print(f"wrote {args.png}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ..residency import snapshot
+
+    snap = snapshot(args.pid)
+    if args.json:
+        print_json(snap.explain_json())
+        return 0
+    from ..render import explain_table, label_totals
+
+    con = _console()
+    con.print(snap.summary)
+    con.print(explain_table(snap))
+    totals = ", ".join(f"{k} {v}" for k, v in label_totals(snap).items())
+    con.print(f"present by label (kB): {totals}")
+    for n in snap.notes:
+        con.print(f"- {n}")
+    return 0
+
+
+def _clear_refs(pid: int) -> None:
+    """Clear the referenced bits of PID's pages ('1' touches nothing else, e.g. not soft-dirty)."""
+    from ..procfs import translate
+
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("1")
+    except OSError as e:
+        raise translate(pid, e, "clear_refs") from None
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from ..render import label_totals
+    from ..residency import snapshot
+
+    prev = snapshot(args.pid)
+    refs = not args.no_refs
+    if refs:
+        try:
+            _clear_refs(args.pid)
+        except AccessDenied as e:
+            print(f"remap: {e}; watching without referenced bits", file=sys.stderr)
+            refs = False
+    t0 = time.monotonic()
+    if not args.json:
+        print(f"t=0.0s rss {prev.rss_kb} kB  {prev.summary}", flush=True)
+    for _ in range(args.count):
+        time.sleep(args.interval)
+        snap = snapshot(args.pid)
+        before = {p.addr: p.label for p in prev.pages()}
+        after = {p.addr: p.label for p in snap.pages()}
+        added = sorted(set(after) - set(before))
+        removed = sorted(set(before) - set(after))
+        referenced = {}
+        if refs:
+            for v in snap.vmas:
+                kb = v.smaps.get("Referenced", 0)
+                if kb:
+                    referenced[v.label] = referenced.get(v.label, 0) + kb
+            _clear_refs(args.pid)
+        sample = {
+            "pid": args.pid,
+            "t": round(time.monotonic() - t0, 3),
+            "rss_kb": snap.rss_kb,
+            "delta_kb": snap.rss_kb - prev.rss_kb,
+            "vmrss_kb": snap.counters_kb["status_vmrss"],
+            "added": [{"addr": a, "label": after[a]} for a in added],
+            "removed": [{"addr": a, "label": before[a]} for a in removed],
+            "referenced_kb": sum(referenced.values()) if refs else None,
+            "referenced_by_label": referenced if refs else None,
+            "by_label_kb": label_totals(snap),
+        }
+        if args.json:
+            print_json(sample)
+        else:
+            ref = f", referenced {sample['referenced_kb']} kB" if refs else ""
+            print(
+                f"t={sample['t']:.1f}s rss {snap.rss_kb} kB ({sample['delta_kb']:+d}), "
+                f"+{len(added)} -{len(removed)} pages{ref}"
+                + (f" {referenced}" if referenced else ""),
+                flush=True,
+            )
+        prev = snap
+    return 0

@@ -1,0 +1,194 @@
+"""Views of a residency Snapshot: rich tables (like pmap -X / smem) and a PNG page map.
+
+Why separate from remap.residency: the model knows nothing about colours or columns (pyelftools'
+"parse lazily, describe separately"); every view here is computed from one Snapshot.
+
+Example::
+
+    >>> from rich.console import Console
+    >>> Console().print(render.map_table(remap.snapshot(pid)))
+    >>> render.png(remap.snapshot(pid), "map.png")
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from . import kconst as K
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from .residency import Snapshot
+
+COLOURS = {
+    "elf-header": "#7f7f7f",
+    "code": "#d62728",
+    "rodata": "#ff9896",
+    "data": "#1f77b4",
+    "bss": "#aec7e8",
+    "heap": "#2ca02c",
+    "stack": "#ff7f0e",
+    "thread-stack": "#ffbb78",
+    "vdso": "#9467bd",
+    "vvar": "#c5b0d5",
+    "vsyscall": "#8c564b",
+    "anon": "#17becf",
+    "shmem": "#bcbd22",
+}
+_LIB_PALETTE = ["#e377c2", "#f7b6d2", "#c49c94", "#dbdb8d", "#9edae5", "#98df8a", "#c7c7c7"]
+_GAP = "#ffffff"
+
+
+def colour(label: str) -> str:
+    """Colour of a label; each lib:NAME gets a stable colour from a small palette."""
+    if label in COLOURS:
+        return COLOURS[label]
+    return _LIB_PALETTE[zlib.crc32(label.encode()) % len(_LIB_PALETTE)]
+
+
+def _hex(a: int) -> str:
+    return f"{a:012x}"
+
+
+# --------------------------------------------------------------------------- tables
+def map_table(snap: Snapshot) -> Table:
+    """One row per mapping: address, perms, kB mapped/resident, anon/file/shmem split, label."""
+    from rich.table import Table
+
+    t = Table(title=f"pid {snap.pid}  {snap.summary}", box=None, pad_edge=False)
+    for col in ("Address", "Perm", "Kbytes", "RSS", "Anon", "File", "Shmem", "Swap"):
+        t.add_column(col, justify="right" if col not in ("Address", "Perm") else "left")
+    t.add_column("Label")
+    t.add_column("Mapping", overflow="fold")
+    tot = Counter()
+    for v in snap.vmas:
+        t.add_row(
+            _hex(v.start), v.perms, str(v.size_kb), str(v.rss_kb), str(v.anon_kb),
+            str(v.file_kb), str(v.shmem_kb), str(v.swap_kb),
+            f"[{colour(v.label)}]{v.label}[/]", v.path,
+        )  # fmt: skip
+        tot.update(
+            size=v.size_kb, rss=v.rss_kb, anon=v.anon_kb, file=v.file_kb, shmem=v.shmem_kb,
+            swap=v.swap_kb,
+        )  # fmt: skip
+    t.add_section()
+    t.add_row(
+        "total", "", str(tot["size"]), str(tot["rss"]), str(tot["anon"]), str(tot["file"]),
+        str(tot["shmem"]), str(tot["swap"]), "", f"{len(snap.vmas)} mappings",
+    )  # fmt: skip
+    return t
+
+
+def pages_table(snap: Snapshot) -> Table:
+    """Every present page: backing (file clean / anon / anon CoW / shmem), section, symbol."""
+    from rich.table import Table
+
+    t = Table(title=f"pid {snap.pid}: {snap.present_pages} present pages", box=None)
+    for col in ("Address", "Backing", "Label", "Section", "Symbol", "PFN"):
+        t.add_column(col)
+    for v in snap.vmas:
+        for p in v.pages:
+            backing = "anon (CoW)" if p.cow else ("file (clean)" if p.clean_file else p.backing)
+            t.add_row(
+                _hex(p.addr), backing, f"[{colour(p.label)}]{p.label}[/]", p.section or "",
+                p.symbol or "", "" if p.pfn is None else f"{p.pfn:#x}",
+            )  # fmt: skip
+    return t
+
+
+COUNTER_TEXT = {
+    "status_vmrss": "status VmRSS (counter)",
+    "status_rss_anon": "status RssAnon (counter)",
+    "status_rss_file": "status RssFile (counter)",
+    "status_rss_shmem": "status RssShmem (counter)",
+    "statm_rss": "statm resident (counter)",
+    "smaps_rss": "smaps Rss sum (page walk)",
+    "smaps_rollup_rss": "smaps_rollup Rss (page walk)",
+    "pagemap_present": "pagemap present (page walk)",
+}
+
+
+def explain_table(snap: Snapshot) -> Table:
+    """Every RSS figure side by side, with the difference to the exact page walk."""
+    from rich.table import Table
+
+    t = Table(title=f"pid {snap.pid} on Linux {snap.kernel}", box=None)
+    t.add_column("Figure")
+    t.add_column("kB", justify="right")
+    t.add_column("vs page walk", justify="right")
+    walk = snap.counters_kb["pagemap_present"]
+    for k, v in snap.counters_kb.items():
+        diff = "" if k.startswith("status_rss_") else f"{v - walk:+d}"
+        t.add_row(COUNTER_TEXT.get(k, k), str(v), diff)
+    return t
+
+
+def label_totals(snap: Snapshot) -> dict[str, int]:
+    """{label: present kB}, largest first (used by explain and watch)."""
+    c = Counter(p.label for p in snap.pages())
+    return {k: 4 * n for k, n in c.most_common()}
+
+
+# --------------------------------------------------------------------------- PNG
+def layout(snap: Snapshot, max_gap_cells: int = 1) -> list[tuple[int | None, str, bool]]:
+    """Cells in address order: (addr or None for a gap, label, present).
+
+    Gaps between VMAs are compressed to MAX_GAP_CELLS cells so a sparse 47-bit address space
+    still fits in one picture; every page of every VMA keeps its own cell.
+    """
+    cells: list[tuple[int | None, str, bool]] = []
+    prev_end = None
+    for v in snap.vmas:
+        if prev_end is not None and v.start != prev_end:
+            cells.extend([(None, "", False)] * max_gap_cells)
+        present = {p.addr: p.label for p in v.pages}
+        for a in range(v.start, v.end, K.PAGE_SIZE):
+            lb = present.get(a)
+            cells.append((a, lb or v.label, lb is not None))
+        prev_end = v.end
+    return cells
+
+
+def png(snap: Snapshot, path: str, width: int = 128) -> int:
+    """Draw the address space: one cell per page, coloured by label, filled when present
+    (pale when mapped but not present).  Returns the number of cells drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import to_rgb
+    from matplotlib.patches import Patch
+
+    cells = layout(snap)
+    rows = max(1, -(-len(cells) // width))
+    img = np.ones((rows, width, 3))
+    rgb: dict[str, tuple[float, float, float]] = {}
+    used: set[str] = set()
+    for i, (addr, label, present) in enumerate(cells):
+        if addr is None:
+            c = (0.2, 0.2, 0.2)
+        else:
+            if label not in rgb:
+                rgb[label] = to_rgb(colour(label))
+            c = rgb[label]
+            used.add(label)
+            if not present:
+                c = tuple(0.82 + 0.18 * x for x in c)
+        img[i // width, i % width] = c
+    h = min(40.0, 2 + rows / 16)
+    fig, ax = plt.subplots(figsize=(10, h), dpi=100)
+    ax.imshow(img, aspect="auto", interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"pid {snap.pid}: {snap.rss_kb} kB present of {len(cells)} cells\n{snap.summary}",
+                 fontsize=8)  # fmt: skip
+    handles = [Patch(color=colour(lb), label=lb) for lb in sorted(used)]
+    handles.append(Patch(color=(0.2, 0.2, 0.2), label="gap (compressed)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return len(cells)
