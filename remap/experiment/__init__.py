@@ -1,0 +1,33 @@
+"""Declarative experiments: load experiments/NAME.toml, run it, write one JSON record per run.
+
+Lifecycle: ``load`` (spec: TOML -> Experiment) -> ``run`` (runner: each case x repeat, steps
+from the registry, a measurement after each step) -> records (DIR/NAME.jsonl) -> ``summarize``.
+Other modules add steps with ``@step("name")`` (see remap.experiment.steps for RunContext).
+
+Example::
+
+    >>> from remap import experiment
+    >>> exp = experiment.load("baseline-minibot")
+    >>> recs = experiment.run(exp, repeat=1)
+    >>> recs[0]["final_rss_kb"], recs[0]["target_ok"]
+    (24, True)
+"""
+
+from __future__ import annotations
+
+from .runner import comparable, run, summarize
+from .spec import Experiment, available, load
+from .steps import STEPS, RunContext, StepResult, step
+
+__all__ = [
+    "STEPS",
+    "Experiment",
+    "RunContext",
+    "StepResult",
+    "available",
+    "comparable",
+    "load",
+    "run",
+    "step",
+    "summarize",
+]

@@ -1,0 +1,221 @@
+"""Experiment files: experiments/NAME.toml, loaded and checked into an :class:`Experiment`.
+
+Why declarative: an experiment is data someone else must be able to read and re-run -- which
+target, how it is launched, which steps, what is measured, how often -- so it lives in a TOML file,
+and every mistake in it is one :class:`ExperimentError` line naming the file and the problem.
+
+File shape (all tables optional except ``target``; ``cases`` override the top level)::
+
+    description = "idle residency of the default bot"
+    repeat = 3
+    [target]   name = "minibot"  variant = "default"  args = []  irc = true
+    [launch]   aslr = false  env_size = 256  vdso = true
+    [measure]  pages = true  stack = true
+    [[steps]]  step = "launch"
+    [[steps]]  step = "register"
+    [[steps]]  step = "ping"  n = 100
+    [[cases]]  name = "aslr-on"  launch = { aslr = true }
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExperimentError
+from ..targets import ROOT
+
+EXPERIMENTS_DIR = ROOT / "experiments"
+_TOP_KEYS = {"description", "repeat", "target", "launch", "measure", "steps", "cases"}
+_TARGET_KEYS = {"name", "variant", "args", "irc"}
+_LAUNCH_KEYS = {"aslr", "env_size", "vdso"}
+_MEASURE_KEYS = {"pages", "stack", "idle_timeout"}
+_CASE_KEYS = {"name", "target", "launch", "measure", "steps"}
+MAX_REPEAT = 10_000
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    variant: str = "default"
+    args: tuple[str, ...] = ()
+    irc: bool = False  # drive it with remap.ircd (append HOST PORT NICK CHANNEL to args)
+
+
+@dataclass(frozen=True)
+class Launch:
+    aslr: bool = True
+    env_size: int | None = None
+    vdso: bool = True
+
+
+@dataclass(frozen=True)
+class Measure:
+    pages: bool = False  # record every present page (address, label, backing) at each step
+    stack: bool = False  # record remap.stacklayout at each step
+    idle_timeout: float = 5.0  # seconds to wait for the target to block before measuring
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration of an experiment; each is run ``repeat`` times."""
+
+    name: str
+    target: Target
+    launch: Launch
+    measure: Measure
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    path: Path
+    description: str
+    repeat: int
+    cases: tuple[Case, ...]
+
+
+def available() -> list[str]:
+    """Names of the experiments shipped in experiments/."""
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml"))
+
+
+def resolve(name: str) -> Path:
+    """NAME (shipped experiment) or a path to a .toml file -> the file; ExperimentError if none."""
+    p = Path(name)
+    if p.suffix == ".toml":
+        if not p.is_file():
+            raise ExperimentError(f"{p}: no such experiment file")
+        return p
+    p = EXPERIMENTS_DIR / f"{name}.toml"
+    if not p.is_file():
+        known = ", ".join(available()) or "none"
+        raise ExperimentError(f"unknown experiment {name!r} (known: {known})")
+    return p
+
+
+def load(name: str) -> Experiment:
+    """Load and check an experiment by name or path."""
+    path = resolve(name)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ExperimentError(f"{path}: not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExperimentError(f"{path}: cannot read: {e}") from None
+    return parse(data, path)
+
+
+def parse(data: dict, path: Path) -> Experiment:
+    """Check DATA (a parsed TOML document) against the shape above."""
+
+    def bad(msg: str) -> ExperimentError:
+        return ExperimentError(f"{path}: {msg}")
+
+    _keys(data, _TOP_KEYS, "top level", bad)
+    desc = data.get("description", "")
+    if not isinstance(desc, str):
+        raise bad("'description' must be a string")
+    repeat = data.get("repeat", 1)
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or not 1 <= repeat <= MAX_REPEAT:
+        raise bad(f"'repeat' must be an integer 1..{MAX_REPEAT}, got {repeat!r}")
+    base = {k: data.get(k) for k in ("target", "launch", "measure", "steps")}
+    raw_cases = data.get("cases", [{"name": "default"}])
+    if not isinstance(raw_cases, list) or not raw_cases:
+        raise bad("'cases' must be a non-empty array of tables ([[cases]])")
+    cases = []
+    for i, rc in enumerate(raw_cases):
+        if not isinstance(rc, dict):
+            raise bad(f"cases[{i}] must be a table")
+        _keys(rc, _CASE_KEYS, f"cases[{i}]", bad)
+        cname = rc.get("name", f"case{i}")
+        if not isinstance(cname, str) or not cname:
+            raise bad(f"cases[{i}].name must be a non-empty string")
+        where = f"case {cname!r}"
+        target = _target(_merge(base["target"], rc.get("target"), where, "target", bad), where, bad)
+        launch = _launch(_merge(base["launch"], rc.get("launch"), where, "launch", bad), where, bad)
+        meas = _measure(
+            _merge(base["measure"], rc.get("measure"), where, "measure", bad), where, bad
+        )
+        steps = _steps(rc.get("steps", base["steps"]), where, bad)
+        cases.append(Case(cname, target, launch, meas, steps))
+    names = [c.name for c in cases]
+    if len(set(names)) != len(names):
+        raise bad(f"case names repeat: {names}")
+    return Experiment(path.stem, path, desc, repeat, tuple(cases))
+
+
+def _keys(d: dict, allowed: set[str], where: str, bad) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise bad(f"unknown key(s) {', '.join(unknown)} in {where} (allowed: {sorted(allowed)})")
+
+
+def _merge(base, over, where: str, what: str, bad) -> dict:
+    for v, w in ((base, what), (over, f"{where}.{what}")):
+        if v is not None and not isinstance(v, dict):
+            raise bad(f"'{w}' must be a table")
+    return {**(base or {}), **(over or {})}
+
+
+def _target(d: dict, where: str, bad) -> Target:
+    _keys(d, _TARGET_KEYS, f"{where}: target", bad)
+    name = d.get("name")
+    if not isinstance(name, str) or not name:
+        raise bad(f"{where}: target.name (the csrc/targets/NAME.c program) is required")
+    variant = d.get("variant", "default")
+    args = d.get("args", [])
+    if not isinstance(variant, str):
+        raise bad(f"{where}: target.variant must be a string")
+    if not isinstance(args, list) or not all(isinstance(a, str | int) for a in args):
+        raise bad(f"{where}: target.args must be an array of strings")
+    irc = d.get("irc", False)
+    if not isinstance(irc, bool):
+        raise bad(f"{where}: target.irc must be true or false")
+    return Target(name, variant, tuple(str(a) for a in args), irc)
+
+
+def _launch(d: dict, where: str, bad) -> Launch:
+    _keys(d, _LAUNCH_KEYS, f"{where}: launch", bad)
+    aslr, vdso, env_size = d.get("aslr", True), d.get("vdso", True), d.get("env_size")
+    if not isinstance(aslr, bool) or not isinstance(vdso, bool):
+        raise bad(f"{where}: launch.aslr and launch.vdso must be true or false")
+    if env_size is not None and (
+        not isinstance(env_size, int) or isinstance(env_size, bool) or not 0 <= env_size <= 1 << 20
+    ):
+        raise bad(f"{where}: launch.env_size must be an integer 0..1048576")
+    return Launch(aslr, env_size, vdso)
+
+
+def _measure(d: dict, where: str, bad) -> Measure:
+    _keys(d, _MEASURE_KEYS, f"{where}: measure", bad)
+    pages, stack = d.get("pages", False), d.get("stack", False)
+    if not isinstance(pages, bool) or not isinstance(stack, bool):
+        raise bad(f"{where}: measure.pages and measure.stack must be true or false")
+    t = d.get("idle_timeout", 5.0)
+    if not isinstance(t, int | float) or isinstance(t, bool) or not 0 < t <= 60:
+        raise bad(f"{where}: measure.idle_timeout must be a number of seconds in (0, 60]")
+    return Measure(pages, stack, float(t))
+
+
+def _steps(raw, where: str, bad) -> tuple[Step, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise bad(f"{where}: 'steps' must be a non-empty array of tables ([[steps]])")
+    out = []
+    for i, s in enumerate(raw):
+        if not isinstance(s, dict) or not isinstance(s.get("step"), str):
+            raise bad(f'{where}: steps[{i}] must be a table with step = "NAME"')
+        params = {k: v for k, v in s.items() if k != "step"}
+        out.append(Step(s["step"], params))
+    if out[0].name != "launch":
+        raise bad(f'{where}: the first step must be "launch" (got {out[0].name!r})')
+    return tuple(out)

@@ -1,0 +1,237 @@
+"""The step registry and the built-in steps of experiments.
+
+Why a registry: experiments name their steps in TOML; other modules add steps without this
+package knowing them (remap.fold registers "squeeze", "fold-stack", "fold-single-page")::
+
+    from remap.experiment import RunContext, StepResult, step
+
+    @step("squeeze")
+    def squeeze(ctx: RunContext, params: dict) -> StepResult | None:
+        with remap.attach(ctx.pid) as s: ...
+        return ctx.measure("squeeze", dropped_kb=...)   # or None: the runner measures
+
+A step function gets the :class:`RunContext` of the current run and the step's parameters from
+the TOML table (minus ``step``).  Returning None means "measure after me"; returning a
+:class:`StepResult` (usually from ``ctx.measure``) records that instead.  Raise a RemapError
+subclass (UnsafeStep, IrcError...) to fail the run with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExperimentError, NoSuchProcess, RemapError
+from ..ircd import IrcServer
+from ..launch import Launched, launch
+from . import measure as M
+from .spec import Case, Experiment
+
+StepFn = Callable[["RunContext", dict], "StepResult | None"]
+STEPS: dict[str, StepFn] = {}
+MAX_PINGS = 1_000_000
+MAX_IDLE_S = 60.0
+
+
+def step(name: str) -> Callable[[StepFn], StepFn]:
+    """Decorator: register FN as the experiment step NAME (a second registration is a bug)."""
+
+    def deco(fn: StepFn) -> StepFn:
+        if name in STEPS and STEPS[name] is not fn:
+            raise ValueError(f"experiment step {name!r} registered twice")
+        STEPS[name] = fn
+        return fn
+
+    return deco
+
+
+@dataclass
+class StepResult:
+    """What one step measured: page walk, counters, and anything the step adds in ``extra``."""
+
+    name: str
+    rss_kb: int  # page walk (pagemap present pages that RSS counts)
+    vmrss_kb: int  # /proc/PID/status VmRSS
+    present_pages: int
+    counters: dict[str, int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "rss_kb": self.rss_kb,
+            "vmrss_kb": self.vmrss_kb,
+            "present_pages": self.present_pages,
+            "counters": dict(self.counters),
+            **self.extra,
+        }
+
+
+@dataclass
+class RunContext:
+    """Everything a step may use during one run of one case.
+
+    Attributes:
+      experiment, case, run: which experiment, which case, which repetition (0-based).
+      target_path: the built binary (remap.targets.build of case.target).
+      launched: the :class:`remap.launch.Launched` process once the "launch" step ran (else
+        None); ``pid`` is its PID.
+      irc: the :class:`remap.ircd.IrcServer` driving the target when ``target.irc`` is true.
+      records: the StepResults of this run so far, in order (the runner appends).
+      fields: extra top-level fields for this run's JSON record (e.g. "stack_gap").
+    Preconditions a step may rely on: steps run in the TOML order, in one thread; the runner
+    stops and reaps the target after the last step whatever happened.
+    """
+
+    experiment: Experiment
+    case: Case
+    run: int
+    target_path: Path
+    launched: Launched | None = None
+    irc: IrcServer | None = None
+    records: list[StepResult] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        if self.launched is None:
+            raise ExperimentError("no target launched yet (the first step must be 'launch')")
+        return self.launched.pid
+
+    def wait_idle(self) -> None:
+        """Wait (bounded by measure.idle_timeout) until the target sleeps in a syscall."""
+        M.wait_blocked(self.pid, self.case.measure.idle_timeout, self.launched.proc)
+
+    def measure(self, name: str, **extra: Any) -> StepResult:
+        """Wait until idle, then snapshot the target; EXTRA goes into the step's record."""
+        self.wait_idle()
+        res = M.measure(self.pid, pages=self.case.measure.pages)
+        if self.case.measure.stack:
+            lay = M.stack(self.pid)
+            extra.setdefault("stack", lay)
+        return StepResult(
+            name,
+            res.rss_kb,
+            res.vmrss_kb,
+            res.present_pages,
+            res.counters,
+            {
+                **({"pages": res.pages} if res.pages is not None else {}),
+                **extra,
+            },
+        )
+
+
+# ---------------------------------------------------------------------------- built-in steps
+@step("launch")
+def _launch(ctx: RunContext, params: dict) -> StepResult:
+    """Start the target as the case says (ASLR, environment, vdso); with irc, start ircd first."""
+    t, lc = ctx.case.target, ctx.case.launch
+    argv = [str(ctx.target_path), *t.args]
+    if t.irc:
+        ctx.irc = IrcServer(timeout=float(params.get("timeout", 5.0)))
+        argv += ctx.irc.bot_args()
+    ctx.launched = launch(
+        argv,
+        aslr=lc.aslr,
+        env_size=lc.env_size,
+        vdso=lc.vdso,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    ctx.fields["env_size"] = ctx.launched.env_size
+    return ctx.measure("launch")
+
+
+@step("register")
+def _register(ctx: RunContext, params: dict) -> None:
+    """IRC registration: accept the bot, NICK/USER -> 001 -> JOIN."""
+    _need_irc(ctx).accept_bot()
+
+
+@step("ping")
+def _ping(ctx: RunContext, params: dict) -> StepResult:
+    """Send N PINGs (pipelined in windows) and check every PONG."""
+    n = _int(params, "n", 1, MAX_PINGS)
+    window = _int(params, "window", 1, 4096, default=256)
+    _need_irc(ctx).ping(n, window=window)
+    return ctx.measure("ping", pings=n)
+
+
+@step("command")
+def _command(ctx: RunContext, params: dict) -> StepResult:
+    """Say ``text`` in the channel and record the bot's reply (``expect`` checks it)."""
+    text = params.get("text")
+    if not isinstance(text, str) or not text:
+        raise ExperimentError(f"step 'command' needs text = \"...\" (got {text!r})")
+    reply = _need_irc(ctx).command(text)
+    if "expect" in params and reply != params["expect"]:
+        raise ExperimentError(f"{text}: expected {params['expect']!r}, got {reply!r}")
+    return ctx.measure(f"command {text}", reply=reply)
+
+
+@step("idle")
+def _idle(ctx: RunContext, params: dict) -> StepResult:
+    """Let the target sit for ``seconds``, then measure (the idle working set)."""
+    s = params.get("seconds", 0.2)
+    if not isinstance(s, int | float) or isinstance(s, bool) or not 0 <= s <= MAX_IDLE_S:
+        raise ExperimentError(f"step 'idle': seconds must be 0..{MAX_IDLE_S:g} (got {s!r})")
+    time.sleep(s)
+    return ctx.measure("idle", seconds=s)
+
+
+@step("measure")
+def _measure(ctx: RunContext, params: dict) -> StepResult:
+    """Measure now (after waiting for the target to block)."""
+    return ctx.measure(str(params.get("label", "measure")))
+
+
+def _need_irc(ctx: RunContext) -> IrcServer:
+    if ctx.irc is None:
+        raise ExperimentError("this step needs target.irc = true (an IRC bot target)")
+    return ctx.irc
+
+
+def _int(params: dict, key: str, lo: int, hi: int, default: int | None = None) -> int:
+    v = params.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ExperimentError(f"step parameter {key} must be an integer {lo}..{hi} (got {v!r})")
+    return v
+
+
+def finish(ctx: RunContext) -> tuple[bool, str | None]:
+    """Check the target still works, then stop it; return (target_ok, why_not).
+
+    An IRC bot must answer !ping and exit 0 when the server hangs up; any other target must
+    still be running and exit 0 when its stdin is closed.  Always reaps the process.
+    """
+    lt = ctx.launched
+    if lt is None:
+        return False, "never launched"
+    why = None
+    try:
+        if lt.proc.poll() is not None:
+            why = f"target exited early with status {lt.proc.returncode}"
+        elif ctx.irc is not None and ctx.irc.registration is not None:
+            reply = ctx.irc.command("!ping")
+            if reply != "pong":
+                why = f"!ping answered {reply!r}"
+    except (RemapError, NoSuchProcess) as e:
+        why = str(e)
+    try:
+        if ctx.irc is not None:
+            ctx.irc.close()
+        if lt.proc.stdin:
+            lt.proc.stdin.close()
+        rc = lt.proc.wait(timeout=5)
+        if why is None and rc != 0:
+            why = f"target exited with status {rc} at the end"
+    except subprocess.TimeoutExpired:
+        why = why or "target did not exit within 5 s of EOF"
+    finally:
+        lt.stop()
+    return why is None, why

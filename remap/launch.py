@@ -1,0 +1,168 @@
+"""Start a target the way experiments need it: ASLR on or off, a fixed environment, vdso or not.
+
+Why a launcher: the resident size of a tiny process depends on where exec put its stack
+(``arch_align_stack`` randomises up to 8 KiB below the argv/env strings) and on how many bytes of
+environment sit above it.  To compare runs, both must be controlled: a minimal, deterministic
+environment (optionally padded to an exact size) and ``personality(ADDR_NO_RANDOMIZE)`` for the
+runs that must agree.
+
+Example::
+
+    >>> t = launch(["/bin/sleep", "100"], aslr=False, env_size=256)
+    >>> t.pid, t.env_size
+    (12345, 256)
+    >>> t.stop()
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import NoSuchProcess, UnsupportedTarget, UsageError
+from .kconst import ADDR_NO_RANDOMIZE
+
+DEFAULT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"}
+PAD_VAR = "REMAP_PAD"
+VDSO_MODULE = "remap.fold.vdso"
+_personality_lock = threading.Lock()
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.personality.argtypes = [ctypes.c_ulong]
+_libc.personality.restype = ctypes.c_int
+
+
+@dataclass
+class Launched:
+    """A started target: the Popen object, its PID, and exactly how it was launched."""
+
+    proc: subprocess.Popen
+    pid: int
+    argv: list[str]
+    aslr: bool
+    vdso: bool
+    env: dict[str, str] = field(repr=False)
+    env_size: int  # bytes of "K=V\\0" strings exec copied to the stack
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """Kill the target (if still running) and reap it; return its exit status."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        rc = self.proc.wait(timeout=timeout)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if f:
+                f.close()
+        return rc
+
+    def to_json(self) -> dict:
+        return {
+            "pid": self.pid,
+            "argv": self.argv,
+            "aslr": self.aslr,
+            "vdso": self.vdso,
+            "env_size": self.env_size,
+            "env_keys": sorted(self.env),
+        }
+
+
+def env_bytes(env: dict[str, str]) -> int:
+    """Bytes exec copies for ENV: each "KEY=VALUE" string plus its NUL."""
+    return sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env.items())
+
+
+def build_env(env: dict[str, str] | None = None, env_size: int | None = None) -> dict[str, str]:
+    """The environment to launch with: ENV (default DEFAULT_ENV), padded to ENV_SIZE bytes.
+
+    The pad is one variable ``REMAP_PAD=xxx...`` so the total of the env strings is exactly
+    env_size; a size too small to hold the base environment plus the pad is a UsageError.
+    """
+    out = dict(DEFAULT_ENV if env is None else env)
+    if env_size is None:
+        return out
+    base = env_bytes(out)
+    need = env_size - base - len(PAD_VAR) - 2  # "REMAP_PAD=" + NUL
+    if need < 0:
+        raise UsageError(
+            f"--env-size {env_size} is too small: the base environment alone is {base} bytes "
+            f"(+{len(PAD_VAR) + 2} for the pad variable)"
+        )
+    out[PAD_VAR] = "x" * need
+    return out
+
+
+def launch(
+    argv: list[str],
+    *,
+    aslr: bool = True,
+    env: dict[str, str] | None = None,
+    env_size: int | None = None,
+    vdso: bool = True,
+    stdin=subprocess.DEVNULL,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    cwd: str | Path | None = None,
+    new_session: bool = False,
+) -> Launched:
+    """Start ARGV and return a :class:`Launched` (no tracer attached; it just runs).
+
+    aslr=False: the child execs with ADDR_NO_RANDOMIZE, so stack, vdso and mmap bases repeat.
+    vdso=False: delegated to remap.fold.vdso (ptrace injection hides AT_SYSINFO_EHDR and unmaps
+    the vdso before the target's first instruction); UnsupportedTarget until that module exists.
+    """
+    if not argv:
+        raise UsageError("launch: no command given")
+    exe = argv[0]
+    if os.sep not in exe:
+        raise UsageError(f"launch: give a path to the program, not {exe!r} (no PATH search)")
+    if not os.access(exe, os.X_OK) or not os.path.isfile(exe):
+        raise UsageError(f"launch: {exe} is not an executable file")
+    full_env = build_env(env, env_size)
+    popen_kw = dict(
+        stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=full_env, close_fds=True
+    )
+    if new_session:
+        popen_kw["start_new_session"] = True
+    if not vdso:
+        if importlib.util.find_spec(VDSO_MODULE) is None:
+            raise UnsupportedTarget(f"--no-vdso needs {VDSO_MODULE} (not available yet)")
+        hider = importlib.import_module(VDSO_MODULE)
+        proc = _with_personality(aslr, lambda: hider.launch(list(argv), **popen_kw))
+    else:
+        proc = _with_personality(aslr, lambda: subprocess.Popen(list(argv), **popen_kw))
+    return Launched(proc, proc.pid, list(argv), aslr, vdso, full_env, env_bytes(full_env))
+
+
+def _with_personality(aslr: bool, start):
+    """Run start() with ADDR_NO_RANDOMIZE set on this thread if aslr is False, then restore.
+
+    Why in the parent and not in a preexec_fn: the persona is inherited by fork and only read at
+    exec, so setting it around Popen is equivalent, works with vfork/posix_spawn and is safe in
+    a threaded parent (preexec_fn is not).  The lock keeps two launches from interleaving.
+    """
+    if aslr:
+        return start()
+    with _personality_lock:
+        old = _libc.personality(0xFFFFFFFF)  # query
+        if old < 0:
+            raise OSError(ctypes.get_errno(), "personality")
+        _libc.personality(old | ADDR_NO_RANDOMIZE)
+        try:
+            return start()
+        finally:
+            _libc.personality(old)
+
+
+def personality(pid: int) -> int:
+    """The persona of a running process (from /proc/PID/personality; needs ptrace access)."""
+    try:
+        with open(f"/proc/{pid}/personality") as f:
+            return int(f.read().strip(), 16)
+    except FileNotFoundError:
+        raise NoSuchProcess(pid) from None
