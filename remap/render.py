@@ -57,6 +57,7 @@ def _hex(a: int) -> str:
 def map_table(snap: Snapshot) -> Table:
     """One row per mapping: address, perms, kB mapped/resident, anon/file/shmem split, label."""
     from rich.table import Table
+    from rich.text import Text  # paths like "[stack]" must not be read as markup
 
     t = Table(title=f"pid {snap.pid}  {snap.summary}", box=None, pad_edge=False)
     for col in ("Address", "Perm", "Kbytes", "RSS", "Anon", "File", "Shmem", "Swap"):
@@ -68,7 +69,7 @@ def map_table(snap: Snapshot) -> Table:
         t.add_row(
             _hex(v.start), v.perms, str(v.size_kb), str(v.rss_kb), str(v.anon_kb),
             str(v.file_kb), str(v.shmem_kb), str(v.swap_kb),
-            f"[{colour(v.label)}]{v.label}[/]", v.path,
+            f"[{colour(v.label)}]{v.label}[/]", Text(v.path),
         )  # fmt: skip
         tot.update(
             size=v.size_kb, rss=v.rss_kb, anon=v.anon_kb, file=v.file_kb, shmem=v.shmem_kb,
@@ -85,6 +86,7 @@ def map_table(snap: Snapshot) -> Table:
 def pages_table(snap: Snapshot) -> Table:
     """Every present page: backing (file clean / anon / anon CoW / shmem), section, symbol."""
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=f"pid {snap.pid}: {snap.present_pages} present pages", box=None)
     for col in ("Address", "Backing", "Label", "Section", "Symbol", "PFN"):
@@ -93,8 +95,8 @@ def pages_table(snap: Snapshot) -> Table:
         for p in v.pages:
             backing = "anon (CoW)" if p.cow else ("file (clean)" if p.clean_file else p.backing)
             t.add_row(
-                _hex(p.addr), backing, f"[{colour(p.label)}]{p.label}[/]", p.section or "",
-                p.symbol or "", "" if p.pfn is None else f"{p.pfn:#x}",
+                _hex(p.addr), backing, f"[{colour(p.label)}]{p.label}[/]", Text(p.section or ""),
+                Text(p.symbol or ""), "" if p.pfn is None else f"{p.pfn:#x}",
             )  # fmt: skip
     return t
 

@@ -1,0 +1,182 @@
+"""`remap map / explain / watch` on real targets: JSON shapes of issue 2, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from remap import targets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def remap_cli(*args: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop("REMAP_DEBUG", None)
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "remap", *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
+    )  # fmt: skip
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> None:
+    assert r.returncode != 0
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.startswith("remap: ")
+
+
+@pytest.fixture
+def echoloop(spawn):
+    t = spawn("echoloop")
+    t.wait_blocked()
+    return t
+
+
+def test_map_json_shape(echoloop, tmp_path):
+    png = tmp_path / "map.png"
+    r = remap_cli("map", str(echoloop.pid), "--json", "--png", str(png))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert set(d) == {"pid", "kernel", "vmas"} and d["pid"] == echoloop.pid
+    assert d["kernel"] == os.uname().release
+    for v in d["vmas"]:
+        assert set(v) == {"start", "end", "perms", "path", "label", "rss_kb", "pages"}
+        assert isinstance(v["start"], int) and v["start"] < v["end"]
+        assert v["rss_kb"] == 4 * len(v["pages"]) or v["label"] == "vvar"
+        for p in v["pages"]:
+            assert set(p) == {"addr", "backing", "label", "section", "symbol"}
+            assert v["start"] <= p["addr"] < v["end"] and p["label"]
+    with open(f"/proc/{echoloop.pid}/smaps_rollup") as f:
+        rollup = next(int(ln.split()[1]) for ln in f if ln.startswith("Rss:"))
+    assert sum(v["rss_kb"] for v in d["vmas"]) == rollup
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_map_table_and_pages(echoloop):
+    r = remap_cli("map", str(echoloop.pid), "--pages")
+    assert r.returncode == 0, r.stderr
+    assert "elf-header" in r.stdout and "[stack]" in r.stdout and "file (clean)" in r.stdout
+    assert "VM " in r.stdout and "RSS" in r.stdout
+
+
+def test_explain_json_shape_and_text(echoloop):
+    r = remap_cli("explain", str(echoloop.pid), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert set(d) == {"pid", "kernel", "summary", "counters_kb", "notes"}
+    assert set(d["counters_kb"]) == {
+        "status_vmrss", "status_rss_anon", "status_rss_file", "status_rss_shmem",
+        "statm_rss", "smaps_rss", "smaps_rollup_rss", "pagemap_present",
+    }  # fmt: skip
+    c = d["counters_kb"]
+    assert c["smaps_rss"] == c["smaps_rollup_rss"] == c["pagemap_present"]
+    with open(f"/proc/{echoloop.pid}/status") as f:
+        vmrss = next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:"))
+    assert c["status_vmrss"] == vmrss
+    assert d["summary"].startswith("VM ") and f"RSS {vmrss} kB [ Code " in d["summary"]
+    assert d["notes"] and any("Linux" in n for n in d["notes"])
+    r = remap_cli("explain", str(echoloop.pid))
+    assert r.returncode == 0 and "pagemap present" in r.stdout
+
+
+def test_watch_is_bounded_and_sees_growth(spawn):
+    t = spawn("echoloop")
+    t.wait_blocked()
+    r = remap_cli("watch", str(t.pid), "--interval", "0.05", "--count", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == 2
+    assert all(x["pid"] == t.pid and x["delta_kb"] == 0 for x in lines)
+    assert all(isinstance(x["referenced_kb"], int) for x in lines)
+
+
+def test_unprivileged_user_on_own_process_gets_a_note(is_root):
+    if not is_root:
+        pytest.skip("needs root to drop to nobody")
+    path = targets.build("echoloop")
+    p = subprocess.Popen([*NOBODY, str(path)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while True:  # setpriv execs the target in place: same PID
+            with open(f"/proc/{p.pid}/stat") as f:
+                st = f.read()
+            if "(echoloop) S" in st:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        r = remap_cli("explain", str(p.pid), "--json", prefix=NOBODY)
+        assert r.returncode == 0, r.stderr
+        d = json.loads(r.stdout)
+        c = d["counters_kb"]
+        assert c["smaps_rss"] == c["pagemap_present"]
+        assert any("CAP_SYS_ADMIN" in n for n in d["notes"])
+    finally:
+        p.kill()
+        p.wait(timeout=5)
+        p.stdin.close()
+
+
+# ---------------------------------------------------------------------------- errors
+def test_no_such_pid():
+    p = subprocess.Popen(["true"])
+    p.wait(timeout=5)
+    for cmd in ("map", "explain", "watch"):
+        r = remap_cli(cmd, str(p.pid))
+        one_line_error(r)
+        assert r.returncode == 3 and "no such process" in r.stderr
+
+
+def test_zombie():
+    p = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            with open(f"/proc/{p.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        r = remap_cli("map", str(p.pid))
+        one_line_error(r)
+        assert "zombie" in r.stderr
+    finally:
+        p.wait(timeout=5)
+
+
+def test_kernel_thread():
+    r = remap_cli("explain", "2")
+    one_line_error(r)
+    assert r.returncode == 5 and "kernel thread" in r.stderr
+
+
+def test_permission_denied(echoloop, is_root):
+    if not is_root:
+        pytest.skip("needs root to drop to nobody")
+    r = remap_cli("map", str(echoloop.pid), prefix=NOBODY)
+    one_line_error(r)
+    assert r.returncode == 4 and "permission denied" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["map"],
+        ["map", "abc"],
+        ["map", "-5"],
+        ["map", "0"],
+        ["explain", "99999999999"],
+        ["watch", "1", "--interval", "soon"],
+        ["watch", "1", "--count", "0"],
+        ["map", "1", "--bogus"],
+    ],
+)
+def test_garbage_arguments(args):
+    r = remap_cli(*args)
+    one_line_error(r)
+    assert r.returncode == 2

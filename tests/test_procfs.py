@@ -1,0 +1,155 @@
+"""procfs parsers against the kernel's files of real processes, and the error vocabulary."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from remap import pagemap, procfs
+from remap.errors import AccessDenied, NoSuchProcess, UnsupportedTarget, ZombieProcess
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def echoloop(spawn):
+    t = spawn("echoloop")
+    t.wait_blocked()
+    return t
+
+
+def test_maps_and_smaps_describe_the_same_vmas(echoloop):
+    maps = procfs.read_maps(echoloop.pid)
+    smaps = procfs.read_smaps(echoloop.pid)
+    assert [(m.start, m.end, m.perms, m.path) for m in maps] == [
+        (s.start, s.end, s.perms, s.path) for s in smaps
+    ]
+    exe = [m for m in maps if m.path == str(echoloop.path)]
+    assert exe and exe[0].offset == 0 and exe[0].inode == os.stat(echoloop.path).st_ino
+    assert any(m.path == "[stack]" for m in maps)
+    for s in smaps:
+        assert s.fields["Size"] == (s.end - s.start) >> 10
+        assert "rd" in s.vmflags or "--" in s.perms[:2] or s.path == "[vsyscall]"
+
+
+def test_rollup_status_statm_agree_for_a_blocked_target(echoloop):
+    pid = echoloop.pid
+    st, statm = procfs.read_status(pid), procfs.read_statm(pid)
+    rollup = procfs.read_smaps_rollup(pid)
+    assert st["Pid"] == pid and st["Name"] == "echoloop"
+    assert isinstance(st["VmRSS"], int) and st["VmRSS"] == statm.resident * 4
+    assert rollup["Rss"] == sum(s.fields["Rss"] for s in procfs.read_smaps(pid))
+    assert statm.size * 4 == st["VmSize"]
+
+
+def test_stat_auxv_syscall_threads(echoloop):
+    pid = echoloop.pid
+    st = procfs.read_stat(pid)
+    assert st.pid == pid and st.comm == "echoloop" and st.state == "S"
+    stack = next(m for m in procfs.read_maps(pid) if m.path == "[stack]")
+    for a in (st.start_stack, st.arg_start, st.arg_end, st.env_start, st.env_end):
+        assert stack.start <= a <= stack.end
+    aux = dict(procfs.read_auxv(pid))
+    assert aux[6] == 4096  # AT_PAGESZ
+    assert aux[9] == 0x40106F or aux[9] > 0  # AT_ENTRY
+    sc = procfs.read_syscall(pid)
+    assert not sc.running and sc.nr == 0 and sc.args[0] == 0  # read(0, ...)
+    assert stack.start <= sc.sp < stack.end
+    assert procfs.thread_ids(pid) == [pid]
+    assert procfs.kernel_release() == os.uname().release
+
+
+def test_syscall_parser_formats():
+    assert procfs.parse_syscall(b"running\n").running
+    s = procfs.parse_syscall(b"-1 0x7ffd0 0x401000\n")
+    assert s.nr == -1 and s.sp == 0x7FFD0 and s.pc == 0x401000
+    s = procfs.parse_syscall(b"0 0x0 0x10 0x1 0x0 0x0 0x0 0x7ffd0 0x401000\n")
+    assert s.nr == 0 and s.args == (0, 0x10, 1, 0, 0, 0) and s.pc == 0x401000
+
+
+def test_comm_with_spaces_and_parens():
+    st = procfs.parse_stat(b"42 (a) b (c) S 1 42 42 0 -1 4194560 0 0 0 0" + b" 0" * 40)
+    assert st.comm == "a) b (c" and st.state == "S" and st.ppid == 1
+
+
+def test_pagemap_read_and_scan_agree(echoloop):
+    if not pagemap.scan_supported():
+        pytest.skip("no PAGEMAP_SCAN on this kernel")
+    vmas = [m for m in procfs.read_maps(echoloop.pid) if m.path != "[vsyscall]"]
+    ranges = [(m.start, m.end) for m in vmas]
+    a = pagemap.present_scan(echoloop.pid, ranges)
+    b = pagemap.present_read(echoloop.pid, ranges)
+    for m, ra, rb in zip(vmas, a, b, strict=True):
+        if m.path.startswith("[vvar"):
+            continue  # VM_PFNMAP: the scan skips it by design
+        pages_a = {(x, r.file) for r in ra for x in range(r.start, r.end, 4096)}
+        pages_b = {(x, r.file) for r in rb for x in range(r.start, r.end, 4096)}
+        assert pages_a == pages_b, m
+
+
+# ---------------------------------------------------------------------------- errors
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait(timeout=5)
+    return p.pid
+
+
+def test_no_such_process():
+    pid = _dead_pid()
+    with pytest.raises(NoSuchProcess):
+        procfs.check_target(pid)
+    with pytest.raises(NoSuchProcess):
+        procfs.read_smaps(pid)
+
+
+def test_zombie():
+    p = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 5
+        while procfs.read_stat(p.pid).state != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        with pytest.raises(ZombieProcess):
+            procfs.check_target(p.pid)
+        with pytest.raises(NoSuchProcess):  # ZombieProcess is a NoSuchProcess too
+            procfs.check_target(p.pid)
+    finally:
+        p.wait(timeout=5)
+
+
+def test_kernel_thread_is_refused():
+    with pytest.raises(UnsupportedTarget, match="kernel thread"):
+        procfs.check_target(2)  # kthreadd
+    assert procfs.read_maps(2) == []
+
+
+def test_access_denied_for_unprivileged_reader(echoloop, is_root):
+    if not is_root:
+        pytest.skip("needs root to drop to nobody")
+    code = (
+        "import sys; from remap import procfs\n"
+        "from remap.errors import AccessDenied\n"
+        f"try:\n procfs.read_smaps({echoloop.pid})\nexcept AccessDenied as e:\n"
+        " print('denied', e); sys.exit(0)\nsys.exit(1)"
+    )
+    r = subprocess.run(
+        [*NOBODY, sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("denied")
+
+
+def test_kpageflags_denied_for_unprivileged(is_root):
+    if not is_root:
+        with pytest.raises(AccessDenied):
+            pagemap.kpageflags([1])
+    else:
+        assert pagemap.kpageflags([]) == {}
+        assert pagemap.pfns_visible()
