@@ -521,15 +521,15 @@ class Session:
                 t.signals.extend(c.sigs[0 : c.nsig])
             if r:
                 self._check(r, "batch stub", t.tid)
-            done = len(chunk) - c.regs.r13  # entries whose syscall ran
+            ok = len(chunk) - c.regs.r13  # the stub decrements r13 only after a success
             raw = self.read(table, len(chunk) * STUB_ENTRY)
-            res = [struct.unpack_from("<q", raw, i * STUB_ENTRY + 56)[0] for i in range(done)]
-            if c.regs.r13:  # stopped early: the last one run failed
-                out.extend(res[:-1])
-                err = -res[-1]
-                e = entries[lo + done - 1]
-                msg = f"{syscall_name(e[0])}: {os.strerror(err)}"
-                raise BatchError(err, msg, lo + done - 1, out)
+            res = [struct.unpack_from("<q", raw, i * STUB_ENTRY + 56)[0] for i in range(ok)]
+            if c.regs.r13:  # stopped early: entry `ok` failed
+                out.extend(res)
+                (err,) = struct.unpack_from("<q", raw, ok * STUB_ENTRY + 56)
+                e = entries[lo + ok]
+                msg = f"{syscall_name(e[0])}: {os.strerror(-err)}"
+                raise BatchError(-err, msg, lo + ok, out)
             out.extend(res)
         return out
 
