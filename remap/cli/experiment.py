@@ -1,9 +1,178 @@
-"""CLI commands for the experiment side of remap (see remap.cli for the shared contract)."""
+"""CLI commands for the experiment side of remap (see remap.cli for the shared contract).
+
+``remap run NAME... [--repeat N] [--out DIR] [--json]``   run experiments, write records
+``remap launch [--no-aslr] [--no-vdso] [--env-size N] [--json] -- CMD...``   start a target
+``remap report DIR [--png FILE] [--json]``   tables, report.md and a PNG from DIR's records
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+from ..errors import UsageError
+from .common import add_json, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the remap parser."""
+    p = sub.add_parser("run", help="run experiments (experiments/NAME.toml) and record the runs")
+    p.add_argument("names", nargs="+", metavar="NAME", help="experiment name or .toml path")
+    p.add_argument("--repeat", type=_positive, help="runs per case (default: the file's repeat)")
+    p.add_argument("--out", type=Path, help="write DIR/NAME.jsonl (one JSON record per run)")
+    add_json(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("launch", help="start a target with controlled ASLR/environment/vdso")
+    p.add_argument("--no-aslr", action="store_true", help="exec with ADDR_NO_RANDOMIZE")
+    p.add_argument("--no-vdso", action="store_true", help="hide AT_SYSINFO_EHDR, unmap the vdso")
+    p.add_argument("--env-size", type=_nonneg, metavar="N", help="environment strings = N bytes")
+    add_json(p)
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="program and args")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("report", help="summarise experiment records (tables, Markdown, PNG)")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("--png", type=Path, metavar="FILE", help="PNG path (default DIR/report.png)")
+    add_json(p)
+    p.set_defaults(func=cmd_report)
+
+
+def _positive(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise UsageError(f"not a positive integer: {s!r}") from None
+    if v < 1:
+        raise UsageError(f"not a positive integer: {s!r}")
+    return v
+
+
+def _nonneg(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise UsageError(f"not a non-negative integer: {s!r}") from None
+    if v < 0:
+        raise UsageError(f"not a non-negative integer: {s!r}")
+    return v
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .. import experiment as X
+    from ..experiment.runner import check_steps, plan
+
+    exps = [X.load(n) for n in args.names]  # every file checked before anything runs
+    for e in exps:
+        check_steps(e)
+    err = Console(stderr=True)
+    results = []
+    failed = 0
+    for e in exps:
+        total = len(plan(e, args.repeat))
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[last]}"),
+            console=err,
+            transient=args.json,
+            disable=not err.is_terminal and args.json,
+        ) as prog:
+            task = prog.add_task(e.name, total=total, last="")
+
+            def tick(i: int, n: int, rec: dict, task=task, prog=prog) -> None:
+                prog.update(task, completed=i, last=f"{rec['case']}: {rec['final_rss_kb']} kB")
+
+            recs = X.run(e, repeat=args.repeat, out=args.out, progress=tick)
+        summ = X.summarize(recs)
+        failed += sum(1 for r in recs if not r["target_ok"])
+        results.append({"experiment": e.name, "runs": recs, "summary": summ})
+        if not args.json:
+            _print_summary(e.name, summ)
+    if args.json:
+        print_json(results[0] if len(results) == 1 else results)
+    if args.out and not args.json:
+        print(f"records: {', '.join(str(args.out / f'{e.name}.jsonl') for e in exps)}")
+    if failed:
+        print(f"remap: {failed} run(s) did not keep the target working", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_summary(name: str, summ: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{name}", title_justify="left")
+    for h in ("case", "figure", "min", "median", "max", "agree", "distribution"):
+        t.add_column(h)
+    for case, s in summ.items():
+        t.add_row(
+            case, "runs ok", f"{s['ok']}/{s['runs']}", "", "", "all" if s["all_agree"] else "no", ""
+        )
+        for f, st in s["figures"].items():
+            if "min" not in st or f.startswith("step") and ":vmrss_kb" in f:
+                continue
+            dist = st["distribution"]
+            t.add_row(
+                "",
+                f,
+                str(st["min"]),
+                f"{st['median']:g}",
+                str(st["max"]),
+                "yes" if st["agree"] else "no",
+                ", ".join(f"{k}x{v}" for k, v in list(dist.items())[:6])
+                + (" ..." if len(dist) > 6 else ""),
+            )
+    Console().print(t)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from ..launch import launch
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("launch: give the command after --, e.g. remap launch -- ./prog")
+    t = launch(
+        cmd,
+        aslr=not args.no_aslr,
+        vdso=not args.no_vdso,
+        env_size=args.env_size,
+        stdin=None,
+        stdout=None,
+        stderr=None,
+        new_session=True,
+    )
+    if args.json:
+        print_json(t.to_json())
+    else:
+        print(t.pid)
+    t.proc.returncode = 0  # we leave it running: keep Popen's destructor from warning
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..report import HEADERS, report, rows
+
+    summ, md, png = report(args.dir, args.png)
+    if args.json:
+        print_json({"summary": summ, "markdown": str(md), "png": str(png)})
+        return 0
+    t = Table(title=f"remap report: {args.dir}", title_justify="left")
+    for h in HEADERS:
+        t.add_column(h)
+    for r in rows(summ):
+        t.add_row(*r)
+    Console().print(t)
+    print(f"report: {md}  figure: {png}")
+    return 0

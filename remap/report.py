@@ -1,0 +1,162 @@
+"""Reports from experiment records: summary tables, a Markdown file and PNG figures.
+
+Why apart from the runner: records are the interface (DESIGN §7); a report is one view of them
+and can be re-made at any time from DIR/*.jsonl, on another machine, without the targets.
+
+Figures (matplotlib, Agg): per experiment, the distribution of idle (final) RSS per case; and
+where records carry a stack layout, the random gap against the idle RSS, coloured by how many
+stack pages are present -- the picture that explains "12 kB reproducible, 8 kB unreproducible".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import ExperimentError
+from .experiment.runner import summarize
+
+KEY_FIGURES = ("final_rss_kb", "final_vmrss_kb", "stack_gap", "stack_present_pages")
+
+
+def load_records(d: Path) -> dict[str, list[dict[str, Any]]]:
+    """{experiment: [records]} from every DIR/*.jsonl; one-line ExperimentError if unreadable."""
+    if not d.is_dir():
+        raise ExperimentError(f"{d}: no such results directory")
+    out: dict[str, list[dict[str, Any]]] = {}
+    files = sorted(d.glob("*.jsonl"))
+    if not files:
+        raise ExperimentError(f"{d}: no *.jsonl records (run 'remap run NAME --out {d}' first)")
+    for f in files:
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out.setdefault(rec["experiment"], []).append(rec)
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ExperimentError(f"{f}:{i}: not a remap record ({e})") from None
+    return out
+
+
+def summaries(recs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return {name: summarize(rs) for name, rs in recs.items()}
+
+
+def rows(summ: dict[str, Any]) -> list[list[str]]:
+    """Table rows: experiment, case, runs ok/total, agree, then min/median/max of key figures."""
+    out = []
+    for exp, cases in summ.items():
+        for case, s in cases.items():
+            row = [exp, case, f"{s['ok']}/{s['runs']}", "yes" if s["all_agree"] else "no"]
+            for f in KEY_FIGURES:
+                st = s["figures"].get(f)
+                row.append(_mmm(st) if st and "min" in st else "-")
+            row.append(_dist(s["figures"].get("final_rss_kb")))
+            out.append(row)
+    return out
+
+
+HEADERS = [
+    "experiment",
+    "case",
+    "ok",
+    "all agree",
+    "RSS kB (walk)",
+    "VmRSS kB",
+    "stack gap B",
+    "stack pages",
+    "idle RSS distribution",
+]
+
+
+def _mmm(st: dict) -> str:
+    if st["min"] == st["max"]:
+        return f"{st['min']}"
+    return f"{st['min']} / {st['median']:g} / {st['max']}"
+
+
+def _dist(st: dict | None) -> str:
+    if not st or "distribution" not in st:
+        return "-"
+    return ", ".join(f"{k} kB x{v}" for k, v in st["distribution"].items())
+
+
+def markdown(summ: dict[str, Any], pngs: list[Path]) -> str:
+    lines = [
+        "# remap experiment report",
+        "",
+        "Figures as min / median / max over runs (one number when all runs agree); RSS from "
+        "the page walk, VmRSS from /proc/PID/status.",
+        "",
+    ]
+    lines.append("| " + " | ".join(HEADERS) + " |")
+    lines.append("|" + "---|" * len(HEADERS))
+    for r in rows(summ):
+        lines.append("| " + " | ".join(r) + " |")
+    for exp, cases in summ.items():
+        errs = sorted({e for s in cases.values() for e in s["errors"]})
+        if errs:
+            lines += ["", f"Errors in {exp}:", *[f"- {e}" for e in errs]]
+    for p in pngs:
+        lines += ["", f"![{p.stem}]({p.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(recs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """One PNG: per experiment, idle RSS histogram per case; gap vs RSS where gaps exist."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for exp, rs in recs.items():
+        panels.append(("hist", exp, rs))
+        if any(r.get("stack_gap") is not None for r in rs) and len(rs) > 1:
+            panels.append(("gap", exp, rs))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
+    for ax, (kind, exp, rs) in zip(axes[:, 0], panels, strict=True):
+        cases = sorted({r["case"] for r in rs})
+        if kind == "hist":
+            vals = sorted({r["final_rss_kb"] for r in rs if r.get("final_rss_kb") is not None})
+            width = 0.8 / max(1, len(cases))
+            for i, c in enumerate(cases):
+                cnt = [
+                    sum(1 for r in rs if r["case"] == c and r.get("final_rss_kb") == v)
+                    for v in vals
+                ]
+                ax.bar([j + i * width for j in range(len(vals))], cnt, width, label=c)
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(vals))], [f"{v}" for v in vals])
+            ax.set_xlabel("idle RSS, kB (page walk)")
+            ax.set_ylabel("runs")
+            ax.set_title(f"{exp}: idle RSS per run")
+        else:
+            for c in cases:
+                pts = [
+                    (r["stack_gap"], r["final_rss_kb"])
+                    for r in rs
+                    if r["case"] == c and r.get("stack_gap") is not None
+                ]
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, label=c, alpha=0.7)
+            ax.set_xlabel("random gap below argv/env strings, bytes (arch_align_stack)")
+            ax.set_ylabel("idle RSS, kB")
+            ax.set_title(f"{exp}: stack gap vs idle RSS")
+        if len(cases) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def report(d: Path, png: Path | None = None) -> tuple[dict[str, Any], Path, Path]:
+    """Summarise DIR's records, write DIR/report.md and the PNG; return (summaries, md, png)."""
+    recs = load_records(d)
+    summ = summaries(recs)
+    png = plot(recs, png or d / "report.png")
+    md = d / "report.md"
+    md.write_text(markdown(summ, [png] if png.parent.resolve() == d.resolve() else []))
+    return summ, md, png
