@@ -21,9 +21,9 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from functools import cache
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +91,10 @@ def _digest(*parts: bytes) -> str:
 def load() -> tuple[Any, Any]:
     """Return (lib, ffi) of the compiled helper, building it first if its source changed."""
     src = C_FILE.read_bytes()
-    name = f"_remap_native_{_digest(src, CDEF.encode(), sys.version.encode())}"
+    name = f"_remap_native_{_digest(src, CDEF.encode())}"
     out = _out_dir()
-    found = sorted(out.glob(f"{name}.*.so")) + sorted(out.glob(f"{name}.so"))
+    # the extension suffix names the ABI (cpython-311-x86_64-linux-gnu): one build per ABI
+    found = [out / (name + sfx) for sfx in EXTENSION_SUFFIXES if (out / (name + sfx)).is_file()]
     if not found:
         found = [_compile(name, out)]
     spec = importlib.util.spec_from_file_location(name, found[0])
