@@ -133,3 +133,73 @@ def test_default_build_is_an_ordinary_static_binary():
         flags = [s["p_flags"] for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
         assert RWX not in flags  # no hot-page layout without the linker script
         assert elf.get_section_by_name(".hot.text") is not None
+
+
+# ---------------------------------------------------------------------------- behaviour (ircd)
+@pytest.fixture(params=["default", "hotpage"])
+def bot(request, spawn):
+    """A registered bot of each build, driven by a real IrcServer; closed after the test."""
+    from remap.ircd import IrcServer
+
+    srv = IrcServer(timeout=5.0)
+    t = spawn("minibot", request.param, *srv.bot_args())
+    reg = srv.accept_bot()
+    assert (reg.nick, reg.channel) == ("minibot", "#remap")
+    yield srv, t
+    srv.close()
+
+
+def test_bot_answers_10000_pings(bot):
+    srv, t = bot
+    assert srv.ping(10_000) == 10_000
+    assert srv.pings == 10_000
+    t.wait_blocked()
+
+
+def test_bot_commands_and_mem_format(bot):
+    from remap import procfs
+
+    srv, t = bot
+    assert srv.command("!ping") == "pong"
+    mem = srv.command("!mem")
+    t.wait_blocked()
+    status = procfs.read_status(t.pid)
+    assert set(mem) == {"VmSize", "VmPeak", "VmRSS", "VmExe", "VmData", "VmLib", "VmStk"}
+    for k in ("VmSize", "VmPeak", "VmExe", "VmData", "VmLib", "VmStk"):
+        assert mem[k] == status[k], k  # the layout does not change while it idles
+    assert 0 < mem["VmRSS"] <= mem["VmSize"] <= mem["VmPeak"]
+    srv.send(":x!x@h PRIVMSG #other :!ping")  # not our channel: no answer
+    assert srv.command("!ping") == "pong"  # ...so the next reply is this one
+
+
+def test_bot_exits_0_on_eof(bot):
+    srv, t = bot
+    srv.close()
+    assert t.proc.wait(timeout=5) == 0
+
+
+def test_hotpage_bot_has_only_hot_page_and_stack_writable(spawn):
+    from remap import procfs
+    from remap.ircd import IrcServer
+
+    with IrcServer() as srv:
+        t = spawn("minibot", "hotpage", *srv.bot_args())
+        srv.accept_bot()
+        srv.ping(10)
+        t.wait_blocked()
+        writable = [e for e in procfs.read_maps(t.pid) if "w" in e.perms]
+        assert [(e.start, e.end - e.start, e.perms[:3]) for e in writable[:1]] == [
+            (0x600000, PAGE_SIZE, "rwx")
+        ]
+        assert [e.path for e in writable[1:]] == ["[stack]"]  # no heap, no other RW mapping
+
+
+def test_ircd_reports_a_dead_bot_without_hanging(spawn):
+    from remap.ircd import IrcError, IrcServer
+
+    with IrcServer(timeout=1.0) as srv:
+        t = spawn("minibot", "default", *srv.bot_args())
+        srv.accept_bot()
+        t.kill()
+        with pytest.raises(IrcError):
+            srv.ping(5)

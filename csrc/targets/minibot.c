@@ -22,6 +22,7 @@
 // remap-build[hotpage]: musl-gcc -static -no-pie -Os -fno-omit-frame-pointer -fno-stack-protector -fno-asynchronous-unwind-tables -fno-tree-loop-distribute-patterns -fno-jump-tables -malign-data=abi -Wl,-T,{dir}/minibot-hotpage.ld -Wl,--no-warn-rwx-segments -Wl,--orphan-handling=error -o {out} {src}
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -345,6 +346,10 @@ int main(int argc, char **argv)
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
 		die("cannot connect");
+	// One write per reply: without NODELAY, Nagle holds each small reply back until the
+	// server's delayed ACK (40 ms), which turns pipelined PINGs into a crawl.
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	send_str(fd, "NICK ");
 	send_str(fd, nick);
 	send_str(fd, "\r\nUSER ");
