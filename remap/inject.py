@@ -218,6 +218,7 @@ class Session:
         self._suspend_seccomp = suspend_seccomp
         self._threads: dict[int, _Thread] = {}
         self._gadget: int | None = None
+        self._gadget_hint: gadget_mod.Gadget | None = None
         self._scratch: int = 0
         self._scratch_len = 0
         self._borrowed: list[tuple[int, bytes]] = []
@@ -245,13 +246,24 @@ class Session:
     def gadget(self) -> int:
         """Address of the `syscall` instruction used for injection (found lazily)."""
         if self._gadget is None:
-            g = gadget_mod.find(self.pid)
+            g = self._gadget_hint if self._hint_still_mapped() else gadget_mod.find(self.pid)
             if g is None:
                 raise UnsupportedTarget(
                     f"process {self.pid}: no `syscall` instruction in any executable mapping"
                 )
             self.use_gadget(g.addr)
         return self._gadget  # type: ignore[return-value]
+
+    def _hint_still_mapped(self) -> bool:
+        """The gadget found before the seize (to keep the stop short) is still mapped there."""
+        g = self._gadget_hint
+        if g is None:
+            return False
+        with contextlib.suppress(OSError):
+            for m in gadget_mod.read_maps(self.pid):
+                if m.start <= g.addr < m.end:
+                    return m.path == g.path and "x" in m.perms
+        return False
 
     def use_gadget(self, addr: int) -> None:
         """Inject through the `syscall` instruction at addr from now on (e.g. in a page the fold
@@ -669,6 +681,8 @@ def attach(pid: int, *, pin: bool = True, suspend_seccomp: bool = False) -> Iter
     s = Session(pid, pin=pin, suspend_seccomp=suspend_seccomp)
     old_term = _trap_sigterm()
     try:
+        with contextlib.suppress(OSError):
+            s._gadget_hint = gadget_mod.find(pid)  # file reads before the stop, not during
         s._seize()
         if pin:
             s._pin_cpu()
