@@ -1,0 +1,187 @@
+"""Running a fold plan: precondition -> remote syscalls -> verification, one step at a time.
+
+Why this shape (CRIU's seize/infect/cure, rr's scoped sessions): every step first proves its
+precondition on a snapshot taken while *every* thread is stopped, and refuses with a reason
+(UnsafeStep) before touching anything; after it acts, the runner re-snapshots and checks that
+every anonymous page the step did not mean to touch hashes the same.  The session's exit cures
+the process whatever happened (registers, signal mask, scratch page, detach).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import residency
+from ..errors import UnsafeStep
+from ..kconst import PAGE_SIZE
+from . import verify
+
+
+@dataclass
+class Action:
+    """What one step will do, computed from a stopped snapshot before anything is done."""
+
+    name: str
+    text: str  # one line for --dry-run and the report
+    run: Callable[[FoldContext], dict[str, Any]]
+    touches: set[int] = field(default_factory=set)  # anon pages it changes/drops on purpose
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepReport:
+    name: str
+    text: str
+    applied: bool
+    syscalls: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "text": self.text,
+            "applied": self.applied,
+            "syscalls": self.syscalls,
+            **self.detail,
+        }
+
+
+@dataclass
+class FoldContext:
+    """Everything a step may look at or use: the pid, the stopped session and a fresh snapshot."""
+
+    pid: int
+    session: Any  # remap.inject.Session
+    snap: residency.Snapshot
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+    calls: int = 0
+
+    def call(self, name: str | int, *args: int) -> int:
+        """One remote syscall, counted for the report."""
+        self.calls += 1
+        return self.session.syscall(name, *args)
+
+    def batch(self, calls: list[tuple]) -> list[int]:
+        """Many remote syscalls; single calls when there are few (no scratch page needed)."""
+        if len(calls) <= 3:
+            return [self.call(*c) for c in calls]
+        self.calls += len(calls)
+        return self.session.syscalls(calls)
+
+    def refresh(self) -> None:
+        self.snap = residency.snapshot(self.pid)
+
+
+def _brief(snap: residency.Snapshot) -> dict[str, Any]:
+    return {
+        "rss_kb": snap.rss_kb,
+        "present_pages": snap.present_pages,
+        "vmas": len(snap.vmas),
+        "counters_kb": dict(snap.counters_kb),
+        "summary": snap.summary,
+    }
+
+
+@dataclass
+class FoldReport:
+    pid: int
+    kind: str
+    dry_run: bool
+    before: dict[str, Any]
+    after: dict[str, Any] | None
+    steps: list[StepReport]
+    stopped_us: float
+    verified_bytes: int
+    notes: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "kind": self.kind,
+            "dry_run": self.dry_run,
+            "before": self.before,
+            "after": self.after,
+            "steps": [s.to_json() for s in self.steps],
+            "stopped_us": round(self.stopped_us, 1),
+            "verified_bytes": self.verified_bytes,
+            "notes": self.notes,
+        }
+
+
+Planner = Callable[[FoldContext], Action | None]
+
+
+def run_plan(
+    pid: int, kind: str, planners: list[Planner], *, dry_run: bool = False, settle_s: float = 0.05
+) -> FoldReport:
+    """Attach, plan and apply each step in order, verify, detach; measure before and after.
+
+    A planner returns None when it has nothing to do and raises UnsafeStep to refuse.  The
+    "after" snapshot is taken once the target runs again and is back asleep, because resuming a
+    blocked syscall re-executes its `syscall` instruction and faults that code page back in --
+    the number a user sees is the one after that.
+    """
+    from ..inject import attach
+
+    before = residency.snapshot(pid)
+    reports: list[StepReport] = []
+    verified = 0
+    with attach(pid) as s:
+        ctx = FoldContext(pid, s, residency.snapshot(pid), dry_run)
+        for planner in planners:
+            action = planner(ctx)
+            if action is None:
+                continue
+            if dry_run:
+                reports.append(StepReport(action.name, action.text, False, 0, action.detail))
+                continue
+            keep = {
+                p.addr
+                for p in ctx.snap.anon_pages()
+                if p.addr not in action.touches and not _scratch(s, p.addr)
+            }
+            hashes = verify.hash_pages(s.read, keep)
+            calls0 = ctx.calls
+            detail = action.run(ctx)
+            ctx.refresh()
+            still = {a: h for a, h in hashes.items() if ctx.snap.vma_at(a) is not None}
+            verified += verify.check_same(still, s.read)
+            reports.append(
+                StepReport(action.name, action.text, True, ctx.calls - calls0,
+                           {**action.detail, **(detail or {})})
+            )  # fmt: skip
+        notes = ctx.notes
+        stopped_before_cure = s.stopped_ns
+        t_cure = time.monotonic_ns()
+    stopped_us = (stopped_before_cure + time.monotonic_ns() - t_cure) / 1e3
+    after = None if dry_run else _settled_snapshot(pid, settle_s)
+    return FoldReport(
+        pid, kind, dry_run, _brief(before), after and _brief(after), reports,
+        stopped_us, verified, notes,
+    )  # fmt: skip
+
+
+def _scratch(s: Any, addr: int) -> bool:
+    base = getattr(s, "_scratch", 0)
+    size = getattr(s, "_scratch_len", 0) or PAGE_SIZE
+    return bool(base) and base <= addr < base + size
+
+
+def _settled_snapshot(pid: int, settle_s: float) -> residency.Snapshot:
+    """Snapshot once the target is asleep again (state S), within a bounded wait."""
+    from .. import procfs
+
+    deadline = time.monotonic() + max(settle_s, 0.0) + 2.0
+    time.sleep(settle_s)
+    while time.monotonic() < deadline:
+        if procfs.read_stat(pid).state in ("S", "D", "T", "t", "Z"):
+            break
+        time.sleep(0.002)
+    snap = residency.snapshot(pid)
+    if not snap.vmas:
+        raise UnsafeStep(f"process {pid} has no mappings left after the fold")
+    return snap

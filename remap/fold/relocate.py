@@ -1,0 +1,103 @@
+"""Relocating pointers when a block of stack moves: the conservative-GC rule, stated plainly.
+
+When live stack words move from [lo, hi) to [lo+delta, hi+delta), every value anywhere in the
+process that points into [lo, hi) must be moved by delta too: saved frame pointers and pointers
+to locals inside the moved frames, registers, and pointers kept in writable memory (TLS, .data,
+.bss).  We cannot tell a pointer from an integer, so -- like a conservative garbage collector --
+we treat every aligned 8-byte word whose value falls in [lo, hi) as a pointer.  On x86_64 the
+stack lives near 0x7ff..., where a false positive needs an integer that happens to equal a live
+stack address; we accept that risk and say so in the fold's report (``relocated_words``).
+
+Kernel-held pointers (a futex key, a restart_block's user pointer, an alternate signal stack)
+cannot be fixed this way; the fold's preconditions refuse those cases instead.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+# user_regs_struct fields that may hold pointers; rip and segment bases excluded on purpose:
+# rip never points into the stack and fs_base/gs_base point to TLS, which the fold never moves.
+POINTER_REGS = (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Move:
+    """Words formerly at [lo, hi) now live at [lo + delta, hi + delta)."""
+
+    lo: int
+    hi: int
+    delta: int
+
+    def apply(self, value: int) -> int | None:
+        """The relocated value, or None when VALUE does not point into the moved block."""
+        if self.lo <= value < self.hi:
+            return value + self.delta
+        return None
+
+
+def relocate_words(buf: bytes, moves: list[Move]) -> tuple[bytes, list[int]]:
+    """Rewrite every aligned 8-byte word of BUF that points into a moved block.
+
+    Returns the new bytes and the byte offsets of the words changed (for the report and tests).
+    """
+    n = len(buf) // 8
+    words = list(struct.unpack_from(f"<{n}Q", buf))
+    changed = []
+    for i, w in enumerate(words):
+        for m in moves:
+            nv = m.apply(w)
+            if nv is not None:
+                words[i] = nv
+                changed.append(i * 8)
+                break
+    out = struct.pack(f"<{n}Q", *words) + buf[n * 8 :]
+    return out, changed
+
+
+def relocate_regs(regs: dict[str, int], moves: list[Move]) -> dict[str, int]:
+    """A copy of REGS with every pointer register into a moved block relocated."""
+    out = dict(regs)
+    for name in POINTER_REGS:
+        if name in out:
+            for m in moves:
+                nv = m.apply(out[name])
+                if nv is not None:
+                    out[name] = nv
+                    break
+    return out
+
+
+def walk_frames(
+    read_word, rbp: int, lo: int, hi: int, is_hot, max_frames: int = 64
+) -> tuple[int | None, list[tuple[int, int]]]:
+    """Follow the rbp chain from a stopped thread and find where the hot frames end.
+
+    READ_WORD(addr) returns the 8-byte word at ADDR (from a buffer already read); frames must lie
+    in [lo, hi).  IS_HOT(addr) says whether a return address is inside the hot page's code.
+    Returns (cfa, frames): CFA is the address just above the outermost frame whose caller is
+    *not* hot (the steady-state root's frame ends there; callers above it are frames the root
+    never returns to), or None when the chain leaves [lo, hi) or is longer than MAX_FRAMES.
+    FRAMES lists (frame base, return address) pairs walked.
+
+    Why frame pointers and not DWARF CFI: the hot-page contract compiles the program with
+    -fno-omit-frame-pointer, so the chain is exact and needs no unwinder; a frame without one is
+    detected (rbp outside the stack) and refused rather than guessed.
+    """
+    frames: list[tuple[int, int]] = []
+    fp = rbp
+    for _ in range(max_frames):
+        if not (lo <= fp and fp + 16 <= hi) or fp % 8:
+            return None, frames
+        saved_fp, ret = read_word(fp), read_word(fp + 8)
+        frames.append((fp, ret))
+        if not is_hot(ret):
+            return fp + 16, frames
+        if saved_fp <= fp:
+            return None, frames
+        fp = saved_fp
+    return None, frames

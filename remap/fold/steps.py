@@ -1,0 +1,500 @@
+"""The fold's steps.  Each planner looks at a stopped snapshot, proves its precondition (or
+raises UnsafeStep with the reason), and returns an Action saying exactly what it will do.
+
+Safety rules (DESIGN section 6) enforced here:
+- MADV_DONTNEED only on pages proven clean and file-backed (pagemap bit 61 in a file mapping),
+  or on whole stack pages below a stopped thread's rsp - 128 (dead by the ABI: the red zone is
+  the only thing a thread may keep below rsp).
+- Anonymous memory is never dropped while live: it is moved (stack relocation), with every
+  pointer into it fixed, and verified byte for byte afterwards.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from .. import kconst as K
+from .. import procfs
+from ..errors import UnsafeStep
+from . import mmview
+from .hotpage import HotPage, find_hot_page
+from .plan import Action, FoldContext
+from .ranges import coalesce, page_ceil, page_floor, total
+from .relocate import Move, relocate_regs, relocate_words, walk_frames
+
+RED_ZONE = 128
+ALIGN = 64  # moved frames keep their address modulo 64: over-aligned locals stay aligned
+# Syscalls whose restart re-reads only registers (which we relocate): safe to move the stack
+# under.  futex keys and restart_block pointers are held by the kernel: refused.
+RESTARTABLE_UNDER_MOVE = {"read", "write", "pause", "poll", "ppoll", "accept", "accept4",
+                          "recvfrom", "select", "pselect6", "epoll_wait", "epoll_pwait",
+                          "wait4", "rt_sigtimedwait", "rt_sigsuspend", "sendto"}  # fmt: skip
+
+
+def _in_syscall(regs: dict[str, int]) -> bool:
+    """Stopped inside an interrupted syscall (rax holds a -ERESTART* code)."""
+    return regs["orig_rax"] < 2**63 and (2**64 - regs["rax"]) in K.ERESTART_CODES
+
+
+def _syscall_name(nr: int) -> str:
+    from ..inject import syscall_name
+
+    return syscall_name(nr)
+
+
+# ----------------------------------------------------------------------------- gadget
+def use_own_syscall(ctx: FoldContext) -> Action | None:
+    """Inject through the `syscall` instruction the target is blocked in.
+
+    Why: its page is faulted back in anyway when the blocked call restarts, so injecting there
+    adds nothing to the final RSS, and it survives every unmap the fold does.
+    """
+    regs = ctx.session.regs()
+    if not _in_syscall(regs):
+        return None
+    site = regs["rip"] - 2
+    if ctx.session.read(site, 2) != b"\x0f\x05":
+        return None
+    ctx.session.use_gadget(site)
+    return None  # a choice of instrument, not a change to the target: not reported as a step
+
+
+# ----------------------------------------------------------------------------- squeeze
+def drop_clean_file(ctx: FoldContext) -> Action | None:
+    """MADV_DONTNEED every present page proven clean and file-backed."""
+    pages = [p.addr for v in ctx.snap.vmas if v.is_file for p in v.pages if p.clean_file]
+    if not pages:
+        return None
+    ranges = coalesce(pages)
+
+    def run(c: FoldContext) -> dict[str, Any]:
+        c.batch([("madvise", s, e - s, K.MADV_DONTNEED) for s, e in ranges])
+        return {}
+
+    return Action(
+        "drop-clean-file",
+        f"madvise(DONTNEED) {len(pages)} clean file pages in {len(ranges)} ranges",
+        run,
+        detail={"pages": len(pages), "ranges": [[s, e] for s, e in ranges]},
+    )
+
+
+def drop_dead_stack(ctx: FoldContext) -> Action | None:
+    """MADV_DONTNEED whole stack pages below each stopped thread's rsp - 128."""
+    targets: list[tuple[int, int]] = []
+    for tid in ctx.session.threads:
+        rsp = ctx.session.regs(tid)["rsp"]
+        vma = ctx.snap.vma_at(rsp)
+        if vma is None or vma.is_file or "w" not in vma.perms:
+            continue  # not on an ordinary writable stack: leave it alone
+        limit = page_floor(rsp - RED_ZONE)
+        dead = [p.addr for p in vma.pages if p.addr + K.PAGE_SIZE <= limit and p.backing == "anon"]
+        targets += coalesce(dead)
+    if not targets:
+        return None
+    _refuse_altstack_overlap(ctx, targets)
+    touched = {a for s, e in targets for a in range(s, e, K.PAGE_SIZE)}
+
+    def run(c: FoldContext) -> dict[str, Any]:
+        c.batch([("madvise", s, e - s, K.MADV_DONTNEED) for s, e in targets])
+        return {}
+
+    return Action(
+        "drop-dead-stack",
+        f"madvise(DONTNEED) {total(targets) // K.PAGE_SIZE} dead stack pages below rsp-128",
+        run,
+        touches=touched,
+        detail={"pages": total(targets) // K.PAGE_SIZE, "ranges": [[s, e] for s, e in targets]},
+    )
+
+
+def _refuse_altstack_overlap(ctx: FoldContext, ranges: list[tuple[int, int]]) -> None:
+    """An alternate signal stack inside 'dead' stack is live: ask each thread (sigaltstack)."""
+    s = ctx.session
+    for tid in s.threads:
+        buf = s.scratch()
+        ctx.calls += 1
+        s.syscall("sigaltstack", 0, buf, tid=tid)
+        sp, flags, _pad, size = struct.unpack("<QiiQ", s.read(buf, 24))
+        if flags & 2:  # SS_DISABLE
+            continue
+        for lo, hi in ranges:
+            if sp < hi and sp + size > lo:
+                raise UnsafeStep(
+                    f"thread {tid} has an alternate signal stack at {sp:#x} inside its dead "
+                    "stack; not dropping it"
+                )
+
+
+# ----------------------------------------------------------------------------- stack fold
+def close_stack_gap(ctx: FoldContext) -> Action | None:
+    """Move the live frames and the argc/argv/envp/auxv tables up against the argument strings.
+
+    exec leaves a random gap (arch_align_stack, up to 8 KiB) between the strings at the top of
+    the stack and the tables below them; whether the live stack then straddles a page boundary
+    is luck -- the seed author's "12 kB reproducible, 8 kB unreproducible".  Closing the gap
+    puts the whole live stack into as few pages as it fits in, every run.  The strings do not
+    move, so argv/environ string pointers and /proc/PID/cmdline stay valid; pointers into the
+    moved block (frame pointers, envp, auxv entries, libc's saved copies in .data/.bss, the
+    registers) are relocated, and start_stack is updated with PR_SET_MM_MAP.
+    """
+    s = ctx.session
+    if len(s.threads) != 1:
+        raise UnsafeStep(
+            f"stack relocation needs a single-threaded process ({len(s.threads)} threads: "
+            "other threads may hold pointers into the main stack)"
+        )
+    regs = s.regs()
+    _refuse_kernel_held_pointers(regs)
+    stack = ctx.snap.vma_at(regs["rsp"])
+    if stack is None or stack.label != "stack":
+        raise UnsafeStep("the main thread's rsp is not in [stack]; not moving it")
+    st = procfs.read_stat(ctx.pid)
+    top_of_tables = _end_of_tables(ctx.pid, st)
+    if not (regs["rsp"] < top_of_tables <= st.arg_start <= stack.end):
+        raise UnsafeStep("unexpected initial stack layout (tables above the argument strings)")
+    lo = (regs["rsp"] - RED_ZONE) // ALIGN * ALIGN
+    delta = (st.arg_start - top_of_tables) // ALIGN * ALIGN
+    if delta < K.PAGE_SIZE // 8:
+        return None  # gap already small: moving would not save a page worth the risk
+    move = Move(lo, top_of_tables, delta)
+    new_lo, new_hi = lo + delta, top_of_tables + delta
+    pages_before = len(range(page_floor(lo), page_ceil(st.arg_end), K.PAGE_SIZE))
+    writable = _writable_pages(ctx, exclude=stack)
+    touched = set(range(page_floor(lo), page_ceil(new_hi), K.PAGE_SIZE)) | set(writable)
+
+    def run(c: FoldContext) -> dict[str, Any]:
+        old = s.read(lo, top_of_tables - lo)
+        new, fixed_in_block = relocate_words(old, [move])
+        rewrites = _pointer_rewrites(s, writable, [move])
+        # Nothing above changed the target.  The copy lands in the gap, which nothing uses;
+        # the commit point is rewriting pointers in .data/.bss, undone if anything fails.
+        s.write(new_lo, new)
+        if s.read(new_lo, len(new)) != new:
+            raise UnsafeStep("read-back of the moved stack differs from what was written")
+        _commit_rewrites(s, rewrites)
+        new_regs = relocate_regs(regs, [move])
+        s.set_resume_regs(None, {k: new_regs[k] for k in new_regs if new_regs[k] != regs[k]})
+        auxv = _relocated_auxv(ctx.pid, [move])
+        note = _set_mm_map(c, {"start_stack": st.start_stack + delta}, auxv)
+        # the old frames are now dead stack below the new rsp - 128: drop them
+        dead = [
+            p.addr
+            for p in c.snap.vma_at(lo).pages
+            if p.addr + K.PAGE_SIZE <= page_floor(new_lo) and p.addr >= stack.start
+        ]
+        if dead:
+            c.batch([("madvise", a, e - a, K.MADV_DONTNEED) for a, e in coalesce(dead)])
+        return {
+            "moved_bytes": len(old),
+            "delta": delta,
+            "relocated_words": len(fixed_in_block) + sum(n for _, _, _, n in rewrites),
+            "registers_changed": sorted(k for k in new_regs if new_regs[k] != regs[k]),
+            "mm_map": note,
+        }
+
+    return Action(
+        "relocate-stack",
+        f"move live stack [{lo:#x}, {top_of_tables:#x}) up by {delta} bytes against the "
+        f"argument strings ({pages_before} pages -> "
+        f"{len(range(page_floor(new_lo), page_ceil(st.arg_end), K.PAGE_SIZE))})",
+        run,
+        touches=touched,
+        detail={"from": [lo, top_of_tables], "to": [new_lo, new_hi]},
+    )
+
+
+def _refuse_kernel_held_pointers(regs: dict[str, int]) -> None:
+    if not _in_syscall(regs):
+        return
+    code = 2**64 - regs["rax"]
+    name = _syscall_name(regs["orig_rax"])
+    if code == K.ERESTART_RESTARTBLOCK:
+        raise UnsafeStep(
+            f"blocked in {name} with a kernel restart block (it may hold a pointer into the "
+            "stack); try again when the target waits in read/poll/pause"
+        )
+    if name not in RESTARTABLE_UNDER_MOVE:
+        raise UnsafeStep(f"blocked in {name}: the kernel may hold a pointer into the stack")
+
+
+def _end_of_tables(pid: int, st: procfs.Stat) -> int:
+    """End of what exec wrote below the gap: the tables, AT_RANDOM's 16 bytes, the platform
+    string (fs/binfmt_elf.c create_elf_tables copies them just below the aligned strings)."""
+    auxv = dict(procfs.read_auxv(pid))
+    ends = [st.start_stack + 8]
+    if K.AT_RANDOM in auxv:
+        ends.append(auxv[K.AT_RANDOM] + 16)
+    if K.AT_PLATFORM in auxv:
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
+            f.seek(auxv[K.AT_PLATFORM])
+            ends.append(auxv[K.AT_PLATFORM] + f.read(64).index(b"\0") + 1)
+    # the tables themselves: argc, argv[], NULL, envp[], NULL, auxv pairs, AT_NULL
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
+        f.seek(st.start_stack)
+        words = struct.unpack("<512Q", f.read(4096))
+    i = 1 + words[0] + 1  # argc, argv..., NULL
+    while words[i]:
+        i += 1
+    i += 1  # envp NULL
+    while words[i]:
+        i += 2
+    ends.append(st.start_stack + (i + 2) * 8)
+    return (max(ends) + 15) // 16 * 16
+
+
+def _writable_pages(ctx: FoldContext, exclude) -> list[int]:
+    """Present pages of every writable private mapping except EXCLUDE: where libc keeps its
+    saved copies of argv/environ/auxv pointers (.data, .bss, TLS, heap)."""
+    out = []
+    for v in ctx.snap.vmas:
+        if v is exclude or "w" not in v.perms or v.pfnmap or v.label in ("vvar", "vdso"):
+            continue
+        out += [p.addr for p in v.pages]
+    if len(out) > 16384:
+        raise UnsafeStep(
+            f"{len(out) * 4} kB of writable memory to scan for stack pointers; refusing "
+            "(stack relocation is meant for small processes)"
+        )
+    return out
+
+
+def _pointer_rewrites(
+    s, pages: list[int], moves: list[Move]
+) -> list[tuple[int, bytes, bytes, int]]:
+    """(page, old bytes, new bytes, words changed) for every page of PAGES holding a pointer
+    into a moved block.  Computed before anything is written, so a failure changes nothing."""
+    out = []
+    for a in pages:
+        old = s.read(a, K.PAGE_SIZE)
+        new, changed = relocate_words(old, moves)
+        if changed:
+            out.append((a, old, new, len(changed)))
+    return out
+
+
+def _commit_rewrites(s, rewrites: list[tuple[int, bytes, bytes, int]]) -> None:
+    """Write the relocated pages, verify each; on any failure put every page back as it was."""
+    done = []
+    try:
+        for a, old, new, _n in rewrites:
+            s.write(a, new)
+            done.append((a, old))
+            if s.read(a, K.PAGE_SIZE) != new:
+                raise UnsafeStep(f"read-back of page {a:#x} differs after pointer relocation")
+    except BaseException:
+        for a, old in reversed(done):
+            s.write(a, old)
+        raise
+
+
+def _relocated_auxv(pid: int, moves: list[Move]) -> bytes:
+    out = []
+    for t, v in procfs.read_auxv(pid):
+        for m in moves:
+            nv = m.apply(v)
+            if nv is not None and t in (K.AT_RANDOM, K.AT_PLATFORM, K.AT_EXECFN):
+                v = nv
+                break
+        out.append(struct.pack("<QQ", t, v))
+    return b"".join(out) + struct.pack("<QQ", K.AT_NULL, 0)
+
+
+def _set_mm_map(ctx: FoldContext, changes: dict[str, int], auxv: bytes | None) -> str:
+    """Tell the kernel where things now are (PR_SET_MM_MAP); a refusal is a note, not a
+    failure: the process is correct either way, only /proc's view would be stale."""
+    s = ctx.session
+    brk = ctx.call("brk", 0)
+    mm = mmview.read_mm_map(ctx.pid, brk).with_(**changes)
+    buf = s.scratch()
+    aux_addr = buf + 256
+    blob = mm.pack(aux_addr if auxv else 0, len(auxv) if auxv else 0)
+    s.write(buf, blob)
+    if auxv:
+        s.write(aux_addr, auxv)
+    try:
+        ctx.call("prctl", K.PR_SET_MM, K.PR_SET_MM_MAP, buf, mmview.MM_MAP_SIZE, 0)
+    except OSError as e:
+        msg = f"PR_SET_MM_MAP refused ({e.strerror}): /proc/PID/stat shows the old layout"
+        ctx.notes.append(msg)
+        return msg
+    return "updated"
+
+
+# ----------------------------------------------------------------------------- single page
+def single_page(ctx: FoldContext) -> Action | None:
+    """Fold a hot-page program into its one page: live frames into the page's stack reserve,
+    argv strings beside them, every other mapping unmapped.
+
+    Preconditions (each refused with its reason): a hot page in the executable; one thread;
+    blocked in a restartable syscall *inside* the hot page; the rbp chain reaches a frame whose
+    caller is outside the hot code (the steady-state root, which by the contract never returns);
+    no anonymous memory outside the hot page and the stack; moved frames + strings + a margin fit
+    the reserve.  Caught signals are blocked for good (a signal frame would not fit); signals at
+    their default action push no frame and keep working (SIGTERM still terminates).
+    """
+    s = ctx.session
+    hot = find_hot_page(ctx.pid)
+    if hot is None:
+        raise UnsafeStep("no hot page in this executable (__hot_start/__hot_end symbols missing)")
+    if len(s.threads) != 1:
+        raise UnsafeStep(f"single-page fold needs one thread, found {len(s.threads)}")
+    regs = s.regs()
+    if not _in_syscall(regs) or not hot.contains(regs["rip"]):
+        raise UnsafeStep(
+            f"the target is not waiting in a syscall inside its hot page (rip {regs['rip']:#x}, "
+            f"hot page {hot.start:#x}-{hot.end:#x}); try again when it is idle"
+        )
+    _refuse_kernel_held_pointers(regs)
+    if regs["rip"] - 2 not in hot.syscall_insns:
+        raise UnsafeStep("the interrupted syscall instruction is not in the hot page's code")
+    stack = ctx.snap.vma_at(regs["rsp"])
+    if stack is None or stack.label != "stack":
+        raise UnsafeStep("the main thread's rsp is not in [stack]")
+    cfa, frames = _steady_root(s, regs, stack, hot)
+    lo = (regs["rsp"] - RED_ZONE) // 16 * 16
+    _refuse_foreign_anon(ctx, hot, stack)
+    st = procfs.read_stat(ctx.pid)
+    strings = s.read(st.arg_start, st.arg_end - st.arg_start)
+    margin = 512
+    str_at = hot.stack_hi - len(strings)
+    delta = (str_at - cfa) // ALIGN * ALIGN
+    new_lo = lo + delta
+    need = cfa - lo + len(strings) + margin
+    if new_lo - margin < hot.stack_lo:
+        raise UnsafeStep(
+            f"live stack {cfa - lo} B + argv strings {len(strings)} B + margin {margin} B = "
+            f"{need} B does not fit the hot page's {hot.reserve} B stack reserve"
+        )
+    moves = [Move(lo, cfa, delta), Move(st.arg_start, st.arg_end, str_at - st.arg_start)]
+    writable = _hot_writable_ranges(ctx.pid, hot)
+    caught = _caught_signals(ctx.pid)
+    unmap = [
+        (v.start, v.end)
+        for v in ctx.snap.vmas
+        if v.start != hot.start and v.label != "vsyscall" and not _scratch_vma(s, v)
+    ]
+
+    def run(c: FoldContext) -> dict[str, Any]:
+        c.session.use_gadget(regs["rip"] - 2)
+        frames_old = s.read(lo, cfa - lo)
+        frames_new, fixed = relocate_words(frames_old, moves)
+        fixed_data = 0
+        for a, e in writable:
+            old = s.read(a, e - a)
+            new, ch = relocate_words(old, moves)
+            if ch:
+                s.write(a, new)
+                fixed_data += len(ch)
+        s.write(new_lo, frames_new)
+        s.write(str_at, strings)
+        if s.read(new_lo, len(frames_new)) != frames_new or s.read(str_at, len(strings)) != strings:
+            raise UnsafeStep("read-back of the hot page's stack reserve differs")
+        new_regs = relocate_regs(regs, moves)
+        s.set_resume_regs(None, {k: new_regs[k] for k in new_regs if new_regs[k] != regs[k]})
+        if caught:
+            s.set_resume_sigmask(None, s.sigmask() | caught)
+        for a, e in unmap:
+            c.call("munmap", a, e - a)
+        note = _set_mm_map(
+            c,
+            {
+                "start_code": hot.start,
+                "end_code": hot.end,
+                "start_data": hot.start,
+                "end_data": hot.end,
+                "start_brk": hot.end,
+                "brk": hot.end,
+                "start_stack": cfa + delta,
+                "arg_start": str_at,
+                "arg_end": hot.stack_hi,
+                "env_start": hot.stack_hi,
+                "env_end": hot.stack_hi,
+            },  # fmt: skip
+            None,
+        )
+        s.release_scratch()
+        return {
+            "frames": len(frames),
+            "moved_bytes": cfa - lo,
+            "relocated_words": len(fixed) + fixed_data,
+            "unmapped": len(unmap),
+            "blocked_signals": _sig_names(caught),
+            "reserve_free_bytes": new_lo - hot.stack_lo,
+            "mm_map": note,
+        }
+
+    return Action(
+        "single-page",
+        f"move {cfa - lo} B of live frames + {len(strings)} B argv into the hot page reserve "
+        f"at {hot.start:#x}, unmap {len(unmap)} other mappings",
+        run,
+        touches=set(range(page_floor(lo), page_ceil(st.env_end), K.PAGE_SIZE)) | {hot.start},
+        detail={"hot_page": hot.start, "reserve_bytes": hot.reserve},
+    )
+
+
+def _steady_root(s, regs: dict[str, int], stack, hot: HotPage) -> tuple[int, list]:
+    buf_lo, buf_hi = regs["rsp"], min(stack.end, regs["rsp"] + 64 * 1024)
+    buf = s.read(buf_lo, buf_hi - buf_lo)
+
+    def word(a: int) -> int:
+        return struct.unpack_from("<Q", buf, a - buf_lo)[0]
+
+    cfa, frames = walk_frames(word, regs["rbp"], buf_lo, buf_hi, hot.contains)
+    if cfa is None:
+        raise UnsafeStep(
+            "cannot walk the frame-pointer chain from the hot code to its root "
+            f"({len(frames)} frames walked); build the target with -fno-omit-frame-pointer"
+        )
+    return cfa, frames
+
+
+def _refuse_foreign_anon(ctx: FoldContext, hot: HotPage, stack) -> None:
+    for v in ctx.snap.vmas:
+        if v.start == hot.start or v is stack or _scratch_vma(ctx.session, v):
+            continue
+        anon = [p for p in v.pages if p.backing in ("anon", "shmem")]
+        if anon:
+            raise UnsafeStep(
+                f"{len(anon)} anonymous page(s) in {v.label} {v.start:#x}-{v.end:#x} would be "
+                "lost by the single-page fold; only the hot page and the stack may hold data"
+            )
+
+
+def _scratch_vma(s, v) -> bool:
+    base = getattr(s, "_scratch", 0)
+    return bool(base) and v.start <= base < v.end
+
+
+def _hot_writable_ranges(pid: int, hot: HotPage) -> list[tuple[int, int]]:
+    """Writable sections inside the hot page below the stack reserve (from the ELF on disk):
+    the only words there that may hold pointers.  Code and rodata are never rewritten."""
+    from elftools.elf.elffile import ELFFile
+
+    out = []
+    with open(f"/proc/{pid}/exe", "rb") as f:
+        for sec in ELFFile(f).iter_sections():
+            a, n = sec["sh_addr"], sec["sh_size"]
+            if (
+                (sec["sh_flags"] & 1)
+                and hot.start <= a < hot.stack_lo
+                and n
+                and sec.name != ".hot.stack"
+            ):
+                out.append((a & ~7, min((a + n + 7) & ~7, hot.stack_lo)))
+    return sorted(out)
+
+
+def _caught_signals(pid: int) -> int:
+    """SigCgt: signals with a handler, i.e. the ones whose delivery pushes a frame (a hex mask:
+    read the raw line, a generic status parser may take '0000000000000002' for a decimal)."""
+    for line in procfs._read(pid, "status").splitlines():  # noqa: SLF001
+        if line.startswith(b"SigCgt:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def _sig_names(mask: int) -> list[int]:
+    return [i + 1 for i in range(64) if mask >> i & 1]
