@@ -218,7 +218,9 @@ def present_scan(pid: int, ranges: Sequence[tuple[int, int]], fd: int | None = N
                 n, walk_end = _ioctl_scan(fd, pos, hi, vec)
             except OSError as e:
                 raise translate(pid, e, "pagemap") from None
-            regions.extend((vec[i].start, vec[i].end, vec[i].categories) for i in range(n))
+            if n:
+                q = memoryview(vec).cast("B").cast("Q")[: 3 * n]  # C-speed unpacking
+                regions.extend(zip(q[0::3], q[1::3], q[2::3], strict=True))
             if walk_end <= pos:
                 break
             pos = walk_end
@@ -305,28 +307,44 @@ def zero_pfn() -> int | None:
 
 
 def pfns_for(pid: int, runs: Iterable[Present], fd: int | None = None) -> dict[int, int]:
-    """{addr: pfn} for every page in RUNS (reads only those entries); {} without CAP_SYS_ADMIN."""
+    """{addr: pfn} for every page in RUNS; {} without CAP_SYS_ADMIN (PFNs are hidden then).
+
+    Runs closer than _COALESCE pages are read with one pread (the entries of a hole between
+    them read as zeros, cheaply): 5,000 small VMAs cost a few syscalls, not 5,000.
+    """
     if not pfns_visible():
         return {}
+    spans: list[list[int]] = []
+    for r in sorted(runs, key=lambda r: r.start):
+        if spans and r.start - spans[-1][1] <= _COALESCE << K.PAGE_SHIFT:
+            spans[-1][1] = max(spans[-1][1], r.end)
+            spans[-1].append(r.start)
+            spans[-1].append(r.end)
+        else:
+            spans.append([r.start, r.end, r.start, r.end])
     own = fd is None
     if own:
         fd = open_proc(pid, "pagemap")
     out: dict[int, int] = {}
     try:
-        for r in runs:
+        for sp in spans:
             try:
-                ent = read_entries(fd, r.start, r.end)
+                ent = read_entries(fd, sp[0], sp[1])
             except OSError as e:
                 raise translate(pid, e, "pagemap") from None
-            a = r.start
-            for e in ent:
-                if e & K.PM_PRESENT:
-                    out[a] = e & K.PM_PFN_MASK
-                a += K.PAGE_SIZE
+            base = sp[0] >> K.PAGE_SHIFT
+            for k in range(2, len(sp), 2):
+                for a in range(sp[k], sp[k + 1], K.PAGE_SIZE):
+                    e = ent[(a >> K.PAGE_SHIFT) - base]
+                    if e & K.PM_PRESENT:
+                        out[a] = e & K.PM_PFN_MASK
     finally:
         if own:
             os.close(fd)
     return out
+
+
+_COALESCE = 4096
 
 
 def _frames(path: str, pfns: Iterable[int]) -> dict[int, int]:

@@ -89,7 +89,16 @@ class Vma:
     pages: list[Page] = field(default_factory=list)
     vmflags: frozenset[str] = frozenset()
     zero_pages: int = 0  # present in pagemap but mapping the shared zero page (no RSS)
-    smaps: dict[str, int] = field(default_factory=dict)
+    entry: procfs.SmapsEntry | None = None  # the raw smaps record (all fields, lazily)
+
+    @property
+    def smaps(self) -> dict[str, int]:
+        """Every smaps field of this VMA in kB (Rss, Pss, Referenced, AnonHugePages, ...)."""
+        return self.entry.fields if self.entry is not None else {}
+
+    def smaps_kb(self, key: str) -> int:
+        """One smaps field in kB, without building the whole dict."""
+        return self.entry.get(key) if self.entry is not None else 0
 
     @property
     def size_kb(self) -> int:
@@ -379,13 +388,12 @@ def snapshot(pid: int, *, method: str = "auto", kpageflags: bool = False) -> Sna
     for e, rs, view in zip(entries, runs, views, strict=True):
         shmem = _is_shmem(e, fstypes)
         label = _vma_label(e, exe, shmem, sps)
-        f = e.fields
-        rss, anon = f.get("Rss", 0), f.get("Anonymous", 0)
+        rss, anon = e.get("Rss"), e.get("Anonymous")
         shmem_kb = rss - anon if shmem else 0
         v = Vma(
             e.start, e.end, e.perms, e.offset, e.dev, e.inode, e.path, label,
-            rss, anon, rss - anon - shmem_kb, shmem_kb, f.get("Swap", 0),
-            vmflags=e.vmflags, smaps=f,
+            rss, anon, rss - anon - shmem_kb, shmem_kb, e.get("Swap"),
+            vmflags=e.vmflags, entry=e,
         )  # fmt: skip
         is_exe_part = view is not None and view.info.path == exe
         if view is not None and not e.path:  # anonymous .bss tail of a mapped ELF file
@@ -404,6 +412,14 @@ def snapshot(pid: int, *, method: str = "auto", kpageflags: bool = False) -> Sna
                 backing, cow = ("shmem" if shmem else "file"), False
             else:
                 backing, cow = "anon", private_file
+            if view is None and not flags_of:  # the common case, kept tight for big processes
+                pages.extend(
+                    [
+                        Page(a, backing, cow, label, None, None, pfns.get(a), None)
+                        for a in range(r.start, r.end, K.PAGE_SIZE)
+                    ]
+                )
+                continue
             for a in range(r.start, r.end, K.PAGE_SIZE):
                 pl, sec, sym = label, None, None
                 if view is not None:
@@ -434,7 +450,7 @@ def snapshot(pid: int, *, method: str = "auto", kpageflags: bool = False) -> Sna
         "pagemap_present": present_kb,
     }
     notes[:0] = _reconcile(
-        kernel, counters, vmas, zero_unknown, bool(pfns) or pagemap.pfns_visible()
+        kernel, counters, vmas, rollup, zero_unknown, bool(pfns) or pagemap.pfns_visible()
     )
     return Snapshot(
         pid=pid,
@@ -462,7 +478,12 @@ def seed_summary(status: dict) -> str:
 
 
 def _reconcile(
-    kernel: str, c: dict[str, int], vmas: list[Vma], zero_unknown: int, pfns: bool
+    kernel: str,
+    c: dict[str, int],
+    vmas: list[Vma],
+    rollup: dict[str, int],
+    zero_unknown: int,
+    pfns: bool,
 ) -> list[str]:
     """Notes: where counters disagree, which one is exact and the kernel mechanism behind it."""
     notes: list[str] = []
@@ -517,8 +538,7 @@ def _reconcile(
             "no PFNs: pagemap hides them without CAP_SYS_ADMIN, so pfn/flags are None and "
             "kpageflags/kpagecount are unavailable (run as root for them)"
         )
-    thp = sum(v.smaps.get("AnonHugePages", 0) + v.smaps.get("FilePmdMapped", 0) for v in vmas)
-    thp += sum(v.smaps.get("ShmemPmdMapped", 0) for v in vmas)
+    thp = sum(rollup.get(k, 0) for k in ("AnonHugePages", "FilePmdMapped", "ShmemPmdMapped"))
     if thp:
         notes.append(
             f"{thp} kB are PMD-mapped huge pages: counted as 2 MB units by every RSS figure and "
@@ -526,12 +546,12 @@ def _reconcile(
         )
     ht = [v for v in vmas if "ht" in v.vmflags]
     if ht:
-        kb = sum(v.smaps.get("Private_Hugetlb", 0) + v.smaps.get("Shared_Hugetlb", 0) for v in ht)
+        kb = sum(v.smaps_kb("Private_Hugetlb") + v.smaps_kb("Shared_Hugetlb") for v in ht)
         notes.append(
             f"hugetlbfs mappings ({kb} kB) are not in any RSS figure (smaps shows them as "
             "*_Hugetlb) and are excluded from pagemap_present"
         )
-    swap = sum(v.swap_kb for v in vmas)
+    swap = rollup.get("Swap", 0)
     if swap:
         notes.append(f"{swap} kB are swapped out: not resident, counted by VmSwap only")
     return notes
