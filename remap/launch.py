@@ -51,6 +51,16 @@ class Launched:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def wait_blocked(self, timeout: float = 5.0) -> None:
+        """Wait until the target sleeps in a syscall (state S), e.g. reached its idle read.
+
+        Why: Popen returns once exec passed its point of no return, before the kernel has
+        built the new stack (env_start/env_end are still 0 then); measure only after this.
+        """
+        from .experiment.measure import wait_blocked
+
+        wait_blocked(self.pid, timeout, self.proc)
+
     def stop(self, timeout: float = 5.0) -> int:
         """Kill the target (if still running) and reap it; return its exit status."""
         if self.proc.poll() is None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-aslr", action="store_true", help="exec with ADDR_NO_RANDOMIZE")
     p.add_argument("--no-vdso", action="store_true", help="hide AT_SYSINFO_EHDR, unmap the vdso")
     p.add_argument("--env-size", type=_nonneg, metavar="N", help="environment strings = N bytes")
+    p.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="append the target's stdout/stderr to FILE "
+        "(default /dev/null, so $(remap launch ...) returns at once); stdin is inherited",
+    )
     add_json(p)
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="program and args")
     p.set_defaults(func=cmd_launch)
@@ -140,16 +148,26 @@ def cmd_launch(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise UsageError("launch: give the command after --, e.g. remap launch -- ./prog")
-    t = launch(
-        cmd,
-        aslr=not args.no_aslr,
-        vdso=not args.no_vdso,
-        env_size=args.env_size,
-        stdin=None,
-        stdout=None,
-        stderr=None,
-        new_session=True,
-    )
+    out = subprocess.DEVNULL
+    if args.output:
+        try:
+            out = open(args.output, "ab")  # noqa: SIM115 (handed to the child, closed below)
+        except OSError as e:
+            raise UsageError(f"launch: cannot open --output {args.output}: {e.strerror}") from None
+    try:
+        t = launch(
+            cmd,
+            aslr=not args.no_aslr,
+            vdso=not args.no_vdso,
+            env_size=args.env_size,
+            stdin=None,
+            stdout=out,
+            stderr=out,
+            new_session=True,
+        )
+    finally:
+        if out is not subprocess.DEVNULL:
+            out.close()
     if args.json:
         print_json(t.to_json())
     else:
