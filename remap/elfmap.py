@@ -146,26 +146,36 @@ def _kind(flags: int, is_nobits: bool) -> str:
 
 
 def _parse(path: str) -> ElfInfo | None:
-    """pyelftools validates the file and its header; the tables are then read with struct.
+    """Read an ELF file's PT_LOADs, allocated sections and symbols; None if it is not ELF.
 
-    Why not pyelftools for the tables too: its construct-based parsing costs ~0.2 ms per section
-    header, and a CPython process maps ~10 ELF files with ~40 sections each, on every snapshot
-    of a fresh CLI process.  Non-x86_64 layouts go through pyelftools entirely.
+    Why two paths: importing pyelftools alone costs ~50 ms and its construct-based parsing
+    ~0.2 ms per section header -- paid on every ``remap`` command, for every mapped library.
+    x86_64 files (ELF64 little-endian, the only ones a process here maps) are read with struct;
+    anything else goes through pyelftools.  tests/test_residency.py cross-checks the result
+    against pyelftools.
     """
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
     try:
         f = open(path, "rb")
     except OSError:
         return None
     with f:
         try:
-            elf = ELFFile(f)
-            if elf.elfclass == 64 and elf.little_endian:
-                return _parse_raw64(path, f, elf.header)
-            return _parse_elftools(path, f, elf)
-        except (ELFError, ValueError, struct.error, OSError, IndexError):
+            ident = f.read(64)
+            if ident[:4] != b"\x7fELF":
+                return None
+            if ident[4] == 2 and ident[5] == 1 and len(ident) == 64:  # ELFCLASS64, ELFDATA2LSB
+                v = struct.unpack_from("<HHIQQQIHHHHHH", ident, 16)
+                keys = ("e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize "
+                        "e_phentsize e_phnum e_shentsize e_shnum e_shstrndx").split()  # fmt: skip
+                return _parse_raw64(path, f, dict(zip(keys, v, strict=True)))
+            from elftools.common.exceptions import ELFError
+            from elftools.elf.elffile import ELFFile
+
+            try:
+                return _parse_elftools(path, f, ELFFile(f))
+            except ELFError:
+                return None
+        except (ValueError, struct.error, OSError, IndexError):
             return None
 
 

@@ -102,7 +102,8 @@ class SmapsEntry(MapEntry):
 
     def __init__(self, start, end, perms, offset, dev, inode, path, fields=None, vmflags=None,
                  keys=None, vals=None, flags_raw=b""):  # fmt: skip
-        super().__init__(start, end, perms, offset, dev, inode, path)
+        self.start, self.end, self.perms, self.offset = start, end, perms, offset
+        self.dev, self.inode, self.path = dev, inode, path
         self._fields = fields
         self._keys = keys or {}
         self._vals = vals
@@ -233,26 +234,34 @@ def parse_smaps(data: bytes) -> list[SmapsEntry]:
     keys = tuple(first[0].fields)
     rx = _record_re(keys)
     index = {k: 7 + i for i, k in enumerate(keys)}
-    out: list[SmapsEntry] = []
-    pos = 0
-    n = len(data)
-    nk = len(keys)
-    new = SmapsEntry
-    for m in rx.finditer(data):
-        if m.start() != pos:
-            return _parse_smaps_slow(data)
-        pos = m.end()
-        g = m.groups()
-        out.append(
-            new(
-                int(g[0], 16), int(g[1], 16), g[2].decode(), int(g[3], 16), g[4].decode(),
-                int(g[5]), g[6].decode(errors="surrogateescape"),
-                keys=index, vals=g, flags_raw=g[7 + nk],
-            )
-        )  # fmt: skip
-    if pos != n:
+    recs = rx.findall(data)
+    if len(recs) != data.count(b"VmFlags:"):  # some record did not fit the layout
         return _parse_smaps_slow(data)
-    return out
+    strs: dict[bytes, str] = {}  # perms, devs and paths repeat: decode each once
+
+    def s(b: bytes) -> str:
+        v = strs.get(b)
+        if v is None:
+            v = strs[b] = b.decode(errors="surrogateescape")
+        return v
+
+    flags_at = 7 + len(keys)
+    new = SmapsEntry
+    return [
+        new(
+            int(g[0], 16),
+            int(g[1], 16),
+            s(g[2]),
+            int(g[3], 16),
+            s(g[4]),
+            int(g[5]),
+            s(g[6]),
+            keys=index,
+            vals=g,
+            flags_raw=g[flags_at],
+        )  # fmt: skip
+        for g in recs
+    ]
 
 
 def read_smaps(pid: int) -> list[SmapsEntry]:

@@ -119,7 +119,7 @@ class Vma:
     @property
     def pfnmap(self) -> bool:
         """VM_PFNMAP/VM_IO (smaps 'pf'/'io'): raw frames that no RSS counter ever counts."""
-        return "pf" in self.vmflags or "io" in self.vmflags
+        return _is_pfnmap(self.vmflags)
 
     def to_json(self, pages: bool = True) -> dict:
         d = {
@@ -193,6 +193,10 @@ class Snapshot:
             "counters_kb": dict(self.counters_kb),
             "notes": list(self.notes),
         }
+
+
+def _is_pfnmap(vmflags: frozenset[str]) -> bool:
+    return "pf" in vmflags or "io" in vmflags
 
 
 # --------------------------------------------------------------------------- kernel mechanisms
@@ -357,7 +361,7 @@ def snapshot(pid: int, *, method: str = "auto", kpageflags: bool = False) -> Sna
         if use_scan:
             runs = pagemap.present_scan(pid, ranges, fd=fd)
             # the scan skips VM_PFNMAP VMAs: read those few entries directly
-            pf = [i for i, e in enumerate(entries) if "pf" in e.vmflags or "io" in e.vmflags]
+            pf = [i for i, e in enumerate(entries) if _is_pfnmap(e.vmflags)]
             if pf:
                 for i, r in zip(
                     pf, pagemap.present_read(pid, [ranges[i] for i in pf], fd=fd), strict=True
@@ -397,8 +401,9 @@ def snapshot(pid: int, *, method: str = "auto", kpageflags: bool = False) -> Sna
         )  # fmt: skip
         is_exe_part = view is not None and view.info.path == exe
         if view is not None and not e.path:  # anonymous .bss tail of a mapped ELF file
-            v.label = "bss" if is_exe_part else _vma_label_for_file(view.info.path)
+            v.label = label = "bss" if is_exe_part else _vma_label_for_file(view.info.path)
         private_file = v.is_file and e.perms[3] == "p"
+        pfnmap = _is_pfnmap(v.vmflags)
         pages = v.pages
         for r in rs:
             if r.zero:
@@ -406,7 +411,7 @@ def snapshot(pid: int, *, method: str = "auto", kpageflags: bool = False) -> Sna
                 continue
             if r.zero is None and not r.file:
                 zero_unknown += r.npages
-            if v.pfnmap:
+            if pfnmap:
                 backing, cow = "pfnmap", False
             elif r.file:
                 backing, cow = ("shmem" if shmem else "file"), False

@@ -97,6 +97,8 @@ def _check_counters_and_labels(pid: int) -> residency.Snapshot:
         assert v.pages == sorted(v.pages, key=lambda p: p.addr)
         for p in v.pages:
             assert v.contains(p.addr)
+            if v.label.startswith("lib:") or v.label in ("heap", "stack", "anon", "vdso"):
+                assert p.label == v.label, (v, p)  # incl. a library's anonymous .bss tail
             assert p.label in LABELS or p.label.startswith("lib:"), p
             assert p.backing in ("file", "anon", "shmem", "pfnmap")
     assert s.summary.startswith("VM ") and "Stack" in s.summary
