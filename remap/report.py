@@ -11,6 +11,7 @@ stack pages are present -- the picture that explains "12 kB reproducible, 8 kB u
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,9 @@ def plot(recs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
 
     panels = []
     for exp, rs in recs.items():
-        panels.append(("hist", exp, rs))
-        if any(r.get("stack_gap") is not None for r in rs) and len(rs) > 1:
+        many_cases = len({r["case"] for r in rs}) > 3
+        panels.append(("counters" if many_cases else "hist", exp, rs))
+        if len({r.get("stack_gap") for r in rs} - {None}) > 1:
             panels.append(("gap", exp, rs))
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
     for ax, (kind, exp, rs) in zip(axes[:, 0], panels, strict=True):
@@ -132,6 +134,32 @@ def plot(recs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
             ax.set_xlabel("idle RSS, kB (page walk)")
             ax.set_ylabel("runs")
             ax.set_title(f"{exp}: idle RSS per run")
+        elif kind == "counters":
+            cases = list(dict.fromkeys(r["case"] for r in rs))  # file order, not sorted
+
+            def med(c: str, k: str, rs: list = rs) -> float:
+                return statistics.median(
+                    r[k] for r in rs if r["case"] == c and r.get(k) is not None
+                )
+
+            xs = range(len(cases))
+            ax.bar(
+                [x - 0.2 for x in xs],
+                [med(c, "final_rss_kb") for c in cases],
+                0.4,
+                label="page walk",
+            )
+            ax.bar(
+                [x + 0.2 for x in xs],
+                [med(c, "final_vmrss_kb") for c in cases],
+                0.4,
+                label="status VmRSS",
+            )
+            ax.set_xticks(list(xs), cases, rotation=20, fontsize=8)
+            ax.set_ylabel("kB (median over runs)")
+            ax.set_title(f"{exp}: RSS counter vs page walk")
+            ax.legend(fontsize=8)
+            continue
         else:
             for c in cases:
                 pts = [

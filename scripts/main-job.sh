@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The main job: remap's view of a bundled target (replaced by the seed suite once it exists).
+# The main job: the seed suite on the bundled bot -- every experiment in experiments/ (at least
+# baseline-minibot, aslr-gap, vmrss-lag), one JSON record per run in results/, then the report
+# (results/report.md, results/report.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=$(.venv/bin/python -c 'from remap import targets; print(targets.build("echoloop"))')
-"$bin" < /dev/zero > /dev/null &
-pid=$!
-trap 'kill $pid 2>/dev/null' EXIT
-sleep 0.3
-.venv/bin/remap explain "$pid"
+out=${REMAP_RESULTS:-results}
+mapfile -t names < <(ls experiments/*.toml | xargs -n1 basename | sed 's/\.toml$//')
+.venv/bin/remap run "${names[@]}" --out "$out"
+.venv/bin/remap report "$out"

@@ -191,6 +191,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         t.add_column(h)
     for r in rows(summ):
         t.add_row(*r)
-    Console().print(t)
+    con = Console()
+    if not con.is_terminal:
+        con = Console(width=160)
+    con.print(t)
     print(f"report: {md}  figure: {png}")
     return 0
