@@ -24,8 +24,10 @@ from ..errors import ExperimentError, RemapError
 from .spec import Case, Experiment
 from .steps import STEPS, RunContext, StepResult, finish
 
-# Modules that register extra steps on import (remap.fold's squeeze, fold-stack, ...).
-STEP_PROVIDERS = ("remap.fold.steps", "remap.fold")
+# Modules that register extra steps on import (remap.fold's squeeze, fold-stack, ...): imported
+# only when an experiment names a step nobody has registered yet, so a provider that is broken
+# or missing never blocks experiments that do not use it.
+STEP_PROVIDERS = ("remap.fold", "remap.fold.experiment_steps", "remap.fold.steps")
 SUMMARY_FIGURES = (
     "final_rss_kb",
     "final_vmrss_kb",
@@ -37,18 +39,24 @@ SUMMARY_FIGURES = (
 
 
 def load_step_providers() -> None:
-    """Import the modules that add steps; a module that does not exist yet is skipped."""
+    """Import the modules that add steps; one that does not exist (yet) is skipped."""
     for mod in STEP_PROVIDERS:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
             if e.name is None or not mod.startswith(e.name):
-                raise
+                raise ExperimentError(f"step provider {mod} cannot be imported: {e}") from None
+        except Exception as e:  # a provider under construction must not crash the runner
+            raise ExperimentError(
+                f"step provider {mod} failed to import: {type(e).__name__}: {e}"
+            ) from None
 
 
 def check_steps(exp: Experiment) -> None:
     """Every step named in EXP must be registered (ExperimentError naming the file otherwise)."""
-    load_step_providers()
+    wanted = {s.name for c in exp.cases for s in c.steps}
+    if wanted - set(STEPS):
+        load_step_providers()
     for case in exp.cases:
         for s in case.steps:
             if s.name not in STEPS:

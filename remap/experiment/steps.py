@@ -1,7 +1,9 @@
 """The step registry and the built-in steps of experiments.
 
 Why a registry: experiments name their steps in TOML; other modules add steps without this
-package knowing them (remap.fold registers "squeeze", "fold-stack", "fold-single-page")::
+package knowing them (remap.fold registers "squeeze", "fold-stack", "fold-single-page"; the
+runner imports remap.fold, remap.fold.experiment_steps and remap.fold.steps -- those that
+exist -- when an experiment names a step not registered yet, see runner.STEP_PROVIDERS)::
 
     from remap.experiment import RunContext, StepResult, step
 
