@@ -43,16 +43,18 @@ sys.stdin.read()
 """
 
 
-def _time(cmd: list[str], repeat: int) -> tuple[float, float]:
-    """(median, min) wall seconds of CMD, stdout discarded; fails loudly on a non-zero exit."""
-    times = []
+def _time_all(rows: list[tuple[str, list[str]]], repeat: int) -> dict[str, tuple[float, float]]:
+    """{name: (median, min) wall seconds}, the commands interleaved round by round so that load
+    from anything else on the machine hits all of them alike; stdout is discarded."""
+    times: dict[str, list[float]] = {name: [] for name, _ in rows}
     for _ in range(repeat):
-        t = time.perf_counter()
-        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
-        times.append(time.perf_counter() - t)
-        if r.returncode != 0:
-            raise SystemExit(f"{cmd[0]} failed: {r.stderr.decode().strip()}")
-    return statistics.median(times), min(times)
+        for name, cmd in rows:
+            t = time.perf_counter()
+            r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+            times[name].append(time.perf_counter() - t)
+            if r.returncode != 0:
+                raise SystemExit(f"{name} failed: {r.stderr.decode().strip()}")
+    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
 
 
 def main() -> int:
@@ -93,15 +95,15 @@ def main() -> int:
         remap.snapshot(pid)
         t = time.perf_counter()
         for _ in range(args.repeat):
-            snap = remap.snapshot(pid)
+            snap = remap.snapshot(pid, smaps=False, pfns=False)
         in_proc = (time.perf_counter() - t) / args.repeat
-        res = {name: _time(cmd, args.repeat) for name, cmd in rows}
+        res = _time_all(rows, args.repeat)
         base = res.get("pmap -XX", (None,))[0]
         print(f"{'command':<20}{'median ms':>11}{'min ms':>9}{'vs pmap -XX':>13}")
         for name, (med, mn) in res.items():
             ratio = f"{med / base:.2f}x" if base else "-"
             print(f"{name:<20}{med * 1e3:>11.1f}{mn * 1e3:>9.1f}{ratio:>13}")
-        print(f"{'snapshot() in-proc':<20}{in_proc * 1e3:>11.1f}{'':>9}"
+        print(f"{'snapshot(fast) in-proc':<20}{in_proc * 1e3:>11.1f}{'':>9}"
               f"{'':>13}  ({snap.present_pages} present pages, method {snap.method})")  # fmt: skip
         r = res["remap map --json"][0]
         if "pmap -XX" in res:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import kconst as K
 
@@ -30,8 +30,7 @@ _STT_OBJECT, _STT_FUNC = 1, 2
 _PAGE_MASK = ~(K.PAGE_SIZE - 1)
 
 
-@dataclass(slots=True, frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """A PT_LOAD program header."""
 
     offset: int
@@ -41,8 +40,7 @@ class Segment:
     flags: int
 
 
-@dataclass(slots=True, frozen=True)
-class Section:
+class Section(NamedTuple):
     """An allocated section with the label its pages get (code, rodata, data, bss)."""
 
     name: str
@@ -51,17 +49,25 @@ class Section:
     kind: str
 
 
-@dataclass(slots=True)
 class ElfInfo:
     """What remap needs from one ELF file: loads, allocated sections, sorted symbols."""
 
-    path: str
-    segments: list[Segment]
-    sections: list[Section]
-    sym_addr: list[int] = field(default_factory=list)
-    sym_end: list[int] = field(default_factory=list)
-    sym_name: list[str] = field(default_factory=list)
-    _sec_addr: list[int] = field(default_factory=list)
+    __slots__ = ("path", "segments", "sections", "sym_addr", "sym_end", "sym_name", "_strs")
+    __slots__ += ("_sec_addr",)
+
+    def __init__(self, path: str, segments: list[Segment], sections: list[Section]):
+        self.path, self.segments, self.sections = path, segments, sections
+        self._sec_addr = [s.addr for s in sections]
+        self.sym_addr: list[int] = []
+        self.sym_end: list[int] = []
+        self.sym_name: list[int] = []  # offsets into _strs, decoded on demand
+        self._strs = b""
+
+    def __repr__(self) -> str:
+        return (
+            f"ElfInfo({self.path!r}, {len(self.segments)} loads, {len(self.sections)} sections, "
+            f"{len(self.sym_addr)} symbols)"
+        )
 
     @property
     def base_vaddr(self) -> int:
@@ -92,11 +98,15 @@ class ElfInfo:
         j = i
         while j >= 0 and j > i - 8:
             if self.sym_end[j] > lo:
-                return self.sym_name[j]
+                return self._name(j)
             j -= 1
         if i + 1 < len(a) and a[i + 1] < hi:
-            return self.sym_name[i + 1]
+            return self._name(i + 1)
         return None
+
+    def _name(self, i: int) -> str:
+        off = self.sym_name[i]
+        return self._strs[off : self._strs.find(b"\0", off)].decode(errors="replace")
 
     def describe(self, vaddr: int) -> tuple[str | None, str | None, str | None]:
         """(label, section, symbol) of the page at ELF vaddr VADDR (page-aligned).
@@ -215,7 +225,7 @@ def _parse_raw64(path: str, f, h) -> ElfInfo:
                 continue
             secs.append(Section(name(sh_name), sh_addr, sh_addr + sh_size, _kind(sh_flags, nobits)))
     secs.sort(key=lambda s: s.addr)
-    info = ElfInfo(path, segs, secs, _sec_addr=[s.addr for s in secs])
+    info = ElfInfo(path, segs, secs)
     tab = symtab if symtab is not None else dynsym
     if tab is not None and tab[6] < len(shdrs):
         strtab = shdrs[tab[6]]
@@ -239,7 +249,7 @@ def _parse_elftools(path: str, f, elf) -> ElfInfo:
             kind = _kind(h["sh_flags"], nobits)
             secs.append(Section(s.name, h["sh_addr"], h["sh_addr"] + h["sh_size"], kind))
     secs.sort(key=lambda s: s.addr)
-    return ElfInfo(path, segs, secs, _sec_addr=[s.addr for s in secs])
+    return ElfInfo(path, segs, secs)
 
 
 def _load_symbols(info: ElfInfo, f, tab: tuple[int, int], strtab: tuple[int, int]) -> None:
@@ -248,15 +258,16 @@ def _load_symbols(info: ElfInfo, f, tab: tuple[int, int], strtab: tuple[int, int
     raw = f.read(tab[1])
     f.seek(strtab[0])
     strs = f.read(strtab[1])
-    syms = []
-    for name, info_b, _other, shndx, value, size in struct.iter_unpack(
-        "<IBBHQQ", raw[: len(raw) // 24 * 24]
-    ):
-        if value == 0 or shndx == 0 or (info_b & 0xF) not in (_STT_FUNC, _STT_OBJECT):
-            continue
-        end = strs.find(b"\0", name)
-        syms.append((value, value + size, strs[name:end].decode(errors="replace")))
-    syms.sort()
+    # names stay offsets into the string table until a page asks for one (~18,000 symbols in
+    # a CPython binary; decoding them all would cost more than the rest of the snapshot)
+    syms = sorted(
+        (value, value + size, name)
+        for name, info_b, _o, shndx, value, size in struct.iter_unpack(
+            "<IBBHQQ", raw[: len(raw) // 24 * 24]
+        )
+        if value and shndx and (info_b & 0xF) in (_STT_FUNC, _STT_OBJECT)
+    )
+    info._strs = strs
     info.sym_addr = [s[0] for s in syms]
     info.sym_end = [s[1] for s in syms]
     info.sym_name = [s[2] for s in syms]

@@ -19,7 +19,7 @@ import errno
 import os
 import re
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import AccessDenied, NoSuchProcess, UnsupportedTarget, ZombieProcess
 from .kconst import PF_KTHREAD
@@ -78,8 +78,7 @@ def open_proc(pid: int, what: str) -> int:
 
 
 # --------------------------------------------------------------------------- maps / smaps
-@dataclass(slots=True)
-class MapEntry:
+class MapEntry(NamedTuple):
     """One line of /proc/PID/maps."""
 
     start: int
@@ -91,14 +90,15 @@ class MapEntry:
     path: str
 
 
-class SmapsEntry(MapEntry):
+class SmapsEntry:
     """One VMA of /proc/PID/smaps: the maps line plus every field (kB ints) and VmFlags.
 
     Why lazy: the fast parser keeps each record's raw numbers and builds ``fields`` (a dict) only
     when asked; :meth:`get` reads one field without building it (5,000 VMAs in the bench).
     """
 
-    __slots__ = ("_keys", "_vals", "_fields", "_flags", "_vmflags")
+    __slots__ = ("start", "end", "perms", "offset", "dev", "inode", "path")
+    __slots__ += ("_keys", "_vals", "_fields", "_flags", "_vmflags")
 
     def __init__(self, start, end, perms, offset, dev, inode, path, fields=None, vmflags=None,
                  keys=None, vals=None, flags_raw=b""):  # fmt: skip
@@ -312,8 +312,7 @@ def read_status(pid: int) -> dict[str, int | str]:
     return parse_status(_read(pid, "status"))
 
 
-@dataclass(slots=True, frozen=True)
-class Statm:
+class Statm(NamedTuple):
     """/proc/PID/statm, in pages (man 5 proc): lib and dt are always 0 since 2.6."""
 
     size: int
@@ -329,8 +328,7 @@ def read_statm(pid: int) -> Statm:
     return Statm(*(int(x) for x in _read(pid, "statm").split()[:7]))
 
 
-@dataclass(slots=True, frozen=True)
-class Stat:
+class Stat(NamedTuple):
     """The fields of /proc/PID/stat remap uses (numbering as in proc(5))."""
 
     pid: int
@@ -403,8 +401,7 @@ def read_auxv(pid: int) -> list[tuple[int, int]]:
     return out
 
 
-@dataclass(slots=True, frozen=True)
-class Syscall:
+class Syscall(NamedTuple):
     """/proc/PID/syscall: what a blocked thread is doing.
 
     ``running`` means the thread was on a CPU (no registers); ``nr == -1`` means blocked but not

@@ -189,6 +189,18 @@ def test_scan_and_plain_read_agree(glibcloop, echoloop):
         assert a.counters_kb == b.counters_kb
 
 
+def test_fast_snapshot_without_smaps_gives_the_same_map(glibcloop, echoloop):
+    """snapshot(smaps=False) (what `map --json` uses) must give the smaps figures exactly."""
+    for pid in (glibcloop.pid, echoloop.pid):
+        full, fast = remap.snapshot(pid), remap.snapshot(pid, smaps=False, pfns=False)
+        assert fast.to_json() == full.to_json()
+        assert [(v.anon_kb, v.file_kb, v.shmem_kb) for v in fast.vmas] == [
+            (v.anon_kb, v.file_kb, v.shmem_kb) for v in full.vmas
+        ]
+        assert fast.counters_kb["smaps_rss"] is None
+        assert fast.counters_kb["pagemap_present"] == full.counters_kb["smaps_rss"]
+
+
 def test_pfns_and_kpageflags_as_root(echoloop, is_root):
     if not is_root:
         pytest.skip("PFNs need CAP_SYS_ADMIN")

@@ -76,7 +76,10 @@ def _term_width() -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     from ..residency import snapshot
 
-    snap = snapshot(args.pid)
+    # The JSON shape needs neither PFNs nor the smaps-only fields (swap, VmFlags): there the
+    # per-mapping rss_kb comes from the page walk (exact; what DESIGN states results in).
+    fast = args.json and not args.pages and not args.png
+    snap = snapshot(args.pid, pfns=not fast, smaps=not fast)
     if args.png:
         from ..render import png
 
