@@ -13,7 +13,9 @@
 //    the fold can also use as its injection gadget): no musl, no stdio, no errno, no vdso.
 //  * /proc/self/status is read in HOT_CHUNK-byte pieces, parsed a byte at a time.
 //  * Built with frame pointers, so a walk of the rbp chain finds the cold frames (main,
-//    __libc_start_main) the loop never returns to.
+//    __libc_start_main) the loop never returns to.  gcc still gives frameless leaf functions
+//    (hot_syscall, out_str, after_word, skip_spaces) no frame: stopped in read(), rip is in
+//    hot_syscall, [rsp] is its return address and rbp is its caller's frame.
 //  * Cold code (startup, connect, registration, musl) stays outside the hot block.
 // The hotpage link (minibot-hotpage.ld) packs .hot.* plus all writable data and a stack
 // reserve into one page-aligned 4 kB RWX block; the default link is an ordinary static binary.
