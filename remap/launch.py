@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import shutil
 import subprocess
 import threading
 from dataclasses import dataclass, field
@@ -129,8 +130,12 @@ def launch(
     if not argv:
         raise UsageError("launch: no command given")
     exe = argv[0]
-    if os.sep not in exe:
-        raise UsageError(f"launch: give a path to the program, not {exe!r} (no PATH search)")
+    if os.sep not in exe:  # a bare name: resolve it now, so argv[0] (and the stack) is a path
+        found = shutil.which(exe)
+        if found is None:
+            raise UsageError(f"launch: {exe!r} not found in PATH")
+        argv = [found, *argv[1:]]
+        exe = found
     if not os.access(exe, os.X_OK) or not os.path.isfile(exe):
         raise UsageError(f"launch: {exe} is not an executable file")
     full_env = build_env(env, env_size)
