@@ -118,7 +118,9 @@ def plot(recs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
         panels.append(("counters" if many_cases else "hist", exp, rs))
         if len({r.get("stack_gap") for r in rs} - {None}) > 1:
             panels.append(("gap", exp, rs))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), squeeze=False)
+        if any("pages" in s for s in rs[0].get("steps", [])):
+            panels.append(("pages", exp, rs))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.6 * len(panels)), squeeze=False)
     for ax, (kind, exp, rs) in zip(axes[:, 0], panels, strict=True):
         cases = sorted({r["case"] for r in rs})
         if kind == "hist":
@@ -134,6 +136,9 @@ def plot(recs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
             ax.set_xlabel("idle RSS, kB (page walk)")
             ax.set_ylabel("runs")
             ax.set_title(f"{exp}: idle RSS per run")
+        elif kind == "pages":
+            _page_map(ax, exp, rs[0])
+            continue
         elif kind == "counters":
             cases = list(dict.fromkeys(r["case"] for r in rs))  # file order, not sorted
 
@@ -178,6 +183,38 @@ def plot(recs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+BACKING_COLOURS = {"file": "#4c72b0", "anon": "#dd8452", "shmem": "#55a868", "pfnmap": "#999999"}
+
+
+def _page_map(ax, exp: str, rec: dict[str, Any]) -> None:
+    """Residency map of one run: a row per step, a cell per page present at any step."""
+    steps = [s for s in rec["steps"] if "pages" in s]
+    addrs = sorted({int(p["addr"], 16) for s in steps for p in s["pages"]})
+    col = {a: i for i, a in enumerate(addrs)}
+    labels = {}
+    for y, s in enumerate(steps):
+        for p in s["pages"]:
+            a = int(p["addr"], 16)
+            labels[a] = p["label"]
+            ax.add_patch(_rect(col[a], y, BACKING_COLOURS.get(p["backing"], "#c44e52")))
+    ax.set_xlim(0, max(1, len(addrs)))
+    ax.set_ylim(len(steps), 0)
+    ax.set_yticks([y + 0.5 for y in range(len(steps))], [s["name"] for s in steps], fontsize=8)
+    ax.set_xticks(
+        [i + 0.5 for i in range(len(addrs))],
+        [f"{labels[a]}\n{a:#x}" for a in addrs],
+        fontsize=6,
+        rotation=90,
+    )
+    ax.set_title(f"{exp}: resident pages per step, run {rec['run']} (blue file, orange anonymous)")
+
+
+def _rect(x: int, y: int, colour: str):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x + 0.05, y + 0.1), 0.9, 0.8, color=colour)
 
 
 def report(d: Path, png: Path | None = None) -> tuple[dict[str, Any], Path, Path]:
