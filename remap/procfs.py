@@ -169,8 +169,26 @@ def _parse_map_line(line: bytes) -> tuple:
     )
 
 
+_MAPS_RE = re.compile(rb"([0-9a-f]+)-([0-9a-f]+) (\S+) ([0-9a-f]+) (\S+) (\d+) *([^\n]*)\n")
+
+
 def parse_maps(data: bytes) -> list[MapEntry]:
-    return [MapEntry(*_parse_map_line(ln)) for ln in data.splitlines() if ln]
+    """Parse maps text; one regex pass (5,000+ lines in the bench), line parser as fallback."""
+    recs = _MAPS_RE.findall(data)
+    if len(recs) != data.count(b"\n"):
+        return [MapEntry(*_parse_map_line(ln)) for ln in data.splitlines() if ln]
+    strs: dict[bytes, str] = {}
+
+    def s(b: bytes) -> str:
+        v = strs.get(b)
+        if v is None:
+            v = strs[b] = b.decode(errors="surrogateescape")
+        return v
+
+    return [
+        MapEntry(int(a, 16), int(b, 16), s(p), int(o, 16), s(d), int(i), s(n))
+        for a, b, p, o, d, i, n in recs
+    ]
 
 
 def read_maps(pid: int) -> list[MapEntry]:

@@ -311,7 +311,19 @@ class _ElfView:
         self.info, self.bias = info, bias
 
     def describe(self, addr: int):
-        return self.info.describe(addr - self.bias)
+        return _describe(self.info, addr - self.bias)
+
+
+_described: dict[tuple[int, int], tuple] = {}
+
+
+def _describe(info: elfmap.ElfInfo, vaddr: int) -> tuple:
+    """info.describe, memoised per (file, page): `watch` re-describes the same pages each time."""
+    key = (id(info), vaddr)
+    d = _described.get(key)
+    if d is None:
+        d = _described[key] = info.describe(vaddr)
+    return d
 
 
 def _elf_views(entries: list[procfs.SmapsEntry], exe: str) -> list[_ElfView | None]:
@@ -429,11 +441,14 @@ def snapshot(
     for e, rs, view in zip(entries, runs, views, strict=True):
         shmem = _is_shmem(e, fstypes)
         label = _vma_label(e, exe, shmem, sps)
-        rss, anon = e.get("Rss"), e.get("Anonymous")
+        if smaps:
+            rss, anon, swap = e.get("Rss"), e.get("Anonymous"), e.get("Swap")
+        else:
+            rss = anon = swap = 0  # filled from the page walk below
         shmem_kb = rss - anon if shmem else 0
         v = Vma(
             e.start, e.end, e.perms, e.offset, e.dev, e.inode, e.path, label,
-            rss, anon, rss - anon - shmem_kb, shmem_kb, e.get("Swap"),
+            rss, anon, rss - anon - shmem_kb, shmem_kb, swap,
             vmflags=e.vmflags, entry=e,
         )  # fmt: skip
         is_exe_part = view is not None and view.info.path == exe
@@ -470,7 +485,7 @@ def snapshot(
                         pl = pl2
                 pfn = pfns.get(a)
                 pages.append(Page(a, backing, cow, pl, sec, sym, pfn, flags_of.get(pfn)))
-        if not smaps:  # per-VMA figures from the page walk
+        if not smaps and pages:  # per-VMA figures from the page walk
             n_anon = sum(1 for p in pages if p.backing == "anon")
             n_shmem = sum(1 for p in pages if p.backing == "shmem") if shmem else 0
             v.rss_kb, v.anon_kb, v.shmem_kb = 4 * len(pages), 4 * n_anon, 4 * n_shmem
