@@ -243,6 +243,8 @@ def parse_smaps(data: bytes) -> list[SmapsEntry]:
     the same order, so one regex built from the first record matches whole records at C speed;
     if any record does not fit (a field missing or added), fall back to the line parser.
     """
+    if data.count(b"VmFlags:") < 100:  # small process: not worth compiling the record regex
+        return _parse_smaps_slow(data)
     first_end = data.find(b"\nVmFlags:")
     if first_end < 0:
         return _parse_smaps_slow(data)

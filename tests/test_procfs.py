@@ -153,3 +153,34 @@ def test_kpageflags_denied_for_unprivileged(is_root):
     else:
         assert pagemap.kpageflags([]) == {}
         assert pagemap.pfns_visible()
+
+
+def test_many_vmas_fast_parsers_match_line_parsers():
+    """300 unmergeable mappings: the regex record parsers (used from 100 VMAs on) must agree
+    with the line-by-line ones and with the kernel's own Rss lines."""
+    code = (
+        "import mmap, sys\nms = []\nfor i in range(300):\n"
+        " m = mmap.mmap(-1, 8192, prot=mmap.PROT_READ | (mmap.PROT_WRITE if i % 2 else 0))\n"
+        " ms.append(m)\n if i % 2: m[0] = 1\nprint('ready', flush=True); sys.stdin.read()"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert p.stdout.readline().startswith(b"ready")
+        with open(f"/proc/{p.pid}/smaps", "rb") as f:
+            data = f.read()
+        fast, slow = procfs.parse_smaps(data), procfs._parse_smaps_slow(data)
+        assert len(fast) >= 300 and fast == slow
+        assert [e.fields for e in fast] == [e.fields for e in slow]
+        kernel_rss = sum(int(ln.split()[1]) for ln in data.splitlines() if ln.startswith(b"Rss:"))
+        assert sum(e.get("Rss") for e in fast) == kernel_rss
+        with open(f"/proc/{p.pid}/maps", "rb") as f:
+            mdata = f.read()
+        lines = [procfs.MapEntry(*procfs._parse_map_line(ln)) for ln in mdata.splitlines()]
+        assert procfs.parse_maps(mdata) == lines
+    finally:
+        p.kill()
+        p.wait(timeout=5)
+        p.stdin.close()
+        p.stdout.close()
