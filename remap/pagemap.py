@@ -288,21 +288,16 @@ def zero_pfn() -> int | None:
         m = mmap.mmap(-1, K.PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         try:
             _ = m[0]  # read fault: maps the shared zero page
-            addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+            view = ctypes.c_char.from_buffer(m)
+            addr = ctypes.addressof(view)
+            del view  # release the buffer export so the mapping can be closed
             fd = os.open("/proc/self/pagemap", os.O_RDONLY)
             try:
                 e = int.from_bytes(os.pread(fd, 8, (addr >> K.PAGE_SHIFT) * 8), "little")
             finally:
                 os.close(fd)
         finally:
-            # from_buffer keeps an export; drop it before closing
-            import gc
-
-            gc.collect()
-            try:
-                m.close()
-            except BufferError:
-                pass
+            m.close()
         pfn = e & K.PM_PFN_MASK
         if not (e & K.PM_PRESENT) or pfn == 0:
             _pfns_visible = False
