@@ -15,7 +15,7 @@ import sys
 from ..errors import RemapError, UsageError
 
 # Each module defines register(subparsers) and sets func=handler(args) -> int on its parsers.
-COMMAND_MODULES = ["residency", "inject", "experiment", "fold"]
+COMMAND_MODULES = ["residency", "inject", "experiment", "fold", "kernels", "profile"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -27,6 +27,7 @@ class HotPage:
     stack_lo: int
     stack_hi: int
     syscall_insns: tuple[int, ...]  # addresses of `syscall` (0f 05) instructions in the page
+    writable: tuple[tuple[int, int], ...]  # SHF_WRITE sections below the reserve, 8-aligned
 
     def contains(self, addr: int) -> bool:
         return self.start <= addr < self.end
@@ -36,8 +37,22 @@ class HotPage:
         return self.stack_hi - self.stack_lo
 
 
+_cache: dict[tuple[int, int, int], HotPage | None] = {}
+
+
 def find_hot_page(pid: int) -> HotPage | None:
-    """The hot page of PID's executable, or None when it has none (an ordinary program)."""
+    """The hot page of PID's executable, or None when it has none (an ordinary program).
+
+    Cached by the executable's (device, inode, mtime): the fold asks again while the target is
+    stopped, and parsing ELF there would stretch the stop."""
+    st = os.stat(f"/proc/{pid}/exe")
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+    if key not in _cache:
+        _cache[key] = _parse_hot_page(pid)
+    return _cache[key]
+
+
+def _parse_hot_page(pid: int) -> HotPage | None:
     with open(f"/proc/{pid}/exe", "rb") as f:
         elf = ELFFile(f)
         if elf["e_type"] != "ET_EXEC":
@@ -59,8 +74,14 @@ def find_hot_page(pid: int) -> HotPage | None:
             )
         page = _bytes_at(elf, start, PAGE_SIZE)
         insns = tuple(start + i for i in _find_syscalls(page[: end - start]))
-        return HotPage(start, start + PAGE_SIZE, found["__hot_stack_lo"], found["__hot_stack_hi"],
-                       insns)  # fmt: skip
+        lo = found["__hot_stack_lo"]
+        writable = []
+        for sec in elf.iter_sections():
+            a, n = sec["sh_addr"], sec["sh_size"]
+            if sec["sh_flags"] & 1 and n and start <= a < lo:  # SHF_WRITE, below the reserve
+                writable.append((a & ~7, min((a + n + 7) & ~7, lo)))
+        return HotPage(start, start + PAGE_SIZE, lo, found["__hot_stack_hi"], insns,
+                       tuple(sorted(writable)))  # fmt: skip
 
 
 def _bytes_at(elf: ELFFile, vaddr: int, n: int) -> bytes:

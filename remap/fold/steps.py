@@ -233,7 +233,8 @@ def _end_of_tables(pid: int, st: procfs.Stat) -> int:
     # the tables themselves: argc, argv[], NULL, envp[], NULL, auxv pairs, AT_NULL
     with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
         f.seek(st.start_stack)
-        words = struct.unpack("<512Q", f.read(4096))
+        raw = f.read((st.arg_start - st.start_stack) // 8 * 8)  # the tables lie below the strings
+    words = struct.unpack(f"<{len(raw) // 8}Q", raw)
     i = 1 + words[0] + 1  # argc, argv..., NULL
     while words[i]:
         i += 1
@@ -368,7 +369,7 @@ def single_page(ctx: FoldContext) -> Action | None:
             f"{need} B does not fit the hot page's {hot.reserve} B stack reserve"
         )
     moves = [Move(lo, cfa, delta), Move(st.arg_start, st.arg_end, str_at - st.arg_start)]
-    writable = _hot_writable_ranges(ctx.pid, hot)
+    writable = hot.writable
     caught = _caught_signals(ctx.pid)
     unmap = [
         (v.start, v.end)
@@ -466,25 +467,6 @@ def _refuse_foreign_anon(ctx: FoldContext, hot: HotPage, stack) -> None:
 def _scratch_vma(s, v) -> bool:
     base = getattr(s, "_scratch", 0)
     return bool(base) and v.start <= base < v.end
-
-
-def _hot_writable_ranges(pid: int, hot: HotPage) -> list[tuple[int, int]]:
-    """Writable sections inside the hot page below the stack reserve (from the ELF on disk):
-    the only words there that may hold pointers.  Code and rodata are never rewritten."""
-    from elftools.elf.elffile import ELFFile
-
-    out = []
-    with open(f"/proc/{pid}/exe", "rb") as f:
-        for sec in ELFFile(f).iter_sections():
-            a, n = sec["sh_addr"], sec["sh_size"]
-            if (
-                (sec["sh_flags"] & 1)
-                and hot.start <= a < hot.stack_lo
-                and n
-                and sec.name != ".hot.stack"
-            ):
-                out.append((a & ~7, min((a + n + 7) & ~7, hot.stack_lo)))
-    return sorted(out)
 
 
 def _caught_signals(pid: int) -> int:
