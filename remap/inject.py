@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno as errno_mod
+import functools
 import os
 import signal
 import struct
@@ -38,6 +39,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from . import gadget as gadget_mod
@@ -58,7 +60,7 @@ MASK64 = (1 << 64) - 1
 # Every signal blocked except SIGTRAP (bit sig-1); the kernel ignores SIGKILL/SIGSTOP bits.
 INJECT_SIGMASK = MASK64 & ~(1 << (K.SIGTRAP - 1))
 STUB_ENTRY = 64  # bytes per batch table entry: nr, 6 args, result
-TABLE_PAGES = 4  # one trip runs up to TABLE_PAGES * 4096 / 64 = 256 calls
+TABLE_PAGES = 16  # one trip runs up to TABLE_PAGES * 4096 / 64 = 1024 calls
 CAP_SYS_ADMIN = 21  # include/uapi/linux/capability.h
 
 
@@ -76,6 +78,50 @@ def syscall_number(name_or_nr: str | int) -> int:
             if nm == name_or_nr:
                 return nr
     raise UsageError(f"unknown syscall name: {name_or_nr!r}")
+
+
+_ZERO6 = (0, 0, 0, 0, 0, 0)
+
+# call of n words (nr + n-1 args) -> one 64-byte table entry; the rest stays zero
+_ENTRY = [struct.Struct(f"<{n}q{8 * (8 - n)}x") for n in range(8)]
+
+
+def _encode(calls: Sequence[Sequence[Any]]) -> bytes:
+    """Pack (name_or_nr, *args) calls into the stub's table: 64 bytes each (nr, 6 args, result).
+
+    Signed packing first (the common case, and negative args like -1 just work); values above
+    2**63 take the slow path.  This loop is the batch's Python cost, so it stays this plain.
+    """
+    lens = set(map(len, calls))
+    if len(lens) == 1 and 1 <= (n := lens.pop()) <= 7:  # fast path: one shape, C-level loops
+        flat = list(chain.from_iterable(calls))
+        flat[0::n] = [x if x.__class__ is int else _cached_number(x) for x in flat[0::n]]
+        try:
+            return struct.pack("<" + f"{n}q{8 * (8 - n)}x" * len(calls), *flat)
+        except struct.error:
+            pass
+    try:
+        return b"".join(
+            [
+                _ENTRY[len(c)].pack(c[0] if c[0].__class__ is int else _cached_number(c[0]), *c[1:])
+                for c in calls
+            ]
+        )
+    except (struct.error, IndexError):
+        pass
+    out = []
+    for c in calls:
+        if not 1 <= len(c) <= 7:
+            raise UsageError(f"a batch entry is (name, up to 6 args), not {c!r}")
+        words = [syscall_number(c[0]), *c[1:]]
+        words = [w - (1 << 64) if w > (1 << 63) - 1 else w for w in words]
+        out.append(_ENTRY[len(c)].pack(*words))
+    return b"".join(out)
+
+
+@functools.cache
+def _cached_number(name: str) -> int:
+    return syscall_number(name)
 
 
 def syscall_name(nr: int) -> str:
@@ -214,6 +260,7 @@ class Session:
     def __init__(self, pid: int, *, pin: bool = True, suspend_seccomp: bool = False):
         self.pid = pid
         self._lib, self._ffi = native.load()
+        self._inject = self._lib.rn_inject
         self._pin = pin
         self._suspend_seccomp = suspend_seccomp
         self._threads: dict[int, _Thread] = {}
@@ -412,25 +459,36 @@ class Session:
 
             >>> s.syscall("getpid") == pid
         """
-        nr = syscall_number(name_or_nr)
-        if len(args) > 6:
-            raise UsageError("a syscall takes at most 6 arguments")
-        t = self._thread(tid)
+        # This is the hot path of every remote call: plain statements, one C crossing.
+        nr = name_or_nr if name_or_nr.__class__ is int else _cached_number(name_or_nr)
+        t = self._threads.get(self.pid if tid is None else tid)
+        if t is None or t.call is None or self._closed:
+            t = self._thread(tid)
         c = t.call
         regs = c.regs
         regs.rax = nr
-        a = [x & MASK64 for x in args] + [0] * (6 - len(args))
-        regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = a
-        r = self._lib.rn_inject(t.tid, c)
+        if len(args) > 6:
+            raise UsageError("a syscall takes at most 6 arguments")
+        a = args + _ZERO6[len(args) :]  # unused args are 0 (prctl and others check)
+        try:
+            regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = a
+        except OverflowError:  # negative ints: the kernel sees the two's complement
+            regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = [x & MASK64 for x in a]
+        r = self._inject(t.tid, c)
         t.ran = True
-        if c.nsig:
-            t.signals.extend(c.sigs[0 : c.nsig])
-        if r:
-            self._check(r, f"injected {syscall_name(nr)}", t.tid)
+        if r or c.nsig:
+            self._after_stray(t, c, r, nr)
         res = c.result
         if -4095 <= res < 0:
             raise OSError(-res, f"{syscall_name(nr)}: {os.strerror(-res)}")
         return res
+
+    def _after_stray(self, t: _Thread, c: Any, r: int, nr: int) -> None:
+        """The slow path of syscall(): signals met on the way, or the thread died."""
+        if c.nsig:
+            t.signals.extend(c.sigs[0 : c.nsig])
+        if r:
+            self._check(r, f"injected {syscall_name(nr)}", t.tid)
 
     # typed helpers: thin, so the fold reads like the syscalls it makes
     def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = -1, off: int = 0):
@@ -498,15 +556,14 @@ class Session:
         the results before it.  Falls back to one call at a time when the target ignores
         SIGTRAP (the stub's int3 would change its signal state).
         """
-        entries = [(syscall_number(c[0]), *c[1:]) for c in calls]
-        for e in entries:
-            if len(e) > 7:
-                raise UsageError(f"{syscall_name(e[0])}: at most 6 arguments")
+        table_bytes = _encode(calls)  # 64 bytes per call: nr, 6 args, result slot
+        n = len(table_bytes) // STUB_ENTRY
         if not self._stub_allowed():
             out = []
-            for i, e in enumerate(entries):
+            words = memoryview(table_bytes).cast("q")
+            for i in range(n):
                 try:
-                    out.append(self.syscall(*e, tid=tid))
+                    out.append(self.syscall(*words[8 * i : 8 * i + 7].tolist(), tid=tid))
                 except OSError as ex:
                     raise BatchError(ex.errno or 0, str(ex), i, out) from None
             return out
@@ -515,34 +572,28 @@ class Session:
         table = base + K.PAGE_SIZE
         per_trip = TABLE_PAGES * K.PAGE_SIZE // STUB_ENTRY
         out: list[int] = []
-        for lo in range(0, len(entries), per_trip):
-            chunk = entries[lo : lo + per_trip]
-            buf = bytearray(len(chunk) * STUB_ENTRY)
-            for i, e in enumerate(chunk):
-                vals = [x & MASK64 for x in e] + [0] * (7 - len(e))
-                struct.pack_into("<8Q", buf, i * STUB_ENTRY, *vals, 0)
-            self.write(table, bytes(buf))
-            c = self._ffi.new("struct rn_call *")
+        c = self._ffi.new("struct rn_call *")
+        for lo in range(0, n, per_trip):
+            k = min(per_trip, n - lo)
+            self.write(table, table_bytes[STUB_ENTRY * lo : STUB_ENTRY * (lo + k)])
             c.regs = t.call.regs
             c.regs.rip = base
             c.regs.r12 = table
-            c.regs.r13 = len(chunk)
+            c.regs.r13 = k
             r = self._lib.rn_run_stub(t.tid, c)
             t.ran = True
             if c.nsig:
                 t.signals.extend(c.sigs[0 : c.nsig])
             if r:
                 self._check(r, "batch stub", t.tid)
-            ok = len(chunk) - c.regs.r13  # the stub decrements r13 only after a success
-            raw = self.read(table, len(chunk) * STUB_ENTRY)
-            res = [struct.unpack_from("<q", raw, i * STUB_ENTRY + 56)[0] for i in range(ok)]
-            if c.regs.r13:  # stopped early: entry `ok` failed
-                out.extend(res)
-                (err,) = struct.unpack_from("<q", raw, ok * STUB_ENTRY + 56)
-                e = entries[lo + ok]
-                msg = f"{syscall_name(e[0])}: {os.strerror(-err)}"
-                raise BatchError(-err, msg, lo + ok, out)
-            out.extend(res)
+            ok = k - c.regs.r13  # the stub decrements r13 only after a success
+            res = memoryview(self.read(table, k * STUB_ENTRY)).cast("q")[7::8].tolist()
+            out.extend(res[:ok])
+            if ok < k:  # stopped early: entry `ok` failed
+                err = -res[ok]
+                (nr,) = struct.unpack_from("<q", table_bytes, STUB_ENTRY * (lo + ok))
+                msg = f"{syscall_name(nr)}: {os.strerror(err)}"
+                raise BatchError(err, msg, lo + ok, out)
         return out
 
     # ---- memory
