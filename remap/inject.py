@@ -415,7 +415,8 @@ class Session:
         one[cpu // 8] |= 1 << (cpu % 8)
         if lib.rn_setaffinity(0, size, bytes(one)) < 0:
             return
-        self._own_affinity = bytes(ffi.buffer(own))
+        if self._own_affinity is None:  # keep the very first: run() re-pins
+            self._own_affinity = bytes(ffi.buffer(own))
         for t in self._threads.values():
             cur = ffi.new("unsigned char[]", size)
             if lib.rn_getaffinity(t.tid, size, cur) == 0:
@@ -693,7 +694,9 @@ class Session:
         if errors:
             raise errors[0]
 
-    def _release_thread(self, t: _Thread) -> None:
+    def _release_thread(self, t: _Thread, *, detach: bool = True) -> None:
+        """Put t back as it will resume (regs, mask, FP state, affinity, signals met), then
+        detach -- or PTRACE_CONT it and stay attached (see :meth:`run`)."""
         lib = self._lib
         try:
             if not t.stopped:  # seized and interrupted, but we failed before its stop
@@ -701,6 +704,9 @@ class Session:
             if t.resume is None:
                 return
             if t.ran:
+                # Not only for DETACH (whose wake-up alone would make the kernel rewind an
+                # ERESTART* call): PTRACE_CONT from a syscall-exit stop would hand -512 to
+                # userspace.  From a fresh interrupt stop both restart exactly.
                 c = self._ffi.new("struct rn_call *")
                 r = lib.rn_reinterrupt(t.tid, t.resume, c)
                 t.signals.extend(c.sigs[0 : c.nsig])
@@ -716,8 +722,70 @@ class Session:
             for sig in t.signals:  # queued while stopped: delivered as it resumes
                 lib.rn_tgkill(self.pid, t.tid, sig)
         finally:
-            lib.rn_ptrace(K.PTRACE_DETACH, t.tid, 0, 0)
-            self._threads.pop(t.tid, None)
+            if detach:
+                lib.rn_ptrace(K.PTRACE_DETACH, t.tid, 0, 0)
+                self._threads.pop(t.tid, None)
+            else:
+                lib.rn_ptrace(K.PTRACE_CONT, t.tid, 0, 0)
+                t.stopped = False
+                t.call = t.fpregs = t.affinity = None
+                t.ran = t.regs_dirty = False
+                t.signals = []
+
+    def run(self, seconds: float) -> None:
+        """Let the process run for `seconds` while staying attached, then stop it again.
+
+        Every thread resumes exactly as it would on detach (restored registers and masks, an
+        interrupted syscall restarts); signals that stop a thread meanwhile are passed on at
+        once.  Afterwards all threads (and any new ones) are stopped again and their state is
+        saved afresh: what the cure restores is the state at this new stop.  The scratch page
+        and borrowed bytes stay in place.  For the fold's "does it still work" checks.
+        """
+        if self._closed:
+            raise UsageError("session is closed (the process was detached)")
+        lib = self._lib
+        for t in list(self._threads.values()):
+            self._release_thread(t, detach=False)
+        self._t_stopped = 0
+        status = self._ffi.new("int *")
+        deadline = time.monotonic() + seconds
+        while self._threads and time.monotonic() < deadline:
+            for tid in list(self._threads):
+                self._forward_stops(tid, status, os.WNOHANG)
+            time.sleep(0.0005)
+        for tid in list(self._threads):
+            lib.rn_ptrace(K.PTRACE_INTERRUPT, tid, 0, 0)
+        for tid in list(self._threads):
+            self._forward_stops(tid, status, 0)
+        if self.pid not in self._threads:
+            raise NoSuchProcess(self.pid, f"process {self.pid} exited while it ran")
+        self._seize()  # new threads, then fresh saved state for all
+        if self._pin:
+            self._pin_cpu()
+
+    def _forward_stops(self, tid: int, status: Any, flags: int) -> None:
+        """Handle tid's stops while it runs traced: pass signals on, keep job-control stops,
+        and (flags=0) return once it reaches its interrupt stop."""
+        lib = self._lib
+        for _ in range(256):
+            r = lib.rn_wait(tid, status, flags)
+            st = status[0]
+            if r == 0:
+                return
+            if r < 0 or os.WIFEXITED(st) or os.WIFSIGNALED(st):
+                self._threads.pop(tid, None)
+                return
+            event, sig = st >> 16, os.WSTOPSIG(st)
+            if event == K.PTRACE_EVENT_STOP:
+                if sig == K.SIGTRAP:  # our PTRACE_INTERRUPT landed
+                    self._threads[tid].stopped = True
+                    return
+                lib.rn_ptrace(K.PTRACE_LISTEN, tid, 0, 0)  # group stop: stay stopped, traced
+            elif event == 0 and sig != (K.SIGTRAP | 0x80):
+                lib.rn_ptrace(K.PTRACE_CONT, tid, 0, sig)  # deliver the signal it stopped for
+            else:
+                lib.rn_ptrace(K.PTRACE_CONT, tid, 0, 0)
+        raise InternalError(f"thread {tid}: endless stops while running attached")
 
 
 @contextlib.contextmanager

@@ -139,9 +139,9 @@ def test_blocked_syscall_continues_exactly(spawn, mode, inject_calls):
     t0 = time.monotonic()
     with inject.attach(t.pid) as s:
         assert s.regs()["rax"] - (1 << 64) == -RESTART[mode]
-        if inject_calls:
-            assert s.syscall("getpid") == t.pid
+        if inject_calls:  # the single call last: it leaves the thread in a syscall-exit stop
             assert s.syscalls([("getpid",), ("gettid",)]) == [t.pid, t.pid]
+            assert s.syscall("getpid") == t.pid
     after = wait_syscall(t.pid)
     assert same_blocked_call(before, after, RESTART[mode]), (before, after)
     assert signal_state(t.pid) == sig_before
@@ -174,8 +174,8 @@ def test_futex_pi_erestartnointr_in_a_thread(spawn):
     with inject.attach(t.pid) as s:
         assert tid in s.threads
         assert s.regs(tid)["rax"] - (1 << 64) == -K.ERESTARTNOINTR
-        assert s.syscall("gettid", tid=tid) == tid
         assert s.syscalls([("gettid",)], tid=tid) == [tid]
+        assert s.syscall("gettid", tid=tid) == tid
     assert wait_syscall(t.pid, tid) == before
     t.proc.stdin.write(b"go\n")
     t.proc.stdin.flush()
@@ -326,3 +326,45 @@ def test_signal_handler_every_millisecond_keeps_working(spawn):
     with open(f"/proc/{t.pid}/status") as f:
         assert next(x for x in f if x.startswith("SigCgt")) == cgt
     assert t.proc.poll() is None
+
+
+@pytest.mark.parametrize("mode", ["read", "pause", "nanosleep", "futex_timeout"])
+def test_staying_attached_restarts_exactly(spawn, mode):
+    """run() resumes the target while still traced (PTRACE_CONT, no detach wake-up to help):
+    the interrupted call must restart (or become EINTR) exactly as after a detach."""
+    t, port = start_blocked(spawn, mode)
+    before = syscall_file(t.pid)
+    t0 = time.monotonic()
+    with inject.attach(t.pid) as s:
+        assert s.syscall("getpid") == t.pid  # leaves the thread in a syscall-exit stop
+        s.run(0.1)
+        assert same_blocked_call(before, syscall_file(t.pid), RESTART[mode])
+        assert s.regs()["rax"] - (1 << 64) == -RESTART[mode]
+        assert s.syscall("getpid") == t.pid
+    line = finish_blocked(t, mode, port)
+    fields = dict(kv.split("=") for kv in line.split()[1:])
+    if mode in ("nanosleep", "futex_timeout"):
+        assert SLEEP_MS <= int(fields["ms"]) < SLEEP_MS + 400, line
+        assert time.monotonic() - t0 < SLEEP_MS / 1000 + 0.4
+    elif mode == "pause":
+        assert (fields["ret"], fields["errno"]) == ("-1", str(errno.EINTR))
+    else:
+        assert fields["ret"] == "1", line
+
+
+def test_run_forwards_signals_while_attached(spawn):
+    t = spawn("inject_alarm")
+    assert readline(t) == "ready"
+    with inject.attach(t.pid) as s:
+        s.syscalls([("getpid",)])
+        with open(f"/proc/{t.pid}/status") as f:
+            st0 = f.read()
+        s.run(0.2)
+        assert s.syscall("getpid") == t.pid
+        with open(f"/proc/{t.pid}/status") as f:
+            st1 = f.read()
+        assert "TracerPid:\t0" not in st1
+    t.proc.stdin.write(b"?\n")
+    t.proc.stdin.flush()
+    ticks = int(readline(t).split()[1])
+    assert ticks > 100, (ticks, st0)  # ~1 per ms, including the 0.2 s it ran attached
