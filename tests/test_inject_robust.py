@@ -1,0 +1,105 @@
+"""The cure runs whatever happens: SIGTERM to the driver, a target killed mid-session, signals
+sent while stopped; and the CPU pinning is undone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from remap import inject
+from remap.errors import NoSuchProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
+def blocked_reader(spawn):
+    t = spawn("block_syscall", "default", "read")
+    assert t.proc.stdout.readline().startswith(b"ready ")
+    t.wait_blocked()
+    return t
+
+
+def test_sigterm_to_the_driver_restores_and_detaches(spawn):
+    t = blocked_reader(spawn)
+    maps0 = maps(t.pid)
+    code = (
+        "import sys, time, remap\n"
+        f"with remap.attach({t.pid}) as s:\n"
+        "    s.syscalls([('getpid',)])\n"  # scratch page mapped
+        "    print('in', flush=True)\n"
+        "    time.sleep(30)\n"
+    )
+    drv = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert drv.stdout.readline() == b"in\n"
+        assert maps(t.pid) != maps0
+        drv.send_signal(signal.SIGTERM)
+        drv.wait(timeout=10)
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+            drv.wait()
+        drv.stdout.close()
+        drv.stderr.close()
+    st = status(t.pid)
+    assert st["TracerPid"] == "0" and st["State"].startswith("S")
+    assert maps(t.pid) == maps0
+    t.proc.stdin.write(b"k")
+    t.proc.stdin.flush()
+    assert t.proc.stdout.readline().startswith(b"read ret=1 ")
+
+
+def test_target_killed_mid_session_is_reported_and_nothing_hangs(spawn):
+    t = blocked_reader(spawn)
+    start = time.monotonic()
+    with pytest.raises(NoSuchProcess), inject.attach(t.pid) as s:
+        s.syscall("getpid")
+        os.kill(t.pid, signal.SIGKILL)
+        t.proc.wait(timeout=5)  # reaped by us (its parent): ptrace sees it gone
+        s.syscall("getpid")
+    assert time.monotonic() - start < 5
+
+
+def test_signal_sent_while_stopped_is_delivered_after(spawn):
+    t = spawn("block_syscall", "default", "pause")
+    assert t.proc.stdout.readline().startswith(b"ready ")
+    t.wait_blocked()
+    with inject.attach(t.pid) as s:
+        os.kill(t.pid, signal.SIGUSR1)
+        time.sleep(0.02)
+        for _ in range(10):  # blocked during injection: no handler runs inside our calls
+            assert s.syscall("getpid") == t.pid
+        assert s.syscalls([("getpid",)] * 10) == [t.pid] * 10
+        assert int(status(t.pid)["ShdPnd"], 16) & 1 << (signal.SIGUSR1 - 1)
+    line = t.proc.stdout.readline().decode()
+    assert line.startswith("pause ret=-1 errno=4 ") and "usr1=1" in line
+
+
+def test_cpu_pinning_is_undone(spawn):
+    t = blocked_reader(spawn)
+    own = os.sched_getaffinity(0)
+    theirs = os.sched_getaffinity(t.pid)
+    with inject.attach(t.pid) as s:
+        assert len(os.sched_getaffinity(0)) == 1
+        assert os.sched_getaffinity(t.pid) == os.sched_getaffinity(0)
+        s.syscall("getpid")
+    assert os.sched_getaffinity(0) == own
+    assert os.sched_getaffinity(t.pid) == theirs
