@@ -310,6 +310,13 @@ def read_smaps_rollup(pid: int) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- status / statm / stat
+# status fields printed as hex masks (fs/proc/array.c render_sigset_t, render_cap_t)
+_HEX_MASKS = frozenset(
+    ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "CapInh", "CapPrm", "CapEff", "CapBnd",
+     "CapAmb")
+)  # fmt: skip
+
+
 def parse_status(data: bytes) -> dict[str, int | str]:
     """status as a dict: 'kB' fields become ints (kB), plain integers ints, the rest strings."""
     out: dict[str, int | str] = {}
@@ -320,6 +327,8 @@ def parse_status(data: bytes) -> dict[str, int | str]:
         val = rest.strip()
         if val.endswith(" kB"):
             out[key] = int(val[:-3])
+        elif key in _HEX_MASKS:
+            out[key] = int(val, 16)  # '0000000000000002' is a mask, not the decimal 2
         elif val.isdigit():
             out[key] = int(val)
         else:

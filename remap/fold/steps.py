@@ -63,7 +63,20 @@ def use_own_syscall(ctx: FoldContext) -> Action | None:
 # ----------------------------------------------------------------------------- squeeze
 def drop_clean_file(ctx: FoldContext) -> Action | None:
     """MADV_DONTNEED every present page proven clean and file-backed."""
-    pages = [p.addr for v in ctx.snap.vmas if v.is_file for p in v.pages if p.clean_file]
+    # The page holding a blocked thread's `syscall` comes straight back when the call
+    # restarts on resume: dropping it would only cost a fault, so it is kept.
+    keep = {
+        page_floor(r["rip"] - 2)
+        for r in (ctx.session.regs(t) for t in ctx.session.threads)
+        if _in_syscall(r)
+    }
+    pages = [
+        p.addr
+        for v in ctx.snap.vmas
+        if v.is_file
+        for p in v.pages
+        if p.clean_file and p.addr not in keep
+    ]
     if not pages:
         return None
     ranges = coalesce(pages)
@@ -398,6 +411,7 @@ def single_page(ctx: FoldContext) -> Action | None:
             s.set_resume_sigmask(None, s.sigmask() | caught)
         for a, e in unmap:
             c.call("munmap", a, e - a)
+        _make_anonymous(c, hot.start)
         note = _set_mm_map(
             c,
             {
@@ -436,6 +450,28 @@ def single_page(ctx: FoldContext) -> Action | None:
     )
 
 
+def _make_anonymous(ctx: FoldContext, page: int) -> None:
+    """Replace the (file-backed, copy-on-written) hot page by an anonymous page holding the
+    same bytes: mmap a fresh page, copy, mremap it over the old one in one atomic step.
+
+    Why: the kernel reads /proc/PID/cmdline only from anonymous mappings (FOLL_ANON in
+    get_mm_cmdline), and the argv strings now live in this page.  Nothing is lost: the bytes
+    move, and are compared after the move."""
+    s = ctx.session
+    content = s.read(page, K.PAGE_SIZE)
+    rwx = K.PROT_READ | K.PROT_WRITE | K.PROT_EXEC
+    new = ctx.call(
+        "mmap", 0, K.PAGE_SIZE, rwx, K.MAP_PRIVATE | K.MAP_ANONYMOUS, -1 & (2**64 - 1), 0
+    )
+    s.write(new, content)
+    if s.read(new, K.PAGE_SIZE) != content:
+        ctx.call("munmap", new, K.PAGE_SIZE)
+        raise UnsafeStep("copy of the hot page into an anonymous page differs; not moving it")
+    ctx.call("mremap", new, K.PAGE_SIZE, K.PAGE_SIZE, K.MREMAP_MAYMOVE | K.MREMAP_FIXED, page)
+    if s.read(page, K.PAGE_SIZE) != content:
+        raise UnsafeStep("hot page differs after moving it into an anonymous mapping")
+
+
 def _steady_root(s, regs: dict[str, int], stack, hot: HotPage) -> tuple[int, list]:
     buf_lo, buf_hi = regs["rsp"], min(stack.end, regs["rsp"] + 64 * 1024)
     buf = s.read(buf_lo, buf_hi - buf_lo)
@@ -470,12 +506,8 @@ def _scratch_vma(s, v) -> bool:
 
 
 def _caught_signals(pid: int) -> int:
-    """SigCgt: signals with a handler, i.e. the ones whose delivery pushes a frame (a hex mask:
-    read the raw line, a generic status parser may take '0000000000000002' for a decimal)."""
-    for line in procfs._read(pid, "status").splitlines():  # noqa: SLF001
-        if line.startswith(b"SigCgt:"):
-            return int(line.split()[1], 16)
-    return 0
+    """SigCgt: signals with a handler, i.e. the ones whose delivery pushes a frame."""
+    return int(procfs.read_status(pid).get("SigCgt", 0))
 
 
 def _sig_names(mask: int) -> list[int]:
