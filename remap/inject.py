@@ -788,6 +788,23 @@ class Session:
         raise InternalError(f"thread {tid}: endless stops while running attached")
 
 
+def process_madvise(pid: int, addr: int, length: int, advice: int) -> int:
+    """madvise from outside, no stop needed (5.10+: only COLD, PAGEOUT, WILLNEED, COLLAPSE).
+
+    Returns the number of bytes advised; raises OSError(errno) on failure."""
+    lib, _ = native.load()
+    fd = lib.rn_pidfd_open(pid)
+    if fd < 0:
+        raise _gone(pid, OSError(-fd, os.strerror(-fd)))
+    try:
+        r = lib.rn_process_madvise(fd, addr, length, advice)
+    finally:
+        os.close(fd)
+    if r < 0:
+        raise OSError(-r, f"process_madvise: {os.strerror(-r)}")
+    return r
+
+
 @contextlib.contextmanager
 def attach(pid: int, *, pin: bool = True, suspend_seccomp: bool = False) -> Iterator[Session]:
     """Stop every thread of pid and yield a :class:`Session`; restore and detach on exit.

@@ -368,3 +368,25 @@ def test_run_forwards_signals_while_attached(spawn):
     t.proc.stdin.flush()
     ticks = int(readline(t).split()[1])
     assert ticks > 100, (ticks, st0)  # ~1 per ms, including the 0.2 s it ran attached
+
+
+def test_ignored_sigtrap_falls_back_to_single_calls(spawn):
+    """int3 would reset an ignored SIGTRAP to SIG_DFL: the batch must not use the stub."""
+    t = spawn("block_syscall", "default", "read", "0", "igntrap")
+    readline(t)
+    t.wait_blocked()
+    sig0, maps0 = signal_state(t.pid), maps_text(t.pid)
+    assert int(sig0[t.pid]["SigIgn"], 16) & 1 << (K.SIGTRAP - 1)
+    with inject.attach(t.pid) as s:
+        assert s.syscalls([("getpid",), ("gettid",)]) == [t.pid, t.pid]
+        assert maps_text(t.pid) == maps0  # no scratch page was needed
+    assert signal_state(t.pid) == sig0
+    assert finish_blocked(t, "read", 0).startswith("read ret=1 ")
+
+
+def test_process_madvise_from_outside(spawn):
+    t, _ = start_blocked(spawn, "read")
+    m = next(m for m in gadget.read_maps(t.pid) if m.path == str(t.path))
+    n = inject.process_madvise(t.pid, m.start, m.end - m.start, K.MADV_COLD)
+    assert n == m.end - m.start
+    assert finish_blocked(t, "read", 0).startswith("read ret=1 ")

@@ -8,6 +8,7 @@
 //   nanosleep MS    nanosleep                      -ERESTART_RESTARTBLOCK (516)
 //   clock_nanosleep MS                             -ERESTART_RESTARTBLOCK
 //   futex_timeout MS FUTEX_WAIT with a timeout     -ERESTART_RESTARTBLOCK
+// A third argument "igntrap" makes it ignore SIGTRAP first (remap must then avoid int3).
 // It prints "ready" when about to block and one line with the outcome when the call returns,
 // including how long it took (ms, CLOCK_MONOTONIC), then exits 0.
 // remap-build: musl-gcc -static -O2 -o {out} {src}
@@ -55,6 +56,8 @@ int main(int argc, char **argv)
 	sa.sa_handler = on_usr1;
 	sa.sa_flags = SA_RESTART;
 	sigaction(SIGUSR1, &sa, 0);
+	if (argc > 3 && !strcmp(argv[3], "igntrap"))
+		signal(SIGTRAP, SIG_IGN);
 
 	int lfd = -1;
 	if (!strcmp(mode, "accept")) {
