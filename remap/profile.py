@@ -1,0 +1,758 @@
+"""Profile a live program's steady state: what it executes, what it touches, how deep its stack.
+
+Why single-step: a layout that packs "the hot path" into one page is only safe if *every*
+instruction the steady state runs and every byte it reads or writes is in that page; sampling
+misses rare paths (the bot's !mem handler runs once in a thousand lines), single-stepping does
+not.  We seize the process (PTRACE_SEIZE, no SIGSTOP), single-step it while a workload drives
+it, and for each instruction record:
+
+- its address, mapped to a function symbol of the executable read *from disk* (pyelftools);
+- its memory operands, decoded with capstone and evaluated against the registers of that very
+  stop (rip-relative, base + index * scale + disp, fs/gs bases), mapped to data symbols or, when
+  no symbol covers them, to section + offset;
+- rsp, so the peak live stack depth below the steady-state root's frame is known.
+
+The steady-state root is the function running at the highest rsp seen (for the demo bot,
+``hot_main``): it never returns, everything the workload triggers runs below its frame.
+
+Preconditions: a 64-bit x86_64 process, not traced by anyone else, whose SIGTRAP is neither
+blocked nor ignored (a single-step trap on a blocked SIGTRAP makes the kernel reset its handler,
+DESIGN 5.5: refused).  Stepping stops only when the target waits in a syscall again (or the time
+is up), so the last request is fully handled; detaching lets the kernel restart the blocked call.
+
+Example::
+
+    >>> prof = profile(pid, workload=lambda: srv.ping(100))
+    >>> [f.name for f in prof.functions]
+    ['after_word', 'handle_line', 'hot_main', 'hot_syscall', ...]
+    >>> prof.stack.peak_depth
+    232
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno as errno_mod
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import kconst as K
+from .errors import AccessDenied, NoSuchProcess, RemapError, UnsupportedTarget, UsageError
+from .inject import preflight
+
+MAX_STEPS = 50_000_000  # a bound on every profile: ~10 min of stepping at ~10 us a step
+SYSCALL_POLL_S = 0.0002  # how often a step over a blocking syscall is polled for completion
+
+# capstone constants (capstone/x86_const.py; copied so importing this module needs no capstone)
+_OP_MEM = 3
+_AC_READ, _AC_WRITE = 1, 2
+_NO_ACCESS = {"lea", "nop", "prefetch", "prefetcht0", "prefetcht1", "prefetcht2", "prefetchw",
+              "endbr64", "clflush", "clflushopt"}  # fmt: skip
+_STT = {"STT_FUNC": "func", "STT_OBJECT": "object", "STT_TLS": "tls"}
+
+
+# ---------------------------------------------------------------------------- result types
+@dataclass
+class FuncHit:
+    """A function executed during the profile: how often, and where it lives in the ELF."""
+
+    name: str
+    addr: int
+    size: int
+    section: str  # output section in the profiled executable (.text, .hot.text...)
+    steps: int  # instructions executed inside it
+    first: int  # index of the first step that entered it (execution order)
+
+
+@dataclass
+class DataHit:
+    """A data object (or an unnamed piece of a section) read or written by the steady state."""
+
+    name: str  # symbol, or "SECTION+0xOFF" when no symbol covers the address
+    addr: int
+    size: int
+    section: str
+    reads: int
+    writes: int
+    by: list[str]  # functions whose instructions touched it (sorted)
+
+
+@dataclass
+class StackUse:
+    """Peak live stack: from the steady-state root's CFA down to the lowest byte touched."""
+
+    root: str  # function running at the highest rsp (the steady-state loop)
+    root_cfa: int  # its canonical frame address (rbp + 16 with frame pointers, else max rsp)
+    min_rsp: int
+    min_touched: int  # lowest stack address any instruction accessed (red zone included)
+    peak_depth: int  # root_cfa - min(min_rsp, min_touched)
+
+
+@dataclass
+class Signals:
+    """Signals whose handler could run in the steady state (SigCgt), and the rest of the mask."""
+
+    caught: list[int]
+    ignored: list[int]
+    blocked: list[int]
+
+
+@dataclass
+class Overhead:
+    """What profiling cost: stepping wall time vs the same workload unprofiled."""
+
+    steps: int
+    wall_s: float
+    us_per_step: float
+    tracer_cpu_s: float
+    baseline_s: float | None  # the workload unprofiled (None: no workload given)
+    slowdown: float | None
+
+
+@dataclass
+class Profile:
+    """The steady-state footprint of one process, at function and object granularity."""
+
+    pid: int
+    exe: str
+    exe_sha256: str
+    reason_stopped: str  # "idle" (back in a blocking syscall after the workload) or "time"
+    functions: list[FuncHit]
+    data: list[DataHit]
+    stack: StackUse
+    signals: Signals
+    overhead: Overhead
+    outside: dict[str, int]  # steps executed outside the executable, by mapping ([vdso]...)
+    sections: dict[str, list[int]]  # the executable's alloc sections: name -> [addr, size, flags]
+    pages: dict[str, int]  # executable pages (hex address) -> steps executed there
+    results: dict[str, Any] = field(default_factory=dict)  # workload results, checked
+    trace: list[int] = field(default_factory=list)  # sampled rips in order (for the picture)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Profile:
+        d = dict(d)
+        d["functions"] = [FuncHit(**f) for f in d["functions"]]
+        d["data"] = [DataHit(**x) for x in d["data"]]
+        d["stack"] = StackUse(**d["stack"])
+        d["signals"] = Signals(**d["signals"])
+        d["overhead"] = Overhead(**d["overhead"])
+        return cls(**d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), sort_keys=True, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Profile:
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise UsageError(f"{path}: not a remap profile ({type(e).__name__}: {e})") from None
+
+    def function_names(self) -> list[str]:
+        return sorted(f.name for f in self.functions)
+
+
+# ---------------------------------------------------------------------------- the executable
+@dataclass
+class _Sym:
+    addr: int
+    size: int
+    name: str
+    kind: str  # func / object / tls
+    section: str
+
+
+class _Exe:
+    """Symbols, sections and code bytes of the executable, from the file on disk."""
+
+    def __init__(self, path: str):
+        from elftools.elf.elffile import ELFFile
+
+        self.path = path
+        with open(path, "rb") as f:
+            raw = f.read()
+        self.sha256 = hashlib.sha256(raw).hexdigest()
+        import io
+
+        elf = ELFFile(io.BytesIO(raw))
+        if elf["e_machine"] != "EM_X86_64":
+            raise UnsupportedTarget(f"{path}: not an x86_64 executable")
+        self.pie = elf["e_type"] == "ET_DYN"
+        self.segments = [
+            (s["p_vaddr"], s["p_memsz"], s["p_offset"], s["p_filesz"])
+            for s in elf.iter_segments()
+            if s["p_type"] == "PT_LOAD"
+        ]
+        self.raw = raw
+        secs = [s for s in elf.iter_sections() if s["sh_flags"] & 2 and s["sh_size"]]  # ALLOC
+        self.sections = {s.name: [s["sh_addr"], s["sh_size"], s["sh_flags"]] for s in secs}
+        self._sec_sorted = sorted((v[0], v[1], k) for k, v in self.sections.items())
+        index_name = {i: s.name for i, s in enumerate(elf.iter_sections())}
+        funcs: list[_Sym] = []
+        objs: list[_Sym] = []
+        tab = elf.get_section_by_name(".symtab")
+        for sym in tab.iter_symbols() if tab is not None else []:
+            kind = _STT.get(sym["st_info"]["type"])
+            shndx = sym["st_shndx"]
+            if kind is None or not sym["st_size"] or not isinstance(shndx, int) or kind == "tls":
+                continue
+            s = _Sym(sym["st_value"], sym["st_size"], sym.name, kind, index_name.get(shndx, "?"))
+            (funcs if kind == "func" else objs).append(s)
+        self.funcs = _dedup(funcs)
+        self.objs = _dedup(objs)
+        self._fa = [s.addr for s in self.funcs]
+        self._oa = [s.addr for s in self.objs]
+        self.base = 0  # load bias, set once the mapping is known (PIE)
+
+    def func_at(self, vaddr: int) -> _Sym | None:
+        return _lookup(self.funcs, self._fa, vaddr)
+
+    def obj_at(self, vaddr: int) -> _Sym | None:
+        return _lookup(self.objs, self._oa, vaddr) or _lookup(self.funcs, self._fa, vaddr)
+
+    def section_at(self, vaddr: int) -> tuple[str, int] | None:
+        i = bisect.bisect_right(self._sec_sorted, (vaddr, 1 << 64)) - 1
+        if i >= 0:
+            a, n, name = self._sec_sorted[i]
+            if a <= vaddr < a + n:
+                return name, a
+        return None
+
+    def code(self, vaddr: int, n: int = 16) -> bytes | None:
+        for va, _memsz, off, filesz in self.segments:
+            if va <= vaddr < va + filesz:
+                k = vaddr - va
+                return self.raw[off + k : off + min(filesz, k + n)]
+        return None
+
+
+def _dedup(syms: list[_Sym]) -> list[_Sym]:
+    """Sorted by address, one symbol per address (the alphabetically first, for determinism)."""
+    best: dict[int, _Sym] = {}
+    for s in sorted(syms, key=lambda s: (s.addr, s.name)):
+        best.setdefault(s.addr, s)
+    return sorted(best.values(), key=lambda s: s.addr)
+
+
+def _lookup(syms: list[_Sym], addrs: list[int], vaddr: int) -> _Sym | None:
+    i = bisect.bisect_right(addrs, vaddr) - 1
+    if i >= 0 and syms[i].addr <= vaddr < syms[i].addr + syms[i].size:
+        return syms[i]
+    return None
+
+
+# ---------------------------------------------------------------------------- decoding
+@dataclass(frozen=True)
+class _Insn:
+    size: int
+    is_syscall: bool
+    mem: tuple[tuple[str | None, str | None, int, int, int, str | None, int], ...]
+    # each: (base reg, index reg, scale, disp, size, segment reg, access bits)
+
+
+class _Decoder:
+    """capstone, with every decoded address cached (a loop runs the same rips over and over)."""
+
+    def __init__(self) -> None:
+        try:
+            import capstone
+        except ImportError:
+            raise UnsupportedTarget(
+                "the profiler needs capstone to decode memory operands (pip install capstone)"
+            ) from None
+        self.cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        self.cs.detail = True
+        self.cache: dict[int, _Insn] = {}
+
+    def decode(self, addr: int, code: bytes) -> _Insn:
+        insn = next(self.cs.disasm(code, addr, 1), None)
+        if insn is None:
+            d = _Insn(1, False, ())
+        else:
+            mem = []
+            if insn.mnemonic not in _NO_ACCESS:
+                for op in insn.operands:
+                    if op.type != _OP_MEM:
+                        continue
+                    m = op.mem
+                    reg = insn.reg_name
+                    mem.append(
+                        (
+                            reg(m.base) if m.base else None,
+                            reg(m.index) if m.index else None,
+                            m.scale,
+                            m.disp,
+                            op.size,
+                            reg(m.segment) if m.segment else None,
+                            op.access or _AC_READ,
+                        )
+                    )
+            d = _Insn(insn.size, insn.mnemonic == "syscall", tuple(mem))
+        self.cache[addr] = d
+        return d
+
+
+# ---------------------------------------------------------------------------- stepping
+class _Stepper:
+    """One seized process, single-stepped from the tracer's (this) thread."""
+
+    def __init__(self, pid: int):
+        from . import native
+
+        self.pid = pid
+        self.lib, self.ffi = native.load()
+        self.regs = self.ffi.new("struct user_regs_struct *")
+        self.status = self.ffi.new("int *")
+        self.attached = False
+
+    def seize(self) -> None:
+        r = self.lib.rn_ptrace(K.PTRACE_SEIZE, self.pid, 0, 0)
+        if r == -errno_mod.ESRCH:
+            raise NoSuchProcess(self.pid)
+        if r < 0:
+            raise AccessDenied(f"ptrace refused for process {self.pid}: {os.strerror(-r)}")
+        self.attached = True
+        self._check(self.lib.rn_ptrace(K.PTRACE_INTERRUPT, self.pid, 0, 0), "PTRACE_INTERRUPT")
+        self.wait()
+        self.getregs()
+
+    def _check(self, r: int, what: str) -> int:
+        if r == -errno_mod.ESRCH:
+            raise NoSuchProcess(self.pid, f"process {self.pid} exited while being profiled")
+        if r < 0:
+            raise RemapError(f"{what} on {self.pid}: {os.strerror(-r)}")
+        return r
+
+    def wait(self, nohang: bool = False) -> bool:
+        """Wait for the next stop; False when NOHANG and none is there yet."""
+        r = self._check(self.lib.rn_wait(self.pid, self.status, 1 if nohang else 0), "waitpid")
+        if r == 0:
+            return False
+        st = self.status[0]
+        if os.WIFEXITED(st) or os.WIFSIGNALED(st):
+            self.attached = False
+            raise NoSuchProcess(self.pid, f"process {self.pid} exited while being profiled")
+        return True
+
+    def getregs(self) -> None:
+        self._check(self.lib.rn_getregs(self.pid, self.regs), "PTRACE_GETREGS")
+
+    def step(self, sig: int = 0) -> None:
+        self._check(self.lib.rn_ptrace(K.PTRACE_SINGLESTEP, self.pid, 0, sig), "SINGLESTEP")
+
+    def stop_signal(self) -> int:
+        """The signal to pass on after this stop: 0 for our own trap and for ptrace events."""
+        st = self.status[0]
+        if not os.WIFSTOPPED(st) or st >> 16:
+            return 0
+        sig = os.WSTOPSIG(st)
+        return 0 if sig == K.SIGTRAP else sig
+
+    def interrupt_and_detach(self, stopped: bool) -> None:
+        """Leave the target running as before: a blocked syscall is restarted by the kernel.
+
+        A syscall entered under single-step queues a SIGTRAP when it returns -- also when our
+        PTRACE_INTERRUPT cuts it short.  Delivered after the detach, that trap would kill the
+        target (SIGTRAP's default action), so while one is pending we let it reach its
+        signal-delivery stop and suppress it there (detach with signal 0)."""
+        if not self.attached:
+            return
+        try:
+            if not stopped:
+                self.lib.rn_ptrace(K.PTRACE_INTERRUPT, self.pid, 0, 0)
+                self.wait()
+            for _ in range(8):
+                if not _trap_pending(self.pid):
+                    break
+                self._check(self.lib.rn_ptrace(K.PTRACE_CONT, self.pid, 0, 0), "PTRACE_CONT")
+                self.wait()
+        finally:
+            self.lib.rn_ptrace(K.PTRACE_DETACH, self.pid, 0, 0)
+            self.attached = False
+
+
+def _trap_pending(tid: int) -> bool:
+    """SIGTRAP queued for the thread (SigPnd) or the process (ShdPnd)."""
+    with open(f"/proc/{tid}/status") as f:
+        for line in f:
+            if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) >> (
+                K.SIGTRAP - 1
+            ) & 1:
+                return True
+    return False
+
+
+def _sigset(line: str) -> list[int]:
+    mask = int(line, 16)
+    return [i + 1 for i in range(64) if mask >> i & 1]
+
+
+def _signals(pid: int) -> Signals:
+    out: dict[str, list[int]] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("SigCgt", "SigIgn", "SigBlk"):
+                    out[k] = _sigset(v.strip())
+    except OSError:
+        raise NoSuchProcess(pid) from None
+    return Signals(out.get("SigCgt", []), out.get("SigIgn", []), out.get("SigBlk", []))
+
+
+def _maps(pid: int) -> list[tuple[int, int, int, str]]:
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split(None, 5)
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            out.append((lo, hi, int(parts[2], 16), parts[5].strip() if len(parts) > 5 else ""))
+    return out
+
+
+def _last_cpu(pid: int) -> int:
+    """The CPU the target last ran on (/proc/PID/stat field 39)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[36])
+
+
+def profile(
+    pid: int,
+    seconds: float | None = None,
+    workload: Callable[[], Any] | None = None,
+    *,
+    baseline: Callable[[], Any] | None = None,
+    max_steps: int = MAX_STEPS,
+    trace_every: int = 8,
+) -> Profile:
+    """Single-step PID while WORKLOAD runs (or for SECONDS) and return its steady-state Profile.
+
+    workload: called in a helper thread while the target is stepped; its return value is kept
+      in ``results["profiled"]``.  The profile ends once it has returned *and* the target waits
+      in a syscall again (or at ``seconds``, when given, as a deadline).
+    baseline: the same workload, run once *unprofiled* first: its time gives the overhead and
+      its return value must equal the profiled one (else UnsafeStep: profiling changed results).
+    """
+    from .errors import UnsafeStep
+
+    if workload is None and seconds is None:
+        raise UsageError("profile needs a workload or a duration (--for SECONDS)")
+    if seconds is not None and not 0 < seconds <= 600:
+        raise UsageError(f"profile duration must be 0..600 s (got {seconds})")
+    preflight(pid)
+    sigs = _signals(pid)
+    if K.SIGTRAP in sigs.blocked or K.SIGTRAP in sigs.ignored:
+        raise UnsupportedTarget(
+            f"process {pid} blocks or ignores SIGTRAP: single-stepping would reset its handler"
+        )
+    exe_path = os.readlink(f"/proc/{pid}/exe")
+    exe = _Exe(f"/proc/{pid}/exe")
+    exe.path = exe_path
+    maps = _maps(pid)
+    if exe.pie:
+        exe.base = min(lo - off for lo, hi, off, path in maps if path == exe_path)
+    stack = next(((lo, hi) for lo, hi, _o, p in maps if p == "[stack]"), (0, 0))
+    dec = _Decoder()
+
+    results: dict[str, Any] = {}
+    base_s = None
+    if baseline is not None:
+        t0 = time.monotonic()
+        results["unprofiled"] = baseline()
+        base_s = time.monotonic() - t0
+
+    counts: Counter[int] = Counter()
+    first_seen: dict[int, int] = {}
+    touched: dict[tuple[int, int], list[int]] = {}  # (addr, size) -> [reads, writes, rip]
+    trace: list[int] = []
+    min_rsp = 1 << 64
+    max_rsp, max_rsp_rbp, max_rsp_rip = 0, 0, 0
+    min_touch = 1 << 64
+    outside: Counter[str] = Counter()
+
+    done = threading.Event()
+    err: list[BaseException] = []
+
+    def run_workload() -> None:
+        try:
+            results["profiled"] = workload() if workload else None
+        except BaseException as e:  # reported after the target is released
+            err.append(e)
+        finally:
+            done.set()
+
+    st = _Stepper(pid)
+    own_cpus = os.sched_getaffinity(0)
+    with contextlib.suppress(OSError):  # same-CPU ptrace stops are ~20x cheaper (DESIGN 5.7)
+        os.sched_setaffinity(0, {_last_cpu(pid)})
+    cpu0 = time.thread_time()
+    t0 = time.monotonic()
+    deadline = t0 + seconds if seconds is not None else None
+    stopped = False
+    reason = "idle"
+    worker = threading.Thread(target=run_workload, daemon=True) if workload else None
+    n = 0
+    try:
+        st.seize()
+        stopped = True
+        if worker:
+            worker.start()
+        regs = st.regs
+        fs_base, gs_base = regs.fs_base, regs.gs_base
+        sig = 0
+        cache = dec.cache
+        while n < max_steps:
+            rip = regs.rip
+            rsp = regs.rsp
+            counts[rip] += 1
+            if rip not in first_seen:
+                first_seen[rip] = n
+            if n % trace_every == 0:
+                trace.append(rip)
+            if rsp < min_rsp:
+                min_rsp = rsp
+            if rsp >= max_rsp:
+                max_rsp, max_rsp_rbp, max_rsp_rip = rsp, regs.rbp, rip
+            ins = cache.get(rip)
+            if ins is None:
+                code = exe.code(rip - exe.base)
+                if code is None:
+                    code = _read_mem(st, rip, 16)
+                ins = dec.decode(rip, code)
+            for base, index, scale, disp, size, seg, acc in ins.mem:
+                ea = disp
+                if base == "rip":
+                    ea += rip + ins.size
+                elif base:
+                    ea += getattr(regs, base, 0)
+                if index:
+                    ea += getattr(regs, index, 0) * scale
+                if seg == "fs":
+                    ea += fs_base
+                elif seg == "gs":
+                    ea += gs_base
+                ea &= (1 << 64) - 1
+                if stack[0] <= ea < stack[1]:
+                    if ea < min_touch:
+                        min_touch = ea
+                    continue
+                rec = touched.get((ea, size))
+                if rec is None:
+                    rec = touched[(ea, size)] = [0, 0, rip]
+                if acc & _AC_READ:
+                    rec[0] += 1
+                if acc & _AC_WRITE:
+                    rec[1] += 1
+            n += 1
+            st.step(sig)
+            stopped = False
+            if ins.is_syscall:  # may block: poll, so the end of the workload or time ends it
+                if not _wait_syscall(st, done if worker else None, deadline):
+                    reason = "idle" if worker and done.is_set() else "time"
+                    break
+            else:
+                st.wait()
+            stopped = True
+            sig = st.stop_signal()
+            st.getregs()
+            if n & 0xFFF == 0 and deadline and time.monotonic() > deadline:
+                reason = "time"
+                break
+        else:
+            reason = "max-steps"
+    finally:
+        wall = time.monotonic() - t0
+        cpu = time.thread_time() - cpu0
+        st.interrupt_and_detach(stopped)
+        os.sched_setaffinity(0, own_cpus)
+        if worker:
+            worker.join(timeout=30)
+    if err:
+        e = err[0]
+        raise e if isinstance(e, RemapError) else UnsafeStep(f"workload failed: {e}")
+    if baseline is not None and results.get("unprofiled") != results.get("profiled"):
+        raise UnsafeStep(
+            "the target's results differ under profiling: "
+            f"{results.get('unprofiled')!r} vs {results.get('profiled')!r}"
+        )
+    if baseline is not None:
+        results["unchanged"] = True
+
+    # ---- attribute what was seen
+    funcs: dict[str, FuncHit] = {}
+    pages: Counter[str] = Counter()
+    for rip, c in counts.items():
+        v = rip - exe.base
+        sym = exe.func_at(v)
+        if exe.code(v, 1) is None:
+            outside[_mapping_name(maps, rip)] += c
+            continue
+        pages[f"{v & ~(K.PAGE_SIZE - 1):#x}"] += c
+        name = sym.name if sym else f"{(exe.section_at(v) or ('?', 0))[0]}+{v:#x}"
+        f = funcs.get(name)
+        if f is None:
+            funcs[name] = FuncHit(
+                name, sym.addr if sym else v, sym.size if sym else 1,
+                sym.section if sym else (exe.section_at(v) or ("?", 0))[0], c, first_seen[rip],
+            )  # fmt: skip
+        else:
+            f.steps += c
+            f.first = min(f.first, first_seen[rip])
+    data: dict[str, DataHit] = {}
+    for (ea, size), (r, w, rip) in touched.items():
+        v = ea - exe.base
+        by = exe.func_at(rip - exe.base)
+        sym = exe.obj_at(v)
+        if sym is not None:
+            key, addr, sz, sec = sym.name, sym.addr, sym.size, sym.section
+        else:
+            where = exe.section_at(v)
+            if where is None:
+                key = _mapping_name(maps, ea)
+                addr, sz, sec = ea, size, key
+            else:
+                sec, sa = where
+                key, addr, sz, sec = f"{sec}+{v - sa:#x}", v, size, sec
+        d = data.get(key)
+        if d is None:
+            d = data[key] = DataHit(key, addr, sz, sec, 0, 0, [])
+        elif sym is None:  # unnamed bytes: widen to cover every access
+            hi = max(d.addr + d.size, addr + sz)
+            d.addr = min(d.addr, addr)
+            d.size = hi - d.addr
+        d.reads += r
+        d.writes += w
+        if by and by.name not in d.by:
+            d.by.append(by.name)
+    for d in data.values():
+        d.by.sort()
+
+    root_fn = exe.func_at(max_rsp_rip - exe.base)
+    cfa = max_rsp_rbp + 16 if max_rsp < max_rsp_rbp < stack[1] else max_rsp
+    low = min(min_rsp, min_touch)
+    stack_use = StackUse(root_fn.name if root_fn else f"{max_rsp_rip:#x}", cfa, min_rsp,
+                         min_touch if min_touch < 1 << 64 else min_rsp, cfa - low)  # fmt: skip
+    overhead = Overhead(
+        n,
+        round(wall, 4),
+        round(wall / n * 1e6, 2) if n else 0.0,
+        round(cpu, 4),
+        round(base_s, 4) if base_s is not None else None,
+        round(wall / base_s, 1) if base_s else None,
+    )
+    return Profile(
+        pid=pid,
+        exe=exe_path,
+        exe_sha256=exe.sha256,
+        reason_stopped=reason,
+        functions=sorted(funcs.values(), key=lambda f: (f.addr, f.name)),
+        data=sorted(data.values(), key=lambda d: (d.addr, d.name)),
+        stack=stack_use,
+        signals=sigs,
+        overhead=overhead,
+        outside=dict(sorted(outside.items())),
+        sections=exe.sections,
+        pages=dict(sorted(pages.items())),
+        results=_jsonable(results),
+        trace=[r - exe.base for r in trace],
+    )
+
+
+def _wait_syscall(st: _Stepper, done: threading.Event | None, deadline: float | None) -> bool:
+    """Wait for a step over a `syscall` to finish; False when the profile should end first:
+    the workload is done (and the call has not returned within a grace period, i.e. the target
+    is idle again) or the deadline passed."""
+    grace = None
+    while not st.wait(nohang=True):
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
+            return False
+        if done is not None and done.is_set():
+            grace = grace or now + 0.005
+            if now > grace:
+                return False
+        time.sleep(SYSCALL_POLL_S)
+    return True
+
+
+def _read_mem(st: _Stepper, addr: int, n: int) -> bytes:
+    buf = st.ffi.new("char[]", n)
+    got = st.lib.rn_vm_read(st.pid, buf, addr, n)
+    return bytes(st.ffi.buffer(buf, max(got, 0)))
+
+
+def _mapping_name(maps: list[tuple[int, int, int, str]], addr: int) -> str:
+    for lo, hi, _off, path in maps:
+        if lo <= addr < hi:
+            return path or "[anon]"
+    return "[unmapped]"
+
+
+def _jsonable(x: Any) -> Any:
+    try:
+        json.dumps(x)
+        return x
+    except TypeError:
+        return repr(x)
+
+
+# ---------------------------------------------------------------------------- the IRC workload
+def irc_workload(srv: Any, pings: int = 100) -> Callable[[], dict[str, Any]]:
+    """A workload that exercises every steady-state path of the demo bot: PINGs, !ping, !mem.
+
+    Returns what must not change under profiling: the number of PONGs checked, the !ping reply
+    and the *keys* of the !mem reply (its values are the bot's own RSS, which may differ).
+    """
+
+    def run() -> dict[str, Any]:
+        srv.ping(pings)
+        pong = srv.command("!ping")
+        mem = srv.command("!mem")
+        return {"pings": pings, "!ping": pong, "!mem": sorted(mem)}
+
+    return run
+
+
+# ---------------------------------------------------------------------------- the picture
+def render_png(prof: Profile, path: str | os.PathLike) -> None:
+    """The hot path across pages: executed addresses over time, page boundaries, function names.
+
+    Why this picture: a one-page layout is right when every dot falls in one band; the default
+    link shows the loop jumping across several pages of .text.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [3, 1]})
+    ys = prof.trace
+    ax.scatter(range(len(ys)), ys, s=2, c="tab:red")
+    pages = sorted({y & ~(K.PAGE_SIZE - 1) for y in ys})
+    for p in pages:
+        ax.axhline(p, color="grey", lw=0.5)
+        ax.axhline(p + K.PAGE_SIZE, color="grey", lw=0.5)
+    for f in prof.functions:
+        ax.annotate(f.name, (0, f.addr), fontsize=6, color="tab:blue")
+    ax.set_xlabel(f"step (every {max(1, prof.overhead.steps // max(1, len(ys)))}th)")
+    ax.set_ylabel("code address")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _p: f"{int(v):#x}"))
+    ax.set_title(f"hot path of {Path(prof.exe).name}: {len(pages)} code page(s)")
+    labels = list(prof.pages)
+    bx.barh(labels, [prof.pages[k] for k in labels], color="tab:red")
+    bx.set_xlabel("steps per page")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
