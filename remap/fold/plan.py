@@ -73,7 +73,15 @@ class FoldContext:
         return self.session.syscalls(calls)
 
     def refresh(self) -> None:
-        self.snap = residency.snapshot(self.pid)
+        self.snap = stopped_snapshot(self.pid)
+
+
+def stopped_snapshot(pid: int) -> residency.Snapshot:
+    """The cheap snapshot taken while the target is stopped: maps + page walk, no smaps, no PFNs.
+
+    Why: every millisecond here is a millisecond the target cannot run (the fold's budget is
+    5 ms); the page walk alone decides presence and backing, which is all a step needs."""
+    return residency.snapshot(pid, smaps=False, pfns=False)
 
 
 def _brief(snap: residency.Snapshot) -> dict[str, Any]:
@@ -97,6 +105,7 @@ class FoldReport:
     stopped_us: float
     verified_bytes: int
     notes: list[str]
+    stop_breakdown_us: dict[str, float] = field(default_factory=dict)  # seize/snapshot/steps/cure
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +116,7 @@ class FoldReport:
             "after": self.after,
             "steps": [s.to_json() for s in self.steps],
             "stopped_us": round(self.stopped_us, 1),
+            "stop_breakdown_us": self.stop_breakdown_us,
             "verified_bytes": self.verified_bytes,
             "notes": self.notes,
         }
@@ -130,8 +140,11 @@ def run_plan(
     before = residency.snapshot(pid)
     reports: list[StepReport] = []
     verified = 0
+    marks: dict[str, float] = {}
     with attach(pid) as s:
-        ctx = FoldContext(pid, s, residency.snapshot(pid), dry_run)
+        marks["seize"] = s.stopped_ns / 1e3
+        ctx = FoldContext(pid, s, stopped_snapshot(pid), dry_run)
+        marks["snapshot"] = s.stopped_ns / 1e3 - marks["seize"]
         for planner in planners:
             action = planner(ctx)
             if action is None:
@@ -156,12 +169,14 @@ def run_plan(
             )  # fmt: skip
         notes = ctx.notes
         stopped_before_cure = s.stopped_ns
+        marks["steps"] = stopped_before_cure / 1e3 - marks["seize"] - marks["snapshot"]
         t_cure = time.monotonic_ns()
-    stopped_us = (stopped_before_cure + time.monotonic_ns() - t_cure) / 1e3
+    marks["cure"] = (time.monotonic_ns() - t_cure) / 1e3
+    stopped_us = stopped_before_cure / 1e3 + marks["cure"]
     after = None if dry_run else _settled_snapshot(pid, settle_s)
     return FoldReport(
         pid, kind, dry_run, _brief(before), after and _brief(after), reports,
-        stopped_us, verified, notes,
+        stopped_us, verified, notes, {k: round(v, 1) for k, v in marks.items()},
     )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ def _record(ctx: RunContext, name: str, report: FoldReport, params: dict) -> Ste
         ctx.fields.setdefault("over_budget", []).append(name)
     extra: dict[str, Any] = {
         "stopped_us": round(report.stopped_us, 1),
+        "stop_breakdown_us": report.stop_breakdown_us,
         "fold_steps": [s.to_json() for s in report.steps],
         "verified_bytes": report.verified_bytes,
         "rss_kb_before": report.before["rss_kb"],

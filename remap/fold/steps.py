@@ -123,13 +123,16 @@ def drop_dead_stack(ctx: FoldContext) -> Action | None:
 
 
 def _refuse_altstack_overlap(ctx: FoldContext, ranges: list[tuple[int, int]]) -> None:
-    """An alternate signal stack inside 'dead' stack is live: ask each thread (sigaltstack)."""
+    """An alternate signal stack inside 'dead' stack is live: ask each thread (sigaltstack).
+
+    The kernel writes its answer into the first dead page itself -- memory about to be dropped
+    -- so no scratch page is mapped for it."""
     s = ctx.session
+    out = ranges[0][0]
     for tid in s.threads:
-        buf = s.scratch()
         ctx.calls += 1
-        s.syscall("sigaltstack", 0, buf, tid=tid)
-        sp, flags, _pad, size = struct.unpack("<QiiQ", s.read(buf, 24))
+        s.syscall("sigaltstack", 0, out, tid=tid)
+        sp, flags, _pad, size = struct.unpack("<QiiQ", s.read(out, 24))
         if flags & 2:  # SS_DISABLE
             continue
         for lo, hi in ranges:
@@ -190,7 +193,8 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
         new_regs = relocate_regs(regs, [move])
         s.set_resume_regs(None, {k: new_regs[k] for k in new_regs if new_regs[k] != regs[k]})
         auxv = _relocated_auxv(ctx.pid, [move])
-        note = _set_mm_map(c, {"start_stack": st.start_stack + delta}, auxv)
+        dead_buf = (new_lo - RED_ZONE - 1024) & ~15  # below the moved stack: dropped next
+        note = _set_mm_map(c, {"start_stack": st.start_stack + delta}, auxv, dead_buf)
         # the old frames are now dead stack below the new rsp - 128: drop them
         dead = [
             p.addr
@@ -289,13 +293,13 @@ def _pointer_rewrites(
 
 
 def _commit_rewrites(s, rewrites: list[tuple[int, bytes, bytes, int]]) -> None:
-    """Write the relocated pages, verify each; on any failure put every page back as it was."""
+    """Write the relocated blocks, verify each; on any failure put every block back as it was."""
     done = []
     try:
         for a, old, new, _n in rewrites:
             s.write(a, new)
             done.append((a, old))
-            if s.read(a, K.PAGE_SIZE) != new:
+            if s.read(a, len(new)) != new:
                 raise UnsafeStep(f"read-back of page {a:#x} differs after pointer relocation")
     except BaseException:
         for a, old in reversed(done):
@@ -315,16 +319,17 @@ def _relocated_auxv(pid: int, moves: list[Move]) -> bytes:
     return b"".join(out) + struct.pack("<QQ", K.AT_NULL, 0)
 
 
-def _set_mm_map(ctx: FoldContext, changes: dict[str, int], auxv: bytes | None) -> str:
+def _set_mm_map(ctx: FoldContext, changes: dict[str, int], auxv: bytes | None, buf: int) -> str:
     """Tell the kernel where things now are (PR_SET_MM_MAP); a refusal is a note, not a
-    failure: the process is correct either way, only /proc's view would be stale."""
+    failure: the process is correct either way, only /proc's view would be stale.
+
+    BUF is target memory that is dead (stack the fold is about to drop or unmap): the struct
+    and the auxv copy are written there, so no scratch page has to be mapped for them."""
     s = ctx.session
     brk = ctx.call("brk", 0)
     mm = mmview.read_mm_map(ctx.pid, brk).with_(**changes)
-    buf = s.scratch()
-    aux_addr = buf + 256
-    blob = mm.pack(aux_addr if auxv else 0, len(auxv) if auxv else 0)
-    s.write(buf, blob)
+    aux_addr = buf + 128
+    s.write(buf, mm.pack(aux_addr if auxv else 0, len(auxv) if auxv else 0))
     if auxv:
         s.write(aux_addr, auxv)
     try:
@@ -366,10 +371,10 @@ def single_page(ctx: FoldContext) -> Action | None:
     stack = ctx.snap.vma_at(regs["rsp"])
     if stack is None or stack.label != "stack":
         raise UnsafeStep("the main thread's rsp is not in [stack]")
-    cfa, frames = _steady_root(s, regs, stack, hot)
+    st = procfs.read_stat(ctx.pid)
+    cfa, frames = _steady_root(s, regs, st.start_stack, hot)
     lo = (regs["rsp"] - RED_ZONE) // 16 * 16
     _refuse_foreign_anon(ctx, hot, stack)
-    st = procfs.read_stat(ctx.pid)
     strings = s.read(st.arg_start, st.arg_end - st.arg_start)
     margin = 512
     str_at = hot.stack_hi - len(strings)
@@ -394,24 +399,22 @@ def single_page(ctx: FoldContext) -> Action | None:
         c.session.use_gadget(regs["rip"] - 2)
         frames_old = s.read(lo, cfa - lo)
         frames_new, fixed = relocate_words(frames_old, moves)
-        fixed_data = 0
+        rewrites = []
         for a, e in writable:
             old = s.read(a, e - a)
             new, ch = relocate_words(old, moves)
             if ch:
-                s.write(a, new)
-                fixed_data += len(ch)
+                rewrites.append((a, old, new, len(ch)))
+        # The reserve is unused until the registers point into it: writing there is harmless.
         s.write(new_lo, frames_new)
         s.write(str_at, strings)
         if s.read(new_lo, len(frames_new)) != frames_new or s.read(str_at, len(strings)) != strings:
             raise UnsafeStep("read-back of the hot page's stack reserve differs")
+        _commit_rewrites(s, rewrites)  # the commit point: undone if it fails half-way
         new_regs = relocate_regs(regs, moves)
         s.set_resume_regs(None, {k: new_regs[k] for k in new_regs if new_regs[k] != regs[k]})
         if caught:
             s.set_resume_sigmask(None, s.sigmask() | caught)
-        for a, e in unmap:
-            c.call("munmap", a, e - a)
-        _make_anonymous(c, hot.start)
         note = _set_mm_map(
             c,
             {
@@ -426,14 +429,18 @@ def single_page(ctx: FoldContext) -> Action | None:
                 "arg_end": hot.stack_hi,
                 "env_start": hot.stack_hi,
                 "env_end": hot.stack_hi,
-            },  # fmt: skip
+            },
             None,
+            (lo - 1024) & ~15,  # the old stack below the moved frames: unmapped next
         )
+        for a, e in unmap:
+            c.call("munmap", a, e - a)
+        _make_anonymous(c, hot.start)
         s.release_scratch()
         return {
             "frames": len(frames),
             "moved_bytes": cfa - lo,
-            "relocated_words": len(fixed) + fixed_data,
+            "relocated_words": len(fixed) + sum(n for *_, n in rewrites),
             "unmapped": len(unmap),
             "blocked_signals": _sig_names(caught),
             "reserve_free_bytes": new_lo - hot.stack_lo,
@@ -472,8 +479,10 @@ def _make_anonymous(ctx: FoldContext, page: int) -> None:
         raise UnsafeStep("hot page differs after moving it into an anonymous mapping")
 
 
-def _steady_root(s, regs: dict[str, int], stack, hot: HotPage) -> tuple[int, list]:
-    buf_lo, buf_hi = regs["rsp"], min(stack.end, regs["rsp"] + 64 * 1024)
+def _steady_root(s, regs: dict[str, int], start_stack: int, hot: HotPage) -> tuple[int, list]:
+    """Walk frames between rsp and the initial stack pointer (every frame of the program lies
+    below it; reading no further faults in none of exec's random gap)."""
+    buf_lo, buf_hi = regs["rsp"], start_stack + 16
     buf = s.read(buf_lo, buf_hi - buf_lo)
 
     def word(a: int) -> int:
