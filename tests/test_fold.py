@@ -49,7 +49,10 @@ def _anon_hashes(pid: int, min_vma_kb: int = 0) -> dict[int, bytes]:
     snap = residency.snapshot(pid)
     out = {}
     with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
-        for p in (p for v in snap.vmas if v.size_kb >= min_vma_kb for p in v.pages):
+        vmas = [v for v in snap.vmas if v.size_kb >= min_vma_kb]
+        if min_vma_kb:  # thread stacks are 8 MiB too, and hold the rseq areas
+            vmas = [v for v in vmas if v.label not in ("stack", "thread-stack")]
+        for p in (p for v in vmas for p in v.pages):
             if p.backing != "anon":
                 continue
             f.seek(p.addr)
