@@ -213,3 +213,16 @@ def test_cli_fold_errors_are_one_line(capsys):
     assert remap_main(["squeeze", "4000000"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("remap: ") for e in err)
+
+
+def test_pageout_without_stopping_drops_private_clean_pages(bot):
+    """The hot-page bot's cold code is mapped by this one process only: PAGEOUT reclaims it
+    without ptrace (TracerPid stays 0 throughout) and the bot keeps serving."""
+    lb, srv = bot
+    before = residency.snapshot(lb.pid)
+    assert before.counters_kb["status_rss_file"] > 0
+    r = F.pageout(lb.pid)
+    assert r.stopped_us == 0 and r.steps and r.steps[0].applied
+    assert r.after["counters_kb"]["status_rss_file"] < before.counters_kb["status_rss_file"]
+    assert r.after["counters_kb"]["status_rss_anon"] == before.counters_kb["status_rss_anon"]
+    assert srv.ping(100) == 100

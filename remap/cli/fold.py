@@ -22,6 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("pid", type=pid_arg, metavar="PID")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument(
+        "--no-stop",
+        action="store_true",
+        help="do not stop the target: process_madvise(MADV_PAGEOUT) its clean file pages "
+        "from outside (evicts them from the page cache; skips pages other processes map)",
+    )
     add_json(p)
     p.set_defaults(func=cmd_squeeze)
 
@@ -48,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_squeeze(args: argparse.Namespace) -> int:
     from .. import fold
 
+    if args.no_stop:
+        return _show(fold.pageout(args.pid, dry_run=args.dry_run), args.json)
     return _show(fold.squeeze(args.pid, dry_run=args.dry_run), args.json)
 
 

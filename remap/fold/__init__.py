@@ -13,6 +13,8 @@ Example::
     >>> r = remap.fold.squeeze(pid)
     >>> r.before["rss_kb"], r.after["rss_kb"]
     (24, 12)
+    >>> r.stopped_us < 5000, [s.name for s in r.steps]
+    (True, ['drop-clean-file'])
 """
 
 from __future__ import annotations
@@ -30,6 +32,39 @@ def squeeze(pid: int, *, dry_run: bool = False) -> FoldReport:
         [steps.use_own_syscall, steps.drop_dead_stack, steps.drop_clean_file],
         dry_run=dry_run,
     )
+
+
+def pageout(pid: int, *, dry_run: bool = False) -> FoldReport:
+    """Squeeze without stopping the target: process_madvise(MADV_PAGEOUT) on its clean file
+    pages, from outside (5.10+).
+
+    Why offer it: no ptrace, no stop, works on a process another tracer holds.  Why it is not
+    the default: PAGEOUT reclaims the page cache page for the whole system (and skips a page
+    another process maps too), so on a shared library it may do nothing, and on a private binary
+    it costs every user of that file a re-read."""
+    import time
+
+    from .. import residency
+    from ..inject import process_madvise
+    from ..kconst import MADV_PAGEOUT
+    from .plan import StepReport, _brief, _settled_snapshot
+    from .ranges import coalesce
+
+    before = residency.snapshot(pid)
+    pages = [p.addr for v in before.vmas if v.is_file for p in v.pages if p.clean_file]
+    ranges = coalesce(pages)
+    text = f"process_madvise(PAGEOUT) {len(pages)} clean file pages in {len(ranges)} ranges"
+    step = StepReport("pageout-clean-file", text, False, 0, {"pages": len(pages)})
+    if not dry_run:
+        t0 = time.monotonic_ns()
+        for a, e in ranges:
+            process_madvise(pid, a, e - a, MADV_PAGEOUT)
+        step.applied, step.syscalls = True, len(ranges)
+        step.detail["elapsed_us"] = round((time.monotonic_ns() - t0) / 1e3, 1)
+    after = None if dry_run else _settled_snapshot(pid, 0.0)
+    notes = ["not stopped: PAGEOUT reclaims page-cache pages mapped by this process only"]
+    return FoldReport(pid, "pageout", dry_run, _brief(before), after and _brief(after),
+                      [step] if pages else [], 0.0, 0, notes)  # fmt: skip
 
 
 def fold(pid: int, *, dry_run: bool = False, single_page: bool | None = None) -> FoldReport:
@@ -51,4 +86,4 @@ def fold(pid: int, *, dry_run: bool = False, single_page: bool | None = None) ->
     return run_plan(pid, "stack", plan, dry_run=dry_run)
 
 
-__all__ = ["FoldReport", "find_hot_page", "fold", "squeeze"]
+__all__ = ["FoldReport", "find_hot_page", "fold", "pageout", "squeeze"]
