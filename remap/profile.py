@@ -132,7 +132,7 @@ class Profile:
     signals: Signals
     overhead: Overhead
     outside: dict[str, int]  # steps executed outside the executable, by mapping ([vdso]...)
-    sections: dict[str, list[int]]  # the executable's alloc sections: name -> [addr, size, flags]
+    sections: dict[str, list[int]]  # alloc sections: name -> [addr, size, flags, align]
     pages: dict[str, int]  # executable pages (hex address) -> steps executed there
     results: dict[str, Any] = field(default_factory=dict)  # workload results, checked
     trace: list[int] = field(default_factory=list)  # sampled rips in order (for the picture)
@@ -197,7 +197,9 @@ class _Exe:
         ]
         self.raw = raw
         secs = [s for s in elf.iter_sections() if s["sh_flags"] & 2 and s["sh_size"]]  # ALLOC
-        self.sections = {s.name: [s["sh_addr"], s["sh_size"], s["sh_flags"]] for s in secs}
+        self.sections = {
+            s.name: [s["sh_addr"], s["sh_size"], s["sh_flags"], s["sh_addralign"]] for s in secs
+        }
         self._sec_sorted = sorted((v[0], v[1], k) for k, v in self.sections.items())
         index_name = {i: s.name for i, s in enumerate(elf.iter_sections())}
         funcs: list[_Sym] = []

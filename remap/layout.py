@@ -1,0 +1,616 @@
+"""From a profile to a linker script: pack a program's steady state into one 4 kB page.
+
+Why generated: the seed author hand-sorted functions "from rarely used to core essential".  A
+profile (remap.profile) says exactly which functions the steady state executes and which
+objects it touches; the program's link inputs (objects and static archives, musl's libc.a
+included), built with -ffunction-sections -fdata-sections, hold each of those in its own input
+section.  This module names those input sections in a linker script that puts, into one
+page-aligned RWX 4096-byte block bounded by ``__hot_start``/``__hot_end`` (the contract of
+remap.fold.hotpage, same as csrc/targets/minibot-hotpage.ld):
+
+1. the executed functions, plus the functions their code can call or jump to directly (found
+   from relocations: a path the profile did not take -- the bot's exit on EOF -- must not jump
+   into an unmapped page after the fold);
+2. the read-only data they touched (profile) or reference (relocations);
+3. ALL writable data of the program (so the fold never has to discard data);
+4. a stack reserve ``[__hot_stack_lo, __hot_stack_hi)``: the rest of the page, at least the
+   measured peak depth plus a margin (ASSERTed at link time).
+
+Everything else goes into a cold R-X segment after the block.  The output is deterministic
+(the same profile and inputs give the same bytes), every hot input section has a comment
+saying why it is there, and a block that cannot fit is refused with its byte budget.
+
+Example::
+
+    >>> prof = Profile.load("bot.profile.json")
+    >>> lay = plan_layout(prof, [Path("minibot-auto.o"), musl_libc()])
+    >>> lay.budget                # bytes: code, rodata, data, stack (minimum), total
+    {'code': 1263, 'rodata': 190, 'data': 1536, 'stack_min': 712, 'total': 3701, 'page': 4096}
+    >>> Path("bot.ld").write_text(lay.script)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from .errors import ExperimentError, UnsafeStep, UsageError
+from .kconst import PAGE_SIZE
+from .profile import Profile
+
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
+RED_ZONE = 128
+FOLD_MARGIN = 512  # remap.fold.steps.single_page keeps this free below the moved frames
+ARGV_ALLOWANCE = 128  # the fold moves the argv strings into the reserve too
+DEFAULT_MARGIN = RED_ZONE + FOLD_MARGIN + ARGV_ALLOWANCE + 64  # + 64: frames keep alignment
+COLD_TEXT = ".text.unlikely .text.*_unlikely .text.unlikely.* .text.startup .text.startup.*"
+
+
+# ---------------------------------------------------------------------------- link inputs
+@dataclass
+class InputSection:
+    """One section of one input object: what the linker script can name."""
+
+    file: str  # the input as named on the link line (path of a .o or .a)
+    member: str | None  # archive member, or None for a plain object
+    index: int
+    name: str
+    size: int
+    align: int
+    flags: int
+
+    @property
+    def pattern(self) -> str:
+        """The linker-script input section description naming exactly this section."""
+        f = os.path.basename(self.file)
+        where = f"*{f}:{self.member}" if self.member else f"*{f}"
+        return f"{where}({self.name})"
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.file, self.member or "", self.name)
+
+
+class ObjectFile:
+    """A relocatable object (a .o, or one member of a .a), parsed lazily with pyelftools."""
+
+    def __init__(self, file: str, member: str | None, data: bytes):
+        self.file, self.member, self.data = file, member, data
+
+    @cached_property
+    def elf(self):
+        from elftools.elf.elffile import ELFFile
+
+        return ELFFile(io.BytesIO(self.data))
+
+    @cached_property
+    def sections(self) -> list[InputSection]:
+        return [
+            InputSection(
+                self.file, self.member, i, s.name, s["sh_size"], s["sh_addralign"], s["sh_flags"]
+            )  # fmt: skip
+            for i, s in enumerate(self.elf.iter_sections())
+        ]
+
+    @cached_property
+    def symbols(self) -> list[tuple[str, str, str, int | str]]:
+        """(name, type, bind, section index or 'SHN_UNDEF'...) of every symbol."""
+        tab = self.elf.get_section_by_name(".symtab")
+        if tab is None:
+            return []
+        return [
+            (s.name, s["st_info"]["type"], s["st_info"]["bind"], s["st_shndx"])
+            for s in tab.iter_symbols()
+        ]
+
+    def defines(self, name: str, *, local_ok: bool = True) -> InputSection | None:
+        for n, typ, bind, shndx in self.symbols:
+            if n == name and isinstance(shndx, int) and typ in ("STT_FUNC", "STT_OBJECT",
+                                                                 "STT_NOTYPE"):  # fmt: skip
+                if bind == "STB_LOCAL" and not local_ok:
+                    continue
+                return self.sections[shndx]
+        return None
+
+    def name_in(self, sec: InputSection) -> str:
+        """The first function or object defined in SEC (for comments), else its name."""
+        for n, typ, _b, shndx in self.symbols:
+            if shndx == sec.index and n and typ in ("STT_FUNC", "STT_OBJECT"):
+                return n
+        return sec.name
+
+    def relocation_targets(self, sec: InputSection) -> list[tuple[InputSection | None, str]]:
+        """(section in this object or None, symbol name) for each relocation of SEC."""
+        out = []
+        for rs in self.elf.iter_sections():
+            if rs["sh_type"] not in ("SHT_RELA", "SHT_REL") or rs["sh_info"] != sec.index:
+                continue
+            symtab = self.elf.get_section(rs["sh_link"])
+            for r in rs.iter_relocations():
+                sym = symtab.get_symbol(r["r_info_sym"])
+                shndx = sym["st_shndx"]
+                local = self.sections[shndx] if isinstance(shndx, int) and shndx else None
+                out.append((local, sym.name))
+        return out
+
+
+def read_archive(path: str) -> list[ObjectFile]:
+    """Members of a System V/GNU ``ar`` archive (long names resolved), in archive order."""
+    data = Path(path).read_bytes()
+    if not data.startswith(b"!<arch>\n"):
+        raise UsageError(f"{path}: not an ar archive")
+    pos, longnames, out = 8, b"", []
+    while pos + 60 <= len(data):
+        hdr = data[pos : pos + 60]
+        name = hdr[:16].decode().strip()
+        size = int(hdr[48:58].decode().strip())
+        body = data[pos + 60 : pos + 60 + size]
+        pos += 60 + size + (size & 1)
+        if name == "//":
+            longnames = body
+            continue
+        if name in ("/", "/SYM64/"):
+            continue
+        if name.startswith("/") and name[1:].isdigit():
+            off = int(name[1:])
+            name = longnames[off : longnames.index(b"/\n", off)].decode()
+        out.append(ObjectFile(path, name.rstrip("/"), body))
+    return out
+
+
+class LinkInputs:
+    """Every object of the link, plain objects first (they win symbol lookups, as in ld)."""
+
+    def __init__(self, paths: list[Path]):
+        self.objects: list[ObjectFile] = []
+        self.archives: list[ObjectFile] = []
+        for p in paths:
+            if not p.is_file():
+                raise UsageError(f"link input {p} does not exist")
+            if p.read_bytes()[:8] == b"!<arch>\n":
+                self.archives += read_archive(str(p))
+            else:
+                self.objects.append(ObjectFile(str(p), None, p.read_bytes()))
+        self._global: dict[str, ObjectFile] | None = None
+
+    def _globals(self) -> dict[str, ObjectFile]:
+        """Global definitions of archive members, by name (the first member wins, as in ld)."""
+        if self._global is None:
+            self._global = {}
+            for o in self.archives:
+                for n, _t, bind, shndx in o.symbols:
+                    if bind != "STB_LOCAL" and isinstance(shndx, int) and shndx:
+                        self._global.setdefault(n, o)
+        return self._global
+
+    def find(self, name: str, near: ObjectFile | None = None) -> tuple[ObjectFile, InputSection]:
+        """The object and input section defining symbol NAME (a local in NEAR first)."""
+        if near is not None and (s := near.defines(name)):
+            return near, s
+        for o in self.objects:
+            if s := o.defines(name):
+                return o, s
+        o = self._globals().get(name)
+        if o is not None and (s := o.defines(name, local_ok=False)):
+            return o, s
+        for o in self.archives:  # a static function inside some member: rare, slow path
+            if s := o.defines(name):
+                return o, s
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------- the plan
+@dataclass
+class Entry:
+    """One hot input section and why it is hot."""
+
+    section: InputSection
+    why: str
+
+
+@dataclass
+class Layout:
+    code: list[Entry]
+    rodata: list[Entry]
+    data_bytes: int  # every writable byte of the program (from the profiled executable)
+    data_sections: dict[str, tuple[int, int]]  # output section -> (size, alignment)
+    stack_min: int
+    budget: dict[str, int]
+    script: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "code": [
+                {"input": e.section.pattern, "size": e.section.size, "why": e.why}
+                for e in self.code
+            ],  # fmt: skip
+            "rodata": [
+                {"input": e.section.pattern, "size": e.section.size, "why": e.why}
+                for e in self.rodata
+            ],  # fmt: skip
+            "data_sections": self.data_sections,
+            "stack_min": self.stack_min,
+            "budget": self.budget,
+            "script_sha256": hashlib.sha256(self.script.encode()).hexdigest(),
+            "notes": self.notes,
+        }
+
+
+def _is_code(s: InputSection) -> bool:
+    return bool(s.flags & SHF_EXECINSTR) and bool(s.flags & SHF_ALLOC)
+
+
+def _is_rodata(s: InputSection) -> bool:
+    return bool(s.flags & SHF_ALLOC) and not s.flags & (SHF_WRITE | SHF_EXECINSTR) and s.size > 0
+
+
+def _placed(entries: list[Entry], at: int) -> int:
+    for e in entries:
+        a = max(e.section.align, 1)
+        at = (at + a - 1) // a * a + e.section.size
+    return at
+
+
+def plan_layout(
+    prof: Profile,
+    inputs: list[Path],
+    *,
+    margin: int = DEFAULT_MARGIN,
+    closure: bool = True,
+) -> Layout:
+    """Choose the hot input sections for PROF from INPUTS and write the script (Layout.script).
+
+    margin: bytes of stack reserve beyond the measured peak depth (default: red zone + the
+      fold's own margin + room for the argv strings it moves in + alignment).
+    closure: also take functions that hot code calls/jumps to directly but the profile never
+      saw run (cold-path exits); without it such a path would fault after the fold.
+    Raises UnsafeStep with the byte budget when the block cannot fit in one page.
+    """
+    li = LinkInputs(inputs)
+    code: dict[tuple, Entry] = {}
+    rodata: dict[tuple, Entry] = {}
+    owner: dict[tuple, ObjectFile] = {}
+    missing = []
+    for f in sorted(prof.functions, key=lambda f: (f.first, f.name)):
+        try:
+            o, s = li.find(f.name)
+        except KeyError:
+            missing.append(f.name)
+            continue
+        if s.key not in code:
+            code[s.key] = Entry(s, f"{f.name}: executed {f.steps} instructions while profiled")
+            owner[s.key] = o
+    if missing:
+        raise UsageError(
+            f"profiled functions not defined in the link inputs: {', '.join(sorted(missing))} "
+            "(pass every object and archive of the program with --inputs)"
+        )
+    for d in prof.data:
+        if d.section not in prof.sections or prof.sections[d.section][2] & SHF_WRITE:
+            continue  # writable data is taken whole below; the stack is not data
+        if "+" in d.name:
+            continue  # unnamed bytes: covered by the relocation closure of the code touching it
+        try:
+            o, s = li.find(d.name, None)
+        except KeyError:
+            continue
+        if _is_rodata(s) and s.key not in rodata:
+            by = ", ".join(d.by) or "?"
+            rodata[s.key] = Entry(s, f"{d.name}: read {d.reads} times by {by}")
+            owner[s.key] = o
+    # relocation closure: rodata the hot code references, code it can reach directly
+    work = list(code)
+    while work:
+        k = work.pop(0)
+        o = owner[k]
+        src = code.get(k) or rodata.get(k)
+        for local, sym in o.relocation_targets(src.section):
+            try:
+                to, ts = (o, local) if local is not None else li.find(sym, o)
+            except KeyError:
+                continue
+            what = sym or to.name_in(ts)
+            if _is_rodata(ts) and ts.key not in rodata:
+                rodata[ts.key] = Entry(ts, f"{what}: referenced by {_label(src)}")
+                owner[ts.key] = to
+                work.append(ts.key)
+            elif closure and _is_code(ts) and ts.key not in code and ts.size:
+                code[ts.key] = Entry(
+                    ts, f"{what}: reachable from {_label(src)} (not executed while profiled)"
+                )
+                owner[ts.key] = to
+                work.append(ts.key)
+    data_sections = {
+        n: (v[1], v[3] if len(v) > 3 else 8)  # (size, alignment)
+        for n, v in sorted(prof.sections.items())
+        if v[2] & SHF_WRITE and not n.startswith(".hot.stack")
+    }
+    data_bytes = sum(v[0] for v in data_sections.values())
+    stack_min = (prof.stack.peak_depth + margin + 15) // 16 * 16
+    code_l = list(code.values())
+    ro_l = list(rodata.values())
+    code_end = _placed(code_l, 0)
+    ro_end = _placed(ro_l, code_end)
+    data_end = ro_end
+    for size, align in data_sections.values():  # in address order, each at its alignment
+        a = max(align, 8)
+        data_end = (data_end + a - 1) // a * a + size
+    total = (data_end + 15) // 16 * 16 + stack_min
+    budget = {
+        "code": code_end,
+        "rodata": ro_end - code_end,
+        "data": data_end - ro_end,
+        "stack_min": stack_min,
+        "total": total,
+        "page": PAGE_SIZE,
+    }
+    if total > PAGE_SIZE:
+        raise UnsafeStep(
+            f"the hot block does not fit in one page: code {budget['code']} B + rodata "
+            f"{budget['rodata']} B + writable data {budget['data']} B + stack {stack_min} B "
+            f"(peak depth {prof.stack.peak_depth} + margin {margin}) = {total} B > {PAGE_SIZE} B"
+        )
+    lay = Layout(code_l, ro_l, data_bytes, data_sections, stack_min, budget)
+    lay.script = render_script(prof, lay)
+    return lay
+
+
+def _label(e: Entry) -> str:
+    return e.why.split(":", 1)[0]
+
+
+# ---------------------------------------------------------------------------- the script
+_TAIL = """
+  .comment 0 : { *(.comment) }
+  .symtab 0 : { *(.symtab) }
+  .strtab 0 : { *(.strtab) }
+  .shstrtab 0 : { *(.shstrtab) }
+  .debug_aranges 0 : { *(.debug_aranges) }
+  .debug_info 0 : { *(.debug_info .gnu.linkonce.wi.*) }
+  .debug_abbrev 0 : { *(.debug_abbrev) }
+  .debug_line 0 : { *(.debug_line .debug_line.* .debug_line_end) }
+  .debug_frame 0 : { *(.debug_frame) }
+  .debug_str 0 : { *(.debug_str) }
+  .debug_line_str 0 : { *(.debug_line_str) }
+  .debug_loclists 0 : { *(.debug_loclists) }
+  .debug_rnglists 0 : { *(.debug_rnglists) }
+  .debug_loc 0 : { *(.debug_loc) }
+  .debug_ranges 0 : { *(.debug_ranges) }
+  /DISCARD/ : { *(.note.GNU-stack) *(.gnu_debuglink) *(.gnu.lto_*) *(.rela.*) *(.interp)
+                *(.dynamic) *(.dynsym) *(.dynstr) *(.hash) *(.gnu.hash) }
+}
+"""
+
+
+def _entries(entries: list[Entry]) -> str:
+    lines = []
+    for e in entries:
+        why = e.why.replace("*/", "* /")
+        lines.append(f"    /* {why} */\n    {e.section.pattern}")
+    return "\n".join(lines) if lines else "    /* (none) */"
+
+
+def render_script(prof: Profile, lay: Layout) -> str:
+    """The linker script text.  Hot sections are named BEFORE the cold wildcards: ld gives an
+    input section to the first statement that matches it, so the hot block is written first
+    in the script (above it only the headers and .init/.fini) and cold code follows it."""
+    b = lay.budget
+    head = f"""/* Generated by `remap layout` -- do not edit; regenerate from the profile.
+ *
+ * Profiled executable: {os.path.basename(prof.exe)} (sha256 {prof.exe_sha256[:16]}...)
+ * Steady state: {prof.overhead.steps} instructions single-stepped, root {prof.stack.root}, peak
+ * stack depth {prof.stack.peak_depth} B below its frame.
+ *
+ * One page-aligned RWX block of 4096 bytes [__hot_start, __hot_end) holds the hot code, the
+ * rodata it touches or references, ALL writable data and a stack reserve
+ * [__hot_stack_lo, __hot_stack_hi) -- the contract of remap.fold (see minibot-hotpage.ld).
+ * Byte budget: code {b["code"]} + rodata {b["rodata"]} + data {b["data"]}
+ * + stack >= {b["stack_min"]} = {b["total"]} of {b["page"]}.
+ * Cold code and rodata live in a separate R-X segment.
+ */
+OUTPUT_FORMAT("elf64-x86-64")
+OUTPUT_ARCH(i386:x86-64)
+ENTRY(_start)
+
+HOT_SIZE = 0x1000;
+HOT_STACK_MIN = {lay.stack_min};
+
+PHDRS
+{{
+  head PT_LOAD FILEHDR PHDRS FLAGS(5);   /* R-X: ELF headers, .init/.fini */
+  hot PT_LOAD FLAGS(7);                  /* RWX: the one hot page */
+  cold PT_LOAD FLAGS(5);                 /* R-X: everything the steady state does not use */
+  tls PT_TLS;
+  stack PT_GNU_STACK FLAGS(6);
+}}
+
+SECTIONS
+{{
+  . = 0x400000 + SIZEOF_HEADERS;
+  .init : {{ KEEP (*(SORT_NONE(.init))) }} :head
+  .fini : {{ KEEP (*(SORT_NONE(.fini))) }}
+
+  . = ALIGN(0x1000);
+  __hot_start = .;
+  /* Hot code, in the order the profile first ran it. */
+  .hot.text : {{
+{_entries(lay.code)}
+  }} :hot
+  /* Read-only data the hot code touched (profile) or references (relocations). */
+  .hot.rodata : {{
+{_entries(lay.rodata)}
+  }}
+  /* ALL writable data of the program: the single-page fold unmaps everything else. */
+  .tdata : ALIGN(8) {{ *(.tdata .tdata.*) }} :hot :tls
+  .tbss : {{ *(.tbss .tbss.*) *(.tcommon) }} :hot :tls
+  .init_array : ALIGN(8) {{
+    PROVIDE_HIDDEN (__init_array_start = .);
+    KEEP (*(SORT_BY_INIT_PRIORITY(.init_array.*) SORT_BY_INIT_PRIORITY(.ctors.*)))
+    KEEP (*(.init_array .ctors))
+    PROVIDE_HIDDEN (__init_array_end = .);
+  }} :hot
+  .fini_array : ALIGN(8) {{
+    PROVIDE_HIDDEN (__fini_array_start = .);
+    KEEP (*(SORT_BY_INIT_PRIORITY(.fini_array.*) SORT_BY_INIT_PRIORITY(.dtors.*)))
+    KEEP (*(.fini_array .dtors))
+    PROVIDE_HIDDEN (__fini_array_end = .);
+  }}
+  .got : {{ *(.got) *(.igot) }}
+  .got.plt : {{ *(.got.plt) *(.igot.plt) }}
+  .data : ALIGN(8) {{ *(.data .data.*) *(.tm_clone_table) }}
+  .bss (NOLOAD) : ALIGN(16) {{ *(.dynbss) *(.bss .bss.*) *(COMMON) }}
+  /* The stack reserve: the rest of the page, at least the measured depth + margin. */
+  . = ALIGN(16);
+  __hot_stack_lo = .;
+  __hot_stack_size = MAX(__hot_start + HOT_SIZE - __hot_stack_lo, HOT_STACK_MIN);
+  .hot.stack (NOLOAD) : {{ . += __hot_stack_size; }} :hot
+  __hot_stack_hi = .;
+  __hot_end = .;
+  ASSERT(__hot_end - __hot_start <= HOT_SIZE, "hot block larger than one page")
+  ASSERT(__hot_stack_hi - __hot_stack_lo >= HOT_STACK_MIN, "hot stack reserve too small")
+
+  /* Cold: startup, registration, error paths, the rest of libc. */
+  .text : {{ *({COLD_TEXT}) *(.text .text.*) }} :cold
+  .iplt : {{ *(.iplt) }}
+  .rodata : {{ *(.rodata .rodata.*) }}
+  .eh_frame : {{ KEEP (*(.eh_frame)) *(.eh_frame.*) }}
+  .note : {{ *(.note .note.*) }}
+  _end = .; end = .;
+"""
+    return head + _TAIL
+
+
+# ---------------------------------------------------------------------------- building
+def musl_libc() -> Path:
+    """musl's static libc.a, as musl-gcc links it."""
+    if shutil.which("musl-gcc"):
+        out = subprocess.run(["musl-gcc", "-print-file-name=libc.a"], capture_output=True,
+                             text=True).stdout.strip()  # fmt: skip
+        if out and os.path.isabs(out) and os.path.isfile(out):
+            return Path(out)
+    for p in ("/usr/lib/x86_64-linux-musl/libc.a", "/usr/lib/musl/lib/libc.a"):
+        if os.path.isfile(p):
+            return Path(p)
+    raise ExperimentError("musl's libc.a not found (apt-get install musl-tools)")
+
+
+def compile_target(name: str, out_dir: Path) -> Path:
+    """Compile csrc/targets/NAME.c to NAME.o with its default recipe's flags (+ -c): the link
+    input the layout names.  Cached by the recipe and the sources' contents."""
+    from . import targets
+
+    template = targets.recipes(name)["default"]
+    src = targets.TARGET_SRC / f"{name}.c"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    obj = out_dir / f"{name}.o"
+    argv = shlex.split(template.format(src=src, out=obj, dir=targets.TARGET_SRC)) + ["-c"]
+    h = hashlib.sha256(" ".join(argv).encode())
+    for p in sorted(targets.TARGET_SRC.glob("*.c")) + sorted(targets.TARGET_SRC.glob("*.h")):
+        h.update(p.name.encode() + p.read_bytes())
+    stamp = obj.with_suffix(".o.sha256")
+    if obj.is_file() and stamp.is_file() and stamp.read_text() == h.hexdigest():
+        return obj
+    _run(argv, f"cannot compile {src}", cwd=targets.TARGET_SRC)
+    stamp.write_text(h.hexdigest())
+    return obj
+
+
+def link(objects: list[Path], out: Path, script: Path | None = None, libs: list[str] = ()) -> Path:
+    """Link OBJECTS statically with musl (with SCRIPT as the linker script when given)."""
+    argv = ["musl-gcc", "-static", "-no-pie"]
+    if script is not None:
+        argv += [f"-Wl,-T,{script}", "-Wl,--no-warn-rwx-segments", "-Wl,--orphan-handling=error"]
+    argv += ["-o", str(out), *map(str, objects), *libs]
+    _run(argv, f"cannot link {out.name}")
+    return out
+
+
+def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
+    if shutil.which(argv[0]) is None:
+        raise ExperimentError(f"{what}: {argv[0]} not found (apt-get install musl-tools)")
+    res = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
+    if res.returncode:
+        last = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise ExperimentError(f"{what}: {last}")
+
+
+def elf_symbols(path: Path, names: tuple[str, ...]) -> dict[str, int]:
+    """Values of NAMES in PATH's symbol table (a quick check of a generated binary)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        tab = ELFFile(f).get_section_by_name(".symtab")
+        out = {}
+        for n in names:
+            s = tab.get_symbol_by_name(n) if tab else None
+            if s:
+                out[n] = s[0]["st_value"]
+        return out
+
+
+# ---------------------------------------------------------------------------- experiment steps
+def _register_steps() -> None:
+    """Steps of the round trip (experiments/auto-single-page-minibot.toml), registered when the
+    experiment runner imports this module as a step provider."""
+    import time
+
+    from .experiment.runner import sha256_file
+    from .experiment.steps import RunContext, StepResult, step
+    from .profile import irc_workload, profile
+    from .targets import build_dir
+
+    @step("auto-layout")
+    def _auto_layout(ctx: RunContext, params: dict) -> StepResult:
+        """Profile the running bot over a workload (PINGs, !ping, !mem; checked against an
+        unprofiled run), write its one-page linker script from the link inputs, relink, and
+        make the relinked binary the target of the next ``launch`` step."""
+        if ctx.irc is None:
+            raise ExperimentError("auto-layout needs an IRC bot target (target.irc = true)")
+        pings = int(params.get("pings", 100))
+        name = ctx.case.target.name
+        ctx.wait_idle()
+        wl = irc_workload(ctx.irc, pings)
+        prof = profile(ctx.pid, workload=wl, baseline=wl)
+        res = ctx.measure("auto-layout")  # the profiled bot, idle again: must still be alive
+        out = build_dir() / "auto"
+        obj = compile_target(name, out)
+        t0 = time.monotonic()
+        margin = int(params.get("margin", DEFAULT_MARGIN))
+        lay = plan_layout(prof, [obj, musl_libc()], margin=margin)
+        digest = hashlib.sha256(lay.script.encode()).hexdigest()
+        script = out / f"{name}-{digest[:12]}.ld"
+        script.write_text(lay.script)
+        binary = link([obj], out / f"{name}-1page-{digest[:12]}", script)
+        layout_s = time.monotonic() - t0
+        ctx.irc.close()
+        ctx.launched.stop()
+        ctx.irc = None
+        ctx.target_path = binary
+        ctx.fields["auto_layout"] = {
+            "functions": prof.function_names(),
+            "peak_stack_depth": prof.stack.peak_depth,
+            "budget": lay.budget,
+            "script": str(script),
+            "script_sha256": digest,
+            "binary": str(binary),
+            "binary_sha256": sha256_file(binary),
+            "results_unchanged": prof.results.get("unchanged", False),
+            "profile_steps": prof.overhead.steps,
+            "wall_s": prof.overhead.wall_s,
+            "us_per_step": prof.overhead.us_per_step,
+            "slowdown": prof.overhead.slowdown,
+            "layout_and_link_s": round(layout_s, 3),
+        }
+        res.extra.update({"profile_steps": prof.overhead.steps, "budget": lay.budget})
+        return res
+
+
+_register_steps()
