@@ -239,6 +239,7 @@ class _Thread:
     regs_dirty: bool = False
     signals: list[int] = field(default_factory=list)  # stopped for on the way; re-queued
     affinity: bytes | None = None
+    cpu: int = -1  # the CPU it is pinned to while we inject (-1: not pinned)
 
 
 class BatchError(OSError):
@@ -270,6 +271,7 @@ class Session:
         self._scratch_len = 0
         self._borrowed: list[tuple[int, bytes]] = []
         self._own_affinity: bytes | None = None
+        self._cpu = -1  # the CPU the tracer is pinned to
         self._t_stopped = 0
         self._stub_ok: bool | None = None
         self._closed = False
@@ -401,27 +403,36 @@ class Session:
         return r
 
     # ---- CPU pinning (DESIGN 5.7)
-    def _pin_cpu(self) -> None:
+    def _pin_to(self, t: _Thread) -> None:
+        """Run the tracer on the CPU t last ran on, and keep t there while we inject into it.
+
+        Only threads we inject into are pinned, each to the CPU it is already on: forcing a
+        thread onto another CPU would make the kernel rewrite its rseq area (cpu_id) when it
+        resumes -- a change to the target's memory that hashing notices.
+        """
         lib, ffi = self._lib, self._ffi
         try:
-            cpu = int(_stat_fields(self.pid)[36])
+            with open(f"/proc/{self.pid}/task/{t.tid}/stat") as f:
+                cpu = int(f.read().rsplit(")", 1)[1].split()[36])
         except (OSError, IndexError, ValueError):
             return
         size = 128
-        own = ffi.new("unsigned char[]", size)
-        if lib.rn_getaffinity(0, size, own) < 0:
-            return
         one = bytearray(size)
         one[cpu // 8] |= 1 << (cpu % 8)
+        if self._own_affinity is None:
+            own = ffi.new("unsigned char[]", size)
+            if lib.rn_getaffinity(0, size, own) < 0:
+                return
+            self._own_affinity = bytes(ffi.buffer(own))
         if lib.rn_setaffinity(0, size, bytes(one)) < 0:
             return
-        if self._own_affinity is None:  # keep the very first: run() re-pins
-            self._own_affinity = bytes(ffi.buffer(own))
-        for t in self._threads.values():
+        self._cpu = cpu
+        if t.affinity is None:
             cur = ffi.new("unsigned char[]", size)
             if lib.rn_getaffinity(t.tid, size, cur) == 0:
                 if lib.rn_setaffinity(t.tid, size, bytes(one)) == 0:
                     t.affinity = bytes(ffi.buffer(cur))
+        t.cpu = cpu
 
     # ---- injection
     def _thread(self, tid: int | None) -> _Thread:
@@ -441,6 +452,8 @@ class Session:
     def _prepare(self, t: _Thread) -> None:
         """First injection on t: save FP state, block signals, build the call template."""
         lib, ffi = self._lib, self._ffi
+        if self._pin:
+            self._pin_to(t)
         t.fpregs = ffi.new("struct user_fpregs_struct *")
         # A syscall preserves FP/SSE state, but a signal handler run by a stray signal would
         # not; saving the legacy area (PTRACE_GETFPREGS) is cheap insurance, restored at the cure.
@@ -465,6 +478,8 @@ class Session:
         t = self._threads.get(self.pid if tid is None else tid)
         if t is None or t.call is None or self._closed:
             t = self._thread(tid)
+        if t.cpu != self._cpu and self._pin:  # another thread, on another CPU: follow it
+            self._pin_to(t)
         c = t.call
         regs = c.regs
         regs.rax = nr
@@ -569,6 +584,8 @@ class Session:
                     raise BatchError(ex.errno or 0, str(ex), i, out) from None
             return out
         t = self._thread(tid)
+        if t.cpu != self._cpu and self._pin:
+            self._pin_to(t)
         base = self._ensure_scratch()
         table = base + K.PAGE_SIZE
         per_trip = TABLE_PAGES * K.PAGE_SIZE // STUB_ENTRY
@@ -729,6 +746,7 @@ class Session:
                 lib.rn_ptrace(K.PTRACE_CONT, t.tid, 0, 0)
                 t.stopped = False
                 t.call = t.fpregs = t.affinity = None
+                t.cpu = -1
                 t.ran = t.regs_dirty = False
                 t.signals = []
 
@@ -760,8 +778,6 @@ class Session:
         if self.pid not in self._threads:
             raise NoSuchProcess(self.pid, f"process {self.pid} exited while it ran")
         self._seize()  # new threads, then fresh saved state for all
-        if self._pin:
-            self._pin_cpu()
 
     def _forward_stops(self, tid: int, status: Any, flags: int) -> None:
         """Handle tid's stops while it runs traced: pass signals on, keep job-control stops,
@@ -820,8 +836,6 @@ def attach(pid: int, *, pin: bool = True, suspend_seccomp: bool = False) -> Iter
         with contextlib.suppress(OSError):
             s._gadget_hint = gadget_mod.find(pid)  # file reads before the stop, not during
         s._seize()
-        if pin:
-            s._pin_cpu()
         yield s
     except BaseException:
         with contextlib.suppress(Exception):

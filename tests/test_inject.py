@@ -76,7 +76,7 @@ def same_blocked_call(before: str, after: str, code: int) -> bool:
 
 
 def signal_state(pid: int) -> dict[int, dict[str, str]]:
-    keys = ("SigQ", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    keys = ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")  # SigQ is per user, not ours
     out = {}
     for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
         with open(f"/proc/{pid}/task/{tid}/status") as f:

@@ -28,7 +28,9 @@ def status(pid: int) -> dict[str, str]:
 
 
 def untouched(pid: int, before: dict[str, str]) -> None:
-    now = status(pid)
+    deadline = time.monotonic() + 2  # a restarted call may be running for an instant
+    while (now := status(pid))["State"] != before["State"] and time.monotonic() < deadline:
+        time.sleep(0.002)
     for k in ("State", "TracerPid", "SigBlk", "SigIgn", "SigCgt", "SigPnd", "ShdPnd"):
         assert now[k] == before[k], k
 
