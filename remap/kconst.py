@@ -34,6 +34,7 @@ PTRACE_LISTEN = 0x4208
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
 PTRACE_GET_SYSCALL_INFO = 0x420E
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F  # struct ptrace_rseq_configuration, 5.13+
 
 PTRACE_O_TRACESYSGOOD = 0x01
 PTRACE_O_TRACEFORK = 0x02
@@ -231,3 +232,6 @@ ELFCLASS32 = 1
 ELFCLASS64 = 2
 EM_386 = 3
 EM_X86_64 = 62
+
+# include/uapi/linux/prctl.h: the child (qemu) gets SIGKILL when its parent thread dies
+PR_SET_PDEATHSIG = 1

@@ -18,6 +18,7 @@ from .. import residency
 from ..errors import UnsafeStep
 from ..kconst import PAGE_SIZE
 from . import verify
+from .rseq import rseq_areas
 
 
 @dataclass
@@ -144,6 +145,7 @@ def run_plan(
     with attach(pid) as s:
         marks["seize"] = s.stopped_ns / 1e3
         ctx = FoldContext(pid, s, stopped_snapshot(pid), dry_run)
+        holes = rseq_areas(s.threads)
         marks["snapshot"] = s.stopped_ns / 1e3 - marks["seize"]
         for planner in planners:
             action = planner(ctx)
@@ -157,12 +159,12 @@ def run_plan(
                 for p in ctx.snap.anon_pages()
                 if p.addr not in action.touches and not _scratch(s, p.addr)
             }
-            hashes = verify.hash_pages(s.read, keep)
+            hashes = verify.hash_pages(s.read, keep, holes)
             calls0 = ctx.calls
             detail = action.run(ctx)
             ctx.refresh()
             still = {a: h for a, h in hashes.items() if ctx.snap.vma_at(a) is not None}
-            verified += verify.check_same(still, s.read)
+            verified += verify.check_same(still, s.read, holes=holes)
             reports.append(
                 StepReport(action.name, action.text, True, ctx.calls - calls0,
                            {**action.detail, **(detail or {})})

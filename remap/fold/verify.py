@@ -14,22 +14,37 @@ from ..errors import UnsafeStep
 from ..kconst import PAGE_SIZE
 
 Reader = Callable[[int, int], bytes]
+Holes = list[tuple[int, int]]  # (address, size) ranges the kernel may rewrite (rseq areas)
 
 
-def hash_pages(read: Reader, addrs: Iterable[int]) -> dict[int, bytes]:
-    """{page address: sha256 of its 4 kB} for ADDRS, read through READ(addr, n)."""
-    return {a: hashlib.sha256(read(a, PAGE_SIZE)).digest() for a in sorted(addrs)}
+def _digest(read: Reader, addr: int, holes: Holes) -> bytes:
+    data = bytearray(read(addr, PAGE_SIZE))
+    for h, n in holes:
+        lo, hi = max(h, addr), min(h + n, addr + PAGE_SIZE)
+        if lo < hi:
+            data[lo - addr : hi - addr] = bytes(hi - lo)
+    return hashlib.sha256(data).digest()
+
+
+def hash_pages(read: Reader, addrs: Iterable[int], holes: Holes = ()) -> dict[int, bytes]:
+    """{page address: sha256 of its 4 kB} for ADDRS, read through READ(addr, n); bytes in
+    HOLES (kernel-owned, e.g. rseq areas) count as zero."""
+    return {a: _digest(read, a, list(holes)) for a in sorted(addrs)}
 
 
 def check_same(
-    before: dict[int, bytes], read: Reader, *, moved: dict[int, int] | None = None
+    before: dict[int, bytes],
+    read: Reader,
+    *,
+    moved: dict[int, int] | None = None,
+    holes: Holes = (),
 ) -> int:
     """Re-hash every page of BEFORE (at its new address when MOVED maps old -> new) and raise
     UnsafeStep naming the first page that changed.  Returns the number of bytes verified."""
     moved = moved or {}
     for addr, digest in before.items():
         where = moved.get(addr, addr)
-        now = hashlib.sha256(read(where, PAGE_SIZE)).digest()
+        now = _digest(read, where, list(holes))
         if now != digest:
             extra = f" (moved to {where:#x})" if where != addr else ""
             raise UnsafeStep(f"anonymous page {addr:#x}{extra} changed during the fold")
