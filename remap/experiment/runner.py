@@ -110,6 +110,7 @@ def run_one(exp: Experiment, case: Case, run: int, command: str) -> dict[str, An
         "case": case.name,
         "run": run,
         "kernel": _kernel(),
+        **guest_fields(),
         "toolkit": f"remap {__version__}",
         "command": command,
         "aslr": case.launch.aslr,
@@ -226,6 +227,21 @@ def _stats(vals: list) -> dict[str, Any]:
         "max": max(nums),
         "agree": len(set(nums)) == 1,
         "distribution": dict(sorted(dist.items(), key=lambda kv: float(kv[0]))),
+    }
+
+
+# Set by remap.kernels for a run inside a qemu guest: which catalog kernel and accelerator.
+ENV_KERNEL_NAME = "REMAP_GUEST_KERNEL"
+ENV_ACCEL = "REMAP_GUEST_ACCEL"
+
+
+def guest_fields() -> dict[str, str | None]:
+    """``kernel_name`` (host, debian-6.1, ...) and ``accel`` (None on the host, tcg/kvm)."""
+    import os
+
+    return {
+        "kernel_name": os.environ.get(ENV_KERNEL_NAME, "host"),
+        "accel": os.environ.get(ENV_ACCEL),
     }
 
 
