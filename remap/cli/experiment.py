@@ -1,6 +1,7 @@
 """CLI commands for the experiment side of remap (see remap.cli for the shared contract).
 
-``remap run NAME... [--repeat N] [--out DIR] [--json]``   run experiments, write records
+``remap run NAME... [--repeat N] [--out DIR] [--kernel K]... [--json]``   run experiments, write
+records (``--kernel debian-6.1``: inside that kernel under qemu, see remap.kernels)
 ``remap launch [--no-aslr] [--no-vdso] [--env-size N] [--json] -- CMD...``   start a target
 ``remap report DIR [--png FILE] [--json]``   tables, report.md and a PNG from DIR's records
 """
@@ -22,6 +23,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("names", nargs="+", metavar="NAME", help="experiment name or .toml path")
     p.add_argument("--repeat", type=_positive, help="runs per case (default: the file's repeat)")
     p.add_argument("--out", type=Path, help="write DIR/NAME.jsonl (one JSON record per run)")
+    p.add_argument(
+        "--kernel",
+        action="append",
+        metavar="K",
+        help="run under kernel K ('remap kernels': host, debian-6.1, ...) booted in qemu; "
+        "repeat for a matrix; records of K go to DIR/NAME.K.jsonl (default: host)",
+    )
+    p.add_argument(
+        "--accel",
+        choices=("auto", "tcg", "kvm"),
+        default="auto",
+        help="qemu accelerator for --kernel (auto: KVM where a short probe boots, else TCG)",
+    )
+    p.add_argument(
+        "--guest-timeout",
+        type=_positive,
+        metavar="S",
+        help="seconds the whole guest may take (default: 60 + 15 per run)",
+    )
     add_json(p)
     p.set_defaults(func=cmd_run)
 
@@ -80,7 +100,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     results = []
     failed = 0
-    for e in exps:
+    kernels = list(dict.fromkeys(args.kernel or ["host"]))
+    for k in kernels:
+        if k == "host":
+            continue
+        from ..kernels.matrix import run_in_guest
+
+        def say(msg: str) -> None:
+            if not args.json:
+                err.print(f"[dim]{msg}[/dim]")
+
+        got = run_in_guest(
+            k,
+            [str(e.path) for e in exps],
+            repeat=args.repeat,
+            out=args.out,
+            accel=args.accel,
+            timeout=args.guest_timeout,
+            progress=say,
+        )
+        for e in exps:
+            recs = got[e.name]
+            summ = X.summarize(recs)
+            failed += sum(1 for r in recs if not r["target_ok"])
+            results.append({"experiment": e.name, "kernel": k, "runs": recs, "summary": summ})
+            if not args.json:
+                rel, acc = recs[0]["kernel"], recs[0].get("accel")
+                _print_summary(f"{e.name} on {k} ({rel}, {acc})", summ)
+    for e in exps if "host" in kernels else []:
         total = len(plan(e, args.repeat))
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -105,7 +152,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(results[0] if len(results) == 1 else results)
     if args.out and not args.json:
-        print(f"records: {', '.join(str(args.out / f'{e.name}.jsonl') for e in exps)}")
+        from ..kernels.matrix import records_path
+
+        paths = [records_path(args.out, e.name, k) for k in kernels for e in exps]
+        print(f"records: {', '.join(str(p) for p in paths)}")
     if failed:
         print(f"remap: {failed} run(s) did not keep the target working", file=sys.stderr)
         return 1
