@@ -172,13 +172,16 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
         raise UnsafeStep("unexpected initial stack layout (tables above the argument strings)")
     lo = (regs["rsp"] - RED_ZONE) // ALIGN * ALIGN
     delta = (st.arg_start - top_of_tables) // ALIGN * ALIGN
-    if delta < K.PAGE_SIZE // 8:
-        return None  # gap already small: moving would not save a page worth the risk
+    pages_now = len(range(page_floor(lo), page_ceil(st.arg_end), K.PAGE_SIZE))
+    pages_then = len(range(page_floor(lo + delta), page_ceil(st.arg_end), K.PAGE_SIZE))
+    if delta <= 0 or pages_then >= pages_now:
+        return None  # closing the gap would not free a page: nothing worth the risk
     move = Move(lo, top_of_tables, delta)
     new_lo, new_hi = lo + delta, top_of_tables + delta
-    pages_before = len(range(page_floor(lo), page_ceil(st.arg_end), K.PAGE_SIZE))
     writable = _writable_pages(ctx, exclude=stack)
-    touched = set(range(page_floor(lo), page_ceil(new_hi), K.PAGE_SIZE)) | set(writable)
+    dead_buf = (new_lo - RED_ZONE - 1024) & ~15  # PR_SET_MM_MAP's struct: dropped after use
+    first = page_floor(min(lo, dead_buf))
+    touched = set(range(first, page_ceil(new_hi), K.PAGE_SIZE)) | set(writable)
 
     def run(c: FoldContext) -> dict[str, Any]:
         old = s.read(lo, top_of_tables - lo)
@@ -193,7 +196,6 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
         new_regs = relocate_regs(regs, [move])
         s.set_resume_regs(None, {k: new_regs[k] for k in new_regs if new_regs[k] != regs[k]})
         auxv = _relocated_auxv(ctx.pid, [move])
-        dead_buf = (new_lo - RED_ZONE - 1024) & ~15  # below the moved stack: dropped next
         note = _set_mm_map(c, {"start_stack": st.start_stack + delta}, auxv, dead_buf)
         # the old frames are now dead stack below the new rsp - 128: drop them
         dead = [
@@ -214,8 +216,7 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
     return Action(
         "relocate-stack",
         f"move live stack [{lo:#x}, {top_of_tables:#x}) up by {delta} bytes against the "
-        f"argument strings ({pages_before} pages -> "
-        f"{len(range(page_floor(new_lo), page_ceil(st.arg_end), K.PAGE_SIZE))})",
+        f"argument strings ({pages_now} pages -> {pages_then})",
         run,
         touches=touched,
         detail={"from": [lo, top_of_tables], "to": [new_lo, new_hi]},
