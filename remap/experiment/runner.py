@@ -24,10 +24,10 @@ from ..errors import ExperimentError, RemapError
 from .spec import Case, Experiment
 from .steps import STEPS, RunContext, StepResult, finish
 
-# Modules that register extra steps on import (remap.fold's squeeze, fold-stack, ...): imported
-# only when an experiment names a step nobody has registered yet, so a provider that is broken
-# or missing never blocks experiments that do not use it.
-STEP_PROVIDERS = ("remap.fold.runsteps", "remap.layout")
+# Modules that register extra steps on import (remap.fold's squeeze, fold-stack, ...,
+# remap.kernels' screen): imported only when an experiment names a step nobody has registered
+# yet, so a provider that is broken or missing never blocks experiments that do not use it.
+STEP_PROVIDERS = ("remap.fold.runsteps", "remap.layout", "remap.kernels.steps")
 SUMMARY_FIGURES = (
     "final_rss_kb",
     "final_vmrss_kb",
