@@ -6,6 +6,11 @@ and can be re-made at any time from DIR/*.jsonl, on another machine, without the
 Figures (matplotlib, Agg): per experiment, the distribution of idle (final) RSS per case; and
 where records carry a stack layout, the random gap against the idle RSS, coloured by how many
 stack pages are present -- the picture that explains "12 kB reproducible, 8 kB unreproducible".
+
+Kernels: records of a guest run (``remap run --kernel debian-6.1``, see remap.kernels) carry
+``kernel_name``; they are summarised as experiment "NAME @ KERNEL" beside the host's "NAME",
+and :func:`kernel_matrix` puts every kernel side by side (experiment x kernel: page walk and
+counters), with a panel of VmRSS against page-walk RSS per kernel.
 """
 
 from __future__ import annotations
@@ -39,6 +44,97 @@ def load_records(d: Path) -> dict[str, list[dict[str, Any]]]:
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise ExperimentError(f"{f}:{i}: not a remap record ({e})") from None
     return out
+
+
+def kernel_of(rec: dict[str, Any]) -> str:
+    """The catalog name of the kernel a record was taken on (records before kernels: host)."""
+    return rec.get("kernel_name") or "host"
+
+
+def by_kernel(recs: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Split each experiment's records by kernel: host keeps NAME, others become NAME @ K."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, rs in recs.items():
+        for r in rs:
+            k = kernel_of(r)
+            out.setdefault(name if k == "host" else f"{name} @ {k}", []).append(r)
+    return out
+
+
+MATRIX_FIGURES = ("final_rss_kb", "final_vmrss_kb")
+
+
+def kernel_matrix(recs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Experiment x kernel: per case and kernel, runs, page walk and counters (medians).
+
+    ``{"kernels": {name: {"release", "accel"}}, "rows": [{"experiment", "case",
+    "cells": {kernel: {"runs", "ok", "rss_kb", "vmrss_kb", "statm_kb", "lag_runs"}}}]}``;
+    ``lag_runs`` counts runs whose final VmRSS is below the page walk.
+    """
+    kernels: dict[str, dict[str, Any]] = {}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, rs in recs.items():
+        for r in rs:
+            k = kernel_of(r)
+            kernels.setdefault(k, {"release": r.get("kernel"), "accel": r.get("accel")})
+            rows.setdefault((name, r["case"]), {}).setdefault(k, []).append(r)
+    order = sorted(kernels, key=lambda k: (k != "host", k))
+    out_rows = []
+    for (name, case), cells in rows.items():
+        row: dict[str, Any] = {"experiment": name, "case": case, "cells": {}}
+        for k in order:
+            rs = cells.get(k)
+            if not rs:
+                continue
+            last = [r["steps"][-1] for r in rs if r.get("steps")]
+            row["cells"][k] = {
+                "runs": len(rs),
+                "ok": sum(1 for r in rs if r.get("target_ok")),
+                "rss_kb": _median(r.get("final_rss_kb") for r in rs),
+                "vmrss_kb": _median(r.get("final_vmrss_kb") for r in rs),
+                "statm_kb": _median(s.get("counters", {}).get("statm_rss") for s in last),
+                "lag_runs": sum(
+                    1
+                    for r in rs
+                    if r.get("final_vmrss_kb") is not None
+                    and r.get("final_rss_kb") is not None
+                    and r["final_vmrss_kb"] < r["final_rss_kb"]
+                ),
+            }
+        out_rows.append(row)
+    return {"kernels": {k: kernels[k] for k in order}, "rows": out_rows}
+
+
+def matrix_table(m: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the kernel matrix: per kernel 'walk / VmRSS / statm kB' and runs."""
+    ks = list(m["kernels"])
+    headers = ["experiment", "case"]
+    for k in ks:
+        info = m["kernels"][k]
+        acc = f", {info['accel']}" if info.get("accel") else ""
+        headers.append(f"{k} ({info['release']}{acc}): walk / VmRSS / statm kB, lag runs")
+    rows = []
+    for r in m["rows"]:
+        row = [r["experiment"], r["case"]]
+        for k in ks:
+            c = r["cells"].get(k)
+            row.append(
+                "-"
+                if c is None
+                else f"{_fmt(c['rss_kb'])} / {_fmt(c['vmrss_kb'])} / {_fmt(c['statm_kb'])}, "
+                f"{c['lag_runs']}/{c['runs']}"
+            )
+        rows.append(row)
+    return headers, rows
+
+
+def _median(vals) -> float | None:
+    nums = [v for v in vals if isinstance(v, int | float)]
+    return statistics.median(nums) if nums else None
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
 
 
 def summaries(recs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -84,7 +180,7 @@ def _dist(st: dict | None) -> str:
     return ", ".join(f"{k} kB x{v}" for k, v in st["distribution"].items())
 
 
-def markdown(summ: dict[str, Any], pngs: list[Path]) -> str:
+def markdown(summ: dict[str, Any], pngs: list[Path], matrix: dict[str, Any] | None = None) -> str:
     lines = [
         "# remap experiment report",
         "",
@@ -100,6 +196,18 @@ def markdown(summ: dict[str, Any], pngs: list[Path]) -> str:
         errs = sorted({e for s in cases.values() for e in s["errors"]})
         if errs:
             lines += ["", f"Errors in {exp}:", *[f"- {e}" for e in errs]]
+    if matrix and set(matrix["kernels"]) != {"host"}:
+        heads, mrows = matrix_table(matrix)
+        lines += [
+            "",
+            "## Kernels",
+            "",
+            "Medians over runs of the final step; lag runs = runs whose VmRSS is below the walk.",
+            "",
+            "| " + " | ".join(heads) + " |",
+            "|" + "---|" * len(heads),
+            *["| " + " | ".join(r) + " |" for r in mrows],
+        ]
     for p in pngs:
         lines += ["", f"![{p.stem}]({p.name})"]
     return "\n".join(lines) + "\n"
@@ -113,6 +221,9 @@ def plot(recs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     panels = []
+    kernels = {kernel_of(r) for rs in recs.values() for r in rs}
+    if kernels - {"host"}:
+        panels.append(("kernels", "", [r for rs in recs.values() for r in rs]))
     for exp, rs in recs.items():
         many_cases = len({r["case"] for r in rs}) > 3
         panels.append(("counters" if many_cases else "hist", exp, rs))
@@ -138,6 +249,9 @@ def plot(recs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
             ax.set_title(f"{exp}: idle RSS per run")
         elif kind == "pages":
             _page_map(ax, exp, rs[0])
+            continue
+        elif kind == "kernels":
+            _kernel_panel(ax, rs)
             continue
         elif kind == "counters":
             cases = list(dict.fromkeys(r["case"] for r in rs))  # file order, not sorted
@@ -185,6 +299,32 @@ def plot(recs: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     return path
 
 
+def _kernel_panel(ax, rs: list[dict[str, Any]]) -> None:
+    """VmRSS against page-walk RSS, every measured step of every run, one colour per kernel."""
+    ks = sorted({kernel_of(r) for r in rs}, key=lambda k: (k != "host", k))
+    top = 4
+    for k in ks:
+        pts = [
+            (s["rss_kb"], s["vmrss_kb"])
+            for r in rs
+            if kernel_of(r) == k
+            for s in r.get("steps", [])
+            if s.get("rss_kb") and s.get("vmrss_kb")
+        ]
+        if not pts:
+            continue
+        top = max(top, *(max(p) for p in pts))
+        rel = next(r.get("kernel") for r in rs if kernel_of(r) == k)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=16, alpha=0.6, label=f"{k} ({rel})")
+    ax.plot([4, top], [4, top], color="#888888", linewidth=0.8, label="VmRSS = page walk")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("RSS from the page walk, kB")
+    ax.set_ylabel("VmRSS (/proc/PID/status), kB")
+    ax.set_title("VmRSS against page-walk RSS per kernel (every step of every run)")
+    ax.legend(fontsize=8)
+
+
 BACKING_COLOURS = {"file": "#4c72b0", "anon": "#dd8452", "shmem": "#55a868", "pfnmap": "#999999"}
 
 
@@ -219,9 +359,11 @@ def _rect(x: int, y: int, colour: str):
 
 def report(d: Path, png: Path | None = None) -> tuple[dict[str, Any], Path, Path]:
     """Summarise DIR's records, write DIR/report.md and the PNG; return (summaries, md, png)."""
-    recs = load_records(d)
+    raw = load_records(d)
+    recs = by_kernel(raw)
     summ = summaries(recs)
     png = plot(recs, png or d / "report.png")
     md = d / "report.md"
-    md.write_text(markdown(summ, [png] if png.parent.resolve() == d.resolve() else []))
+    pngs = [png] if png.parent.resolve() == d.resolve() else []
+    md.write_text(markdown(summ, pngs, kernel_matrix(raw)))
     return summ, md, png

@@ -230,11 +230,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..report import HEADERS, report, rows
+    from ..report import HEADERS, kernel_matrix, load_records, matrix_table, report, rows
 
     summ, md, png = report(args.dir, args.png)
+    matrix = kernel_matrix(load_records(args.dir))
     if args.json:
-        print_json({"summary": summ, "markdown": str(md), "png": str(png)})
+        print_json({"summary": summ, "matrix": matrix, "markdown": str(md), "png": str(png)})
         return 0
     t = Table(title=f"remap report: {args.dir}", title_justify="left")
     for h in HEADERS:
@@ -245,5 +246,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not con.is_terminal:
         con = Console(width=160)
     con.print(t)
+    if set(matrix["kernels"]) != {"host"}:
+        heads, mrows = matrix_table(matrix)
+        mt = Table(title="kernels: page walk vs counters (medians)", title_justify="left")
+        for h in heads:
+            mt.add_column(h)
+        for r in mrows:
+            mt.add_row(*r)
+        con.print(mt)
     print(f"report: {md}  figure: {png}")
     return 0
