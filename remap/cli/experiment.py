@@ -146,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             recs = X.run(e, repeat=args.repeat, out=args.out, progress=tick)
         summ = X.summarize(recs)
         failed += sum(1 for r in recs if not r["target_ok"])
-        results.append({"experiment": e.name, "runs": recs, "summary": summ})
+        results.append({"experiment": e.name, "kernel": "host", "runs": recs, "summary": summ})
         if not args.json:
             _print_summary(e.name, summ)
     if args.json:

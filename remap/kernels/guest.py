@@ -43,7 +43,7 @@ QEMU = os.environ.get("REMAP_QEMU", "qemu-system-x86_64")
 MEMORY_MB = 512
 BOOT_TIMEOUT_S = 40.0  # from qemu start to /init's first line (TCG on a loaded 2-core host)
 POWEROFF_TIMEOUT_S = 10.0  # from the DONE line to qemu's exit
-PROBE_TIMEOUT_S = 10.0  # a KVM probe boot that takes longer counts as "KVM unusable"
+PROBE_TIMEOUT_S = 6.0  # a KVM probe boot that takes longer counts as "KVM unusable" (~1 s if OK)
 POLL_S = 0.02
 ACCELS = ("auto", "tcg", "kvm")
 
@@ -74,7 +74,7 @@ def qemu_path() -> str:
 def qemu_argv(img: KernelImage, initrd: Path, io_dir: Path, accel: str, probe: bool) -> list[str]:
     """The qemu command line for one guest (nothing but what the job needs)."""
     mode = "probe" if probe else "run"
-    cpu = ["-cpu", "max"] if accel == "tcg" else ["-cpu", "qemu64"]
+    cpu = ["-cpu", "max" if accel == "tcg" else "host"]
     argv = [
         qemu_path(),
         "-nodefaults",

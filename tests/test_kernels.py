@@ -1,0 +1,196 @@
+"""The kernel matrix: Debian's 6.1 booted under qemu runs the same experiment as the host.
+
+Real, end to end: the kernel package is fetched with apt (once, then cached under build/), the
+guest boots it under TCG (or KVM where the probe boots), mounts the host's / read-only over
+virtio-9p and runs remap inside; the records come back and are compared with the host's.
+Skipped only where qemu is missing or the package cannot be fetched (reason given).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from remap import targets
+from remap.cli import main
+from remap.kernels import catalog, fetch, guest, initramfs
+from remap.kernels.errors import KernelError
+
+KERNEL = "debian-6.1"
+MARKERS = ("remap-guest-io-", "remap-qemu-", "remap-probe-")
+
+
+def _guest_processes() -> list[str]:
+    """Command lines of every qemu process that runs a remap guest (there must be none)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "qemu-system" in cmd and any(m in cmd for m in MARKERS):
+            found.append(f"{d.name}: {cmd[:120]}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_qemu():
+    """Every test here must leave no qemu behind, whatever it did."""
+    yield
+    assert _guest_processes() == []
+
+
+@pytest.fixture(scope="module")
+def image() -> fetch.KernelImage:
+    if shutil.which(guest.QEMU) is None:
+        pytest.skip(f"{guest.QEMU} is not installed (scripts/bootstrap.sh installs it)")
+    try:
+        return fetch.fetch(KERNEL)
+    except KernelError as e:
+        pytest.skip(f"cannot fetch {KERNEL}: {e}")
+
+
+def test_catalog_lists_host_and_a_61_kernel(image, capsys):
+    ks = {k.name: k for k in catalog.list_kernels()}
+    assert ks["host"].release == os.uname().release and ks["host"].state == "host"
+    assert ks[KERNEL].release == image.release and ks[KERNEL].state == "cached"
+    assert ks[KERNEL].release.startswith("6.1.0-")
+    assert main(["kernels", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    by = {k["name"]: k for k in doc["kernels"]}
+    assert "split RSS counting" in by[KERNEL]["mechanism"]
+    assert main(["kernels", "fetch", "no-such-kernel"]) == KernelError.exit_code
+    assert "unknown kernel" in capsys.readouterr().err
+
+
+def test_second_fetch_uses_the_cache(image):
+    before = image.manifest()
+    t0 = time.monotonic()
+    again = fetch.fetch(KERNEL)
+    assert time.monotonic() - t0 < 2.0, "a cached kernel must not be downloaded again"
+    assert again.root == image.root and again.manifest() == before
+    assert fetch.boot_image(again).is_file()
+    assert not list(image.root.glob("*.deb")), "the .deb is not kept"
+
+
+def test_initramfs_loads_modules_after_their_dependencies(image):
+    order = [p.name.removesuffix(".ko") for p in initramfs.module_order(image.modules)]
+    for mod in order:
+        deps = initramfs.depends(image.modules.rglob(f"{mod}.ko").__next__())
+        assert all(order.index(d) < order.index(mod) for d in deps), (mod, deps, order)
+    assert order[-1] == "9p" and "9pnet_virtio" in order and "virtio_pci" in order
+    cpio = initramfs.build(image)
+    names = subprocess.run(
+        [str(initramfs.BUSYBOX), "cpio", "-t"],
+        stdin=open(cpio, "rb"),  # noqa: SIM115
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.split()
+    assert {"init", "bin/busybox", "dev/console", "modules/9p.ko"} <= set(names)
+
+
+def test_seed_screen_on_61_and_host(image, tmp_path, capsys):
+    """The seed's screen: 'RSS 4 kB' on 6.1 while the page walk says more; equal on the host."""
+    out = tmp_path / "res"
+    t0 = time.monotonic()
+    args = ["run", "seed-screen", "--kernel", "host", "--kernel", KERNEL, "--repeat", "2"]
+    assert main([*args, "--out", str(out), "--json"]) == 0
+    took = time.monotonic() - t0
+    doc = json.loads(capsys.readouterr().out)
+    by = {d["kernel"]: d["runs"] for d in doc}
+    assert set(by) == {"host", KERNEL} and len(by[KERNEL]) == 2
+    for r in by[KERNEL]:
+        assert r["kernel"] == image.release and r["kernel_name"] == KERNEL
+        assert r["accel"] in ("tcg", "kvm") and r["target_ok"], r.get("error")
+        assert "RSS 4 kB" in r["screen"] and r["screen_rss_kb"] == 4
+        assert r["screen_walk_rss_kb"] > 4 * 4, "the page walk sees the bot's real pages"
+    for r in by["host"]:
+        assert r["kernel_name"] == "host" and r["accel"] is None
+        assert r["screen_rss_kb"] == r["screen_walk_rss_kb"]
+    assert took < 60, f"guest run took {took:.1f} s"
+    # the records came back beside the host's, and the report puts the kernels side by side
+    assert (out / "seed-screen.jsonl").is_file()
+    assert (out / f"seed-screen.{KERNEL}.jsonl").is_file()
+    assert main(["report", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    cells = rep["matrix"]["rows"][0]["cells"]
+    assert cells[KERNEL]["vmrss_kb"] == 4 and cells[KERNEL]["lag_runs"] == 2
+    assert cells["host"]["vmrss_kb"] == cells["host"]["rss_kb"] and cells["host"]["lag_runs"] == 0
+    assert f"seed-screen @ {KERNEL}" in rep["summary"]
+    assert "## Kernels" in Path(rep["markdown"]).read_text()
+
+
+def test_explain_inside_the_guest_names_split_rss_counting(image):
+    """`remap explain` in the 6.1 guest reads that kernel's version and names its mechanism."""
+    faulter = targets.build("faulter")
+    py = sys.executable
+    script = (
+        f"cd {targets.ROOT}\nexport PYTHONDONTWRITEBYTECODE=1\n"
+        f"{faulter} 5 </dev/zero >/dev/null 2>&1 &\nsleep 0.3\n"
+        f"{py} -m remap explain $! --json\nrc=$?\nkill $!\nexit $rc\n"
+    )
+    res = guest.run(image, script, timeout=90)
+    try:
+        assert res.rc == 0, res.stderr[-400:]
+        doc = json.loads(res.stdout)
+        assert doc["kernel"] == image.release == res.release
+        assert doc["counters_kb"]["status_vmrss"] == 4
+        assert doc["counters_kb"]["pagemap_present"] > 4 * 5
+        assert any("SPLIT_RSS_COUNTING" in n for n in doc["notes"])
+    finally:
+        shutil.rmtree(res.io_dir, ignore_errors=True)
+
+
+def test_hung_guest_is_killed_with_a_clear_error(image):
+    t0 = time.monotonic()
+    with pytest.raises(KernelError, match=r"hung: no result within 8 s"):
+        guest.run(image, "sleep 600", timeout=8, accel="tcg")
+    assert time.monotonic() - t0 < 8 + 12
+
+
+def test_kernel_that_fails_to_boot(image, tmp_path):
+    """A truncated bzImage: qemu stops before /init ever runs; the error says so at once."""
+    bad = fetch.KernelImage("broken", image.release, tmp_path)
+    (tmp_path / "boot").mkdir()
+    bad.vmlinuz.write_bytes(image.vmlinuz.read_bytes()[: 1 << 20])
+    bad.modules.parent.mkdir(parents=True)
+    bad.modules.symlink_to(image.modules)
+    t0 = time.monotonic()
+    with pytest.raises(KernelError, match=r"(exited with status .* before /init ran|did not boot)"):
+        guest.run(bad, "true", timeout=20, accel="tcg", boot_timeout=10)
+    assert time.monotonic() - t0 < 20
+
+
+def test_kernel_that_hangs_at_boot_times_out(image, tmp_path):
+    """A bzImage with a corrupted payload: its decompressor halts; the boot wait gives up."""
+    bad = fetch.KernelImage("corrupt", image.release, tmp_path)
+    (tmp_path / "boot").mkdir()
+    data = bytearray(image.vmlinuz.read_bytes())
+    for i in range(len(data) // 4, len(data) // 4 + 65536):
+        data[i] ^= 0x55
+    bad.vmlinuz.write_bytes(bytes(data))
+    bad.modules.parent.mkdir(parents=True)
+    bad.modules.symlink_to(image.modules)
+    t0 = time.monotonic()
+    with pytest.raises(KernelError, match=r"did not boot within 3 s"):
+        guest.run(bad, "true", timeout=20, accel="tcg", boot_timeout=3)
+    assert time.monotonic() - t0 < 3 + 12
+
+
+def test_missing_qemu_is_one_line(image, monkeypatch, capsys):
+    monkeypatch.setattr(guest, "QEMU", "qemu-system-x86_64-not-installed")
+    assert main(["run", "vmrss-lag", "--kernel", KERNEL, "--accel", "tcg"]) == 8
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "remap: qemu-system-x86_64-not-installed not found (apt-get install qemu-system-x86)"
+    )
