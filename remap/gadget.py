@@ -22,6 +22,9 @@ import os
 from dataclasses import dataclass
 
 SYSCALL_INSN = b"\x0f\x05"
+SYSCALL_RET = b"\x0f\x05\xc3"  # syscall; ret
+# mov $15, %rax; syscall  /  mov $15, %eax; syscall: rt_sigreturn (libc's __restore_rt)
+RESTORERS = (b"\x48\xc7\xc0\x0f\x00\x00\x00\x0f\x05", b"\xb8\x0f\x00\x00\x00\x0f\x05")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,47 @@ def candidates(pid: int, maps: list[Mapping] | None = None) -> list[Gadget]:
             found.append((rank, Gadget(m.start + i, m.path)))
     found.sort(key=lambda rg: rg[0])
     return [g for _, g in found]
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The two pieces of existing code the injection's safety chain needs (inject.py).
+
+    `syscall_ret` is a `syscall; ret` sequence: an injected call made there returns into
+    whatever the stack holds.  `restorer` is `mov $15, %rax; syscall` (rt_sigreturn), which
+    glibc and musl carry for sigaction.  Both outside any page remap maps itself."""
+
+    syscall_ret: int
+    restorer: int
+    paths: tuple[str, str]
+
+
+def find_chain(pid: int, maps: list[Mapping] | None = None) -> Chain | None:
+    """A `syscall; ret` and an rt_sigreturn restorer in PID's executable mappings, or None."""
+    maps = maps if maps is not None else read_maps(pid)
+    sret: tuple[int, str] | None = None
+    rest: tuple[int, str] | None = None
+    for m in maps:
+        if "x" not in m.perms or (sret and rest):
+            continue
+        if m.path == "[vdso]":
+            data = _own_vdso()
+            if data is None or len(data) != m.end - m.start:
+                continue
+        else:
+            data = _file_bytes(pid, m)
+            if data is None:
+                continue
+        if sret is None and (i := data.find(SYSCALL_RET)) >= 0:
+            sret = (m.start + i, m.path)
+        if rest is None:
+            for pat in RESTORERS:
+                if (i := data.find(pat)) >= 0:
+                    rest = (m.start + i, m.path)
+                    break
+    if sret is None or rest is None:
+        return None
+    return Chain(sret[0], rest[0], (sret[1], rest[1]))
 
 
 def find(pid: int) -> Gadget | None:

@@ -57,11 +57,17 @@ from .errors import (
 )
 
 MASK64 = (1 << 64) - 1
-# Every signal blocked except SIGTRAP (bit sig-1); the kernel ignores SIGKILL/SIGSTOP bits.
-INJECT_SIGMASK = MASK64 & ~(1 << (K.SIGTRAP - 1))
+# Every signal blocked (the kernel ignores SIGKILL/SIGSTOP bits) except the session's batch
+# marker, see Session._marker.
+INJECT_SIGMASK = MASK64
 STUB_ENTRY = 64  # bytes per batch table entry: nr, 6 args, result
 TABLE_PAGES = 16  # one trip runs up to TABLE_PAGES * 4096 / 64 = 1024 calls
+FRAME_PAGES = 4  # scratch pages for safety frames the fold evicts from the stack
 CAP_SYS_ADMIN = 21  # include/uapi/linux/capability.h
+MARKERS = (K.SIGURG, K.SIGWINCH, K.SIGCHLD)  # default action: ignore
+# calls that can unmap or zero memory: checked against frames and the chain's code
+_GUARDED = frozenset({K.NR_MMAP, K.NR_MUNMAP, K.NR_MREMAP, K.NR_MADVISE})
+_RESTART_CODES = frozenset((1 << 64) - c for c in K.ERESTART_CODES)
 
 
 # ------------------------------------------------------------------------------ small helpers
@@ -166,6 +172,71 @@ def _have_cap(cap: int) -> bool:
     return bool(eff >> cap & 1)
 
 
+# ------------------------------------------------------------------------------ safety frames
+# Layout at A (64-byte aligned, in memory that is dead for the thread: below its rsp - 128, or
+# a scratch slot): [A] = first return address (cleanup or a bare `ret`), [A+8] = the restorer
+# (= rt_sigframe.pretcode), ucontext at A+16 (304 bytes), XSAVE area at A+320 (64-aligned),
+# FP_XSTATE_MAGIC2 right after it.  rt_sigreturn reads the frame at rsp-8 = A+8.
+FRAME_HEAD = 16
+UC_SIZE = 304
+FP_OFF = 320
+
+
+def rewound(regs: dict[str, int]) -> dict[str, int]:
+    """The registers a thread interrupted in a syscall must resume with so that, with no
+    kernel help, it re-executes that syscall: rip back onto the `syscall` instruction, rax =
+    the call's number.  (-ERESTART_RESTARTBLOCK too: rt_sigreturn resets the restart block,
+    so the original call is repeated, not restart_syscall: a relative sleep starts afresh.)"""
+    r = dict(regs)
+    if r["orig_rax"] < 1 << 63 and r["rax"] in _RESTART_CODES:
+        r["rip"] = (r["rip"] - 2) & MASK64
+        r["rax"] = r["orig_rax"]
+    return r
+
+
+def fp_area(xstate: bytes) -> bytes:
+    """An XSAVE area ready for a signal frame: sw_reserved describing it, MAGIC2 after it.
+    A legacy 512-byte FXSAVE image gets no magic (the kernel then restores it as FX-only)."""
+    buf = bytearray(xstate)
+    if len(buf) <= 512:
+        return bytes(buf)
+    magic1, _ext, _feat, size = struct.unpack_from("<IIQI", buf, K.FPX_SW_BYTES_OFFSET)
+    if magic1 != K.FP_XSTATE_MAGIC1 or size != len(buf):
+        (xbv,) = struct.unpack_from("<Q", buf, 512)
+        struct.pack_into(
+            "<IIQI", buf, K.FPX_SW_BYTES_OFFSET, K.FP_XSTATE_MAGIC1, len(buf) + 4, xbv | 3, len(buf)
+        )
+    return bytes(buf) + struct.pack("<I", K.FP_XSTATE_MAGIC2)
+
+
+def frame_size(fp: bytes) -> int:
+    return (FP_OFF + len(fp) + 63) // 64 * 64
+
+
+def build_frame(at: int, regs: dict[str, int], mask: int, fp: bytes, first: int, restorer: int):
+    """The bytes of a safety frame at address `at` (see the layout above): running `ret`
+    with rsp = at ends, through `first` and the restorer, in rt_sigreturn, which restores
+    `regs` (already rewound), the signal mask and the FP state -- without any tracer."""
+    r = regs
+    sc = struct.pack(
+        "<18Q4H5Q8Q",
+        *(r[n] for n in "r8 r9 r10 r11 r12 r13 r14 r15 rdi rsi rbp rbx rdx rax rcx rsp".split()),
+        r["rip"],
+        r["eflags"],
+        r["cs"], 0, 0, r["ss"],  # cs, gs, fs, ss (64-bit sigreturn ignores fs/gs)
+        0, 0, 0, 0,  # err, trapno, oldmask, cr2
+        at + FP_OFF if fp else 0,
+        *([0] * 8),
+    )  # fmt: skip
+    flags = K.UC_SIGCONTEXT_SS | K.UC_STRICT_RESTORE_SS | (K.UC_FP_XSTATE if len(fp) > 512 else 0)
+    # uc_stack: ss_flags 4 is invalid, so restore_altstack() fails quietly and leaves the
+    # thread's alternate signal stack exactly as it is (the kernel squashes that error).
+    uc = struct.pack("<QQQiiQ", flags, 0, 0, 4, 0, 0) + sc + struct.pack("<Q", mask & MASK64)
+    assert len(uc) == UC_SIZE
+    head = struct.pack("<QQ", first, restorer) + uc
+    return head + bytes(FP_OFF - len(head)) + fp
+
+
 # ------------------------------------------------------------------------------ preflight
 def preflight(pid: int, *, suspend_seccomp: bool = False) -> None:
     """Refuse, with one clear line and without touching it, a process remap cannot inject into.
@@ -240,6 +311,11 @@ class _Thread:
     signals: list[int] = field(default_factory=list)  # stopped for on the way; re-queued
     affinity: bytes | None = None
     cpu: int = -1  # the CPU it is pinned to while we inject (-1: not pinned)
+    fp: bytes = b""  # XSAVE area for its safety frame
+    frame_at: int = 0  # its safety frame (0: none, the thread injects unprotected)
+    frame_len: int = 0
+    frame_home: str = ""  # "stack" (below its rsp - 128) or "scratch"
+    frame_orig: bytes = b""  # the dead stack bytes the frame covers, put back at the cure
 
 
 class BatchError(OSError):
@@ -275,6 +351,13 @@ class Session:
         self._t_stopped = 0
         self._stub_ok: bool | None = None
         self._closed = False
+        self._chain: gadget_mod.Chain | None = None  # None: unprotected injection
+        self._marker = 0  # batch end signal (0: no ignorable signal, batches run call by call)
+        self._mask = INJECT_SIGMASK
+        self._pidfd = -1
+        self.notes: list[str] = []  # why protection was dropped, if it was
+        self.windows_ns: dict[str, int] = {}  # measured unprotected / leak windows
+        self._t_unprotected = 0
 
     # ---- public views
     def __repr__(self) -> str:
@@ -322,6 +405,51 @@ class Session:
             if t.call is not None:
                 t.call.regs.rip = addr
 
+    # ---- preparation before the stop
+    def _open_pidfd(self) -> None:
+        if self.pid <= 0:
+            raise NoSuchProcess(self.pid)
+        fd = self._lib.rn_pidfd_open(self.pid)
+        if fd < 0:
+            raise _gone(self.pid, OSError(-fd, os.strerror(-fd)))
+        self._pidfd = fd
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _same_process(self) -> None:
+        """Refuse if the process preflight looked at has exited (its PID may name another)."""
+        if self._pidfd >= 0 and self._lib.rn_pidfd_alive(self._pidfd) < 0:
+            with contextlib.suppress(OSError):
+                if _stat_fields(self.pid)[0] == "Z":
+                    raise ZombieProcess(self.pid)
+            raise NoSuchProcess(self.pid, f"process {self.pid} exited before it could be seized")
+
+    def _plan_chain(self) -> None:
+        """Find the gadget, the safety chain's code and a marker signal (all from files and
+        /proc, before the process is stopped)."""
+        pid = self.pid
+        with contextlib.suppress(OSError):
+            maps = gadget_mod.read_maps(pid)
+            self._gadget_hint = gadget_mod.find(pid)
+            st = _read_status(f"/proc/{pid}/status")
+            if "shstk" in st.get("x86_Thread_features", ""):
+                self.notes.append("unprotected: the target uses a shadow stack")
+            else:
+                self._chain = gadget_mod.find_chain(pid, maps)
+                if self._chain is None:
+                    self.notes.append("unprotected: no `syscall; ret` or rt_sigreturn code")
+            cgt = int(st.get("SigCgt", "0"), 16)
+            for sig in MARKERS:
+                if not cgt >> (sig - 1) & 1:
+                    self._marker = sig
+                    self._mask = INJECT_SIGMASK & ~(1 << (sig - 1))
+                    break
+        if self._chain is None:
+            self._t_unprotected = time.monotonic_ns()
+
     # ---- seize
     def _seize(self) -> None:
         lib = self._lib
@@ -334,6 +462,8 @@ class Session:
             if not new:
                 break
             seized = []
+            if self.pid in new:
+                self._same_process()
             for tid in sorted(new):
                 r = lib.rn_ptrace(K.PTRACE_SEIZE, tid, 0, opts)
                 if r == -errno_mod.ESRCH:
@@ -352,6 +482,7 @@ class Session:
             raise UnsupportedTarget(f"process {self.pid} keeps creating threads; cannot stop it")
         if self.pid not in self._threads:
             raise NoSuchProcess(self.pid)
+        self._same_process()  # died between the check and the seize: what we hold is not it
         self._t_stopped = time.monotonic_ns()
         for t in self._threads.values():
             self._save(t)
@@ -459,12 +590,130 @@ class Session:
         # not; saving the legacy area (PTRACE_GETFPREGS) is cheap insurance, restored at the cure.
         if lib.rn_getfpregs(t.tid, t.fpregs) < 0:
             t.fpregs = None
-        self._check(lib.rn_setsigmask(t.tid, INJECT_SIGMASK), "PTRACE_SETSIGMASK", t.tid)
         call = ffi.new("struct rn_call *")
         call.regs = t.resume[0]
         call.regs.orig_rax = MASK64  # -1: "not in a syscall", so nothing gets restarted
         call.regs.rip = self.gadget
         t.call = call
+        if self._chain is not None:
+            self._arm(t)
+        # Only now, with the registers already leading to a restore, block signals: a driver
+        # killed after this point leaves a thread whose rt_sigreturn brings the mask back.
+        self._check(lib.rn_setsigmask(t.tid, self._mask), "PTRACE_SETSIGMASK", t.tid)
+
+    # ---- the safety chain (see the module docstring)
+    def _arm(self, t: _Thread) -> None:
+        """Give t a safety frame below its rsp - 128 and park it on the chain: from now on,
+        whenever the driver dies, t finishes the call it is in and rt_sigreturns home."""
+        lib, ffi = self._lib, self._ffi
+        buf = ffi.new("char[]", 8192)
+        n = lib.rn_getxstate(t.tid, buf, 8192)
+        if n > 512:
+            t.fp = fp_area(bytes(ffi.buffer(buf, n)))
+        elif t.fpregs is not None:
+            t.fp = bytes(ffi.buffer(t.fpregs))
+        else:
+            self._unprotect(f"thread {t.tid}: no FP state readable")
+            return
+        size = frame_size(t.fp)
+        at = (t.resume.rsp - 128 - size - 64) & ~63
+        try:
+            t.frame_orig = self._raw_read(at, size)
+        except OSError:
+            self._unprotect(f"thread {t.tid}: no room for a frame below its stack pointer")
+            return
+        t.frame_at, t.frame_len, t.frame_home = at, size, "stack"
+        self._write_frame(t)
+        t.call.regs.rip = self._chain.syscall_ret  # type: ignore[union-attr]
+        t.call.regs.rsp = at
+        self._park(t)
+
+    def _park(self, t: _Thread) -> None:
+        """Set t's registers to 'between calls': on the `ret` after the gadget's `syscall`
+        with rsp on its frame, so a driver killed now sends it down the chain."""
+        p = self._ffi.new("struct user_regs_struct *")
+        p[0] = t.call.regs
+        p.rip = self._chain.syscall_ret + 2  # type: ignore[union-attr]
+        self._check(self._lib.rn_setregs(t.tid, p), "PTRACE_SETREGS", t.tid)
+
+    def _first_return(self, t: _Thread) -> int:
+        """Where the chain goes after the injected call: unmap scratch first, if scratch holds
+        nothing the frame needs; else straight to the restorer (a bare `ret`)."""
+        assert self._chain is not None
+        if self._scratch and t.frame_home == "stack":
+            return self._scratch + native.STUB_CLEANUP
+        return self._chain.syscall_ret + 2
+
+    def _write_frame(self, t: _Thread) -> None:
+        regs = rewound({n: getattr(t.resume, n) for n in native.REGS})
+        f = build_frame(
+            t.frame_at, regs, t.resume_mask, t.fp, self._first_return(t), self._chain.restorer
+        )  # type: ignore[union-attr]
+        self._raw_write(t.frame_at, f)
+
+    def _unprotect(self, why: str) -> None:
+        """Fall back to injecting without the chain (a killed driver then leaves a thread in
+        the injected state).  Threads already armed are moved back onto the plain gadget."""
+        if self._chain is None:
+            return
+        self.notes.append(f"unprotected: {why}")
+        self._t_unprotected = time.monotonic_ns()
+        self._chain = None
+        for t in self._threads.values():
+            if t.frame_at:
+                # park it on its own rewound registers and mask: right again between calls
+                regs = rewound({n: getattr(t.resume, n) for n in native.REGS})
+                regs["orig_rax"] = MASK64
+                p = self._ffi.new("struct user_regs_struct *", regs)
+                self._check(self._lib.rn_setregs(t.tid, p), "PTRACE_SETREGS", t.tid)
+                self._lib.rn_setsigmask(t.tid, t.resume_mask)
+                t.call.regs.rip = self.gadget
+                t.call.regs.rsp = t.resume.rsp
+                if t.frame_home == "stack":
+                    with contextlib.suppress(OSError):
+                        self._raw_write(t.frame_at, t.frame_orig)
+                t.frame_at = 0
+
+    def _guard(self, calls: Sequence[Sequence[int]]) -> None:
+        """Before calls that unmap or zero memory: move safety frames out of their way (into
+        scratch) and give up the chain if its own code is about to go."""
+        if self._chain is None:
+            return
+        code = (self._chain.syscall_ret, self._chain.restorer)
+        for c in calls:
+            nr, a = c[0], (*c[1:], 0, 0, 0)
+            if nr == K.NR_MMAP and not a[3] & (K.MAP_FIXED | K.MAP_FIXED_NOREPLACE):
+                continue
+            if nr == K.NR_MADVISE and a[2] in (K.MADV_COLD, K.MADV_PAGEOUT, K.MADV_WILLNEED):
+                continue
+            lo, hi = a[0] & ~4095, a[0] + (a[1] & MASK64)
+            if any(lo <= x < hi + 16 for x in code):
+                self._unprotect(f"{syscall_name(nr)} over the chain's code at {lo:#x}")
+                return
+            for t in self._threads.values():
+                if t.frame_home == "stack" and lo < t.frame_at + t.frame_len and t.frame_at < hi:
+                    self._evict_frame(t)
+
+    def _evict_frame(self, t: _Thread) -> None:
+        """Move t's frame from its stack (about to be dropped) into a scratch slot.  A driver
+        killed after this leaves the scratch mapping behind (nothing else)."""
+        base = self._ensure_scratch()
+        slot = 4096 if t.frame_len > 2048 else 2048
+        used = {u.frame_at for u in self._threads.values() if u.frame_home == "scratch"}
+        area = base + K.PAGE_SIZE * (1 + TABLE_PAGES)
+        for at in range(area, area + FRAME_PAGES * K.PAGE_SIZE, slot):
+            if at not in used:
+                break
+        else:
+            self._unprotect("no free scratch slot for a safety frame")
+            return
+        old, orig = t.frame_at, t.frame_orig
+        t.frame_at, t.frame_home = at, "scratch"
+        self._write_frame(t)
+        t.call.regs.rsp = at
+        self._park(t)  # it was parked on the old frame
+        with contextlib.suppress(OSError):
+            self._raw_write(old, orig)
 
     def syscall(self, name_or_nr: str | int, *args: int, tid: int | None = None) -> int:
         """Run one syscall in the target (thread tid, default the main thread) and return rax.
@@ -480,6 +729,8 @@ class Session:
             t = self._thread(tid)
         if t.cpu != self._cpu and self._pin:  # another thread, on another CPU: follow it
             self._pin_to(t)
+        if nr in _GUARDED and self._chain is not None:
+            self._guard([(nr, *args)])
         c = t.call
         regs = c.regs
         regs.rax = nr
@@ -535,22 +786,36 @@ class Session:
 
     # ---- the batch stub (DESIGN 5.8)
     def _stub_allowed(self) -> bool:
+        """The stub ends by sending itself a marker signal; that needs one the target ignores
+        (default action ignore, no handler), so that if the driver dies the kernel drops it."""
         if self._stub_ok is None:
-            ign = int(_read_status(f"/proc/{self.pid}/status").get("SigIgn", "0"), 16)
-            # int3 on an ignored SIGTRAP would reset its handler to SIG_DFL (force_sig_info)
-            self._stub_ok = not (ign >> (K.SIGTRAP - 1) & 1)
+            st = _read_status(f"/proc/{self.pid}/status")
+            cgt = int(st.get("SigCgt", "0"), 16)
+            self._stub_ok = self._marker != 0 and not (cgt >> (self._marker - 1) & 1)
         return self._stub_ok
 
     def _ensure_scratch(self) -> int:
+        """Map the scratch area: 1 code page (the stub, then read-only + executable: never
+        RWX), TABLE_PAGES for batch tables and caller data, FRAME_PAGES for evicted frames.
+
+        The one unprotected moment: if the driver dies after the kernel has mapped it and
+        before the frames' first return points at the stub's cleanup, the area stays mapped
+        (unused, harmless; windows_ns["scratch_leak"] holds its measured width)."""
         if self._scratch:
             return self._scratch
         code = native.stub_code()
-        size = K.PAGE_SIZE * (1 + TABLE_PAGES)
+        size = K.PAGE_SIZE * (1 + TABLE_PAGES + FRAME_PAGES)
         rw = K.PROT_READ | K.PROT_WRITE
         addr = self.mmap(0, size, rw, K.MAP_PRIVATE | K.MAP_ANONYMOUS)
+        t0 = time.monotonic_ns()
         self._scratch, self._scratch_len = addr, size
-        self.write(addr, code)
+        header = struct.pack("<QQQ", addr, size, self._chain.syscall_ret if self._chain else 0)
+        self.write(addr, code.ljust(native.STUB_HEADER, b"\xcc") + header)
         self.mprotect(addr, K.PAGE_SIZE, K.PROT_READ | K.PROT_EXEC)  # W^X: never RWX
+        for t in self._threads.values():
+            if t.frame_at and t.frame_home == "stack":
+                self._raw_write(t.frame_at, struct.pack("<Q", addr + native.STUB_CLEANUP))
+        self.windows_ns["scratch_leak"] = time.monotonic_ns() - t0
         return addr
 
     def scratch(self) -> int:
@@ -562,6 +827,12 @@ class Session:
         """Unmap the scratch area now (before measuring residency)."""
         if self._scratch:
             addr, size = self._scratch, self._scratch_len
+            in_scratch = [t for t in self._threads.values() if t.frame_home == "scratch"]
+            if in_scratch:  # those frames go with the area: no chain after this
+                self._unprotect("scratch released while it held safety frames")
+            for t in self._threads.values():  # first return: a bare `ret` from now on
+                if t.frame_at and t.frame_home == "stack" and self._chain is not None:
+                    self._raw_write(t.frame_at, struct.pack("<Q", self._chain.syscall_ret + 2))
             self._scratch = 0
             self.munmap(addr, size)
 
@@ -574,6 +845,10 @@ class Session:
         """
         table_bytes = _encode(calls)  # 64 bytes per call: nr, 6 args, result slot
         n = len(table_bytes) // STUB_ENTRY
+        if self._chain is not None:
+            words = memoryview(table_bytes).cast("q")
+            if not _GUARDED.isdisjoint(words[0::8].tolist()):
+                self._guard([words[8 * i : 8 * i + 7].tolist() for i in range(n)])
         if not self._stub_allowed():
             out = []
             words = memoryview(table_bytes).cast("q")
@@ -598,7 +873,8 @@ class Session:
             c.regs.rip = base
             c.regs.r12 = table
             c.regs.r13 = k
-            r = self._lib.rn_run_stub(t.tid, c)
+            c.regs.r14, c.regs.r15, c.regs.rbx = self.pid, t.tid, self._marker
+            r = self._lib.rn_run_stub(t.tid, c, self._marker)
             t.ran = True
             if c.nsig:
                 t.signals.extend(c.sigs[0 : c.nsig])
@@ -616,7 +892,29 @@ class Session:
 
     # ---- memory
     def read(self, addr: int, n: int) -> bytes:
-        """n bytes of target memory (process_vm_readv; /proc/PID/mem where that cannot)."""
+        """n bytes of target memory (process_vm_readv; /proc/PID/mem where that cannot).
+
+        Safety frames are invisible: where one lies on a stack, the dead bytes it covers (and
+        will give back at the cure) are returned, so hashes see the process as it will be."""
+        out = self._raw_read(addr, n)
+        for t in self._stack_frames(addr, n):
+            lo, hi = max(addr, t.frame_at), min(addr + n, t.frame_at + t.frame_len)
+            out = (
+                out[: lo - addr]
+                + t.frame_orig[lo - t.frame_at : hi - t.frame_at]
+                + out[hi - addr :]
+            )
+        return out
+
+    def _stack_frames(self, addr: int, n: int) -> list[_Thread]:
+        return [
+            t
+            for t in self._threads.values()
+            if t.frame_at and t.frame_home == "stack"
+            and t.frame_at < addr + n and addr < t.frame_at + t.frame_len
+        ]  # fmt: skip
+
+    def _raw_read(self, addr: int, n: int) -> bytes:
         buf = self._ffi.new("char[]", n)
         got = self._lib.rn_vm_read(self.pid, buf, addr, n)
         if got == n:
@@ -625,7 +923,14 @@ class Session:
 
     def write(self, addr: int, data: bytes) -> None:
         """Write data into target memory (process_vm_writev; /proc/PID/mem for read-only pages,
-        which turns a private file page into an anonymous copy -- callers know why they do it)."""
+        which turns a private file page into an anonymous copy -- callers know why they do it).
+        A safety frame in the way moves to scratch first (the caller uses that dead stack)."""
+        if self._chain is not None:
+            for t in self._stack_frames(addr, len(data)):
+                self._evict_frame(t)
+        self._raw_write(addr, data)
+
+    def _raw_write(self, addr: int, data: bytes) -> None:
         got = self._lib.rn_vm_write(self.pid, data, addr, len(data))
         if got != len(data):
             self._mem_io(addr, data=data)
@@ -674,6 +979,8 @@ class Session:
                 raise UsageError(f"unknown register {name!r}")
             setattr(t.resume, name, val & MASK64)
         t.regs_dirty = True
+        if t.frame_at:  # a driver killed from now on resumes it with these
+            self._write_frame(t)
 
     def sigmask(self, tid: int | None = None) -> int:
         """The signal mask thread tid will resume with."""
@@ -681,7 +988,10 @@ class Session:
 
     def set_resume_sigmask(self, tid: int | None, mask: int) -> None:
         """Make thread tid resume with this blocked-signal mask (kept after detach)."""
-        self._threads[self.pid if tid is None else tid].resume_mask = mask & MASK64
+        t = self._threads[self.pid if tid is None else tid]
+        t.resume_mask = mask & MASK64
+        if t.frame_at:
+            self._write_frame(t)
 
     # ---- the cure: one way out
     def close(self) -> None:
@@ -720,7 +1030,21 @@ class Session:
                 self._wait_first_stop(t.tid, self._ffi.new("int *"))
             if t.resume is None:
                 return
-            if t.ran:
+            if t.frame_at:
+                # Mask and FP state first: the frame holds the same, so a driver killed
+                # from here on still leaves the thread right (see rn_reinterrupt for regs).
+                if t.fpregs is not None:
+                    lib.rn_setfpregs(t.tid, t.fpregs)
+                self._check(lib.rn_setsigmask(t.tid, t.resume_mask), "PTRACE_SETSIGMASK", t.tid)
+                c = self._ffi.new("struct rn_call *")
+                r = lib.rn_reinterrupt(t.tid, t.resume, c)
+                t.signals.extend(c.sigs[0 : c.nsig])
+                self._check(r, "re-interrupt", t.tid)
+                if t.frame_home == "stack":
+                    with contextlib.suppress(OSError):
+                        self._raw_write(t.frame_at, t.frame_orig)
+                t.frame_at = 0
+            elif t.ran:
                 # Not only for DETACH (whose wake-up alone would make the kernel rewind an
                 # ERESTART* call): PTRACE_CONT from a syscall-exit stop would hand -512 to
                 # userspace.  From a fresh interrupt stop both restart exactly.
@@ -746,6 +1070,7 @@ class Session:
                 lib.rn_ptrace(K.PTRACE_CONT, t.tid, 0, 0)
                 t.stopped = False
                 t.call = t.fpregs = t.affinity = None
+                t.frame_at = 0
                 t.cpu = -1
                 t.ran = t.regs_dirty = False
                 t.signals = []
@@ -829,12 +1154,12 @@ def attach(pid: int, *, pin: bool = True, suspend_seccomp: bool = False) -> Iter
     suspend_seccomp: inject into a process under a seccomp filter by suspending the filter for
     the injected calls (PTRACE_O_SUSPEND_SECCOMP, needs CAP_SYS_ADMIN); otherwise it is refused.
     """
-    preflight(pid, suspend_seccomp=suspend_seccomp)
     s = Session(pid, pin=pin, suspend_seccomp=suspend_seccomp)
+    s._open_pidfd()  # the process we check is the one we seize (PIDs get reused)
     old_term = _trap_sigterm()
     try:
-        with contextlib.suppress(OSError):
-            s._gadget_hint = gadget_mod.find(pid)  # file reads before the stop, not during
+        preflight(pid, suspend_seccomp=suspend_seccomp)
+        s._plan_chain()  # file reads before the stop, not during
         s._seize()
         yield s
     except BaseException:
@@ -844,6 +1169,7 @@ def attach(pid: int, *, pin: bool = True, suspend_seccomp: bool = False) -> Iter
     else:
         s.close()
     finally:
+        s._close_pidfd()
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
 

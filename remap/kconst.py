@@ -235,3 +235,14 @@ EM_X86_64 = 62
 
 # include/uapi/linux/prctl.h: the child (qemu) gets SIGKILL when its parent thread dies
 PR_SET_PDEATHSIG = 1
+
+# arch/x86/include/uapi/asm/signal.h: signals whose default action is to ignore them
+SIGURG, SIGWINCH = 23, 28
+# arch/x86/include/uapi/asm/ucontext.h
+UC_FP_XSTATE, UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS = 0x1, 0x2, 0x4
+# arch/x86/include/uapi/asm/sigcontext.h (struct _fpx_sw_bytes)
+FP_XSTATE_MAGIC1, FP_XSTATE_MAGIC2 = 0x46505853, 0x46505845
+FPX_SW_BYTES_OFFSET = 464  # sw_reserved inside struct fxregs_state
+# arch/x86/entry/syscalls/syscall_64.tbl
+NR_RT_SIGRETURN, NR_GETPID, NR_TGKILL = 15, 39, 234
+NR_MMAP, NR_MPROTECT, NR_MUNMAP, NR_MREMAP, NR_MADVISE = 9, 10, 11, 25, 28

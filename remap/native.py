@@ -59,16 +59,22 @@ int rn_getsigmask(int tid, uint64_t *mask);
 int rn_setsigmask(int tid, uint64_t mask);
 int rn_wait(int tid, int *status, int flags);
 int rn_inject(int tid, struct rn_call *c);
-int rn_run_stub(int tid, struct rn_call *c);
+int rn_run_stub(int tid, struct rn_call *c, int sig);
+long rn_getxstate(int tid, void *buf, unsigned long size);
 int rn_reinterrupt(int tid, const struct user_regs_struct *regs, struct rn_call *c);
 long rn_vm_read(int pid, void *local, unsigned long remote, unsigned long n);
 long rn_vm_write(int pid, const void *local, unsigned long remote, unsigned long n);
 int rn_pidfd_open(int pid);
+int rn_pidfd_alive(int pidfd);
 long rn_process_madvise(int pidfd, unsigned long addr, unsigned long len, int advice);
 int rn_getaffinity(int pid, unsigned long size, unsigned char *mask);
 int rn_setaffinity(int pid, unsigned long size, const unsigned char *mask);
 int rn_tgkill(int tgid, int tid, int sig);
 """
+
+# Entry points and header of the assembled stub (csrc/native/batch_stub.S `.org`s)
+STUB_CLEANUP = 0x100
+STUB_HEADER = 0x200
 
 REGS = (
     "r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss "

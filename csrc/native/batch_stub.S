@@ -1,15 +1,22 @@
 /*
- * batch_stub.S -- the position-independent syscall walker remap copies into a scratch page
- * of the target (remap/stub.py assembles it with `as` + `objcopy -O binary`).
+ * batch_stub.S -- the position-independent code remap copies into the scratch page of a target
+ * (remap/native.py assembles it with `as` + `objcopy -O binary`).  Two entry points:
  *
- * Contract (set by the tracer through PTRACE_SETREGS, nothing else is read):
- *   r12 = address of a table of 64-byte entries {nr, a1..a6, result}
- *   r13 = number of entries
+ * offset 0x000, the batch walker.  Set by the tracer through PTRACE_SETREGS:
+ *   r12 = table of 64-byte entries {nr, a1..a6, result}, r13 = number of entries,
+ *   r14 = tgid, r15 = tid, rbx = marker signal, rsp = the thread's safety frame (see inject.py).
  * For each entry it loads rax and the six argument registers, executes `syscall`, stores rax
- * into the entry's result slot, and stops at the first error (-4095..-1) so a failed step never
- * runs the steps that depended on it.  It ends with one int3, which the tracer catches as a
- * SIGTRAP signal-delivery stop and never delivers.  r12 then points at the last entry run.
- * No stack, no call/ret (CET shadow stacks stay untouched), no libc, no absolute addresses.
+ * into the entry's result slot, and stops at the first error (-4095..-1).  Then it sends itself
+ * the marker signal (tgkill): the tracer catches that signal-delivery stop and never delivers
+ * it.  The marker is a signal the target ignores, so if the driver has died the kernel simply
+ * drops it and the stub goes on to `ret`, which enters the safety chain: pop `cleanup`, unmap
+ * this scratch area, pop the restorer, rt_sigreturn into the thread's original context.
+ *
+ * offset 0x100, cleanup: munmap(scratch) through the `syscall; ret` gadget outside scratch
+ * (the next `ret` must not land in the area just unmapped).  The header at 0x200 holds the
+ * scratch base, its length and that gadget's address; the tracer writes it once.
+ *
+ * No stack beyond the frame the tracer prepared, no call, no libc, no absolute addresses.
  */
 	.text
 	.globl _start
@@ -30,4 +37,21 @@ _start:
 	add	$64, %r12
 	dec	%r13
 	jmp	1b
-2:	int3
+2:	mov	$234, %eax		/* tgkill(tgid, tid, marker) */
+	mov	%r14, %rdi
+	mov	%r15, %rsi
+	mov	%rbx, %rdx
+	syscall
+	ret				/* driver gone: into the safety chain */
+
+	.org	0x100
+cleanup:
+	mov	$11, %eax		/* munmap(base, len) */
+	mov	hdr_base(%rip), %rdi
+	mov	hdr_len(%rip), %rsi
+	jmp	*hdr_gadget(%rip)
+
+	.org	0x200
+hdr_base:	.quad 0
+hdr_len:	.quad 0
+hdr_gadget:	.quad 0

@@ -163,24 +163,29 @@ int rn_inject(int tid, struct rn_call *c)
 	return 0;
 }
 
-static int is_sigtrap_delivery(int st)
+static int marker_sig;
+
+static int is_marker_delivery(int st)
 {
-	return WIFSTOPPED(st) && (st >> 16) == 0 && WSTOPSIG(st) == SIGTRAP;
+	return WIFSTOPPED(st) && (st >> 16) == 0 && WSTOPSIG(st) == marker_sig;
 }
 
 /*
- * Run the batch stub: set regs (rip = stub, r12 = table, r13 = count), PTRACE_CONT, wait for
- * the SIGTRAP signal-delivery stop its final int3 causes.  The SIGTRAP is never delivered:
- * the next resume passes signal 0.  c->regs receives the registers at the trap.
+ * Run the batch stub: set regs (rip = stub, r12 = table, r13 = count, r14/r15 = tgid/tid,
+ * rbx = sig), PTRACE_CONT, wait for the signal-delivery stop of `sig`, which the stub's final
+ * tgkill raises.  The marker is never delivered (the next resume passes signal 0); sig is one
+ * the target ignores, so if the driver dies at that stop the kernel drops it.  c->regs receives
+ * the registers at the stop.
  */
-int rn_run_stub(int tid, struct rn_call *c)
+int rn_run_stub(int tid, struct rn_call *c, int sig)
 {
 	int r;
 	c->nsig = 0;
 	c->status = 0;
+	marker_sig = sig;
 	if (ptrace(PTRACE_SETREGS, tid, 0, &c->regs))
 		return -errno;
-	r = resume_until(tid, PTRACE_CONT, is_sigtrap_delivery, c);
+	r = resume_until(tid, PTRACE_CONT, is_marker_delivery, c);
 	if (r)
 		return r;
 	return ptrace(PTRACE_GETREGS, tid, 0, &c->regs) ? -errno : 0;
@@ -192,20 +197,33 @@ static int is_event_stop(int st)
 }
 
 /*
- * Bring a thread that we ran (it sits in a syscall-exit or stub trap stop) back to a fresh
- * PTRACE_EVENT_STOP with `regs` in place: SETREGS, PTRACE_INTERRUPT, PTRACE_CONT.  The thread
+ * Bring a thread that we ran (it sits in a syscall-exit or stub marker stop) back to a fresh
+ * PTRACE_EVENT_STOP with `regs` in place: PTRACE_INTERRUPT, SETREGS, PTRACE_CONT.  The thread
  * re-enters get_signal() and stops there, so detaching from THAT stop lets the kernel restart
  * an interrupted syscall (ERESTART*) exactly as if it had never been interrupted.
+ * INTERRUPT comes first so that TIF_SIGPENDING is set before the registers say -ERESTART*:
+ * if the driver dies between the two, the thread still passes through the kernel's restart
+ * logic instead of returning -512 to user space.
  */
 int rn_reinterrupt(int tid, const struct user_regs_struct *regs, struct rn_call *c)
 {
 	c->nsig = 0;
 	c->status = 0;
-	if (ptrace(PTRACE_SETREGS, tid, 0, regs))
-		return -errno;
 	if (ptrace(PTRACE_INTERRUPT, tid, 0, 0))
 		return -errno;
+	if (ptrace(PTRACE_SETREGS, tid, 0, regs))
+		return -errno;
 	return resume_until(tid, PTRACE_CONT, is_event_stop, c);
+}
+
+/* The thread's full XSAVE area (standard format, as a signal frame holds it); returns its
+ * length.  NT_X86_XSTATE from <elf.h>; the kernel fills sw_reserved with its xstate sizes. */
+long rn_getxstate(int tid, void *buf, unsigned long size)
+{
+	struct iovec v = {buf, size};
+	if (ptrace(PTRACE_GETREGSET, tid, (void *)0x202, &v))
+		return -errno;
+	return (long)v.iov_len;
 }
 
 long rn_vm_read(int pid, void *local, unsigned long remote, unsigned long n)
@@ -226,6 +244,13 @@ int rn_pidfd_open(int pid)
 {
 	long r = syscall(SYS_pidfd_open, pid, 0);
 	return r < 0 ? -errno : (int)r;
+}
+
+/* 0 while the process behind pidfd lives, -ESRCH once it has exited (even if its PID is
+ * reused since): the check remap makes between preflight and PTRACE_SEIZE. */
+int rn_pidfd_alive(int pidfd)
+{
+	return syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) ? -errno : 0;
 }
 
 long rn_process_madvise(int pidfd, unsigned long addr, unsigned long len, int advice)
