@@ -9,7 +9,8 @@ The machine: ``-nodefaults -nic none`` (no network, no stray devices), ``-no-reb
 kernel panic ends qemu instead of looping), the host's / shared read-only over virtio-9p and a
 small writable io folder (see remap.kernels.initramfs for the protocol).  TCG by default; KVM
 only where a short probe boot succeeds (on PVM-backed /dev/kvm a stock kernel stalls or qemu
-aborts), the probe's answer cached per host kernel and qemu version.
+aborts), the probe's answer cached per host kernel and qemu version.  $REMAP_QEMU_CPU overrides
+the CPU model (default: ``max`` under TCG, ``host`` under KVM); $REMAP_QEMU the binary.
 
 Example::
 
@@ -74,7 +75,7 @@ def qemu_path() -> str:
 def qemu_argv(img: KernelImage, initrd: Path, io_dir: Path, accel: str, probe: bool) -> list[str]:
     """The qemu command line for one guest (nothing but what the job needs)."""
     mode = "probe" if probe else "run"
-    cpu = ["-cpu", "max" if accel == "tcg" else "host"]
+    cpu = ["-cpu", os.environ.get("REMAP_QEMU_CPU") or ("max" if accel == "tcg" else "host")]
     argv = [
         qemu_path(),
         "-nodefaults",
