@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -67,6 +68,25 @@ def read_maps(pid: int | str) -> list[Mapping]:
     return out
 
 
+_SCAN_CACHE: dict[tuple, int] = {}  # (dev/ino/size/mtime of the file, offset, size, pattern)
+
+
+def _scan(pid: int, m: Mapping, pattern: bytes) -> int:
+    """Offset of pattern in mapping m's file bytes (-1: none or unreadable), memoised per file
+    identity: a driver running session after session must not re-read libc every time."""
+    key = None
+    with contextlib.suppress(OSError):
+        st = os.stat(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}")
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, m.offset, m.end - m.start, pattern)
+        if key in _SCAN_CACHE:
+            return _SCAN_CACHE[key]
+    data = _file_bytes(pid, m)
+    i = data.find(pattern) if data is not None else -1
+    if key is not None and data is not None and len(_SCAN_CACHE) < 4096:
+        _SCAN_CACHE[key] = i
+    return i
+
+
 def _file_bytes(pid: int, m: Mapping) -> bytes | None:
     """The on-disk bytes backing mapping m, or None if the file cannot be trusted or read."""
     if m.path.endswith(" (deleted)") or not m.path.startswith("/"):
@@ -114,12 +134,10 @@ def candidates(pid: int, maps: list[Mapping] | None = None) -> list[Gadget]:
             if data is None or len(data) != m.end - m.start:
                 continue
             rank = 3
+            i = data.find(SYSCALL_INSN)
         else:
-            data = _file_bytes(pid, m)
-            if data is None:
-                continue
+            i = _scan(pid, m, SYSCALL_INSN)
             rank = 0 if m.path == exe else 1 if "/libc" in m.path else 2
-        i = data.find(SYSCALL_INSN)
         if i >= 0:
             found.append((rank, Gadget(m.start + i, m.path)))
     found.sort(key=lambda rg: rg[0])
@@ -151,15 +169,19 @@ def find_chain(pid: int, maps: list[Mapping] | None = None) -> Chain | None:
             data = _own_vdso()
             if data is None or len(data) != m.end - m.start:
                 continue
+
+            def find(pat: bytes, data: bytes = data) -> int:
+                return data.find(pat)
         else:
-            data = _file_bytes(pid, m)
-            if data is None:
-                continue
-        if sret is None and (i := data.find(SYSCALL_RET)) >= 0:
+
+            def find(pat: bytes, m: Mapping = m) -> int:
+                return _scan(pid, m, pat)
+
+        if sret is None and (i := find(SYSCALL_RET)) >= 0:
             sret = (m.start + i, m.path)
         if rest is None:
             for pat in RESTORERS:
-                if (i := data.find(pat)) >= 0:
+                if (i := find(pat)) >= 0:
                     rest = (m.start + i, m.path)
                     break
     if sret is None or rest is None:

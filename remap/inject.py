@@ -58,8 +58,10 @@ from .errors import (
 
 MASK64 = (1 << 64) - 1
 # Every signal blocked (the kernel ignores SIGKILL/SIGSTOP bits) except the session's batch
-# marker, see Session._marker.
-INJECT_SIGMASK = MASK64
+# marker (see Session._marker) and the synchronous fault signals: blocking those would not stop
+# them, only make the kernel reset their handler when it forces them (force_sig_info_to_task).
+_FAULTS = (K.SIGILL, K.SIGBUS, K.SIGFPE, K.SIGSEGV)
+INJECT_SIGMASK = MASK64 & ~sum(1 << (s - 1) for s in _FAULTS)
 STUB_ENTRY = 64  # bytes per batch table entry: nr, 6 args, result
 TABLE_PAGES = 16  # one trip runs up to TABLE_PAGES * 4096 / 64 = 1024 calls
 FRAME_PAGES = 4  # scratch pages for safety frames the fold evicts from the stack
@@ -180,6 +182,7 @@ def _have_cap(cap: int) -> bool:
 FRAME_HEAD = 16
 UC_SIZE = 304
 FP_OFF = 320
+BOOT_SIZE = 320  # the boot frame below it: [restorer], ucontext (see Session._map_scratch)
 
 
 def rewound(regs: dict[str, int]) -> dict[str, int]:
@@ -209,6 +212,12 @@ def fp_area(xstate: bytes) -> bytes:
     return bytes(buf) + struct.pack("<I", K.FP_XSTATE_MAGIC2)
 
 
+def build_boot_frame(at: int, regs: dict[str, int], mask: int, restorer: int) -> bytes:
+    """A frame without FP state whose rt_sigreturn lands on `regs` (the next call of a chain);
+    its `ret` slot is the restorer itself.  The final frame restores the FP state."""
+    return build_frame(at - 8, regs, mask, b"", 0, restorer)[8 : 8 + 8 + UC_SIZE]
+
+
 def frame_size(fp: bytes) -> int:
     return (FP_OFF + len(fp) + 63) // 64 * 64
 
@@ -235,6 +244,24 @@ def build_frame(at: int, regs: dict[str, int], mask: int, fp: bytes, first: int,
     assert len(uc) == UC_SIZE
     head = struct.pack("<QQ", first, restorer) + uc
     return head + bytes(FP_OFF - len(head)) + fp
+
+
+def _free_gap(pid: int, size: int) -> int | None:
+    """An address where `size` bytes fit in a free gap of PID's address space, one guard page
+    above and below, at least 256 MiB under the stack (room to grow), highest first -- where
+    a plain mmap would have put it.  None when there is no such gap."""
+    try:
+        maps = gadget_mod.read_maps(pid)
+    except OSError:
+        return None
+    stack = next((m.start for m in maps if m.path == "[stack]"), 1 << 47)
+    limit = stack - (256 << 20)
+    best = None
+    for prev, nxt in zip(maps, maps[1:], strict=False):
+        top = min(nxt.start, limit) - K.PAGE_SIZE
+        if top - size - K.PAGE_SIZE >= max(prev.end, 1 << 20):
+            best = top - size
+    return best
 
 
 # ------------------------------------------------------------------------------ preflight
@@ -315,7 +342,8 @@ class _Thread:
     frame_at: int = 0  # its safety frame (0: none, the thread injects unprotected)
     frame_len: int = 0
     frame_home: str = ""  # "stack" (below its rsp - 128) or "scratch"
-    frame_orig: bytes = b""  # the dead stack bytes the frame covers, put back at the cure
+    frame_orig: bytes = b""  # the dead stack bytes under the frames, put back at the cure
+    orig_at: int = 0  # where frame_orig came from: the boot frame, then the frame
 
 
 class BatchError(OSError):
@@ -358,6 +386,7 @@ class Session:
         self.notes: list[str] = []  # why protection was dropped, if it was
         self.windows_ns: dict[str, int] = {}  # measured unprotected / leak windows
         self._t_unprotected = 0
+        self._boot_failed = False
 
     # ---- public views
     def __repr__(self) -> str:
@@ -535,11 +564,11 @@ class Session:
 
     # ---- CPU pinning (DESIGN 5.7)
     def _pin_to(self, t: _Thread) -> None:
-        """Run the tracer on the CPU t last ran on, and keep t there while we inject into it.
+        """Run the tracer on the CPU t last ran on (a wake-up then stays on that CPU).
 
-        Only threads we inject into are pinned, each to the CPU it is already on: forcing a
-        thread onto another CPU would make the kernel rewrite its rseq area (cpu_id) when it
-        resumes -- a change to the target's memory that hashing notices.
+        The target's own affinity is never changed: a driver killed mid-session could not
+        undo it (and forcing a thread onto another CPU would make the kernel rewrite its rseq
+        area when it resumes -- a change to the target's memory that hashing notices).
         """
         lib, ffi = self._lib, self._ffi
         try:
@@ -558,11 +587,6 @@ class Session:
         if lib.rn_setaffinity(0, size, bytes(one)) < 0:
             return
         self._cpu = cpu
-        if t.affinity is None:
-            cur = ffi.new("unsigned char[]", size)
-            if lib.rn_getaffinity(t.tid, size, cur) == 0:
-                if lib.rn_setaffinity(t.tid, size, bytes(one)) == 0:
-                    t.affinity = bytes(ffi.buffer(cur))
         t.cpu = cpu
 
     # ---- injection
@@ -618,7 +642,8 @@ class Session:
         size = frame_size(t.fp)
         at = (t.resume.rsp - 128 - size - 64) & ~63
         try:
-            t.frame_orig = self._raw_read(at, size)
+            t.orig_at = at - BOOT_SIZE
+            t.frame_orig = self._raw_read(t.orig_at, size + BOOT_SIZE)
         except OSError:
             self._unprotect(f"thread {t.tid}: no room for a frame below its stack pointer")
             return
@@ -671,7 +696,7 @@ class Session:
                 t.call.regs.rsp = t.resume.rsp
                 if t.frame_home == "stack":
                     with contextlib.suppress(OSError):
-                        self._raw_write(t.frame_at, t.frame_orig)
+                        self._raw_write(t.orig_at, t.frame_orig)
                 t.frame_at = 0
 
     def _guard(self, calls: Sequence[Sequence[int]]) -> None:
@@ -691,7 +716,11 @@ class Session:
                 self._unprotect(f"{syscall_name(nr)} over the chain's code at {lo:#x}")
                 return
             for t in self._threads.values():
-                if t.frame_home == "stack" and lo < t.frame_at + t.frame_len and t.frame_at < hi:
+                if (
+                    t.frame_home == "stack"
+                    and lo < t.orig_at + len(t.frame_orig)
+                    and t.orig_at < hi
+                ):
                     self._evict_frame(t)
 
     def _evict_frame(self, t: _Thread) -> None:
@@ -707,7 +736,7 @@ class Session:
         else:
             self._unprotect("no free scratch slot for a safety frame")
             return
-        old, orig = t.frame_at, t.frame_orig
+        old, orig = t.orig_at, t.frame_orig
         t.frame_at, t.frame_home = at, "scratch"
         self._write_frame(t)
         t.call.regs.rsp = at
@@ -803,20 +832,56 @@ class Session:
         (unused, harmless; windows_ns["scratch_leak"] holds its measured width)."""
         if self._scratch:
             return self._scratch
-        code = native.stub_code()
+        code = native.stub_code()[: native.STUB_HEADER].ljust(native.STUB_HEADER, b"\xcc")
         size = K.PAGE_SIZE * (1 + TABLE_PAGES + FRAME_PAGES)
-        rw = K.PROT_READ | K.PROT_WRITE
-        addr = self.mmap(0, size, rw, K.MAP_PRIVATE | K.MAP_ANONYMOUS)
+        gadget = self._chain.syscall_ret if self._chain else 0
+        # Mapped read+exec as a whole and the code written through /proc/PID/mem (which may
+        # write a read-only private page): the fewest steps between the mmap and the moment
+        # every frame's first return unmaps it again.  Tables and frames become RW after.
+        rx = K.PROT_READ | K.PROT_EXEC
+        addr = self._map_scratch(size, rx)
         t0 = time.monotonic_ns()
         self._scratch, self._scratch_len = addr, size
-        header = struct.pack("<QQQ", addr, size, self._chain.syscall_ret if self._chain else 0)
-        self.write(addr, code.ljust(native.STUB_HEADER, b"\xcc") + header)
-        self.mprotect(addr, K.PAGE_SIZE, K.PROT_READ | K.PROT_EXEC)  # W^X: never RWX
+        self._mem_io(addr, data=code + struct.pack("<QQQ", addr, size, gadget))
         for t in self._threads.values():
             if t.frame_at and t.frame_home == "stack":
                 self._raw_write(t.frame_at, struct.pack("<Q", addr + native.STUB_CLEANUP))
-        self.windows_ns["scratch_leak"] = time.monotonic_ns() - t0
+        main = self._threads.get(self.pid)
+        if main is not None and main.frame_at and main.frame_home == "stack":
+            self._park(main)  # off the boot frame: the ordinary chain now unmaps scratch
+        self.windows_ns["scratch_leak"] = time.monotonic_ns() - t0 if self._boot_failed else 0
+        self.mprotect(addr + K.PAGE_SIZE, size - K.PAGE_SIZE, K.PROT_READ | K.PROT_WRITE)
         return addr
+
+    def _map_scratch(self, size: int, prot: int) -> int:
+        """mmap the scratch area so that a driver killed at any instant leaves none behind.
+
+        It is mapped at an address chosen in a free gap (MAP_FIXED_NOREPLACE; every thread is
+        stopped, so the gap stays free) through the boot frame: were the driver to die once
+        the kernel has mapped it, the thread's `ret` goes to the restorer, whose rt_sigreturn
+        lands on munmap(that address) through the `syscall; ret` gadget and from there on the
+        thread's ordinary frame.  Without a chain or a gap: plain mmap, with a leak window."""
+        flags = K.MAP_PRIVATE | K.MAP_ANONYMOUS
+        t = self._thread(None)
+        hole = _free_gap(self.pid, size) if self._chain and t.frame_at else None
+        if hole is None or t.frame_home != "stack":
+            self._boot_failed = True
+            return self.mmap(0, size, prot, flags)
+        regs = {n: getattr(t.call.regs, n) for n in native.REGS}
+        regs.update(rip=self._chain.syscall_ret, rsp=t.frame_at, rax=K.NR_MUNMAP, rdi=hole)
+        regs.update(rsi=size, orig_rax=MASK64)  # type: ignore[union-attr]
+        boot = t.orig_at
+        self._raw_write(boot, build_boot_frame(boot, regs, self._mask, self._chain.restorer))  # type: ignore[union-attr]
+        t.call.regs.rsp = boot
+        try:
+            return self.mmap(hole, size, prot, flags | K.MAP_FIXED_NOREPLACE)
+        except OSError:
+            self._boot_failed = True
+            t.call.regs.rsp = t.frame_at
+            self._park(t)
+            return self.mmap(0, size, prot, flags)
+        finally:
+            t.call.regs.rsp = t.frame_at
 
     def scratch(self) -> int:
         """Address of the scratch area (1 code page + table pages), mapped on first use; the
@@ -898,11 +963,9 @@ class Session:
         will give back at the cure) are returned, so hashes see the process as it will be."""
         out = self._raw_read(addr, n)
         for t in self._stack_frames(addr, n):
-            lo, hi = max(addr, t.frame_at), min(addr + n, t.frame_at + t.frame_len)
+            lo, hi = max(addr, t.orig_at), min(addr + n, t.orig_at + len(t.frame_orig))
             out = (
-                out[: lo - addr]
-                + t.frame_orig[lo - t.frame_at : hi - t.frame_at]
-                + out[hi - addr :]
+                out[: lo - addr] + t.frame_orig[lo - t.orig_at : hi - t.orig_at] + out[hi - addr :]
             )
         return out
 
@@ -911,7 +974,7 @@ class Session:
             t
             for t in self._threads.values()
             if t.frame_at and t.frame_home == "stack"
-            and t.frame_at < addr + n and addr < t.frame_at + t.frame_len
+            and t.orig_at < addr + n and addr < t.orig_at + len(t.frame_orig)
         ]  # fmt: skip
 
     def _raw_read(self, addr: int, n: int) -> bytes:
@@ -1042,7 +1105,7 @@ class Session:
                 self._check(r, "re-interrupt", t.tid)
                 if t.frame_home == "stack":
                     with contextlib.suppress(OSError):
-                        self._raw_write(t.frame_at, t.frame_orig)
+                        self._raw_write(t.orig_at, t.frame_orig)
                 t.frame_at = 0
             elif t.ran:
                 # Not only for DETACH (whose wake-up alone would make the kernel rewind an

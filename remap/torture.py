@@ -1,0 +1,316 @@
+"""Torture: drive sessions against a real worker and kill, interrupt or disturb the driver and
+the target at random instants; afterwards the worker must be exactly as healthy as before.
+
+Why a forked driver: the thing under test is what a *killed* remap leaves behind, so the
+driver must be a separate process that can die at any instruction.  Forking this (already
+imported) process costs ~1 ms where starting Python costs ~100 ms, which is what makes
+hundreds of kills per minute possible.  The child runs :func:`session_loop` until it dies.
+
+Health (see :func:`health`): every thread running (not stopped, not traced: TracerPid 0),
+the signal mask and CPU affinity of every thread as before, no anonymous executable mapping
+(the scratch code page), the 1 MiB anonymous buffer hashing the same, and correct answers
+(which depend on that buffer and on the FP rounding mode the worker set).
+
+Example::
+
+    w = start_worker(targets.build("torture_worker"), ["alarm"])
+    figures = storm(w, kills=50, sig=signal.SIGKILL)     # {'sessions': ..., 'failures': [...]}
+    w.stop()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import mmap
+import os
+import random
+import select
+import signal
+import struct
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import inject
+from . import kconst as K
+from .errors import RemapError
+
+CHECK_TIMEOUT_S = 2.0
+# (n + 1) / 3 is inexact for these: rounded downward (the worker's mode) it differs from the
+# default round-to-nearest in the last digit, so a wiped FP state shows in the answer
+QUERIES = (7, 10, 13, 1000000)
+
+
+# ------------------------------------------------------------------------------ the worker
+@dataclass
+class Worker:
+    """A running torture_worker and what it looked like before anything happened to it."""
+
+    proc: subprocess.Popen
+    pid: int
+    buf: int
+    buflen: int
+    modes: list[str]
+    baseline: dict[str, Any] = field(default_factory=dict)
+    asked: int = 0
+
+    def ask(self, n: int, timeout: float = CHECK_TIMEOUT_S) -> str:
+        """Send N, return the answer line ("" if none came within timeout)."""
+        assert self.proc.stdin and self.proc.stdout
+        self.asked += 1
+        try:
+            self.proc.stdin.write(f"{n}\n".encode())
+            self.proc.stdin.flush()
+        except OSError:
+            return ""
+        fd = self.proc.stdout.fileno()
+        if not select.select([fd], [], [], timeout)[0]:
+            return ""
+        return self.proc.stdout.readline().decode().strip()
+
+    def stop(self) -> int | None:
+        """Close stdin (the worker exits 0 on EOF), reap it; kill it if it does not go."""
+        with contextlib.suppress(OSError):
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+        finally:
+            if self.proc.stdout:
+                self.proc.stdout.close()
+
+
+def start_worker(path: Path | str, modes: list[str] | tuple[str, ...] = ()) -> Worker:
+    """Start the worker, wait for its "ready" line, take the baseline."""
+    proc = subprocess.Popen(
+        [str(path), *modes], stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
+    )
+    assert proc.stdout
+    if not select.select([proc.stdout.fileno()], [], [], 5.0)[0]:
+        proc.kill()
+        proc.wait()
+        raise RemapError(f"torture worker {path} did not start")
+    _, pid, buf, n = proc.stdout.readline().decode().split()
+    w = Worker(proc, int(pid), int(buf, 16), int(n), list(modes))
+    _wait_sleeping(w.pid, CHECK_TIMEOUT_S)
+    w.baseline = {
+        "hash": buffer_hash(w),
+        "masks": _thread_field(w.pid, "SigBlk", main_only=True),
+        "cpus": _thread_field(w.pid, "Cpus_allowed_list", main_only=True),
+        "answers": {n: _stable(w.ask(n)) for n in QUERIES},
+        "ticks": _ticks(w.ask(7)),
+    }
+    return w
+
+
+def _stable(answer: str) -> str:
+    """The part of an answer that must never change (N, SUM, Q; not the tick count)."""
+    return " ".join(answer.split()[:3])
+
+
+def _ticks(answer: str) -> int:
+    parts = answer.split()
+    return int(parts[3]) if len(parts) == 4 else -1
+
+
+def buffer_hash(w: Worker) -> str:
+    with open(f"/proc/{w.pid}/mem", "rb", buffering=0) as f:
+        f.seek(w.buf)
+        return hashlib.sha256(f.read(w.buflen)).hexdigest()
+
+
+def _status(path: str) -> dict[str, str]:
+    with open(path) as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def _thread_field(pid: int, name: str, main_only: bool = False) -> dict[int, str]:
+    tids = [pid] if main_only else [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    out = {}
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            out[tid] = _status(f"/proc/{pid}/task/{tid}/status").get(name, "")
+    return out
+
+
+def _state(pid: int, tid: int) -> str:
+    with open(f"/proc/{pid}/task/{tid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_sleeping(pid: int, timeout: float) -> None:
+    """Wait until the main thread sleeps and nobody traces the process (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, IndexError):
+            st = _status(f"/proc/{pid}/status")
+            if st.get("TracerPid") == "0" and _state(pid, pid) == "S":
+                return
+        time.sleep(0.001)
+
+
+def health(w: Worker, *, full: bool = True) -> list[str]:
+    """What is wrong with the worker now (empty list: nothing).  full=False skips the hash."""
+    bad: list[str] = []
+    if w.proc.poll() is not None:
+        return [f"worker exited with status {w.proc.returncode}"]
+    _wait_sleeping(w.pid, CHECK_TIMEOUT_S)
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{w.pid}/task")]
+        for tid in tids:
+            with contextlib.suppress(FileNotFoundError):  # short-lived threads come and go
+                st = _status(f"/proc/{w.pid}/task/{tid}/status")
+                if st.get("TracerPid", "0") != "0":
+                    bad.append(f"thread {tid} still traced by {st['TracerPid']}")
+                state = _state(w.pid, tid)
+                if state in ("T", "t", "Z"):
+                    bad.append(f"thread {tid} left in state {state}")
+        if _thread_field(w.pid, "SigBlk", main_only=True) != w.baseline["masks"]:
+            bad.append(f"signal mask changed: {_thread_field(w.pid, 'SigBlk', main_only=True)}")
+        if _thread_field(w.pid, "Cpus_allowed_list", main_only=True) != w.baseline["cpus"]:
+            bad.append("CPU affinity left pinned")
+        with open(f"/proc/{w.pid}/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 5 and "x" in parts[1]:
+                    bad.append(f"scratch mapping left: {parts[0]} {parts[1]}")
+        if full and buffer_hash(w) != w.baseline["hash"]:
+            bad.append("anonymous buffer changed")
+    except OSError as e:
+        bad.append(f"cannot inspect worker: {e}")
+    n = QUERIES[w.asked % len(QUERIES)]
+    ans, want = _stable(w.ask(n)), w.baseline["answers"][n]
+    if ans != want:
+        bad.append(f"wrong answer to {n}: {ans!r}, want {want!r}")
+    return bad
+
+
+# ------------------------------------------------------------------------------ the driver
+def session_loop(pid: int, counters: Any, *, suspend_seccomp: bool = False) -> None:
+    """Sessions forever, each doing what remap does: single calls, scratch memory written and
+    read back, a batch through the stub.  counters[0] += 1 per session, [1] += bytes checked."""
+    pattern = bytes(range(256)) * 16
+    rw, flags = K.PROT_READ | K.PROT_WRITE, K.MAP_PRIVATE | K.MAP_ANONYMOUS
+    while True:
+        with inject.attach(pid, suspend_seccomp=suspend_seccomp) as s:
+            s.syscall("getpid")
+            addr = s.mmap(0, 4096, rw, flags)
+            s.write(addr, pattern)
+            if s.read(addr, len(pattern)) != pattern:
+                raise RemapError("read-back differs")
+            s.syscalls([("getpid",)] * 8 + [("madvise", addr, 4096, K.MADV_DONTNEED)])
+            s.munmap(addr, 4096)
+        counters[0] += 1
+        counters[1] += len(pattern)
+
+
+def _fork_driver(pid: int, suspend_seccomp: bool, counters: Any) -> int:
+    child = os.fork()
+    if child == 0:  # the driver: never returns
+        code = 0
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            session_loop(pid, counters, suspend_seccomp=suspend_seccomp)
+        except KeyboardInterrupt:
+            code = 0
+        except BaseException:
+            code = 1
+        os._exit(code)
+    return child
+
+
+def _reap(child: int, timeout: float) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.001)
+    os.kill(child, signal.SIGKILL)
+    return os.waitpid(child, 0)[1]
+
+
+class _Counters:
+    """Two 64-bit counters in a shared anonymous page (survive the driver's death)."""
+
+    def __init__(self) -> None:
+        self.m = mmap.mmap(-1, 16)
+
+    def __getitem__(self, i: int) -> int:
+        return struct.unpack_from("<Q", self.m, 8 * i)[0]
+
+    def __setitem__(self, i: int, v: int) -> None:
+        struct.pack_into("<Q", self.m, 8 * i, v)
+
+
+def storm(
+    w: Worker,
+    kills: int,
+    sig: int = signal.SIGKILL,
+    *,
+    max_delay_s: float = 0.03,
+    seed: int | None = None,
+    stop_target: bool = False,
+    full_every: int = 10,
+) -> dict[str, Any]:
+    """Start a driver, send it SIG after a random delay, check the worker; KILLS times.
+
+    stop_target: also SIGSTOP the worker at a random moment of each round and SIGCONT it
+    after the driver is gone (a job-control stop from outside during a session).
+    Returns the figures: sessions, kills, survived, signals_delivered (worker's SIGALRM
+    ticks during the storm), bytes_verified, failures (one line each, at most 20 kept).
+    """
+    rng = random.Random(seed)
+    counters = _Counters()
+    suspend = "seccomp" in w.modes
+    failures: list[str] = []
+    survived = 0
+    ticks0 = _ticks(w.ask(7))
+    verified = 0
+    for i in range(kills):
+        child = _fork_driver(w.pid, suspend, counters)
+        time.sleep(rng.uniform(0, max_delay_s))
+        if stop_target:
+            os.kill(w.pid, signal.SIGSTOP)
+            time.sleep(rng.uniform(0, 0.002))
+        os.kill(child, sig)
+        _reap(child, 5.0)
+        if stop_target:
+            os.kill(w.pid, signal.SIGCONT)
+        bad = health(w, full=(i % full_every == 0 or i == kills - 1))
+        if bad:
+            failures.append(f"round {i}: " + "; ".join(bad))
+            if len(failures) >= 20:
+                break
+        else:
+            survived += 1
+        verified += w.buflen if i % full_every == 0 else 0
+    ticks1 = _ticks(w.ask(7))
+    return {
+        "signal": signal.Signals(sig).name,
+        "sessions": counters[0],
+        "kills": kills,
+        "survived": survived,
+        "signals_delivered": max(0, ticks1 - ticks0),
+        "bytes_verified": verified + counters[1],
+        "failures": failures,
+    }
+
+
+def target_dies(w: Worker, *, delay_s: float = 0.01) -> dict[str, Any]:
+    """Kill the worker itself while a driver runs sessions on it: the driver must end (with
+    a one-line 'no such process'), not hang, and leave no zombie of its own."""
+    counters = _Counters()
+    child = _fork_driver(w.pid, "seccomp" in w.modes, counters)
+    time.sleep(delay_s)
+    w.proc.kill()
+    w.proc.wait(timeout=5)
+    status = _reap(child, 5.0)
+    return {"driver_exit": os.waitstatus_to_exitcode(status), "sessions": counters[0]}
