@@ -348,6 +348,15 @@ class _Stepper:
             raise NoSuchProcess(self.pid, f"process {self.pid} exited while being profiled")
         return True
 
+    def wait_for(self, timeout: float) -> bool:
+        """Poll for the next stop for at most TIMEOUT seconds."""
+        end = time.monotonic() + timeout
+        while not self.wait(nohang=True):
+            if time.monotonic() > end:
+                return False
+            time.sleep(SYSCALL_POLL_S)
+        return True
+
     def getregs(self) -> None:
         self._check(self.lib.rn_getregs(self.pid, self.regs), "PTRACE_GETREGS")
 
@@ -379,7 +388,9 @@ class _Stepper:
                 if not _trap_pending(self.pid):
                     break
                 self._check(self.lib.rn_ptrace(K.PTRACE_CONT, self.pid, 0, 0), "PTRACE_CONT")
-                self.wait()
+                if not self.wait_for(1.0):  # no trap came after all: stop it again, then leave
+                    self.lib.rn_ptrace(K.PTRACE_INTERRUPT, self.pid, 0, 0)
+                    self.wait()
         finally:
             self.lib.rn_ptrace(K.PTRACE_DETACH, self.pid, 0, 0)
             self.attached = False
@@ -560,7 +571,9 @@ def profile(
             n += 1
             st.step(sig)
             stopped = False
-            if ins.is_syscall:  # may block: poll, so the end of the workload or time ends it
+            if ins.is_syscall or _restarts(regs):  # may block: poll, so that the end of
+                # the workload or the deadline ends the profile (a syscall interrupted by our
+                # seize or by a signal is re-executed by this very step)
                 if not _wait_syscall(st, done if worker else None, deadline):
                     reason = "idle" if worker and done.is_set() else "time"
                     break
@@ -672,6 +685,11 @@ def profile(
     )
 
 
+def _restarts(regs: Any) -> bool:
+    """Stopped inside an interrupted syscall: resuming makes the kernel re-execute it."""
+    return regs.orig_rax < 2**63 and (2**64 - regs.rax) in K.ERESTART_CODES
+
+
 def _wait_syscall(st: _Stepper, done: threading.Event | None, deadline: float | None) -> bool:
     """Wait for a step over a `syscall` to finish; False when the profile should end first:
     the workload is done (and the call has not returned within a grace period, i.e. the target
@@ -748,7 +766,7 @@ def render_png(prof: Profile, path: str | os.PathLike) -> None:
         ax.axhline(p + K.PAGE_SIZE, color="grey", lw=0.5)
     for f in prof.functions:
         ax.annotate(f.name, (0, f.addr), fontsize=6, color="tab:blue")
-    ax.set_xlabel(f"step (every {max(1, prof.overhead.steps // max(1, len(ys)))}th)")
+    ax.set_xlabel(f"step (sampled: {len(ys)} of {prof.overhead.steps})")
     ax.set_ylabel("code address")
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _p: f"{int(v):#x}"))
     ax.set_title(f"hot path of {Path(prof.exe).name}: {len(pages)} code page(s)")

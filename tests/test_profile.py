@@ -1,0 +1,144 @@
+"""remap.profile on real processes: the demo bot single-stepped over a real IRC workload."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from remap.errors import NoSuchProcess, UnsupportedTarget
+from remap.ircd import IrcServer
+from remap.profile import Profile, irc_workload, profile, render_png
+
+pytest.importorskip("capstone")
+
+
+def _tracer(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(ln for ln in f if ln.startswith("TracerPid:")).split()[1])
+
+
+@pytest.fixture
+def bot(spawn):
+    """The plain (function-sections) demo bot, registered with a loopback server and idle."""
+    with IrcServer() as srv:
+        t = spawn("minibot-auto", "default", *srv.bot_args())
+        srv.accept_bot()
+        t.wait_blocked()
+        yield t, srv
+
+
+def test_profile_over_workload_finds_the_steady_state(bot):
+    t, srv = bot
+    wl = irc_workload(srv, 30)
+    prof = profile(t.pid, workload=wl, baseline=wl)
+    names = prof.function_names()
+    # the steady state: the loop, the line handler, !mem's parser, the one syscall gadget
+    for fn in ("hot_main", "handle_line", "hot_syscall", "read_status", "out_num"):
+        assert fn in names
+    # ... and none of the startup code, which ran before the profile
+    for fn in ("main", "read_line", "copy_arg", "__libc_start_main"):
+        assert fn not in names
+    data = {d.name: d for d in prof.data}
+    assert data["linebuf"].writes > 0 and data["linebuf"].reads > 0
+    assert data["s_ping"].reads > 0 and data["s_ping"].writes == 0
+    assert "hot_main" in data["linebuf"].by
+    assert prof.stack.root == "hot_main"
+    assert 0 < prof.stack.peak_depth < 1024
+    assert prof.results["unchanged"] is True
+    assert prof.results["profiled"]["!ping"] == "pong"
+    assert prof.overhead.steps > 1000 and prof.overhead.slowdown > 1
+    assert prof.reason_stopped == "idle"
+    assert prof.signals.caught == [] and signal.SIGPIPE in prof.signals.ignored
+    # the target is released and unharmed: not traced, still serving correctly
+    assert _tracer(t.pid) == 0
+    srv.ping(50)
+    assert srv.command("!ping") == "pong"
+    assert set(srv.command("!mem")) >= {"VmRSS", "VmSize"}
+
+
+def test_profile_json_round_trip_and_png(bot, tmp_path):
+    t, srv = bot
+    prof = profile(t.pid, workload=irc_workload(srv, 5))
+    path = tmp_path / "p.json"
+    prof.save(path)
+    again = Profile.load(path)
+    assert again == prof
+    render_png(prof, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_for_seconds_while_idle_leaves_the_target_working(bot):
+    """Stepping into a blocking read and giving up there must not leave a SIGTRAP behind (its
+    default action would kill the bot once we detach)."""
+    t, srv = bot
+    prof = profile(t.pid, seconds=0.3)
+    assert prof.reason_stopped == "time"
+    assert "hot_syscall" in prof.function_names()
+    assert _tracer(t.pid) == 0
+    srv.ping(10)
+    assert srv.command("!ping") == "pong"
+    assert t.proc.poll() is None
+
+
+def test_profile_refuses_blocked_sigtrap():
+    def block_trap():
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTRAP])
+
+    p = subprocess.Popen(["sleep", "30"], preexec_fn=block_trap)
+    try:
+        with pytest.raises(UnsupportedTarget, match="SIGTRAP"):
+            profile(p.pid, seconds=0.1)
+        assert p.poll() is None and _tracer(p.pid) == 0
+    finally:
+        p.kill()
+        p.wait(timeout=5)
+
+
+def test_profile_no_such_process():
+    with pytest.raises(NoSuchProcess):
+        profile(2**22 - 3, seconds=0.1)
+
+
+def test_cli_profile_json(bot, tmp_path):
+    t, srv = bot
+    out = tmp_path / "p.json"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "remap",
+            "profile",
+            str(t.pid),
+            "--for",
+            "0.2",
+            "--json",
+            "-o",
+            str(out),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["pid"] == t.pid and d["exe"].endswith("minibot-auto")
+    assert "trace" not in d
+    assert Profile.load(out).stack.root
+    assert srv.command("!ping") == "pong"
+
+
+def test_cli_profile_errors_are_one_line():
+    res = subprocess.run(
+        [sys.executable, "-m", "remap", "profile", str(2**22 - 3), "--for", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "REMAP_DEBUG": ""},
+    )
+    assert res.returncode == 3
+    assert res.stderr.count("\n") == 1 and "no such process" in res.stderr
