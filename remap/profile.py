@@ -400,9 +400,10 @@ def _trap_pending(tid: int) -> bool:
     """SIGTRAP queued for the thread (SigPnd) or the process (ShdPnd)."""
     with open(f"/proc/{tid}/status") as f:
         for line in f:
-            if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) >> (
-                K.SIGTRAP - 1
-            ) & 1:
+            if (
+                line.startswith(("SigPnd:", "ShdPnd:"))
+                and int(line.split()[1], 16) >> (K.SIGTRAP - 1) & 1
+            ):
                 return True
     return False
 
