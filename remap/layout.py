@@ -36,6 +36,7 @@ import io
 import os
 import shlex
 import shutil
+import struct
 import subprocess
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -101,14 +102,11 @@ class ObjectFile:
 
     @cached_property
     def symbols(self) -> list[tuple[str, str, str, int | str]]:
-        """(name, type, bind, section index or 'SHN_UNDEF'...) of every symbol."""
-        tab = self.elf.get_section_by_name(".symtab")
-        if tab is None:
-            return []
-        return [
-            (s.name, s["st_info"]["type"], s["st_info"]["bind"], s["st_shndx"])
-            for s in tab.iter_symbols()
-        ]
+        """(name, type, bind, section index or 'SHN_UNDEF'...) of every symbol.
+
+        Read with struct, not pyelftools: finding one static function means reading the
+        symbol tables of all ~1,300 members of libc.a, ~40x faster this way."""
+        return _raw_symbols(self.data)
 
     def defines(self, name: str, *, local_ok: bool = True) -> InputSection | None:
         for n, typ, bind, shndx in self.symbols:
@@ -139,6 +137,38 @@ class ObjectFile:
                 local = self.sections[shndx] if isinstance(shndx, int) and shndx else None
                 out.append((local, sym.name))
         return out
+
+
+_STT_NAMES = {0: "STT_NOTYPE", 1: "STT_OBJECT", 2: "STT_FUNC", 3: "STT_SECTION", 4: "STT_FILE",
+              6: "STT_TLS"}  # fmt: skip
+_STB_NAMES = {0: "STB_LOCAL", 1: "STB_GLOBAL", 2: "STB_WEAK"}
+_SHN_NAMES = {0: "SHN_UNDEF", 0xFFF1: "SHN_ABS", 0xFFF2: "SHN_COMMON"}
+
+
+def _raw_symbols(data: bytes) -> list[tuple[str, str, str, int | str]]:
+    """Symbols of a little-endian ELF64 relocatable object (the .symtab), parsed with struct."""
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        return []
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    out: list[tuple[str, str, str, int | str]] = []
+    for i in range(shnum):
+        _n, typ, _f, _a, off, size, link, _i, _al, entsize = struct.unpack_from(
+            "<IIQQQQIIQQ", data, shoff + i * shentsize
+        )
+        if typ != 2:  # SHT_SYMTAB
+            continue
+        stroff = struct.unpack_from("<Q", data, shoff + link * shentsize + 0x18)[0]
+        for k in range(size // (entsize or 24)):
+            name, info, _other, shndx = struct.unpack_from("<IBBH", data, off + k * 24)
+            end = data.index(b"\0", stroff + name)
+            out.append((
+                data[stroff + name : end].decode(errors="replace"),
+                _STT_NAMES.get(info & 0xF, "STT_OTHER"),
+                _STB_NAMES.get(info >> 4, "STB_OTHER"),
+                _SHN_NAMES.get(shndx, shndx),
+            ))  # fmt: skip
+    return out
 
 
 def read_archive(path: str) -> list[ObjectFile]:
@@ -490,15 +520,16 @@ SECTIONS
 
 # ---------------------------------------------------------------------------- building
 def musl_libc() -> Path:
-    """musl's static libc.a, as musl-gcc links it."""
-    if shutil.which("musl-gcc"):
-        out = subprocess.run(["musl-gcc", "-print-file-name=libc.a"], capture_output=True,
-                             text=True).stdout.strip()  # fmt: skip
-        if out and os.path.isabs(out) and os.path.isfile(out):
-            return Path(out)
-    for p in ("/usr/lib/x86_64-linux-musl/libc.a", "/usr/lib/musl/lib/libc.a"):
-        if os.path.isfile(p):
-            return Path(p)
+    """musl's static libc.a, as musl-gcc links it (its specs file names the directory;
+    ``musl-gcc -print-file-name`` would answer with glibc's)."""
+    specs = Path("/usr/lib/x86_64-linux-musl/musl-gcc.specs")
+    dirs = []
+    if specs.is_file():
+        dirs += [w[2:] for w in specs.read_text().split() if w.startswith("-L") and len(w) > 2]
+    dirs += ["/usr/lib/x86_64-linux-musl", "/usr/lib/musl/lib", "/usr/local/musl/lib"]
+    for d in dirs:
+        if os.path.isfile(os.path.join(d, "libc.a")):
+            return Path(d) / "libc.a"
     raise ExperimentError("musl's libc.a not found (apt-get install musl-tools)")
 
 
