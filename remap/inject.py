@@ -321,6 +321,38 @@ def preflight(pid: int, *, suspend_seccomp: bool = False) -> None:
                 )
 
 
+# ------------------------------------------------------------------------------ interrupts
+class _Interrupts:
+    """SIGINT/SIGTERM to the driver while a session is open: raised as KeyboardInterrupt, but
+    never in the middle of a session operation (e.g. between the kernel mapping scratch and
+    Python recording it): inside one they are held and raised when it returns."""
+
+    busy = 0
+    pending = 0
+
+
+def _atomic(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        _Interrupts.busy += 1
+        try:
+            return fn(*a, **kw)
+        finally:
+            _Interrupts.busy -= 1
+            if _Interrupts.pending and not _Interrupts.busy:
+                sig, _Interrupts.pending = _Interrupts.pending, 0
+                raise KeyboardInterrupt(signal.Signals(sig).name)
+
+    return wrapper
+
+
+def _on_interrupt(signum: int, frame: Any) -> None:
+    if _Interrupts.busy:
+        _Interrupts.pending = signum
+        return
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 # ------------------------------------------------------------------------------ the session
 @dataclass
 class _Thread:
@@ -480,6 +512,7 @@ class Session:
             self._t_unprotected = time.monotonic_ns()
 
     # ---- seize
+    @_atomic
     def _seize(self) -> None:
         lib = self._lib
         opts = K.PTRACE_O_TRACESYSGOOD
@@ -744,6 +777,7 @@ class Session:
         with contextlib.suppress(OSError):
             self._raw_write(old, orig)
 
+    @_atomic
     def syscall(self, name_or_nr: str | int, *args: int, tid: int | None = None) -> int:
         """Run one syscall in the target (thread tid, default the main thread) and return rax.
 
@@ -868,7 +902,10 @@ class Session:
             self._boot_failed = True
             return self.mmap(0, size, prot, flags)
         regs = {n: getattr(t.call.regs, n) for n in native.REGS}
-        regs.update(rip=self._chain.syscall_ret, rsp=t.frame_at, rax=K.NR_MUNMAP, rdi=hole)
+        # its munmap returns past the frame's first slot (which may already say "cleanup",
+        # i.e. run code in the area just unmapped) straight into the restorer
+        rsp = t.frame_at + 8
+        regs.update(rip=self._chain.syscall_ret, rsp=rsp, rax=K.NR_MUNMAP, rdi=hole)
         regs.update(rsi=size, orig_rax=MASK64)  # type: ignore[union-attr]
         boot = t.orig_at
         self._raw_write(boot, build_boot_frame(boot, regs, self._mask, self._chain.restorer))  # type: ignore[union-attr]
@@ -888,6 +925,7 @@ class Session:
         table pages are free for the caller's data between batches (e.g. a prctl struct)."""
         return self._ensure_scratch() + K.PAGE_SIZE
 
+    @_atomic
     def release_scratch(self) -> None:
         """Unmap the scratch area now (before measuring residency)."""
         if self._scratch:
@@ -901,6 +939,7 @@ class Session:
             self._scratch = 0
             self.munmap(addr, size)
 
+    @_atomic
     def syscalls(self, calls: Sequence[Sequence[Any]], *, tid: int | None = None) -> list[int]:
         """Run many syscalls in one trip each TABLE_PAGES*64 calls; return their results.
 
@@ -1034,6 +1073,7 @@ class Session:
         t = self._threads[self.pid if tid is None else tid]
         return {name: getattr(t.resume, name) for name in native.REGS}
 
+    @_atomic
     def set_resume_regs(self, tid: int | None, regs: dict[str, int]) -> None:
         """Change registers thread tid resumes with (any subset of names), e.g. a moved rsp."""
         t = self._threads[self.pid if tid is None else tid]
@@ -1049,6 +1089,7 @@ class Session:
         """The signal mask thread tid will resume with."""
         return self._threads[self.pid if tid is None else tid].resume_mask
 
+    @_atomic
     def set_resume_sigmask(self, tid: int | None, mask: int) -> None:
         """Make thread tid resume with this blocked-signal mask (kept after detach)."""
         t = self._threads[self.pid if tid is None else tid]
@@ -1057,6 +1098,7 @@ class Session:
             self._write_frame(t)
 
     # ---- the cure: one way out
+    @_atomic
     def close(self) -> None:
         """Restore everything and detach.  Idempotent; keeps going past errors, raises the first."""
         if self._closed:
@@ -1138,6 +1180,7 @@ class Session:
                 t.ran = t.regs_dirty = False
                 t.signals = []
 
+    @_atomic
     def run(self, seconds: float) -> None:
         """Let the process run for `seconds` while staying attached, then stop it again.
 
@@ -1219,7 +1262,7 @@ def attach(pid: int, *, pin: bool = True, suspend_seccomp: bool = False) -> Iter
     """
     s = Session(pid, pin=pin, suspend_seccomp=suspend_seccomp)
     s._open_pidfd()  # the process we check is the one we seize (PIDs get reused)
-    old_term = _trap_sigterm()
+    old = _trap_interrupts()
     try:
         preflight(pid, suspend_seccomp=suspend_seccomp)
         s._plan_chain()  # file reads before the stop, not during
@@ -1233,20 +1276,22 @@ def attach(pid: int, *, pin: bool = True, suspend_seccomp: bool = False) -> Iter
         s.close()
     finally:
         s._close_pidfd()
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt("SIGTERM")
-
-
-def _trap_sigterm() -> Any:
-    """Turn SIGTERM into KeyboardInterrupt while a session is open, so the cure runs."""
+def _trap_interrupts() -> dict[int, Any]:
+    """While a session is open, SIGINT and SIGTERM (if nobody else handles them) become a
+    KeyboardInterrupt at the next safe point, so the cure runs; returns what to put back."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    old = signal.getsignal(signal.SIGTERM)
-    if old is not signal.SIG_DFL:
-        return None
-    signal.signal(signal.SIGTERM, _on_sigterm)
+        return {}
+    old = {}
+    for sig, default in (
+        (signal.SIGINT, signal.default_int_handler),
+        (signal.SIGTERM, signal.SIG_DFL),
+    ):
+        h = signal.getsignal(sig)
+        if h is default or (sig == signal.SIGINT and h is signal.SIG_DFL):
+            old[sig] = h
+            signal.signal(sig, _on_interrupt)
     return old

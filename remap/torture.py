@@ -165,7 +165,7 @@ def health(w: Worker, *, full: bool = True) -> list[str]:
     try:
         tids = [int(t) for t in os.listdir(f"/proc/{w.pid}/task")]
         for tid in tids:
-            with contextlib.suppress(FileNotFoundError):  # short-lived threads come and go
+            with contextlib.suppress(OSError):  # short-lived threads come and go
                 st = _status(f"/proc/{w.pid}/task/{tid}/status")
                 if st.get("TracerPid", "0") != "0":
                     bad.append(f"thread {tid} still traced by {st['TracerPid']}")
@@ -212,18 +212,25 @@ def session_loop(pid: int, counters: Any, *, suspend_seccomp: bool = False) -> N
 
 
 def _fork_driver(pid: int, suspend_seccomp: bool, counters: Any) -> int:
+    # SIGINT/SIGTERM stay blocked across the fork until the child's handlers are in place:
+    # one sent early waits instead of landing in the interpreter's after-fork hooks.
+    stop = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     child = os.fork()
-    if child == 0:  # the driver: never returns
+    if child:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        return child
+    code = 0  # the driver: never returns
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        session_loop(pid, counters, suspend_seccomp=suspend_seccomp)
+    except KeyboardInterrupt:
         code = 0
-        try:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            session_loop(pid, counters, suspend_seccomp=suspend_seccomp)
-        except KeyboardInterrupt:
-            code = 0
-        except BaseException:
-            code = 1
-        os._exit(code)
-    return child
+    except BaseException:
+        code = 1
+    os._exit(code)
 
 
 def _reap(child: int, timeout: float) -> int | None:
