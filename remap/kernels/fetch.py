@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -133,7 +134,7 @@ def boot_image(img: KernelImage) -> Path:
     elf = _decompress_bzimage(img.vmlinuz.read_bytes())
     if elf is None:
         return img.vmlinuz
-    tmp = img.vmlinux.with_suffix(".tmp")
+    tmp = img.vmlinux.with_suffix(f".{os.getpid()}.tmp")  # concurrent runs never share a file
     tmp.write_bytes(elf)
     tmp.rename(img.vmlinux)
     return img.vmlinux

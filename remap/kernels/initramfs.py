@@ -128,7 +128,7 @@ def build(img: KernelImage) -> Path:
         w.file(f"modules/{_modname(m)}.ko", m.read_bytes(), 0o644)
         names.append(_modname(m))
     w.file("modules.order", ("\n".join(names) + "\n").encode(), 0o644)
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")  # concurrent builders never share a file
     tmp.write_bytes(w.finish())
     tmp.rename(out)
     for old in img.root.glob("initramfs-*.cpio"):
