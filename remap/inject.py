@@ -246,6 +246,17 @@ def build_frame(at: int, regs: dict[str, int], mask: int, fp: bytes, first: int,
     return head + bytes(FP_OFF - len(head)) + fp
 
 
+def _frame_spot(rsp: int, size: int, *, resident_only: bool = False) -> int:
+    """Where a thread's frames go below rsp - 128: inside the page that holds rsp - 128 when
+    they fit there (that page is resident, and no squeeze drops it), else just below it (which
+    may fault in a stack page) -- or 0 with resident_only."""
+    top = rsp - 128
+    at = (top - size) & ~63
+    if at - BOOT_SIZE >= top & ~(K.PAGE_SIZE - 1):
+        return at
+    return 0 if resident_only else (top - size - 64) & ~63
+
+
 def _free_gap(pid: int, size: int) -> int | None:
     """An address where `size` bytes fit in a free gap of PID's address space, one guard page
     above and below, at least 256 MiB under the stack (room to grow), highest first -- where
@@ -673,7 +684,7 @@ class Session:
             self._unprotect(f"thread {t.tid}: no FP state readable")
             return
         size = frame_size(t.fp)
-        at = (t.resume.rsp - 128 - size - 64) & ~63
+        at = _frame_spot(t.resume.rsp, size)
         try:
             t.orig_at = at - BOOT_SIZE
             t.frame_orig = self._raw_read(t.orig_at, size + BOOT_SIZE)
@@ -704,6 +715,16 @@ class Session:
 
     def _write_frame(self, t: _Thread) -> None:
         regs = rewound({n: getattr(t.resume, n) for n in native.REGS})
+        if t.frame_home == "scratch":
+            # a slot: [evict_cleanup][destination][length][pad], then the frame built for that
+            # destination on the stack, where the stub copies it if the driver dies
+            dest = _frame_spot(t.resume.rsp, t.frame_len)
+            img = build_frame(
+                dest, regs, t.resume_mask, t.fp, self._chain.syscall_ret + 2, self._chain.restorer
+            )  # type: ignore[union-attr]
+            head = struct.pack("<QQQ", self._scratch + native.STUB_EVICT, dest, len(img))
+            self._raw_write(t.frame_at, head.ljust(64, b"\0") + img)
+            return
         f = build_frame(
             t.frame_at, regs, t.resume_mask, t.fp, self._first_return(t), self._chain.restorer
         )  # type: ignore[union-attr]
@@ -745,7 +766,8 @@ class Session:
             if nr == K.NR_MADVISE and a[2] in (K.MADV_COLD, K.MADV_PAGEOUT, K.MADV_WILLNEED):
                 continue
             lo, hi = a[0] & ~4095, a[0] + (a[1] & MASK64)
-            if any(lo <= x < hi + 16 for x in code):
+            # madvise only zeroes anonymous memory (frames); file-backed code just refaults
+            if nr != K.NR_MADVISE and any(lo <= x < hi + 16 for x in code):
                 self._unprotect(f"{syscall_name(nr)} over the chain's code at {lo:#x}")
                 return
             for t in self._threads.values():
@@ -754,13 +776,26 @@ class Session:
                     and lo < t.orig_at + len(t.frame_orig)
                     and t.orig_at < hi
                 ):
-                    self._evict_frame(t)
+                    self._evict_frame(t, lo, hi)
 
-    def _evict_frame(self, t: _Thread) -> None:
-        """Move t's frame from its stack (about to be dropped) into a scratch slot.  A driver
-        killed after this leaves the scratch mapping behind (nothing else)."""
+    def _evict_frame(self, t: _Thread, lo: int, hi: int) -> None:
+        """Move t's frames out of [lo, hi) (dead stack the caller is about to drop or use):
+        below t's current resume rsp if that spot is outside [lo, hi) and already resident,
+        else into a scratch slot, from which the stub copies it back onto the stack (faulting
+        that page in) if the driver dies, before unmapping scratch."""
+        at = _frame_spot(t.resume.rsp, t.frame_len, resident_only=True)
+        if at and not (at - BOOT_SIZE < hi and lo < at + t.frame_len):
+            old, orig = t.orig_at, t.frame_orig
+            t.orig_at, t.frame_at = at - BOOT_SIZE, at
+            t.frame_orig = self._raw_read(t.orig_at, t.frame_len + BOOT_SIZE)
+            self._write_frame(t)
+            t.call.regs.rsp = at
+            self._park(t)
+            with contextlib.suppress(OSError):
+                self._raw_write(old, orig)
+            return
         base = self._ensure_scratch()
-        slot = 4096 if t.frame_len > 2048 else 2048
+        slot = 4096 if t.frame_len + 64 > 2048 else 2048
         used = {u.frame_at for u in self._threads.values() if u.frame_home == "scratch"}
         area = base + K.PAGE_SIZE * (1 + TABLE_PAGES)
         for at in range(area, area + FRAME_PAGES * K.PAGE_SIZE, slot):
@@ -1029,7 +1064,7 @@ class Session:
         A safety frame in the way moves to scratch first (the caller uses that dead stack)."""
         if self._chain is not None:
             for t in self._stack_frames(addr, len(data)):
-                self._evict_frame(t)
+                self._evict_frame(t, addr, addr + len(data))
         self._raw_write(addr, data)
 
     def _raw_write(self, addr: int, data: bytes) -> None:
@@ -1120,6 +1155,8 @@ class Session:
             attempt(self.release_scratch)
         for t in list(self._threads.values()):
             attempt(self._release_thread, t)
+        if self._t_unprotected:
+            self.windows_ns["unprotected"] = time.monotonic_ns() - self._t_unprotected
         self._closed = True
         if self._own_affinity is not None:
             self._lib.rn_setaffinity(0, len(self._own_affinity), self._own_affinity)

@@ -74,6 +74,7 @@ int rn_tgkill(int tgid, int tid, int sig);
 
 # Entry points and header of the assembled stub (csrc/native/batch_stub.S `.org`s)
 STUB_CLEANUP = 0x100
+STUB_EVICT = 0x180
 STUB_HEADER = 0x200
 
 REGS = (

@@ -36,7 +36,7 @@ from typing import Any
 
 from . import inject
 from . import kconst as K
-from .errors import RemapError
+from .errors import RemapError, UnsafeStep
 
 CHECK_TIMEOUT_S = 2.0
 # (n + 1) / 3 is inexact for these: rounded downward (the worker's mode) it differs from the
@@ -193,11 +193,24 @@ def health(w: Worker, *, full: bool = True) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ the driver
-def session_loop(pid: int, counters: Any, *, suspend_seccomp: bool = False) -> None:
+def session_loop(
+    pid: int, counters: Any, *, suspend_seccomp: bool = False, fold: bool = False
+) -> None:
     """Sessions forever, each doing what remap does: single calls, scratch memory written and
-    read back, a batch through the stub.  counters[0] += 1 per session, [1] += bytes checked."""
+    read back, a batch through the stub.  counters[0] += 1 per session, [1] += bytes checked.
+    fold: squeeze and stack-fold sessions instead (remap.fold: dead stack dropped, the live
+    stack relocated, pointers rewritten, then verified)."""
     pattern = bytes(range(256)) * 16
     rw, flags = K.PROT_READ | K.PROT_WRITE, K.MAP_PRIVATE | K.MAP_ANONYMOUS
+    while fold:
+        from . import fold as fold_mod
+
+        try:
+            r = fold_mod.squeeze(pid) if counters[0] % 2 else fold_mod.fold(pid)
+            counters[1] += r.verified_bytes
+        except UnsafeStep:
+            pass  # a refusal is a session too: it stopped, changed nothing, detached
+        counters[0] += 1
     while True:
         with inject.attach(pid, suspend_seccomp=suspend_seccomp) as s:
             s.syscall("getpid")
@@ -211,7 +224,7 @@ def session_loop(pid: int, counters: Any, *, suspend_seccomp: bool = False) -> N
         counters[1] += len(pattern)
 
 
-def _fork_driver(pid: int, suspend_seccomp: bool, counters: Any) -> int:
+def _fork_driver(pid: int, suspend_seccomp: bool, counters: Any, fold: bool = False) -> int:
     # SIGINT/SIGTERM stay blocked across the fork until the child's handlers are in place:
     # one sent early waits instead of landing in the interpreter's after-fork hooks.
     stop = {signal.SIGINT, signal.SIGTERM}
@@ -225,7 +238,7 @@ def _fork_driver(pid: int, suspend_seccomp: bool, counters: Any) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        session_loop(pid, counters, suspend_seccomp=suspend_seccomp)
+        session_loop(pid, counters, suspend_seccomp=suspend_seccomp, fold=fold)
     except KeyboardInterrupt:
         code = 0
     except BaseException:
@@ -266,9 +279,11 @@ def storm(
     seed: int | None = None,
     stop_target: bool = False,
     full_every: int = 10,
+    fold: bool = False,
 ) -> dict[str, Any]:
     """Start a driver, send it SIG after a random delay, check the worker; KILLS times.
 
+    fold: the driver runs fold sessions (see session_loop).
     stop_target: also SIGSTOP the worker at a random moment of each round and SIGCONT it
     after the driver is gone (a job-control stop from outside during a session).
     Returns the figures: sessions, kills, survived, signals_delivered (worker's SIGALRM
@@ -282,7 +297,7 @@ def storm(
     ticks0 = _ticks(w.ask(7))
     verified = 0
     for i in range(kills):
-        child = _fork_driver(w.pid, suspend, counters)
+        child = _fork_driver(w.pid, suspend, counters, fold)
         time.sleep(rng.uniform(0, max_delay_s))
         if stop_target:
             os.kill(w.pid, signal.SIGSTOP)

@@ -12,6 +12,8 @@
  * drops it and the stub goes on to `ret`, which enters the safety chain: pop `cleanup`, unmap
  * this scratch area, pop the restorer, rt_sigreturn into the thread's original context.
  *
+ * offset 0x180, evict_cleanup: the same for a thread whose frame lives in scratch (below).
+ *
  * offset 0x100, cleanup: munmap(scratch) through the `syscall; ret` gadget outside scratch
  * (the next `ret` must not land in the area just unmapped).  The header at 0x200 holds the
  * scratch base, its length and that gadget's address; the tracer writes it once.
@@ -49,6 +51,28 @@ cleanup:
 	mov	$11, %eax		/* munmap(base, len) */
 	mov	hdr_base(%rip), %rdi
 	mov	hdr_len(%rip), %rsi
+	jmp	*hdr_gadget(%rip)
+
+	.org	0x180
+/*
+ * evict_cleanup: the first return of a frame kept in a scratch slot (remap moved it there
+ * because the fold was about to drop the dead stack that held it).  The slot reads
+ *   [rsp] = destination on the thread's stack, [rsp+8] = length, [rsp+56...] = the frame,
+ *   built for that destination.
+ * Copy it there (rep movsb needs no stack), unmap scratch, and go down the ordinary chain
+ * from the copy: rsp = destination + 8, so the gadget's `ret` pops the restorer.
+ */
+evict_cleanup:
+	mov	0(%rsp), %r8
+	mov	8(%rsp), %rcx
+	lea	56(%rsp), %rsi
+	mov	%r8, %rdi
+	cld
+	rep movsb
+	mov	$11, %eax
+	mov	hdr_base(%rip), %rdi
+	mov	hdr_len(%rip), %rsi
+	lea	8(%r8), %rsp
 	jmp	*hdr_gadget(%rip)
 
 	.org	0x200

@@ -12,6 +12,7 @@
 //   catchall handlers on SIGURG, SIGWINCH and SIGCHLD (no ignorable marker: batches go one by one)
 // remap-build: gcc -O2 -pthread -o {out} {src} -lm
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fenv.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -142,6 +143,10 @@ int main(int argc, char **argv)
 		double q = a / b;
 		printf("%ld %llu %.17g %ld\n", n, (unsigned long long)sum, q, ticks);
 		fflush(stdout);
+	}
+	if (ferror(stdin)) { /* a read that failed is damage, not the end of the input */
+		perror("torture_worker: read");
+		return 4;
 	}
 	return 0;
 }
