@@ -326,7 +326,7 @@ def plan_layout(
     for d in prof.data:
         if d.section not in prof.sections or prof.sections[d.section][2] & SHF_WRITE:
             continue  # writable data is taken whole below; the stack is not data
-        if "+" in d.name:
+        if d.name.endswith(" (unnamed)"):
             continue  # unnamed bytes: covered by the relocation closure of the code touching it
         try:
             o, s = li.find(d.name, None)
@@ -642,6 +642,118 @@ def _register_steps() -> None:
         }
         res.extra.update({"profile_steps": prof.overhead.steps, "budget": lay.budget})
         return res
+
+    @step("client-join")
+    def _client_join(ctx: RunContext, params: dict) -> StepResult:
+        """Register an IRC *client* that is not our bot (Debian's sic): write the ``stdin``
+        line (a template over {channel} {nick}; sic joins a channel when ":j #chan" arrives on
+        its stdin), then complete NICK/USER -> 001 -> JOIN like the "register" step."""
+        srv = _client(ctx)
+        line = str(params.get("stdin", ":j {channel}")).format(channel=srv.channel, nick=srv.nick)
+        ctx.launched.proc.stdin.write(line.encode() + b"\n")
+        ctx.launched.proc.stdin.flush()
+        srv.accept_bot()
+        return ctx.measure("client-join")
+
+    @step("pong")
+    def _pong(ctx: RunContext, params: dict) -> StepResult:
+        """N server PINGs, each answer checked (``PONG :tok`` or sic's ``PONG tok``)."""
+        n = int(params.get("n", 100))
+        pong_check(_client(ctx), n, prefix=str(params.get("prefix", "t")))
+        return ctx.measure("pong", pings=n)
+
+    @step("profile-layout")
+    def _profile_layout(ctx: RunContext, params: dict) -> StepResult:
+        """Profile the client over ``pings`` PINGs (checked against an unprofiled run), then
+        try the one-page layout with its link inputs (TARGET.o + musl's libc.a): record the
+        budget, or the refusal and what stands in the way (largest writable objects, heap)."""
+        srv = _client(ctx)
+        pings = int(params.get("pings", 100))
+        ctx.wait_idle()
+        counter = iter(range(1_000_000))
+
+        def wl() -> int:
+            return pong_check(srv, pings, prefix=f"p{next(counter)}-")
+
+        prof = profile(ctx.pid, workload=wl, baseline=wl)
+        ctx.wait_idle()
+        exe = Path(os.readlink(f"/proc/{ctx.pid}/exe"))  # behind a wrapper: the real program
+        obj = exe.with_name(exe.name + ".o")
+        try:
+            lay = plan_layout(prof, [obj, musl_libc()])
+            verdict: dict = {"fits": True, "budget": lay.budget}
+        except (UnsafeStep, UsageError) as e:
+            verdict = {"fits": False, "refusal": str(e)}
+        try:  # the floor: only what ran (no calls the profile did not see)
+            plan_layout(prof, [obj, musl_libc()], closure=False)
+            verdict["executed_only"] = "fits"
+        except (UnsafeStep, UsageError) as e:
+            verdict["executed_only"] = str(e)
+        ctx.fields["profile"] = {
+            "functions": len(prof.functions),
+            "function_names": prof.function_names(),
+            "data_touched": [[d.name, d.size, d.section] for d in prof.data],
+            "peak_stack_depth": prof.stack.peak_depth,
+            "root": prof.stack.root,
+            "outside_exe_steps": prof.outside,
+            "signals_caught": prof.signals.caught,
+            "results_unchanged": prof.results.get("unchanged", False),
+            "steps": prof.overhead.steps,
+            "us_per_step": prof.overhead.us_per_step,
+            "slowdown": prof.overhead.slowdown,
+            "writable_bytes": sum(v[1] for v in prof.sections.values() if v[2] & SHF_WRITE),
+            "largest_writable_objects": writable_objects(exe),
+            "layout": verdict,
+        }
+        return ctx.measure("profile-layout")
+
+    @step("client-check")
+    def _client_check(ctx: RunContext, params: dict) -> StepResult:
+        """The client still answers a PING.  Last step: the runner's own final check asks a
+        *bot* for "!ping", which a plain client ignores, so the server is closed here."""
+        pong_check(_client(ctx), 1, prefix="final-")
+        ctx.fields["client_ok"] = True
+        res = ctx.measure("client-check")
+        ctx.irc.close()
+        ctx.irc = None
+        return res
+
+
+def _client(ctx):
+    if ctx.irc is None:
+        raise ExperimentError("this step needs target.irc = true (an IRC client target)")
+    return ctx.irc
+
+
+def pong_check(srv, n: int, prefix: str = "t") -> int:
+    """Send N ``PING :PREFIXi`` and check each answer, in order: ``PONG :tok`` (RFC 1459) or
+    ``PONG tok`` (what sic sends).  Returns N; IrcError at the first wrong or missing one."""
+    from .ircd import IrcError
+
+    for i in range(n):
+        tok = f"{prefix}{i}"
+        srv.send(f"PING :{tok}")
+        got = srv.readline()
+        if got not in (f"PONG :{tok}", f"PONG {tok}"):
+            raise IrcError(f"PING {i} of {n}: expected PONG {tok}, got {got!r}")
+    return n
+
+
+def writable_objects(path: Path, top: int = 8) -> list[list]:
+    """The TOP largest objects in writable sections of PATH: [name, bytes, section]."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        secs = list(elf.iter_sections())
+        tab = elf.get_section_by_name(".symtab")
+        out = []
+        for sym in tab.iter_symbols() if tab else []:
+            i = sym["st_shndx"]
+            if sym["st_info"]["type"] == "STT_OBJECT" and isinstance(i, int) and sym["st_size"]:
+                if secs[i]["sh_flags"] & SHF_WRITE:
+                    out.append([sym.name, sym["st_size"], secs[i].name])
+    return sorted(out, key=lambda x: (-x[1], x[0]))[:top]
 
 
 _register_steps()

@@ -205,13 +205,22 @@ class _Exe:
         funcs: list[_Sym] = []
         objs: list[_Sym] = []
         tab = elf.get_section_by_name(".symtab")
+        labels: list[tuple[int, str, str]] = []  # size-0 code symbols (musl's assembly)
         for sym in tab.iter_symbols() if tab is not None else []:
             kind = _STT.get(sym["st_info"]["type"])
             shndx = sym["st_shndx"]
-            if kind is None or not sym["st_size"] or not isinstance(shndx, int) or kind == "tls":
+            if not isinstance(shndx, int) or not shndx or kind == "tls":
                 continue
-            s = _Sym(sym["st_value"], sym["st_size"], sym.name, kind, index_name.get(shndx, "?"))
+            sec = index_name.get(shndx, "?")
+            if not sym["st_size"]:
+                if kind in ("func", None) and sym.name and self.sections.get(sec, [0, 0, 0])[2] & 4:
+                    labels.append((sym["st_value"], sym.name, sec))
+                continue
+            if kind is None:
+                continue
+            s = _Sym(sym["st_value"], sym["st_size"], sym.name, kind, sec)
             (funcs if kind == "func" else objs).append(s)
+        funcs += _sized_labels(labels, funcs, self.sections)
         self.funcs = _dedup(funcs)
         self.objs = _dedup(objs)
         self._fa = [s.addr for s in self.funcs]
@@ -238,6 +247,26 @@ class _Exe:
                 k = vaddr - va
                 return self.raw[off + k : off + min(filesz, k + n)]
         return None
+
+
+def _sized_labels(
+    labels: list[tuple[int, str, str]], funcs: list[_Sym], sections: dict[str, list[int]]
+) -> list[_Sym]:
+    """Give size-0 code labels (hand-written assembly such as musl's __syscall_cp_asm) the
+    bytes up to the next symbol, so the instructions there are attributed to a name."""
+    starts = sorted({f.addr for f in funcs} | {a for a, _n, _s in labels})
+    sized = sorted((f.addr, f.addr + f.size) for f in funcs)
+    out = []
+    for addr, name, sec in sorted(labels):
+        i = bisect.bisect_right(sized, (addr, 1 << 64)) - 1
+        if i >= 0 and sized[i][0] <= addr < sized[i][1]:
+            continue  # inside a sized function already
+        j = bisect.bisect_right(starts, addr)
+        sa, sn = sections[sec][0], sections[sec][1]
+        end = min(starts[j] if j < len(starts) else sa + sn, sa + sn)
+        if end > addr:
+            out.append(_Sym(addr, end - addr, name, "func", sec))
+    return out
 
 
 def _dedup(syms: list[_Sym]) -> list[_Sym]:
@@ -639,8 +668,8 @@ def profile(
                 key = _mapping_name(maps, ea)
                 addr, sz, sec = ea, size, key
             else:
-                sec, sa = where
-                key, addr, sz, sec = f"{sec}+{v - sa:#x}", v, size, sec
+                sec, _sa = where  # unnamed bytes (string literals...): one entry per section
+                key, addr, sz = f"{sec} (unnamed)", v, size
         d = data.get(key)
         if d is None:
             d = data[key] = DataHit(key, addr, sz, sec, 0, 0, [])
