@@ -812,6 +812,22 @@ class Session:
         with contextlib.suppress(OSError):
             self._raw_write(old, orig)
 
+    def _home_to_stack(self, t: _Thread) -> None:
+        """Bring an evicted frame back below t's resume rsp (before scratch goes): in the
+        resident part of its stack page if it fits, else just below (faulting a page in)."""
+        at = _frame_spot(t.resume.rsp, t.frame_len, resident_only=True) or _frame_spot(
+            t.resume.rsp, t.frame_len
+        )
+        try:
+            orig = self._raw_read(at - BOOT_SIZE, t.frame_len + BOOT_SIZE)
+        except OSError:
+            self._unprotect(f"thread {t.tid}: no stack left for its frame")
+            return
+        t.orig_at, t.frame_orig, t.frame_at, t.frame_home = at - BOOT_SIZE, orig, at, "stack"
+        self._write_frame(t)
+        t.call.regs.rsp = at
+        self._park(t)
+
     @_atomic
     def syscall(self, name_or_nr: str | int, *args: int, tid: int | None = None) -> int:
         """Run one syscall in the target (thread tid, default the main thread) and return rax.
@@ -965,9 +981,9 @@ class Session:
         """Unmap the scratch area now (before measuring residency)."""
         if self._scratch:
             addr, size = self._scratch, self._scratch_len
-            in_scratch = [t for t in self._threads.values() if t.frame_home == "scratch"]
-            if in_scratch:  # those frames go with the area: no chain after this
-                self._unprotect("scratch released while it held safety frames")
+            for t in self._threads.values():
+                if t.frame_at and t.frame_home == "scratch" and self._chain is not None:
+                    self._home_to_stack(t)
             for t in self._threads.values():  # first return: a bare `ret` from now on
                 if t.frame_at and t.frame_home == "stack" and self._chain is not None:
                     self._raw_write(t.frame_at, struct.pack("<Q", self._chain.syscall_ret + 2))

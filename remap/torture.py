@@ -102,7 +102,7 @@ def start_worker(path: Path | str, modes: list[str] | tuple[str, ...] = ()) -> W
     _wait_sleeping(w.pid, CHECK_TIMEOUT_S)
     w.baseline = {
         "hash": buffer_hash(w),
-        "masks": _thread_field(w.pid, "SigBlk", main_only=True),
+        "masks": _mask(w.pid),
         "cpus": _thread_field(w.pid, "Cpus_allowed_list", main_only=True),
         "answers": {n: _stable(w.ask(n)) for n in QUERIES},
         "ticks": _ticks(w.ask(7)),
@@ -140,6 +140,12 @@ def _thread_field(pid: int, name: str, main_only: bool = False) -> dict[int, str
     return out
 
 
+def _mask(pid: int) -> int:
+    """The main thread's blocked signals, without SIGALRM (blocked while its handler runs)."""
+    blk = int(_status(f"/proc/{pid}/status").get("SigBlk", "0"), 16)
+    return blk & ~(1 << (K.SIGALRM - 1))
+
+
 def _state(pid: int, tid: int) -> str:
     with open(f"/proc/{pid}/task/{tid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
@@ -172,8 +178,8 @@ def health(w: Worker, *, full: bool = True) -> list[str]:
                 state = _state(w.pid, tid)
                 if state in ("T", "t", "Z"):
                     bad.append(f"thread {tid} left in state {state}")
-        if _thread_field(w.pid, "SigBlk", main_only=True) != w.baseline["masks"]:
-            bad.append(f"signal mask changed: {_thread_field(w.pid, 'SigBlk', main_only=True)}")
+        if _mask(w.pid) != w.baseline["masks"]:
+            bad.append(f"signal mask changed: {_mask(w.pid):#x}")
         if _thread_field(w.pid, "Cpus_allowed_list", main_only=True) != w.baseline["cpus"]:
             bad.append("CPU affinity left pinned")
         with open(f"/proc/{w.pid}/maps") as f:
