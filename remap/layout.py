@@ -51,6 +51,7 @@ RED_ZONE = 128
 FOLD_MARGIN = 512  # remap.fold.steps.single_page keeps this free below the moved frames
 ARGV_ALLOWANCE = 128  # the fold moves the argv strings into the reserve too
 DEFAULT_MARGIN = RED_ZONE + FOLD_MARGIN + ARGV_ALLOWANCE + 64  # + 64: frames keep alignment
+PROFILE_CAP_S = 300.0  # experiment steps: a profile that runs longer than this is cut there
 COLD_TEXT = ".text.unlikely .text.*_unlikely .text.unlikely.* .text.startup .text.startup.*"
 
 
@@ -609,7 +610,7 @@ def _register_steps() -> None:
         name = ctx.case.target.name
         ctx.wait_idle()
         wl = irc_workload(ctx.irc, pings)
-        prof = profile(ctx.pid, workload=wl, baseline=wl)
+        prof = profile(ctx.pid, seconds=PROFILE_CAP_S, workload=wl, baseline=wl)
         res = ctx.measure("auto-layout")  # the profiled bot, idle again: must still be alive
         out = build_dir() / "auto"
         obj = compile_target(name, out)
@@ -675,7 +676,7 @@ def _register_steps() -> None:
         def wl() -> int:
             return pong_check(srv, pings, prefix=f"p{next(counter)}-")
 
-        prof = profile(ctx.pid, workload=wl, baseline=wl)
+        prof = profile(ctx.pid, seconds=PROFILE_CAP_S, workload=wl, baseline=wl)
         ctx.wait_idle()
         exe = Path(os.readlink(f"/proc/{ctx.pid}/exe"))  # behind a wrapper: the real program
         obj = exe.with_name(exe.name + ".o")

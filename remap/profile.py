@@ -495,6 +495,12 @@ def profile(
     if seconds is not None and not 0 < seconds <= 600:
         raise UsageError(f"profile duration must be 0..600 s (got {seconds})")
     preflight(pid)
+    nthreads = len(os.listdir(f"/proc/{pid}/task"))
+    if nthreads != 1:
+        raise UnsupportedTarget(
+            f"process {pid} has {nthreads} threads; the profiler single-steps one-threaded "
+            "programs only (the others would run unobserved)"
+        )
     sigs = _signals(pid)
     if K.SIGTRAP in sigs.blocked or K.SIGTRAP in sigs.ignored:
         raise UnsupportedTarget(

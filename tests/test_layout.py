@@ -164,3 +164,18 @@ def test_cli_layout(prof, obj, tmp_path):
     )
     assert res.returncode == 6 and res.stderr.count("\n") == 1
     assert "does not fit in one page" in res.stderr
+
+
+def test_auto_single_page_experiment_one_run():
+    """The suite's round trip, once: profile -> script -> relink -> fold -> 4 kB after PINGs."""
+    from remap.experiment import runner, spec
+
+    exp = spec.load("auto-single-page-minibot")
+    (rec,) = runner.run(exp, repeat=1, command="pytest")
+    assert rec["target_ok"], rec["error"]
+    assert rec["final_rss_kb"] == 4
+    steps = {s["name"]: s for s in rec["steps"]}
+    assert steps["ping-watch"]["max_rss_kb"] == 4
+    auto = rec["auto_layout"]
+    assert auto["results_unchanged"] and auto["budget"]["total"] <= 4096
+    assert "hot_main" in auto["functions"] and "main" not in auto["functions"]

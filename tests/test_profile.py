@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -142,3 +143,14 @@ def test_cli_profile_errors_are_one_line():
     )
     assert res.returncode == 3
     assert res.stderr.count("\n") == 1 and "no such process" in res.stderr
+
+
+def test_profile_refuses_threads(spawn):
+    t = spawn("inject_threads", "default", "spawn", "2")
+    t.wait_blocked()
+    deadline = time.monotonic() + 5
+    while len(os.listdir(f"/proc/{t.pid}/task")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(UnsupportedTarget, match="threads"):
+        profile(t.pid, seconds=0.1)
+    assert _tracer(t.pid) == 0 and t.proc.poll() is None
