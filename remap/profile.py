@@ -46,7 +46,14 @@ from pathlib import Path
 from typing import Any
 
 from . import kconst as K
-from .errors import AccessDenied, NoSuchProcess, RemapError, UnsupportedTarget, UsageError
+from .errors import (
+    AccessDenied,
+    NoSuchProcess,
+    RemapError,
+    UnsafeStep,
+    UnsupportedTarget,
+    UsageError,
+)
 from .inject import preflight
 
 MAX_STEPS = 50_000_000  # a bound on every profile: ~10 min of stepping at ~10 us a step
@@ -180,7 +187,6 @@ class _Exe:
     def __init__(self, path: str):
         from elftools.elf.elffile import ELFFile
 
-        self.path = path
         with open(path, "rb") as f:
             raw = f.read()
         self.sha256 = hashlib.sha256(raw).hexdigest()
@@ -471,6 +477,25 @@ def _last_cpu(pid: int) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[36])
 
 
+@dataclass
+class _Seen:
+    """What the step loop observed, raw (addresses in the target), attributed afterwards."""
+
+    counts: Counter = field(default_factory=Counter)  # rip -> executions
+    first_seen: dict[int, int] = field(default_factory=dict)  # rip -> first step index
+    touched: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+    # (address, size) -> [reads, writes, rip of the first instruction that touched it]
+    trace: list[int] = field(default_factory=list)
+    min_rsp: int = 1 << 64
+    max_rsp: int = 0
+    max_rsp_rbp: int = 0
+    max_rsp_rip: int = 0
+    min_touch: int = 1 << 64  # lowest stack address accessed by an operand
+    steps: int = 0
+    reason: str = "idle"
+    stopped: bool = False  # the target sits in a ptrace stop (else: running/blocked)
+
+
 def profile(
     pid: int,
     seconds: float | None = None,
@@ -488,30 +513,16 @@ def profile(
     baseline: the same workload, run once *unprofiled* first: its time gives the overhead and
       its return value must equal the profiled one (else UnsafeStep: profiling changed results).
     """
-    from .errors import UnsafeStep
-
     if workload is None and seconds is None:
         raise UsageError("profile needs a workload or a duration (--for SECONDS)")
     if seconds is not None and not 0 < seconds <= 600:
         raise UsageError(f"profile duration must be 0..600 s (got {seconds})")
-    preflight(pid)
-    nthreads = len(os.listdir(f"/proc/{pid}/task"))
-    if nthreads != 1:
-        raise UnsupportedTarget(
-            f"process {pid} has {nthreads} threads; the profiler single-steps one-threaded "
-            "programs only (the others would run unobserved)"
-        )
-    sigs = _signals(pid)
-    if K.SIGTRAP in sigs.blocked or K.SIGTRAP in sigs.ignored:
-        raise UnsupportedTarget(
-            f"process {pid} blocks or ignores SIGTRAP: single-stepping would reset its handler"
-        )
+    sigs = _check_target(pid)
     exe_path = os.readlink(f"/proc/{pid}/exe")
     exe = _Exe(f"/proc/{pid}/exe")
-    exe.path = exe_path
     maps = _maps(pid)
     if exe.pie:
-        exe.base = min(lo - off for lo, hi, off, path in maps if path == exe_path)
+        exe.base = min(lo - off for lo, _hi, off, path in maps if path == exe_path)
     stack = next(((lo, hi) for lo, hi, _o, p in maps if p == "[stack]"), (0, 0))
     dec = _Decoder()
 
@@ -521,15 +532,6 @@ def profile(
         t0 = time.monotonic()
         results["unprofiled"] = baseline()
         base_s = time.monotonic() - t0
-
-    counts: Counter[int] = Counter()
-    first_seen: dict[int, int] = {}
-    touched: dict[tuple[int, int], list[int]] = {}  # (addr, size) -> [reads, writes, rip]
-    trace: list[int] = []
-    min_rsp = 1 << 64
-    max_rsp, max_rsp_rbp, max_rsp_rip = 0, 0, 0
-    min_touch = 1 << 64
-    outside: Counter[str] = Counter()
 
     done = threading.Event()
     err: list[BaseException] = []
@@ -543,126 +545,200 @@ def profile(
             done.set()
 
     st = _Stepper(pid)
+    seen = _Seen()
+    worker = threading.Thread(target=run_workload, daemon=True) if workload else None
     own_cpus = os.sched_getaffinity(0)
     with contextlib.suppress(OSError):  # same-CPU ptrace stops are ~20x cheaper (DESIGN 5.7)
         os.sched_setaffinity(0, {_last_cpu(pid)})
     cpu0 = time.thread_time()
     t0 = time.monotonic()
-    deadline = t0 + seconds if seconds is not None else None
-    stopped = False
-    reason = "idle"
-    worker = threading.Thread(target=run_workload, daemon=True) if workload else None
-    n = 0
     try:
         st.seize()
-        stopped = True
+        seen.stopped = True
         if worker:
             worker.start()
-        regs = st.regs
-        fs_base, gs_base = regs.fs_base, regs.gs_base
-        sig = 0
-        cache = dec.cache
-        while n < max_steps:
-            rip = regs.rip
-            rsp = regs.rsp
-            counts[rip] += 1
-            if rip not in first_seen:
-                first_seen[rip] = n
-            if n % trace_every == 0:
-                trace.append(rip)
-            if rsp < min_rsp:
-                min_rsp = rsp
-            if rsp >= max_rsp:
-                max_rsp, max_rsp_rbp, max_rsp_rip = rsp, regs.rbp, rip
-            ins = cache.get(rip)
-            if ins is None:
-                code = exe.code(rip - exe.base)
-                if code is None:
-                    code = _read_mem(st, rip, 16)
-                ins = dec.decode(rip, code)
-            for base, index, scale, disp, size, seg, acc in ins.mem:
-                ea = disp
-                if base == "rip":
-                    ea += rip + ins.size
-                elif base:
-                    ea += getattr(regs, base, 0)
-                if index:
-                    ea += getattr(regs, index, 0) * scale
-                if seg == "fs":
-                    ea += fs_base
-                elif seg == "gs":
-                    ea += gs_base
-                ea &= (1 << 64) - 1
-                if stack[0] <= ea < stack[1]:
-                    if ea < min_touch:
-                        min_touch = ea
-                    continue
-                rec = touched.get((ea, size))
-                if rec is None:
-                    rec = touched[(ea, size)] = [0, 0, rip]
-                if acc & _AC_READ:
-                    rec[0] += 1
-                if acc & _AC_WRITE:
-                    rec[1] += 1
-            n += 1
-            st.step(sig)
-            stopped = False
-            if ins.is_syscall or _restarts(regs):  # may block: poll, so that the end of
-                # the workload or the deadline ends the profile (a syscall interrupted by our
-                # seize or by a signal is re-executed by this very step)
-                if not _wait_syscall(st, done if worker else None, deadline):
-                    reason = "idle" if worker and done.is_set() else "time"
-                    break
-            else:
-                st.wait()
-            stopped = True
-            sig = st.stop_signal()
-            st.getregs()
-            if n & 0xFFF == 0 and deadline and time.monotonic() > deadline:
-                reason = "time"
-                break
-        else:
-            reason = "max-steps"
+        deadline = t0 + seconds if seconds is not None else None
+        _step_loop(st, exe, dec, seen, stack, done if worker else None, deadline, max_steps,
+                   trace_every)  # fmt: skip
     finally:
         wall = time.monotonic() - t0
         cpu = time.thread_time() - cpu0
-        st.interrupt_and_detach(stopped)
+        st.interrupt_and_detach(seen.stopped)
         os.sched_setaffinity(0, own_cpus)
         if worker:
             worker.join(timeout=30)
     if err:
         e = err[0]
         raise e if isinstance(e, RemapError) else UnsafeStep(f"workload failed: {e}")
-    if baseline is not None and results.get("unprofiled") != results.get("profiled"):
-        raise UnsafeStep(
-            "the target's results differ under profiling: "
-            f"{results.get('unprofiled')!r} vs {results.get('profiled')!r}"
-        )
     if baseline is not None:
+        if results.get("unprofiled") != results.get("profiled"):
+            raise UnsafeStep(
+                "the target's results differ under profiling: "
+                f"{results.get('unprofiled')!r} vs {results.get('profiled')!r}"
+            )
         results["unchanged"] = True
+    n = seen.steps
+    functions, pages, outside = _functions(seen, exe, maps)
+    overhead = Overhead(
+        n,
+        round(wall, 4),
+        round(wall / n * 1e6, 2) if n else 0.0,
+        round(cpu, 4),
+        round(base_s, 4) if base_s is not None else None,
+        round(wall / base_s, 1) if base_s else None,
+    )
+    return Profile(
+        pid=pid,
+        exe=exe_path,
+        exe_sha256=exe.sha256,
+        reason_stopped=seen.reason,
+        functions=functions,
+        data=_data(seen, exe, maps),
+        stack=_stack_use(seen, exe, stack),
+        signals=sigs,
+        overhead=overhead,
+        outside=outside,
+        sections=exe.sections,
+        pages=pages,
+        results=_jsonable(results),
+        trace=[r - exe.base for r in seen.trace],
+    )
 
-    # ---- attribute what was seen
+
+def _check_target(pid: int) -> Signals:
+    """Refuse what cannot be single-stepped safely; return the target's signal sets."""
+    preflight(pid)
+    nthreads = len(os.listdir(f"/proc/{pid}/task"))
+    if nthreads != 1:
+        raise UnsupportedTarget(
+            f"process {pid} has {nthreads} threads; the profiler single-steps one-threaded "
+            "programs only (the others would run unobserved)"
+        )
+    sigs = _signals(pid)
+    if K.SIGTRAP in sigs.blocked or K.SIGTRAP in sigs.ignored:
+        raise UnsupportedTarget(
+            f"process {pid} blocks or ignores SIGTRAP: single-stepping would reset its handler"
+        )
+    return sigs
+
+
+def _step_loop(
+    st: _Stepper,
+    exe: _Exe,
+    dec: _Decoder,
+    seen: _Seen,
+    stack: tuple[int, int],
+    done: threading.Event | None,
+    deadline: float | None,
+    max_steps: int,
+    trace_every: int,
+) -> None:
+    """Record the instruction at each stop, then step once; until the workload is done and the
+    target blocks again, the deadline passes, or max_steps.  The hot loop of the profiler:
+    plain locals, one dict lookup per decoded instruction."""
+    regs = st.regs
+    fs_base, gs_base = regs.fs_base, regs.gs_base
+    counts, first_seen, touched, trace = seen.counts, seen.first_seen, seen.touched, seen.trace
+    cache = dec.cache
+    sig = 0
+    n = 0
+    while n < max_steps:
+        rip = regs.rip
+        rsp = regs.rsp
+        counts[rip] += 1
+        if rip not in first_seen:
+            first_seen[rip] = n
+        if n % trace_every == 0:
+            trace.append(rip)
+        if rsp < seen.min_rsp:
+            seen.min_rsp = rsp
+        if rsp >= seen.max_rsp:
+            seen.max_rsp, seen.max_rsp_rbp, seen.max_rsp_rip = rsp, regs.rbp, rip
+        ins = cache.get(rip)
+        if ins is None:
+            code = exe.code(rip - exe.base)
+            ins = dec.decode(rip, code if code is not None else _read_mem(st, rip, 16))
+        for base, index, scale, disp, size, seg, acc in ins.mem:
+            ea = disp
+            if base == "rip":
+                ea += rip + ins.size
+            elif base:
+                ea += getattr(regs, base, 0)
+            if index:
+                ea += getattr(regs, index, 0) * scale
+            if seg == "fs":
+                ea += fs_base
+            elif seg == "gs":
+                ea += gs_base
+            ea &= (1 << 64) - 1
+            if stack[0] <= ea < stack[1]:
+                if ea < seen.min_touch:
+                    seen.min_touch = ea
+                continue
+            rec = touched.get((ea, size))
+            if rec is None:
+                rec = touched[(ea, size)] = [0, 0, rip]
+            if acc & _AC_READ:
+                rec[0] += 1
+            if acc & _AC_WRITE:
+                rec[1] += 1
+        n += 1
+        seen.steps = n
+        st.step(sig)
+        seen.stopped = False
+        if ins.is_syscall or _restarts(regs):  # may block: poll, so that the end of the
+            # workload or the deadline ends the profile (a syscall interrupted by our seize or
+            # by a signal is re-executed by this very step)
+            if not _wait_syscall(st, done, deadline):
+                seen.reason = "idle" if done is not None and done.is_set() else "time"
+                return
+        else:
+            st.wait()
+        seen.stopped = True
+        sig = st.stop_signal()
+        st.getregs()
+        if n & 0xFFF == 0 and deadline and time.monotonic() > deadline:
+            seen.reason = "time"
+            return
+    seen.reason = "max-steps"
+
+
+def _functions(
+    seen: _Seen, exe: _Exe, maps: list[tuple[int, int, int, str]]
+) -> tuple[list[FuncHit], dict[str, int], dict[str, int]]:
+    """Executed addresses -> functions of the executable, steps per code page, and steps in
+    other mappings (vdso...)."""
     funcs: dict[str, FuncHit] = {}
     pages: Counter[str] = Counter()
-    for rip, c in counts.items():
+    outside: Counter[str] = Counter()
+    for rip, c in seen.counts.items():
         v = rip - exe.base
-        sym = exe.func_at(v)
         if exe.code(v, 1) is None:
             outside[_mapping_name(maps, rip)] += c
             continue
         pages[f"{v & ~(K.PAGE_SIZE - 1):#x}"] += c
-        name = sym.name if sym else f"{(exe.section_at(v) or ('?', 0))[0]}+{v:#x}"
+        sym = exe.func_at(v)
+        sec = sym.section if sym else (exe.section_at(v) or ("?", 0))[0]
+        name = sym.name if sym else f"{sec}+{v:#x}"
         f = funcs.get(name)
         if f is None:
-            funcs[name] = FuncHit(
-                name, sym.addr if sym else v, sym.size if sym else 1,
-                sym.section if sym else (exe.section_at(v) or ("?", 0))[0], c, first_seen[rip],
-            )  # fmt: skip
+            funcs[name] = FuncHit(name, sym.addr if sym else v, sym.size if sym else 1, sec, c,
+                                  seen.first_seen[rip])  # fmt: skip
         else:
             f.steps += c
-            f.first = min(f.first, first_seen[rip])
+            f.first = min(f.first, seen.first_seen[rip])
+    return (
+        sorted(funcs.values(), key=lambda f: (f.addr, f.name)),
+        dict(sorted(pages.items())),
+        dict(sorted(outside.items())),
+    )
+
+
+def _data(seen: _Seen, exe: _Exe, maps: list[tuple[int, int, int, str]]) -> list[DataHit]:
+    """Accessed (address, size) pairs -> data symbols, or one 'SECTION (unnamed)' entry per
+    section for bytes no symbol covers (string literals), or the mapping's name."""
     data: dict[str, DataHit] = {}
-    for (ea, size), (r, w, rip) in touched.items():
+    for (ea, size), (r, w, rip) in seen.touched.items():
         v = ea - exe.base
         by = exe.func_at(rip - exe.base)
         sym = exe.obj_at(v)
@@ -674,7 +750,7 @@ def profile(
                 key = _mapping_name(maps, ea)
                 addr, sz, sec = ea, size, key
             else:
-                sec, _sa = where  # unnamed bytes (string literals...): one entry per section
+                sec = where[0]
                 key, addr, sz = f"{sec} (unnamed)", v, size
         d = data.get(key)
         if d is None:
@@ -689,36 +765,21 @@ def profile(
             d.by.append(by.name)
     for d in data.values():
         d.by.sort()
+    return sorted(data.values(), key=lambda d: (d.addr, d.name))
 
-    root_fn = exe.func_at(max_rsp_rip - exe.base)
-    cfa = max_rsp_rbp + 16 if max_rsp < max_rsp_rbp < stack[1] else max_rsp
-    low = min(min_rsp, min_touch)
-    stack_use = StackUse(root_fn.name if root_fn else f"{max_rsp_rip:#x}", cfa, min_rsp,
-                         min_touch if min_touch < 1 << 64 else min_rsp, cfa - low)  # fmt: skip
-    overhead = Overhead(
-        n,
-        round(wall, 4),
-        round(wall / n * 1e6, 2) if n else 0.0,
-        round(cpu, 4),
-        round(base_s, 4) if base_s is not None else None,
-        round(wall / base_s, 1) if base_s else None,
-    )
-    return Profile(
-        pid=pid,
-        exe=exe_path,
-        exe_sha256=exe.sha256,
-        reason_stopped=reason,
-        functions=sorted(funcs.values(), key=lambda f: (f.addr, f.name)),
-        data=sorted(data.values(), key=lambda d: (d.addr, d.name)),
-        stack=stack_use,
-        signals=sigs,
-        overhead=overhead,
-        outside=dict(sorted(outside.items())),
-        sections=exe.sections,
-        pages=dict(sorted(pages.items())),
-        results=_jsonable(results),
-        trace=[r - exe.base for r in trace],
-    )
+
+def _stack_use(seen: _Seen, exe: _Exe, stack: tuple[int, int]) -> StackUse:
+    """The root is the function running at the highest rsp; its CFA is rbp + 16 when rbp
+    holds a frame pointer there (frame-pointer builds), else that rsp."""
+    root_fn = exe.func_at(seen.max_rsp_rip - exe.base)
+    if seen.max_rsp < seen.max_rsp_rbp < stack[1]:
+        cfa = seen.max_rsp_rbp + 16
+    else:
+        cfa = seen.max_rsp
+    touched = seen.min_touch if seen.min_touch < 1 << 64 else seen.min_rsp
+    low = min(seen.min_rsp, touched)
+    root = root_fn.name if root_fn else f"{seen.max_rsp_rip:#x}"
+    return StackUse(root, cfa, seen.min_rsp, touched, cfa - low)
 
 
 def _restarts(regs: Any) -> bool:
