@@ -25,7 +25,7 @@ Example::
     >>> prof = Profile.load("bot.profile.json")
     >>> lay = plan_layout(prof, [Path("minibot-auto.o"), musl_libc()])
     >>> lay.budget                # bytes: code, rodata, data, stack (minimum), total
-    {'code': 1263, 'rodata': 190, 'data': 1536, 'stack_min': 712, 'total': 3701, 'page': 4096}
+    {'code': 1262, 'rodata': 196, 'data': 1550, 'stack_min': 1040, 'total': 4048, 'page': 4096}
     >>> Path("bot.ld").write_text(lay.script)
 """
 

@@ -26,7 +26,7 @@ Example::
     >>> [f.name for f in prof.functions]
     ['after_word', 'handle_line', 'hot_main', 'hot_syscall', ...]
     >>> prof.stack.peak_depth
-    232
+    200
 """
 
 from __future__ import annotations
