@@ -33,6 +33,7 @@ import contextlib
 import errno as errno_mod
 import functools
 import os
+import select
 import signal
 import struct
 import threading
@@ -244,6 +245,14 @@ def build_frame(at: int, regs: dict[str, int], mask: int, fp: bytes, first: int,
     assert len(uc) == UC_SIZE
     head = struct.pack("<QQ", first, restorer) + uc
     return head + bytes(FP_OFF - len(head)) + fp
+
+
+def _pidfd_exited(fd: int) -> bool:
+    """A pidfd polls readable once its process has exited -- zombie, reaped, or its PID
+    already given to another process (pidfd_open(2))."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
 
 
 def _frame_spot(rsp: int, size: int, *, resident_only: bool = False) -> int:
@@ -493,7 +502,7 @@ class Session:
 
     def _same_process(self) -> None:
         """Refuse if the process preflight looked at has exited (its PID may name another)."""
-        if self._pidfd >= 0 and self._lib.rn_pidfd_alive(self._pidfd) < 0:
+        if self._pidfd >= 0 and _pidfd_exited(self._pidfd):
             with contextlib.suppress(OSError):
                 if _stat_fields(self.pid)[0] == "Z":
                     raise ZombieProcess(self.pid)
@@ -978,17 +987,34 @@ class Session:
 
     @_atomic
     def release_scratch(self) -> None:
-        """Unmap the scratch area now (before measuring residency)."""
-        if self._scratch:
-            addr, size = self._scratch, self._scratch_len
+        """Unmap the scratch area now (before measuring residency).
+
+        Every instant stays safe: evicted frames go back onto the stack first; the other
+        threads' first return stops pointing at the stub's cleanup; the injecting thread keeps
+        it (a driver killed before the munmap runs still unmaps scratch) and makes the munmap
+        with rsp one slot up, so that its `ret` skips the cleanup and goes to the restorer."""
+        if not self._scratch:
+            return
+        addr, size = self._scratch, self._scratch_len
+        main = self._thread(None)
+        armed = self._chain is not None and main.frame_at != 0
+        if armed:
             for t in self._threads.values():
-                if t.frame_at and t.frame_home == "scratch" and self._chain is not None:
+                if t.frame_at and t.frame_home == "scratch":
                     self._home_to_stack(t)
-            for t in self._threads.values():  # first return: a bare `ret` from now on
-                if t.frame_at and t.frame_home == "stack" and self._chain is not None:
+            for t in self._threads.values():
+                if t is not main and t.frame_at:
                     self._raw_write(t.frame_at, struct.pack("<Q", self._chain.syscall_ret + 2))
-            self._scratch = 0
+            main.call.regs.rsp = main.frame_at + 8
+        try:
             self.munmap(addr, size)
+        finally:
+            if armed:
+                main.call.regs.rsp = main.frame_at
+        self._scratch = 0
+        if armed and self._chain is not None and main.frame_at:
+            self._raw_write(main.frame_at, struct.pack("<Q", self._chain.syscall_ret + 2))
+            self._park(main)
 
     @_atomic
     def syscalls(self, calls: Sequence[Sequence[Any]], *, tid: int | None = None) -> list[int]:

@@ -65,7 +65,6 @@ int rn_reinterrupt(int tid, const struct user_regs_struct *regs, struct rn_call 
 long rn_vm_read(int pid, void *local, unsigned long remote, unsigned long n);
 long rn_vm_write(int pid, const void *local, unsigned long remote, unsigned long n);
 int rn_pidfd_open(int pid);
-int rn_pidfd_alive(int pidfd);
 long rn_process_madvise(int pidfd, unsigned long addr, unsigned long len, int advice);
 int rn_getaffinity(int pid, unsigned long size, unsigned char *mask);
 int rn_setaffinity(int pid, unsigned long size, const unsigned char *mask);

@@ -246,13 +246,6 @@ int rn_pidfd_open(int pid)
 	return r < 0 ? -errno : (int)r;
 }
 
-/* 0 while the process behind pidfd lives, -ESRCH once it has exited (even if its PID is
- * reused since): the check remap makes between preflight and PTRACE_SEIZE. */
-int rn_pidfd_alive(int pidfd)
-{
-	return syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) ? -errno : 0;
-}
-
 long rn_process_madvise(int pidfd, unsigned long addr, unsigned long len, int advice)
 {
 	struct iovec v = {(void *)addr, len};

@@ -1,0 +1,159 @@
+"""The quick torture suite: a driver killed, interrupted or disturbed at random instants, against
+a real worker whose answers depend on its memory, FP state and signal state.  The long runs
+(500 kills per signal) are `remap run torture` (experiments/torture.toml)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from remap import inject, targets, torture
+from remap.errors import AlreadyTraced, NoSuchProcess, ZombieProcess
+
+
+@pytest.fixture
+def worker():
+    started: list[torture.Worker] = []
+
+    def start(*modes: str) -> torture.Worker:
+        w = torture.start_worker(targets.build("torture_worker"), list(modes))
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def no_failures(fig: dict) -> None:
+    assert fig["failures"] == [], fig["failures"]
+    assert fig["survived"] == fig["kills"]
+
+
+@pytest.mark.parametrize(
+    ("sig", "modes", "kills"),
+    [
+        (signal.SIGKILL, (), 60),
+        (signal.SIGKILL, ("alarm", "threads"), 40),
+        (signal.SIGINT, ("alarm",), 25),
+        (signal.SIGTERM, (), 25),
+    ],
+)
+def test_driver_killed_at_random_instants(worker, sig, modes, kills):
+    w = worker(*modes)
+    fig = torture.storm(w, kills, sig, seed=kills)
+    no_failures(fig)
+    assert fig["sessions"] > 0  # the kills landed in and between real sessions
+    if "alarm" in modes:
+        assert fig["signals_delivered"] > 100  # ~1 per ms kept arriving through it all
+
+
+def test_stop_and_cont_from_outside_during_sessions(worker):
+    no_failures(torture.storm(worker(), 20, signal.SIGKILL, seed=3, stop_target=True))
+
+
+def test_seccomp_target_with_the_filter_suspended(worker):
+    w = worker("seccomp")
+    with open(f"/proc/{w.pid}/status") as f:
+        assert "Seccomp:\t2" in f.read()
+    no_failures(torture.storm(w, 20, signal.SIGKILL, seed=4))
+
+
+def test_driver_killed_during_fold_sessions(worker):
+    """squeeze/stack-fold sessions drop the dead stack the safety frames sit in: the frames
+    move (resident stack page, or scratch and back); a kill anywhere leaves a working worker."""
+    fig = torture.storm(worker(), 12, signal.SIGKILL, seed=5, max_delay_s=0.3, fold=True)
+    no_failures(fig)
+
+
+def test_target_killed_mid_session(worker):
+    w = worker()
+    t0 = time.monotonic()
+    out = torture.target_dies(w, delay_s=0.02)
+    assert time.monotonic() - t0 < 6
+    assert out["driver_exit"] == 1  # the loop ended on NoSuchProcess, it did not hang
+    with pytest.raises(NoSuchProcess):
+        inject.preflight(w.pid)
+
+
+def test_batches_without_an_ignorable_marker_run_call_by_call(worker):
+    """A target that catches SIGURG, SIGWINCH and SIGCHLD offers no marker for the stub: the
+    batch runs one call at a time and no scratch area is mapped."""
+    w = worker("catchall")
+    maps0 = open(f"/proc/{w.pid}/maps").read()
+    with inject.attach(w.pid) as s:
+        assert s.syscalls([("getpid",)] * 3) == [w.pid] * 3
+        assert open(f"/proc/{w.pid}/maps").read() == maps0
+    assert torture.health(w) == []
+
+
+def test_scratch_mapping_is_never_left_and_windows_are_measured(worker):
+    w = worker()
+    with inject.attach(w.pid) as s:
+        s.syscalls([("getpid",)] * 4)
+        assert s._scratch
+        assert s.notes == []  # the chain is in place: protected from the start
+    assert s.windows_ns.get("scratch_leak", 0) == 0  # mapped through the boot frame
+    assert "unprotected" not in s.windows_ns
+    assert torture.health(w) == []
+
+
+def test_frames_are_invisible_to_reads(worker):
+    """What the session reads below the stack pointer is what the cure will leave there."""
+    w = worker()
+    with inject.attach(w.pid) as s:
+        rsp = s.regs()["rsp"]
+        before = s.read(rsp - 8192, 8192)
+        s.syscall("getpid")  # arms the frame below rsp - 128
+        t = s._threads[w.pid]
+        assert t.frame_at and rsp - 8192 < t.frame_at < rsp
+        assert s.read(rsp - 8192, 8192) == before
+        assert s._raw_read(t.frame_at, 16) != before[t.frame_at - rsp + 8192 :][:16]
+    with open(f"/proc/{w.pid}/mem", "rb") as f:
+        f.seek(rsp - 8192)
+        assert f.read(8192) == before
+
+
+def test_already_traced_by_strace(worker):
+    if not os.path.exists("/usr/bin/strace"):
+        pytest.skip("strace not installed")
+    w = worker()
+    st = subprocess.Popen(
+        ["/usr/bin/strace", "-p", str(w.pid), "-o", "/dev/null"], stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while "TracerPid:\t0" in open(f"/proc/{w.pid}/status").read():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(AlreadyTraced):
+            with inject.attach(w.pid):
+                pass
+    finally:
+        st.send_signal(signal.SIGINT)
+        st.wait(timeout=5)
+    assert torture.health(w) == []
+
+
+def test_process_gone_between_check_and_seize(worker):
+    """The pidfd opened at preflight names the process checked; once it has exited, the
+    seize is refused even though its PID is still there (a zombie) or used again."""
+    w = worker()
+    s = inject.Session(w.pid)
+    s._open_pidfd()
+    try:
+        s._same_process()
+        w.proc.kill()
+        deadline = time.monotonic() + 5
+        while open(f"/proc/{w.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        with pytest.raises(ZombieProcess):
+            s._same_process()
+    finally:
+        s._close_pidfd()
+        w.proc.wait()
