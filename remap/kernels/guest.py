@@ -140,15 +140,20 @@ def boot(
     argv = qemu_argv(img, initrd, io_dir, accel, probe)
     argv[argv.index("-display") : argv.index("-display")] = ["-serial", f"file:{log}"]
     t0 = time.monotonic()
-    with open(qerr, "wb") as ef:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=ef,
-            stderr=ef,
-            preexec_fn=_die_with_parent,
-            close_fds=True,
-        )
+    try:
+        with open(qerr, "wb") as ef:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=ef,
+                stderr=ef,
+                preexec_fn=_die_with_parent,
+                close_fds=True,
+            )
+    except OSError as e:
+        shutil.rmtree(work, ignore_errors=True)
+        raise KernelError(f"cannot start {argv[0]}: {e.strerror}") from None
+    kept = f" (serial log {log})" if serial_log is not None else ""
     up_at = done_at = None
     rc = release = None
     try:
@@ -180,8 +185,8 @@ def boot(
                 )
             if done_at is None and now > timeout:
                 raise KernelError(
-                    f"guest {img.release} ({accel}) hung: no result within {timeout:g} s "
-                    f"(serial log {log}){_tail(log)}"
+                    f"guest {img.release} ({accel}) hung: no result within {timeout:g} s"
+                    f"{kept}{_tail(log)}"
                 )
             if done_at is not None and now - done_at > POWEROFF_TIMEOUT_S:
                 break  # the job is done; a guest that does not power off is simply killed
