@@ -24,21 +24,26 @@ from remap.kernels import catalog, fetch, guest, initramfs
 from remap.kernels.errors import KernelError
 
 KERNEL = "debian-6.1"
-MARKERS = ("remap-guest-io-", "remap-qemu-", "remap-probe-")
 
 
-def _guest_processes() -> list[str]:
-    """Command lines of every qemu process that runs a remap guest (there must be none)."""
+def _our_qemus() -> list[str]:
+    """qemu processes (running or unreaped) whose parent is this test process.
+
+    Only our own children: other engineers' test runs may boot guests at the same time.
+    A qemu remap forgot stays our child (zombie or alive) until the test process exits.
+    """
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (d / "stat").read_text()
         except OSError:
             continue
-        if "qemu-system" in cmd and any(m in cmd for m in MARKERS):
-            found.append(f"{d.name}: {cmd[:120]}")
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == os.getpid() and comm.startswith("qemu-system"):
+            found.append(f"{d.name} {comm} state {state}")
     return found
 
 
@@ -46,7 +51,7 @@ def _guest_processes() -> list[str]:
 def no_leftover_qemu():
     """Every test here must leave no qemu behind, whatever it did."""
     yield
-    assert _guest_processes() == []
+    assert _our_qemus() == []
 
 
 @pytest.fixture(scope="module")
