@@ -27,7 +27,7 @@ from .steps import STEPS, RunContext, StepResult, finish
 # Modules that register extra steps on import (remap.fold's squeeze, fold-stack, ...,
 # remap.kernels' screen): imported only when an experiment names a step nobody has registered
 # yet, so a provider that is broken or missing never blocks experiments that do not use it.
-STEP_PROVIDERS = ("remap.fold.runsteps", "remap.layout", "remap.kernels.steps")
+STEP_PROVIDERS = ("remap.fold.runsteps", "remap.layout", "remap.kernels.steps", "remap.torture")
 SUMMARY_FIGURES = (
     "final_rss_kb",
     "final_vmrss_kb",
