@@ -76,7 +76,13 @@ def kernel_matrix(recs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     for name, rs in recs.items():
         for r in rs:
             k = kernel_of(r)
-            kernels.setdefault(k, {"release": r.get("kernel"), "accel": r.get("accel")})
+            if k not in kernels:
+                rel = r.get("kernel")
+                kernels[k] = {
+                    "release": rel,
+                    "accel": r.get("accel"),
+                    "mechanism": _mechanism(rel) if rel else None,
+                }
             rows.setdefault((name, r["case"]), {}).setdefault(k, []).append(r)
     order = sorted(kernels, key=lambda k: (k != "host", k))
     out_rows = []
@@ -126,6 +132,16 @@ def matrix_table(m: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             )
         rows.append(row)
     return headers, rows
+
+
+def _mechanism(release: str) -> str | None:
+    """How RSS counters work on RELEASE (remap.residency's wording), None if unparseable."""
+    from .residency import mechanism_for
+
+    try:
+        return mechanism_for(release)
+    except (ValueError, TypeError):
+        return None
 
 
 def _median(vals) -> float | None:
@@ -207,6 +223,12 @@ def markdown(summ: dict[str, Any], pngs: list[Path], matrix: dict[str, Any] | No
             "| " + " | ".join(heads) + " |",
             "|" + "---|" * len(heads),
             *["| " + " | ".join(r) + " |" for r in mrows],
+            "",
+            *[
+                f"- **{k}**: {v['mechanism']}"
+                for k, v in matrix["kernels"].items()
+                if v.get("mechanism")
+            ],
         ]
     for p in pngs:
         lines += ["", f"![{p.stem}]({p.name})"]
