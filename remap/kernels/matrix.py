@@ -29,6 +29,19 @@ from .initramfs import IO_DIR
 
 BOOT_BUDGET_S = 60.0  # boot + python start under TCG on a busy host, with room
 PER_RUN_BUDGET_S = 15.0  # one run of one case under TCG (a bot run takes ~0.5 s)
+# Steps that only launch, talk to and measure the target (no ptrace helper needed).
+PLAIN_STEPS = {"launch", "register", "ping", "command", "idle", "measure", "screen"}
+
+
+def _build_native() -> None:
+    """Build the ptrace helper and batch stub on the host: the guest's build folder is read-only.
+
+    Only for experiments with steps beyond the plain ones (those inject into the target).
+    """
+    from .. import native
+
+    native.load()
+    native.stub_code()
 
 
 def records_path(out: Path, experiment: str, kernel: str) -> Path:
@@ -78,6 +91,8 @@ def run_in_guest(
         for c in e.cases:
             targets.build(c.target.name, c.target.variant)
         runs += len(plan(e, repeat))
+    if {s.name for e in exps for c in e.cases for s in c.steps} - PLAIN_STEPS:
+        _build_native()
     img = fetch.fetch(kernel, progress=progress)
     acc = guest.choose_accel(img, accel)
     limit = timeout if timeout is not None else BOOT_BUDGET_S + PER_RUN_BUDGET_S * runs
