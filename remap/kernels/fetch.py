@@ -110,9 +110,16 @@ def fetch(name: str, *, progress=None) -> KernelImage:
             raise KernelError(f"{deb.name} has no boot/vmlinuz-{k.release} or no modules")
         manifest = {"release": k.release, "package": k.package, "version": version, "sha256": sha}
         (unpack / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)  # a half-written earlier fetch (no manifest)
-        unpack.rename(dest)
+        if (dest / "manifest.json").is_file():
+            pass  # a concurrent fetch finished first: keep its copy, drop ours
+        else:
+            if dest.exists():
+                shutil.rmtree(dest)  # a half-written earlier fetch (no manifest)
+            try:
+                unpack.rename(dest)
+            except OSError as e:
+                if not (dest / "manifest.json").is_file():
+                    raise KernelError(f"cannot move the kernel into {dest}: {e.strerror}") from None
     img = KernelImage(name, k.release, dest)
     boot_image(img)
     return img
