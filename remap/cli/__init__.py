@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from ..errors import RemapError, UsageError
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
         return int(rc or 0)
     except RemapError as e:
-        print(f"remap: {e}", file=sys.stderr)
+        print(f"remap: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("remap: interrupted", file=sys.stderr)
@@ -65,10 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("REMAP_DEBUG"):
             raise
         print(
-            f"remap: internal error: {type(e).__name__}: {e} (set REMAP_DEBUG=1 for a traceback)",
+            f"remap: internal error: {type(e).__name__}: {_one_line(str(e))} "
+            "(set REMAP_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
         return 70
+
+
+def _one_line(msg: str) -> str:
+    """Control characters (a newline in a path the user typed...) escaped: one line, always."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], msg)
 
 
 if __name__ == "__main__":

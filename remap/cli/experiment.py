@@ -97,6 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     exps = [X.load(n) for n in args.names]  # every file checked before anything runs
     for e in exps:
         check_steps(e)
+    if args.out is not None:
+        _check_writable(args.out)
     err = Console(stderr=True)
     results = []
     failed = 0
@@ -256,3 +258,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         con.print(mt)
     print(f"report: {md}  figure: {png}")
     return 0
+
+
+def _check_writable(d: Path) -> None:
+    """Refuse a results folder remap cannot write before anything runs (not after the runs,
+    with the records lost): permission (exit 4) or a path that cannot be a folder (exit 2)."""
+    import errno
+    import os
+
+    from ..errors import AccessDenied
+
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f".remap-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise AccessDenied(f"results folder {d}: not writable ({why})") from None
+        raise UsageError(f"results folder {d}: cannot be used ({why})") from None

@@ -61,7 +61,9 @@ def cmd_squeeze(args: argparse.Namespace) -> int:
 
 def cmd_fold(args: argparse.Namespace) -> int:
     from .. import fold
+    from ..inject import preflight
 
+    preflight(args.pid)  # one-line refusals (gone, zombie, kernel thread...) before any /proc read
     single = True if args.single_page else False if args.stack_only else None
     return _show(fold.fold(args.pid, dry_run=args.dry_run, single_page=single), args.json)
 

@@ -91,6 +91,13 @@ def available() -> list[str]:
 
 def resolve(name: str) -> Path:
     """NAME (shipped experiment) or a path to a .toml file -> the file; ExperimentError if none."""
+    try:
+        return _resolve(name)
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, an unreadable directory
+        raise ExperimentError(f"experiment {name[:80]!r}: cannot look it up ({e})") from None
+
+
+def _resolve(name: str) -> Path:
     p = Path(name)
     if p.suffix == ".toml":
         if not p.is_file():
