@@ -10,21 +10,60 @@ The lifecycle reads in the names: preflight -> seize -> inject -> cure (restore 
 
 Preconditions and guarantees (DESIGN 5):
 - every thread is stopped with PTRACE_SEIZE + PTRACE_INTERRUPT (no SIGSTOP) before the first
-  injected call; /proc/PID/task is rescanned until no new thread appears;
-- an injecting thread has every catchable signal blocked (PTRACE_SETSIGMASK), except SIGTRAP
-  which the batch stub's int3 needs (a blocked SIGTRAP would get its handler reset, see
-  force_sig_info_to_task); signals that stopped a thread on the way are re-queued at the end;
+  injected call; /proc/PID/task is rescanned until no new thread appears; a pidfd opened before
+  preflight proves the process seized is the one checked (PIDs get reused);
+- an injecting thread has every catchable signal blocked (PTRACE_SETSIGMASK) except the batch
+  marker (below) and the synchronous faults; signals that stopped a thread on the way are
+  re-queued at the end;
 - only `syscall` instructions that already exist are executed (remap.gadget); no byte of the
   target's mappings is patched; scratch memory is a private mapping, unmapped at the end;
 - leaving the block in any way (exception, Ctrl-C, SIGTERM to the driver) restores registers,
-  signal masks, FP state, CPU affinity and borrowed bytes, and detaches.
+  signal masks, FP state and borrowed bytes, and detaches.  SIGINT/SIGTERM are held while a
+  session operation runs and raised at its end, so Python state always matches the target's.
 
 Restart semantics: a thread interrupted inside a blocked syscall shows rax = -ERESTART* with rip
 after the `syscall` instruction.  Once we have injected, it sits in a syscall-exit stop and the
-kernel will not rewind again, so the cure puts the original registers back and does
-PTRACE_INTERRUPT + PTRACE_CONT: the thread stops again in get_signal() (a fresh
-PTRACE_EVENT_STOP), and detaching from that stop lets arch_do_signal_or_restart() restart the
-call -- or turn ERESTARTNOHAND into EINTR if a handler runs -- exactly as if never interrupted.
+kernel will not rewind again, so the cure does PTRACE_INTERRUPT, puts the original registers
+back and PTRACE_CONTs: the thread stops again in get_signal() (a fresh PTRACE_EVENT_STOP), and
+detaching from that stop lets arch_do_signal_or_restart() restart the call -- or turn
+ERESTARTNOHAND into EINTR if a handler runs -- exactly as if never interrupted.
+
+The safety chain: the target survives the driver's death (SIGKILL at any instant).
+When the tracer dies the kernel detaches its tracees, and each resumes from whatever registers
+it last had.  So no injecting thread ever has registers that would not lead home by itself:
+- before the first call a *safety frame* is written in dead stack below the thread's rsp - 128
+  (inside the resident page holding rsp - 128 when it fits, so nothing is faulted in): an
+  rt_sigframe with the thread's registers *pre-rewound* (rax = orig_rax, rip -= 2 for any
+  -ERESTART*, so the interrupted call is re-executed), its signal mask and its full XSAVE
+  state; alternate stack untouched (an invalid uc_stack, whose error rt_sigreturn ignores);
+- every single call runs at a `syscall; ret` gadget of the target's own code with rsp on the
+  frame: [frame] = first return, [frame+8] = a `mov $15, %rax; syscall` restorer (libc's
+  __restore_rt).  Dead driver: the call completes, `ret`, (cleanup,) rt_sigreturn -> the thread
+  is exactly where it was, mask and FP state included.  Between calls it is parked on the `ret`;
+- the scratch area is mapped at a free gap with MAP_FIXED_NOREPLACE through a *boot frame*
+  whose rt_sigreturn lands on munmap(that gap) and then on the ordinary frame; once mapped,
+  every frame's first return is the stub's cleanup (munmap scratch via the gadget), and the
+  final munmap is made with rsp one slot up, so no instant leaves scratch behind;
+- the batch stub ends with tgkill(self, marker), a signal the target ignores (SIGURG, SIGWINCH
+  or SIGCHLD without a handler): the tracer stops on its delivery; a dead tracer's is dropped
+  and the stub `ret`s into the chain.  No marker available: batches run call by call;
+- the fold's drops of dead stack and writes into it move frames out of the way first (to the
+  resident spot below the new rsp, else a scratch slot the stub's evict_cleanup copies back to
+  the stack before unmapping scratch); Session.read shows the bytes the frames cover as they
+  will be after the cure, so the fold's hashes do not see them; set_resume_regs/-sigmask
+  rewrite the frame at once, so a kill before the fold's commit resumes the old stack and a
+  kill after it the new one (both copies stay mapped until the dead part is dropped).
+Remaining windows (measured with `remap run torture`, tests/test_torture.py):
+- none for targets with the chain (glibc, or musl programs that call sigaction): 500/500
+  SIGKILL, SIGINT and SIGTERM at random instants, plus alarm/threads/stop/seccomp/fold storms;
+- targets without a `syscall; ret` and a restorer in their code (static programs that never
+  install a handler, e.g. minibot), or running with a CET shadow stack: the whole session is
+  unprotected as before the chain existed (windows_ns["unprotected"]: 4.4 ms for the
+  single-page fold of minibot); the same from the moment a fold unmaps the chain's code;
+- a kill leaves behind: signals suppressed at the first stop (not yet re-queued), and the
+  frame's stack page resident when the frame did not fit the resident page.  A relative sleep
+  interrupted by us (-ERESTART_RESTARTBLOCK) restarts from its full duration after a kill
+  (rt_sigreturn resets the restart block); the normal cure restarts it exactly.
 """
 
 from __future__ import annotations
