@@ -370,6 +370,8 @@ class Stat(NamedTuple):
     num_threads: int
     vsize: int
     rss: int  # pages
+    start_code: int
+    end_code: int
     start_stack: int
     kstkesp: int
     kstkeip: int
@@ -399,6 +401,8 @@ def parse_stat(data: bytes) -> Stat:
         num_threads=g(20),
         vsize=g(23),
         rss=g(24),
+        start_code=g(26),
+        end_code=g(27),
         start_stack=g(28),
         kstkesp=g(29),
         kstkeip=g(30),

@@ -69,6 +69,13 @@ def _anon_hashes(pid: int, min_vma_kb: int = 0) -> dict[int, bytes]:
     return out
 
 
+def _ask(proc: subprocess.Popen, line: bytes) -> bytes:
+    """Send LINE to the target and return its one-line answer."""
+    proc.stdin.write(line)
+    proc.stdin.flush()
+    return proc.stdout.readline()
+
+
 def _wait_blocked(pid: int) -> None:
     deadline = time.monotonic() + 5
     while procfs.read_stat(pid).state != "S":
@@ -143,25 +150,19 @@ def test_single_page_refused_without_hot_page_and_target_untouched(spawn):
 
 def test_stack_fold_refuses_threads_and_leaves_process_as_it_was(spawn):
     t = spawn("fold_workers")
-    t.proc.stdin.write(b"sum\n")
-    t.proc.stdin.flush()
-    want = t.proc.stdout.readline()
+    want = _ask(t.proc, b"sum\n")
     _wait_blocked(t.pid)
     maps, hashes = _maps(t.pid), _anon_hashes(t.pid, 4096)
     assert len(hashes) >= 1024
     with pytest.raises(UnsafeStep, match="single-threaded"):
         F.fold(t.pid, single_page=False)
     assert _maps(t.pid) == maps and _anon_hashes(t.pid, 4096) == hashes
-    t.proc.stdin.write(b"sum\n")
-    t.proc.stdin.flush()
-    assert t.proc.stdout.readline() == want
+    assert _ask(t.proc, b"sum\n") == want
 
 
 def test_squeeze_glibc_threads_4mib_same_results(spawn):
     t = spawn("fold_workers")
-    t.proc.stdin.write(b"sum\n")
-    t.proc.stdin.flush()
-    want = t.proc.stdout.readline()
+    want = _ask(t.proc, b"sum\n")
     _wait_blocked(t.pid)
     before = residency.snapshot(t.pid)
     hashes = _anon_hashes(t.pid, 4096)
@@ -176,9 +177,7 @@ def test_squeeze_glibc_threads_4mib_same_results(spawn):
         a: h for a, h in after.items() if a in hashes and a not in dropped
     }
     for _ in range(3):
-        t.proc.stdin.write(b"sum\n")
-        t.proc.stdin.flush()
-        assert t.proc.stdout.readline() == want
+        assert _ask(t.proc, b"sum\n") == want
 
 
 def test_squeeze_cpython_same_results():
@@ -191,17 +190,13 @@ def test_squeeze_cpython_same_results():
     p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE)  # fmt: skip
     try:
-        p.stdin.write(b"3\n")
-        p.stdin.flush()
-        want = p.stdout.readline()
+        want = _ask(p, b"3\n")
         _wait_blocked(p.pid)
         before = residency.snapshot(p.pid)
         r = F.squeeze(p.pid)
         assert r.after["rss_kb"] < before.rss_kb
         assert r.after["counters_kb"]["status_rss_anon"] <= before.counters_kb["status_rss_anon"]
-        p.stdin.write(b"3\n")
-        p.stdin.flush()
-        assert p.stdout.readline() == want
+        assert _ask(p, b"3\n") == want
     finally:
         p.kill()
         p.wait()

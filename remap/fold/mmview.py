@@ -46,18 +46,12 @@ MM_MAP_SIZE = 104
 
 
 def read_mm_map(pid: int, brk: int) -> MmMap:
-    """The current mm fields from /proc/PID/stat (fields 26-28, 45-51 of proc(5)); the current
-    program break is not in /proc, so the caller passes it (an injected brk(0) returns it)."""
-    data = procfs._read(pid, "stat")  # noqa: SLF001 - one reader for /proc, one error mapping
-    f = data[data.rindex(b")") + 2 :].split()
-
-    def g(n: int) -> int:
-        return int(f[n - 3])
-
-    st = procfs.parse_stat(data)
+    """The current mm fields from /proc/PID/stat; the current program break is not in /proc,
+    so the caller passes it (an injected brk(0) returns it)."""
+    st = procfs.read_stat(pid)
     return MmMap(
-        start_code=g(26),
-        end_code=g(27),
+        start_code=st.start_code,
+        end_code=st.end_code,
         start_data=st.start_data,
         end_data=st.end_data,
         start_brk=st.start_brk,

@@ -80,17 +80,19 @@ def drop_clean_file(ctx: FoldContext) -> Action | None:
     if not pages:
         return None
     ranges = coalesce(pages)
+    text = f"madvise(DONTNEED) {len(pages)} clean file pages in {len(ranges)} ranges"
+    return _dontneed("drop-clean-file", text, ranges, set())
+
+
+def _dontneed(name: str, text: str, ranges: list[tuple[int, int]], touches: set[int]) -> Action:
+    """An action that MADV_DONTNEEDs RANGES (pages proven droppable by the caller)."""
 
     def run(c: FoldContext) -> dict[str, Any]:
         c.batch([("madvise", s, e - s, K.MADV_DONTNEED) for s, e in ranges])
         return {}
 
-    return Action(
-        "drop-clean-file",
-        f"madvise(DONTNEED) {len(pages)} clean file pages in {len(ranges)} ranges",
-        run,
-        detail={"pages": len(pages), "ranges": [[s, e] for s, e in ranges]},
-    )
+    detail = {"pages": total(ranges) // K.PAGE_SIZE, "ranges": [[s, e] for s, e in ranges]}
+    return Action(name, text, run, touches=touches, detail=detail)
 
 
 def drop_dead_stack(ctx: FoldContext) -> Action | None:
@@ -108,18 +110,8 @@ def drop_dead_stack(ctx: FoldContext) -> Action | None:
         return None
     _refuse_altstack_overlap(ctx, targets)
     touched = {a for s, e in targets for a in range(s, e, K.PAGE_SIZE)}
-
-    def run(c: FoldContext) -> dict[str, Any]:
-        c.batch([("madvise", s, e - s, K.MADV_DONTNEED) for s, e in targets])
-        return {}
-
-    return Action(
-        "drop-dead-stack",
-        f"madvise(DONTNEED) {total(targets) // K.PAGE_SIZE} dead stack pages below rsp-128",
-        run,
-        touches=touched,
-        detail={"pages": total(targets) // K.PAGE_SIZE, "ranges": [[s, e] for s, e in targets]},
-    )
+    text = f"madvise(DONTNEED) {len(touched)} dead stack pages below rsp-128"
+    return _dontneed("drop-dead-stack", text, targets, touched)
 
 
 def _refuse_altstack_overlap(ctx: FoldContext, ranges: list[tuple[int, int]]) -> None:
