@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,10 +49,14 @@ def _our_qemus() -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def no_leftover_qemu():
-    """Every test here must leave no qemu behind, whatever it did."""
+def no_leftovers(tmp_path, monkeypatch):
+    """Every test here must leave no qemu and no temporary folder behind, whatever it did."""
+    scratch = tmp_path / "tempdir"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     yield
     assert _our_qemus() == []
+    assert sorted(p.name for p in scratch.iterdir()) == []
 
 
 @pytest.fixture(scope="module")

@@ -132,15 +132,15 @@ def boot(
     the job finished.  qemu is killed and reaped on every path.
     """
     initrd = initramfs.build(img)
+    argv = qemu_argv(img, initrd, io_dir, accel, probe)  # raises before anything is made
     work = Path(tempfile.mkdtemp(prefix="remap-qemu-"))
     log = serial_log or work / "serial.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_bytes(b"")
     qerr = work / "qemu.stderr"
-    argv = qemu_argv(img, initrd, io_dir, accel, probe)
     argv[argv.index("-display") : argv.index("-display")] = ["-serial", f"file:{log}"]
     t0 = time.monotonic()
     try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_bytes(b"")
         with open(qerr, "wb") as ef:
             proc = subprocess.Popen(
                 argv,
@@ -152,7 +152,7 @@ def boot(
             )
     except OSError as e:
         shutil.rmtree(work, ignore_errors=True)
-        raise KernelError(f"cannot start {argv[0]}: {e.strerror}") from None
+        raise KernelError(f"cannot start the guest ({argv[0]}): {e.strerror}") from None
     kept = f" (serial log {log})" if serial_log is not None else ""
     up_at = done_at = None
     rc = release = None
