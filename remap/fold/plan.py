@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import residency
+from .. import procfs, residency
 from ..errors import UnsafeStep
 from ..kconst import PAGE_SIZE
 from . import verify
@@ -56,10 +56,17 @@ class FoldContext:
 
     pid: int
     session: Any  # remap.inject.Session
-    snap: residency.Snapshot
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
     calls: int = 0
+    _snap: residency.Snapshot | None = None
+
+    @property
+    def snap(self) -> residency.Snapshot:
+        """The residency as it is now (re-read lazily after a step changed the process)."""
+        if self._snap is None:
+            self._snap = stopped_snapshot(self.pid)
+        return self._snap
 
     def call(self, name: str | int, *args: int) -> int:
         """One remote syscall, counted for the report."""
@@ -73,8 +80,9 @@ class FoldContext:
         self.calls += len(calls)
         return self.session.syscalls(calls)
 
-    def refresh(self) -> None:
-        self.snap = stopped_snapshot(self.pid)
+    def invalidate(self) -> None:
+        """A step changed the address space: the next look at .snap re-reads it."""
+        self._snap = None
 
 
 def stopped_snapshot(pid: int) -> residency.Snapshot:
@@ -144,7 +152,8 @@ def run_plan(
     marks: dict[str, float] = {}
     with attach(pid) as s:
         marks["seize"] = s.stopped_ns / 1e3
-        ctx = FoldContext(pid, s, stopped_snapshot(pid), dry_run)
+        ctx = FoldContext(pid, s, dry_run)
+        ctx.snap  # noqa: B018 - read now, while stopped: the plan's first view
         holes = rseq_areas(s.threads)
         marks["snapshot"] = s.stopped_ns / 1e3 - marks["seize"]
         for planner in planners:
@@ -162,8 +171,9 @@ def run_plan(
             hashes = verify.hash_pages(s.read, keep, holes)
             calls0 = ctx.calls
             detail = action.run(ctx)
-            ctx.refresh()
-            still = {a: h for a, h in hashes.items() if ctx.snap.vma_at(a) is not None}
+            ctx.invalidate()
+            mapped = [(m.start, m.end) for m in procfs.read_maps(pid)]
+            still = {a: h for a, h in hashes.items() if any(lo <= a < hi for lo, hi in mapped)}
             verified += verify.check_same(still, s.read, holes=holes)
             reports.append(
                 StepReport(action.name, action.text, True, ctx.calls - calls0,
@@ -190,7 +200,6 @@ def _scratch(s: Any, addr: int) -> bool:
 
 def _settled_snapshot(pid: int, settle_s: float) -> residency.Snapshot:
     """Snapshot once the target is asleep again (state S), within a bounded wait."""
-    from .. import procfs
 
     deadline = time.monotonic() + max(settle_s, 0.0) + 2.0
     time.sleep(settle_s)
