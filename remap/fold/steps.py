@@ -155,6 +155,7 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
         )
     regs = s.regs()
     _refuse_kernel_held_pointers(regs)
+    _refuse_swapped(ctx.pid)
     stack = ctx.snap.vma_at(regs["rsp"])
     if stack is None or stack.label != "stack":
         raise UnsafeStep("the main thread's rsp is not in [stack]; not moving it")
@@ -213,6 +214,14 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
         touches=touched,
         detail={"from": [lo, top_of_tables], "to": [new_lo, new_hi]},
     )
+
+
+def _refuse_swapped(pid: int) -> None:
+    """Swapped-out pages are invisible to the page walk: they could hold stack pointers we would
+    not fix, or data an unmap would lose.  Refuse rather than guess."""
+    swap = procfs.read_smaps_rollup(pid).get("Swap", 0)
+    if swap:
+        raise UnsafeStep(f"{swap} kB of this process is swapped out; not moving its stack")
 
 
 def _refuse_kernel_held_pointers(regs: dict[str, int]) -> None:
@@ -359,6 +368,7 @@ def single_page(ctx: FoldContext) -> Action | None:
             f"hot page {hot.start:#x}-{hot.end:#x}); try again when it is idle"
         )
     _refuse_kernel_held_pointers(regs)
+    _refuse_swapped(ctx.pid)
     if regs["rip"] - 2 not in hot.syscall_insns:
         raise UnsafeStep("the interrupted syscall instruction is not in the hot page's code")
     stack = ctx.snap.vma_at(regs["rsp"])
