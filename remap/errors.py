@@ -66,6 +66,13 @@ class ExperimentError(RemapError):
     exit_code = 7
 
 
+class KernelError(RemapError):
+    """A kernel for the matrix cannot be listed, fetched or booted, or its guest failed or hung
+    (neither a usage nor an experiment mistake: its own line and exit code)."""
+
+    exit_code = 8
+
+
 class InternalError(RemapError):
     """A bug in remap: something it believed could not happen."""
 
@@ -79,5 +86,6 @@ EXIT_CODES = {
     "unsupported target": UnsupportedTarget.exit_code,
     "unsafe step": UnsafeStep.exit_code,
     "experiment": ExperimentError.exit_code,
+    "kernel": KernelError.exit_code,
     "internal": InternalError.exit_code,
 }

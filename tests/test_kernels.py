@@ -21,8 +21,8 @@ import pytest
 
 from remap import targets
 from remap.cli import main
+from remap.errors import KernelError
 from remap.kernels import catalog, fetch, guest, initramfs
-from remap.kernels.errors import KernelError
 
 KERNEL = "debian-6.1"
 

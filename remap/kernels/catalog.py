@@ -26,8 +26,8 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..errors import KernelError
 from ..targets import ROOT
-from .errors import KernelError
 
 FLAVOUR = "amd64"
 _PKG = re.compile(rf"^linux-image-(?P<abi>6\.1\.0-(?P<n>\d+))-{FLAVOUR}-unsigned$")

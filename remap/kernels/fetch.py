@@ -30,8 +30,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import KernelError
 from . import catalog
-from .errors import KernelError
 
 # The folders of lib/modules/RELEASE/kernel/ whose modules a guest may load (virtio-9p).
 MODULE_DIRS = ("drivers/virtio", "net/9p", "fs/9p", "fs/netfs", "fs/fscache")

@@ -34,9 +34,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import KernelError
 from ..kconst import PR_SET_PDEATHSIG, SIGKILL
 from . import catalog, initramfs
-from .errors import KernelError
 from .fetch import KernelImage, boot_image
 from .initramfs import MARK_DONE, MARK_FAIL, MARK_UP
 

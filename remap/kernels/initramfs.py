@@ -26,7 +26,7 @@ import re
 import stat
 from pathlib import Path
 
-from .errors import KernelError
+from ..errors import KernelError
 from .fetch import KernelImage
 
 BUSYBOX = Path(os.environ.get("REMAP_BUSYBOX", "/bin/busybox"))

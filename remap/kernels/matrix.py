@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import targets
+from ..errors import KernelError
 from ..experiment import load
 from ..experiment.runner import ENV_ACCEL, ENV_KERNEL_NAME, check_steps, plan
 from ..targets import ROOT
 from . import fetch, guest
-from .errors import KernelError
 from .initramfs import IO_DIR
 
 BOOT_BUDGET_S = 60.0  # boot + python start under TCG on a busy host, with room
