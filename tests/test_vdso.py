@@ -30,7 +30,8 @@ def test_no_vdso_static_musl_runs_without_vdso():
 def test_with_vdso_is_untouched():
     lb = launch([str(targets.build("echoloop"))], stdin=subprocess.PIPE)
     try:
-        assert "[vdso]" in _specials(lb.pid)
+        maps = open(f"/proc/{lb.pid}/maps").read()
+        assert "[vdso]" in _specials(lb.pid), maps
         assert AT_SYSINFO_EHDR in dict(procfs.read_auxv(lb.pid))
     finally:
         lb.stop()
