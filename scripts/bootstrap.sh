@@ -17,7 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The kernel matrix fetches Debian's 6.1 kernel with apt-get download: apt must know it.
-if ! apt-cache pkgnames linux-image-6.1 2>/dev/null | grep -q unsigned; then
+if ! apt-cache pkgnames linux-image-6.1.0 2>/dev/null | grep -q '^linux-image-6\.1\.0-[0-9]*-amd64-unsigned$'; then
   $SUDO apt-get update -qq || echo "bootstrap: apt-get update failed; the 6.1 guest tests will skip"
 fi
 PY=${PYTHON:-python3}
