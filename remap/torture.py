@@ -252,7 +252,8 @@ def _fork_driver(pid: int, suspend_seccomp: bool, counters: Any, fold: bool = Fa
     os._exit(code)
 
 
-def _reap(child: int, timeout: float) -> int | None:
+def _reap(child: int, timeout: float) -> int:
+    """Wait for the driver; SIGKILL it after timeout (then the status says so)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done, status = os.waitpid(child, os.WNOHANG)
@@ -260,7 +261,8 @@ def _reap(child: int, timeout: float) -> int | None:
             return status
         time.sleep(0.001)
     os.kill(child, signal.SIGKILL)
-    return os.waitpid(child, 0)[1]
+    os.waitpid(child, 0)
+    return -1
 
 
 class _Counters:
@@ -292,14 +294,15 @@ def storm(
     fold: the driver runs fold sessions (see session_loop).
     stop_target: also SIGSTOP the worker at a random moment of each round and SIGCONT it
     after the driver is gone (a job-control stop from outside during a session).
-    Returns the figures: sessions, kills, survived, signals_delivered (worker's SIGALRM
-    ticks during the storm), bytes_verified, failures (one line each, at most 20 kept).
+    Returns the figures: sessions (completed ones; each kill interrupts one more), kills,
+    survived, signals_delivered (worker's SIGALRM ticks during the storm), bytes_verified,
+    drivers_hung (not gone 5 s after SIGINT/SIGTERM), failures (one line each, at most 20).
     """
     rng = random.Random(seed)
     counters = _Counters()
     suspend = "seccomp" in w.modes
     failures: list[str] = []
-    survived = 0
+    survived = hung = 0
     ticks0 = _ticks(w.ask(7))
     verified = 0
     for i in range(kills):
@@ -309,7 +312,9 @@ def storm(
             os.kill(w.pid, signal.SIGSTOP)
             time.sleep(rng.uniform(0, 0.002))
         os.kill(child, sig)
-        _reap(child, 5.0)
+        if _reap(child, 5.0) == -1:
+            hung += 1  # the driver did not end on SIGINT/SIGTERM: its cure hung
+            failures.append(f"round {i}: driver still running 5 s after {signal.Signals(sig).name}")
         if stop_target:
             os.kill(w.pid, signal.SIGCONT)
         bad = health(w, full=(i % full_every == 0 or i == kills - 1))
@@ -328,6 +333,7 @@ def storm(
         "survived": survived,
         "signals_delivered": max(0, ticks1 - ticks0),
         "bytes_verified": verified + counters[1],
+        "drivers_hung": hung,
         "failures": failures,
     }
 
