@@ -99,11 +99,12 @@ def test_cpu_pinning_is_undone(spawn):
     t = blocked_reader(spawn)
     own = os.sched_getaffinity(0)
     theirs = os.sched_getaffinity(t.pid)
-    with open(f"/proc/{t.pid}/stat") as f:
-        cpu = int(f.read().rsplit(")", 1)[1].split()[36])
     with inject.attach(t.pid) as s:
-        s.syscall("getpid")  # pins the tracer to the thread's CPU
-        assert os.sched_getaffinity(0) == {cpu}
+        s.syscall("getpid")  # pins the tracer to the CPU the thread was stopped on
+        # (which CPU the scheduler then wakes the thread on is its business: /proc/PID/stat
+        # may already name the other one, so only "pinned to one of ours" is asserted)
+        pinned = os.sched_getaffinity(0)
+        assert len(pinned) == 1 and pinned <= own
         assert os.sched_getaffinity(t.pid) == theirs
     assert os.sched_getaffinity(0) == own
     assert os.sched_getaffinity(t.pid) == theirs
