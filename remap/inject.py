@@ -54,12 +54,19 @@ it last had.  So no injecting thread ever has registers that would not lead home
   rewrite the frame at once, so a kill before the fold's commit resumes the old stack and a
   kill after it the new one (both copies stay mapped until the dead part is dropped).
 Remaining windows (measured with `remap run torture`, tests/test_torture.py):
-- none for targets with the chain (glibc, or musl programs that call sigaction): 500/500
-  SIGKILL, SIGINT and SIGTERM at random instants, plus alarm/threads/stop/seccomp/fold storms;
-- targets without a `syscall; ret` and a restorer in their code (static programs that never
-  install a handler, e.g. minibot), or running with a CET shadow stack: the whole session is
-  unprotected as before the chain existed (windows_ns["unprotected"]: 4.4 ms for the
-  single-page fold of minibot); the same from the moment a fold unmaps the chain's code;
+- none for targets with the chain in their code (glibc, or musl programs that call
+  sigaction): 500/500 SIGKILL, SIGINT and SIGTERM at random instants, plus alarm/threads/
+  stop/seccomp/fold storms, with no scratch left behind;
+- targets without a `syscall; ret` or a restorer in their code (static programs that never
+  install a handler, e.g. minibot): the chain is built in the scratch area, which needs two
+  unprotected calls (the scratch mmap, and its final munmap) -- parked at once on the thread's
+  own registers (rn_inject_parked), so only their in-flight time counts: windows_ns
+  ["in_flight"], ~110 us per session here (median of 30, max 180 us).  A kill there leaves the
+  thread in the injected state; a kill anywhere else leaves the scratch area behind (it cannot
+  unmap the code it returns through), the target itself intact.  Same for the single-page
+  fold of minibot (protected until it releases scratch);
+- a CET shadow stack (rt_sigreturn would fault) or no readable FP state: no chain at all; every
+  injection is then parked as above, its in-flight time being the window;
 - a kill leaves behind: signals suppressed at the first stop (not yet re-queued), and the
   frame's stack page resident when the frame did not fit the resident page.  A relative sleep
   interrupted by us (-ERESTART_RESTARTBLOCK) restarts from its full duration after a kill
@@ -478,6 +485,9 @@ class Session:
         self.windows_ns: dict[str, int] = {}  # measured unprotected / leak windows
         self._t_unprotected = 0
         self._boot_failed = False
+        self._rw_pending = False
+        self._may_scratch_chain = False  # no chain in the target's code: build one in scratch
+        self._scratch_chain = False  # the chain in use lives in scratch
 
     # ---- public views
     def __repr__(self) -> str:
@@ -559,8 +569,7 @@ class Session:
                 self.notes.append("unprotected: the target uses a shadow stack")
             else:
                 self._chain = gadget_mod.find_chain(pid, maps)
-                if self._chain is None:
-                    self.notes.append("unprotected: no `syscall; ret` or rt_sigreturn code")
+                self._may_scratch_chain = self._chain is None
             cgt = int(st.get("SigCgt", "0"), 16)
             for sig in MARKERS:
                 if not cgt >> (sig - 1) & 1:
@@ -711,13 +720,43 @@ class Session:
         call.regs.orig_rax = MASK64  # -1: "not in a syscall", so nothing gets restarted
         call.regs.rip = self.gadget
         t.call = call
-        if self._chain is not None:
+        if self._chain is None and self._may_scratch_chain:
+            self._may_scratch_chain = False
+            self._scratch_chain_for(t)  # arms t
+        elif self._chain is not None:
             self._arm(t)
         # Only now, with the registers already leading to a restore, block signals: a driver
         # killed after this point leaves a thread whose rt_sigreturn brings the mask back.
-        self._check(lib.rn_setsigmask(t.tid, self._mask), "PTRACE_SETSIGMASK", t.tid)
+        # Without a chain the thread keeps its own mask: signals met during a call are
+        # suppressed and re-queued at the cure.
+        if t.frame_at:
+            self._check(lib.rn_setsigmask(t.tid, self._mask), "PTRACE_SETSIGMASK", t.tid)
 
     # ---- the safety chain (see the module docstring)
+    def _scratch_chain_for(self, t: _Thread) -> None:
+        """The target's code offers no chain: map scratch now (unprotected: two injected calls,
+        windows_ns["bootstrap"]) and use the `syscall; ret` and restorer of the stub.  A kill
+        later leaves the scratch area behind (it cannot unmap the code it runs)."""
+        t0 = time.monotonic_ns()
+        native.stub_code()  # read before the window opens
+        try:
+            base = self._ensure_scratch(t.tid, rw_later=True)
+        except OSError as e:
+            self.notes.append(f"unprotected: cannot map scratch for the chain ({e.strerror})")
+            return
+        self._chain = gadget_mod.Chain(
+            base + native.STUB_SYSCALL_RET, base + native.STUB_RESTORER, ("[scratch]",) * 2
+        )
+        self._scratch_chain = True
+        self._arm(t)
+        now = time.monotonic_ns()
+        self.windows_ns["bootstrap"] = now - t0
+        if self._t_unprotected:
+            self.windows_ns["unprotected"] = (
+                self.windows_ns.get("unprotected", 0) + now - self._t_unprotected
+            )
+            self._t_unprotected = 0
+
     def _arm(self, t: _Thread) -> None:
         """Give t a safety frame below its rsp - 128 and park it on the chain: from now on,
         whenever the driver dies, t finishes the call it is in and rt_sigreturns home."""
@@ -732,7 +771,13 @@ class Session:
             self._unprotect(f"thread {t.tid}: no FP state readable")
             return
         size = frame_size(t.fp)
-        at = _frame_spot(t.resume.rsp, size)
+        t.frame_len = size
+        at = _frame_spot(t.resume.rsp, size, resident_only=True)
+        if not at and self._scratch_chain:  # scratch is there anyway: fault in no stack page
+            t.call.regs.rip = self._chain.syscall_ret  # type: ignore[union-attr]
+            self._to_scratch_slot(t)
+            return
+        at = at or _frame_spot(t.resume.rsp, size)
         try:
             t.orig_at = at - BOOT_SIZE
             t.frame_orig = self._raw_read(t.orig_at, size + BOOT_SIZE)
@@ -757,13 +802,13 @@ class Session:
         """Where the chain goes after the injected call: unmap scratch first, if scratch holds
         nothing the frame needs; else straight to the restorer (a bare `ret`)."""
         assert self._chain is not None
-        if self._scratch and t.frame_home == "stack":
+        if self._scratch and t.frame_home == "stack" and not self._scratch_chain:
             return self._scratch + native.STUB_CLEANUP
         return self._chain.syscall_ret + 2
 
     def _write_frame(self, t: _Thread) -> None:
         regs = rewound({n: getattr(t.resume, n) for n in native.REGS})
-        if t.frame_home == "scratch":
+        if t.frame_home == "scratch" and not self._scratch_chain:
             # a slot: [evict_cleanup][destination][length][pad], then the frame built for that
             # destination on the stack, where the stub copies it if the driver dies
             dest = _frame_spot(t.resume.rsp, t.frame_len)
@@ -786,6 +831,7 @@ class Session:
         self.notes.append(f"unprotected: {why}")
         self._t_unprotected = time.monotonic_ns()
         self._chain = None
+        self._scratch_chain = False
         for t in self._threads.values():
             if t.frame_at:
                 # park it on its own rewound registers and mask: right again between calls
@@ -825,6 +871,10 @@ class Session:
                     and t.orig_at < hi
                 ):
                     self._evict_frame(t, lo, hi)
+                elif (
+                    t.frame_home == "scratch" and lo < t.frame_at + t.frame_len and t.frame_at < hi
+                ):
+                    self._home_to_stack(t)  # its slot is being unmapped
 
     def _evict_frame(self, t: _Thread, lo: int, hi: int) -> None:
         """Move t's frames out of [lo, hi) (dead stack the caller is about to drop or use):
@@ -842,6 +892,10 @@ class Session:
             with contextlib.suppress(OSError):
                 self._raw_write(old, orig)
             return
+        self._to_scratch_slot(t)
+
+    def _to_scratch_slot(self, t: _Thread) -> None:
+        """Home t's frame in a free scratch slot and park it there."""
         base = self._ensure_scratch()
         slot = 4096 if t.frame_len + 64 > 2048 else 2048
         used = {u.frame_at for u in self._threads.values() if u.frame_home == "scratch"}
@@ -852,13 +906,14 @@ class Session:
         else:
             self._unprotect("no free scratch slot for a safety frame")
             return
-        old, orig = t.orig_at, t.frame_orig
+        old, orig, home = t.orig_at, t.frame_orig, t.frame_home
         t.frame_at, t.frame_home = at, "scratch"
         self._write_frame(t)
         t.call.regs.rsp = at
-        self._park(t)  # it was parked on the old frame
-        with contextlib.suppress(OSError):
-            self._raw_write(old, orig)
+        self._park(t)  # it was parked on the old frame, if any
+        if home == "stack":
+            with contextlib.suppress(OSError):
+                self._raw_write(old, orig)
 
     def _home_to_stack(self, t: _Thread) -> None:
         """Bring an evicted frame back below t's resume rsp (before scratch goes): in the
@@ -903,7 +958,13 @@ class Session:
             regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = a
         except OverflowError:  # negative ints: the kernel sees the two's complement
             regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = [x & MASK64 for x in a]
-        r = self._inject(t.tid, c)
+        if self._chain is not None:
+            r = self._inject(t.tid, c)
+        else:  # no chain: back on its own registers at once (a kill then restarts its call)
+            t0 = time.monotonic_ns()
+            r = self._lib.rn_inject_parked(t.tid, c, t.resume)
+            w = self.windows_ns
+            w["in_flight"] = w.get("in_flight", 0) + time.monotonic_ns() - t0
         t.ran = True
         if r or c.nsig:
             self._after_stray(t, c, r, nr)
@@ -956,7 +1017,7 @@ class Session:
             self._stub_ok = self._marker != 0 and not (cgt >> (self._marker - 1) & 1)
         return self._stub_ok
 
-    def _ensure_scratch(self) -> int:
+    def _ensure_scratch(self, tid: int | None = None, *, rw_later: bool = False) -> int:
         """Map the scratch area: 1 code page (the stub, then read-only + executable: never
         RWX), TABLE_PAGES for batch tables and caller data, FRAME_PAGES for evicted frames.
 
@@ -972,21 +1033,31 @@ class Session:
         # write a read-only private page): the fewest steps between the mmap and the moment
         # every frame's first return unmaps it again.  Tables and frames become RW after.
         rx = K.PROT_READ | K.PROT_EXEC
-        addr = self._map_scratch(size, rx)
+        addr = self._map_scratch(size, rx, tid)
         t0 = time.monotonic_ns()
         self._scratch, self._scratch_len = addr, size
         self._mem_io(addr, data=code + struct.pack("<QQQ", addr, size, gadget))
         for t in self._threads.values():
             if t.frame_at and t.frame_home == "stack":
                 self._raw_write(t.frame_at, struct.pack("<Q", addr + native.STUB_CLEANUP))
-        main = self._threads.get(self.pid)
+        main = self._threads.get(self.pid if tid is None else tid)
         if main is not None and main.frame_at and main.frame_home == "stack":
             self._park(main)  # off the boot frame: the ordinary chain now unmaps scratch
         self.windows_ns["scratch_leak"] = time.monotonic_ns() - t0 if self._boot_failed else 0
-        self.mprotect(addr + K.PAGE_SIZE, size - K.PAGE_SIZE, K.PROT_READ | K.PROT_WRITE)
+        self._rw_pending = True
+        if not rw_later:
+            self._scratch_rw(tid)
         return addr
 
-    def _map_scratch(self, size: int, prot: int) -> int:
+    def _scratch_rw(self, tid: int | None = None) -> None:
+        """Make the table and frame pages writable (once; after the chain is in place when the
+        chain lives in scratch: one injected call less in the unprotected bootstrap)."""
+        if self._rw_pending and self._scratch:
+            self._rw_pending = False
+            rw, a, n = K.PROT_READ | K.PROT_WRITE, self._scratch, self._scratch_len
+            self.syscall("mprotect", a + K.PAGE_SIZE, n - K.PAGE_SIZE, rw, tid=tid)
+
+    def _map_scratch(self, size: int, prot: int, tid: int | None = None) -> int:
         """mmap the scratch area so that a driver killed at any instant leaves none behind.
 
         It is mapped at an address chosen in a free gap (MAP_FIXED_NOREPLACE; every thread is
@@ -995,11 +1066,13 @@ class Session:
         lands on munmap(that address) through the `syscall; ret` gadget and from there on the
         thread's ordinary frame.  Without a chain or a gap: plain mmap, with a leak window."""
         flags = K.MAP_PRIVATE | K.MAP_ANONYMOUS
-        t = self._thread(None)
+        t = self._threads.get(self.pid if tid is None else tid)
+        if t is None or t.call is None:
+            t = self._thread(tid)
         hole = _free_gap(self.pid, size) if self._chain and t.frame_at else None
         if hole is None or t.frame_home != "stack":
             self._boot_failed = True
-            return self.mmap(0, size, prot, flags)
+            return self.syscall("mmap", 0, size, prot, flags, -1, 0, tid=t.tid)
         regs = {n: getattr(t.call.regs, n) for n in native.REGS}
         # its munmap returns past the frame's first slot (which may already say "cleanup",
         # i.e. run code in the area just unmapped) straight into the restorer
@@ -1009,20 +1082,23 @@ class Session:
         boot = t.orig_at
         self._raw_write(boot, build_boot_frame(boot, regs, self._mask, self._chain.restorer))  # type: ignore[union-attr]
         t.call.regs.rsp = boot
+        fixed = flags | K.MAP_FIXED_NOREPLACE
         try:
-            return self.mmap(hole, size, prot, flags | K.MAP_FIXED_NOREPLACE)
+            return self.syscall("mmap", hole, size, prot, fixed, -1, 0, tid=t.tid)
         except OSError:
             self._boot_failed = True
             t.call.regs.rsp = t.frame_at
             self._park(t)
-            return self.mmap(0, size, prot, flags)
+            return self.syscall("mmap", 0, size, prot, flags, -1, 0, tid=t.tid)
         finally:
             t.call.regs.rsp = t.frame_at
 
     def scratch(self) -> int:
         """Address of the scratch area (1 code page + table pages), mapped on first use; the
         table pages are free for the caller's data between batches (e.g. a prctl struct)."""
-        return self._ensure_scratch() + K.PAGE_SIZE
+        base = self._ensure_scratch()
+        self._scratch_rw()
+        return base + K.PAGE_SIZE
 
     @_atomic
     def release_scratch(self) -> None:
@@ -1035,6 +1111,8 @@ class Session:
         if not self._scratch:
             return
         addr, size = self._scratch, self._scratch_len
+        if self._scratch_chain:
+            self._unprotect("releasing the scratch area that holds the chain")
         main = self._thread(None)
         armed = self._chain is not None and main.frame_at != 0
         if armed:
@@ -1081,7 +1159,8 @@ class Session:
         t = self._thread(tid)
         if t.cpu != self._cpu and self._pin:
             self._pin_to(t)
-        base = self._ensure_scratch()
+        base = self._ensure_scratch(t.tid)
+        self._scratch_rw(t.tid)
         table = base + K.PAGE_SIZE
         per_trip = TABLE_PAGES * K.PAGE_SIZE // STUB_ENTRY
         out: list[int] = []
@@ -1096,6 +1175,9 @@ class Session:
             c.regs.r14, c.regs.r15, c.regs.rbx = self.pid, t.tid, self._marker
             r = self._lib.rn_run_stub(t.tid, c, self._marker)
             t.ran = True
+            if self._chain is None and not r:  # no chain: park it on its own registers
+                self._lib.rn_ptrace(K.PTRACE_INTERRUPT, t.tid, 0, 0)
+                self._lib.rn_setregs(t.tid, t.resume)
             if c.nsig:
                 t.signals.extend(c.sigs[0 : c.nsig])
             if r:

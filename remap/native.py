@@ -59,6 +59,7 @@ int rn_getsigmask(int tid, uint64_t *mask);
 int rn_setsigmask(int tid, uint64_t mask);
 int rn_wait(int tid, int *status, int flags);
 int rn_inject(int tid, struct rn_call *c);
+int rn_inject_parked(int tid, struct rn_call *c, const struct user_regs_struct *park);
 int rn_run_stub(int tid, struct rn_call *c, int sig);
 long rn_getxstate(int tid, void *buf, unsigned long size);
 int rn_reinterrupt(int tid, const struct user_regs_struct *regs, struct rn_call *c);
@@ -74,6 +75,8 @@ int rn_tgkill(int tgid, int tid, int sig);
 # Entry points and header of the assembled stub (csrc/native/batch_stub.S `.org`s)
 STUB_CLEANUP = 0x100
 STUB_EVICT = 0x180
+STUB_SYSCALL_RET = 0x1C0  # `syscall; ret` of the scratch chain
+STUB_RESTORER = 0x1C8  # `mov $15, %eax; syscall`
 STUB_HEADER = 0x200
 
 REGS = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -157,3 +158,42 @@ def test_process_gone_between_check_and_seize(worker):
     finally:
         s._close_pidfd()
         w.proc.wait()
+
+
+def test_chainless_target_gets_its_chain_from_scratch(worker):
+    """A static program with no rt_sigreturn restorer in its code: the chain is built in the
+    scratch area after a bootstrap of two injected calls (their in-flight time measured)."""
+    w = torture.start_worker(targets.build("torture_worker", "bare"), [])
+    try:
+        with inject.attach(w.pid) as s:
+            s.syscall("getpid")
+            assert s._scratch_chain and s._threads[w.pid].frame_at
+            assert s.syscalls([("getpid",)] * 3) == [w.pid] * 3
+        assert 0 < s.windows_ns["in_flight"] < 50_000_000
+        assert torture.health(w) == []  # scratch released on the normal path
+    finally:
+        w.stop()
+
+
+@pytest.mark.parametrize("variant", ["default", "bare"])
+def test_driver_killed_between_calls(variant):
+    """Killed while parked between calls, with or without a chain in the target's code: the
+    worker resumes its read and answers right (a chain built in scratch leaves it behind)."""
+    w = torture.start_worker(targets.build("torture_worker", variant), [])
+    code = (
+        "import sys, time, remap\n"
+        f"with remap.attach({w.pid}) as s:\n"
+        "    s.syscall('getpid'); s.syscalls([('getpid',)] * 4); s.syscall('getpid')\n"
+        "    print('in', flush=True)\n"
+        "    time.sleep(30)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    drv = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE)
+    try:
+        assert drv.stdout.readline() == b"in\n"
+        drv.kill()
+        drv.wait(timeout=5)
+        assert torture.health(w, leak_ok=variant == "bare") == []
+    finally:
+        drv.stdout.close()
+        w.stop()

@@ -75,6 +75,17 @@ evict_cleanup:
 	lea	8(%r8), %rsp
 	jmp	*hdr_gadget(%rip)
 
+	.org	0x1c0
+/* The chain's own pieces, for targets whose code has no `syscall; ret` or no rt_sigreturn
+ * restorer (static programs that never install a handler): used while scratch is mapped. */
+scratch_syscall_ret:
+	syscall
+	ret
+	.org	0x1c8
+scratch_restorer:
+	mov	$15, %eax
+	syscall
+
 	.org	0x200
 hdr_base:	.quad 0
 hdr_len:	.quad 0

@@ -163,6 +163,22 @@ int rn_inject(int tid, struct rn_call *c)
 	return 0;
 }
 
+/*
+ * rn_inject, then straight back to `park` (the registers the thread resumes with), with
+ * PTRACE_INTERRUPT first so that TIF_SIGPENDING makes the kernel restart an interrupted call
+ * if the driver dies now.  For injecting without a safety chain: a killed driver can then
+ * only hurt the thread while the injected call itself runs (entry stop to exit stop).
+ */
+int rn_inject_parked(int tid, struct rn_call *c, const struct user_regs_struct *park)
+{
+	int r = rn_inject(tid, c);
+	if (r)
+		return r;
+	if (ptrace(PTRACE_INTERRUPT, tid, 0, 0))
+		return -errno;
+	return ptrace(PTRACE_SETREGS, tid, 0, park) ? -errno : 0;
+}
+
 static int marker_sig;
 
 static int is_marker_delivery(int st)

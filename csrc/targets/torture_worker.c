@@ -11,12 +11,17 @@
 //   seccomp  a filter that allows everything except getppid (which kills the process)
 //   catchall handlers on SIGURG, SIGWINCH and SIGCHLD (no ignorable marker: batches go one by one)
 // remap-build: gcc -O2 -pthread -o {out} {src} -lm
+// remap-build[bare]: musl-gcc -static -O2 -DBARE -o {out} {src}
+// (bare: static musl with no signal handling, threads or seccomp at all, so its code holds no
+// rt_sigreturn restorer: remap must build its safety chain in the scratch area)
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fenv.h>
+#ifndef BARE
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
+#endif
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -32,6 +37,7 @@
 #define BUF_LEN (1 << 20)
 
 static volatile long ticks;
+#ifndef BARE
 
 static void on_alarm(int sig)
 {
@@ -85,6 +91,8 @@ static void filter(void)
 		_exit(3);
 }
 
+#endif
+
 int main(int argc, char **argv)
 {
 	int alarm = 0, threads = 0, secc = 0, catchall = 0;
@@ -100,6 +108,7 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < BUF_LEN / 8; i++)
 		buf[i] = i * 0x9e3779b97f4a7c15ULL;
 	fesetround(FE_DOWNWARD);
+#ifndef BARE
 	if (getenv("TORTURE_SEGV")) {
 		struct sigaction sa = {0};
 		static char alt[65536];
@@ -131,6 +140,9 @@ int main(int argc, char **argv)
 	}
 	if (secc)
 		filter();
+#else
+	(void)alarm, (void)threads, (void)secc, (void)catchall;
+#endif
 	printf("ready %d %p %d\n", getpid(), (void *)buf, BUF_LEN);
 	fflush(stdout);
 	char line[64];
