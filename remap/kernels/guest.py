@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..errors import KernelError
 from ..kconst import PR_SET_PDEATHSIG, SIGKILL
+from ..targets import ROOT
 from . import catalog, initramfs
 from .fetch import KernelImage, boot_image
 from .initramfs import MARK_DONE, MARK_FAIL, MARK_UP
@@ -99,12 +100,19 @@ def qemu_argv(img: KernelImage, initrd: Path, io_dir: Path, accel: str, probe: b
         "-nic", "none",
     ]  # fmt: skip
     if not probe:
+        # The checkout gets its own share: the guest puts a fresh tmpfs on /tmp and /run, which
+        # would hide a checkout living there (as CI's may).
+        root = ROOT.resolve()
+        argv[argv.index("-append") + 1] += f" remap.root={root}"
         argv += [
             "-virtfs",
             f"local,path=/,mount_tag={initramfs.HOST_TAG},security_model=none,readonly=on,"
             "multidevs=remap",
             "-virtfs",
             f"local,path={io_dir},mount_tag={initramfs.IO_TAG},security_model=none",
+            "-virtfs",
+            f"local,path={root},mount_tag={initramfs.ROOT_TAG},security_model=none,"
+            "readonly=on,multidevs=remap",
         ]
     return argv
 

@@ -34,6 +34,7 @@ BUSYBOX = Path(os.environ.get("REMAP_BUSYBOX", "/bin/busybox"))
 WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 HOST_TAG = "hostroot"
 IO_TAG = "remapio"
+ROOT_TAG = "remaproot"  # the checkout itself, mounted at its own path (it may live in /tmp)
 IO_DIR = "/run/remap-io"  # where the io share appears inside the chroot (the host's /)
 MARK_UP, MARK_FAIL, MARK_DONE = "REMAP-GUEST-UP", "REMAP-GUEST-FAIL", "REMAP-GUEST-DONE"
 
@@ -55,6 +56,12 @@ mount -t tmpfs -o mode=1777 tmp /host/tmp || fail "tmpfs /tmp"
 mount -t tmpfs run /host/run || fail "tmpfs /run"
 mkdir -p /host{IO_DIR}
 mount -t 9p -o $o {IO_TAG} /host{IO_DIR} || fail "mount 9p {IO_TAG}"
+root=
+for w in $(cat /proc/cmdline); do case $w in remap.root=*) root=${{w#remap.root=}};; esac; done
+if [ -n "$root" ]; then
+  mkdir -p "/host$root" 2>/dev/null
+  mount -t 9p -o $o,ro,cache=loose {ROOT_TAG} "/host$root" || fail "mount 9p {ROOT_TAG}"
+fi
 mount -t proc proc /host/proc || fail "proc"
 mount -t sysfs sys /host/sys || fail "sysfs"
 mount -t devtmpfs dev /host/dev || fail "devtmpfs"
