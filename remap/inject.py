@@ -1478,6 +1478,11 @@ def attach(pid: int, *, pin: bool = True, suspend_seccomp: bool = False) -> Iter
         s._close_pidfd()
         for sig, handler in old.items():
             signal.signal(sig, handler)
+        if _Interrupts.pending and not _Interrupts.busy:
+            # held during the session's last operation and not raised yet: deliver it again,
+            # now under the driver's own disposition, so an interrupt is never lost
+            sig, _Interrupts.pending = _Interrupts.pending, 0
+            os.kill(os.getpid(), sig)
 
 
 def _trap_interrupts() -> dict[int, Any]:

@@ -241,6 +241,7 @@ def _fork_driver(pid: int, suspend_seccomp: bool, counters: Any, fold: bool = Fa
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
         return child
     code = 0  # the driver: never returns
+    inject._Interrupts.busy = inject._Interrupts.pending = 0  # a fresh driver holds nothing
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -253,14 +254,23 @@ def _fork_driver(pid: int, suspend_seccomp: bool, counters: Any, fold: bool = Fa
     os._exit(code)
 
 
-def _reap(child: int, timeout: float) -> int:
-    """Wait for the driver; SIGKILL it after timeout (then the status says so)."""
+def _reap(child: int, timeout: float, diag: dict | None = None) -> int:
+    """Wait for the driver; SIGKILL it after timeout (then the status says so, and DIAG gets
+    where the driver was stuck: its kernel wait channel, syscall and signal masks)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done, status = os.waitpid(child, os.WNOHANG)
         if done:
             return status
         time.sleep(0.001)
+    if diag is not None:
+        with contextlib.suppress(OSError):
+            st = dict(ln.split(":", 1) for ln in open(f"/proc/{child}/status").read().splitlines())
+            diag.update(
+                wchan=open(f"/proc/{child}/wchan").read(),
+                syscall=open(f"/proc/{child}/syscall").read().split()[0],
+                **{k: st[k].strip() for k in ("State", "SigPnd", "ShdPnd", "SigBlk", "SigCgt")},
+            )
     os.kill(child, signal.SIGKILL)
     os.waitpid(child, 0)
     return -1
@@ -314,9 +324,11 @@ def storm(
             os.kill(w.pid, signal.SIGSTOP)
             time.sleep(rng.uniform(0, 0.002))
         os.kill(child, sig)
-        if _reap(child, 5.0) == -1:
+        if _reap(child, 5.0, diag := {}) == -1:
             hung += 1  # the driver did not end on SIGINT/SIGTERM: its cure hung
-            failures.append(f"round {i}: driver still running 5 s after {signal.Signals(sig).name}")
+            failures.append(
+                f"round {i}: driver still running 5 s after {signal.Signals(sig).name} ({diag})"
+            )
         if stop_target:
             os.kill(w.pid, signal.SIGCONT)
         bad = health(w, full=(i % full_every == 0 or i == kills - 1), leak_ok=leak_ok)
