@@ -594,10 +594,9 @@ def _register_steps() -> None:
     experiment runner imports this module as a step provider."""
     import time
 
-    from .experiment.runner import sha256_file
     from .experiment.steps import RunContext, StepResult, step
     from .profile import irc_workload, profile
-    from .targets import build_dir
+    from .targets import build_dir, sha256_file
 
     @step("auto-layout")
     def _auto_layout(ctx: RunContext, params: dict) -> StepResult:

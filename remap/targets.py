@@ -88,6 +88,15 @@ def build(name: str, variant: str = "default", *, quiet: bool = True) -> Path:
     return out
 
 
+def sha256_file(path: Path) -> str:
+    """sha256 of a file on disk, read in 1 MiB chunks (binaries and packages recorded by hash)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def all_targets() -> list[tuple[str, str]]:
     """Every (name, variant) pair declared under csrc/targets/."""
     return [(p.stem, v) for p in sorted(TARGET_SRC.glob("*.c")) for v in recipes(p.stem)]

@@ -9,7 +9,6 @@ end.  Everything that legitimately changes between identical runs (wall-clock ti
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import statistics
@@ -66,14 +65,6 @@ def check_steps(exp: Experiment) -> None:
                 )
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def plan(exp: Experiment, repeat: int | None = None) -> list[tuple[Case, int]]:
     """The runs, in order: each case ``repeat`` times (cases interleave run by run)."""
     n = exp.repeat if repeat is None else repeat
@@ -121,7 +112,7 @@ def run_one(exp: Experiment, case: Case, run: int, command: str) -> dict[str, An
             "variant": case.target.variant,
             "args": list(case.target.args),
             "path": str(path),
-            "sha256": sha256_file(path),
+            "sha256": targets.sha256_file(path),
         },
         "steps": steps,
         "final_rss_kb": last.rss_kb if last else None,

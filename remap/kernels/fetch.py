@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import KernelError
+from ..targets import sha256_file
 from . import catalog
 
 # The folders of lib/modules/RELEASE/kernel/ whose modules a guest may load (virtio-9p).
@@ -97,7 +97,7 @@ def fetch(name: str, *, progress=None) -> KernelImage:
             raise KernelError(f"apt-get download {k.package} left {len(debs)} .deb files")
         deb = debs[0]
         version = deb.name.split("_")[1] if deb.name.count("_") >= 2 else "?"
-        sha = _sha256(deb)
+        sha = sha256_file(deb)
         if progress:
             progress(f"unpacking {deb.name}")
         unpack = t / "root"
@@ -203,11 +203,3 @@ def _run(argv: list[str], cwd: Path, timeout: float, what: str) -> None:
     if res.returncode != 0:
         lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("W:")]
         raise KernelError(f"{what} failed: {(lines or ['exit status ' + str(res.returncode)])[-1]}")
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
