@@ -13,6 +13,7 @@ import os
 import re
 import sys
 
+from .. import __version__
 from ..errors import RemapError, UsageError
 
 # Each module defines register(subparsers) and sets func=handler(args) -> int on its parsers.
@@ -28,20 +29,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="remap", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version", version=f"remap {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(f".{name}", __name__).register(sub)
     return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"remap {version('remap')}"
-    except PackageNotFoundError:
-        return "remap (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
