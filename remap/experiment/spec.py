@@ -29,7 +29,7 @@ from ..targets import ROOT
 
 EXPERIMENTS_DIR = ROOT / "experiments"
 _TOP_KEYS = {"description", "repeat", "target", "launch", "measure", "steps", "cases"}
-_TARGET_KEYS = {"name", "variant", "args", "irc"}
+_TARGET_KEYS = {"name", "variant", "args", "irc", "exit_status"}
 _LAUNCH_KEYS = {"aslr", "env_size", "vdso"}
 _MEASURE_KEYS = {"pages", "stack", "idle_timeout"}
 _CASE_KEYS = {"name", "target", "launch", "measure", "steps"}
@@ -42,6 +42,7 @@ class Target:
     variant: str = "default"
     args: tuple[str, ...] = ()
     irc: bool = False  # drive it with remap.ircd (append HOST PORT NICK CHANNEL to args)
+    exit_status: int = 0  # what a working target exits with at the end (EOF / hang-up)
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,10 @@ def _target(d: dict, where: str, bad) -> Target:
     irc = d.get("irc", False)
     if not isinstance(irc, bool):
         raise bad(f"{where}: target.irc must be true or false")
-    return Target(name, variant, tuple(str(a) for a in args), irc)
+    status = d.get("exit_status", 0)
+    if not isinstance(status, int) or isinstance(status, bool) or not 0 <= status <= 255:
+        raise bad(f"{where}: target.exit_status must be an integer 0..255")
+    return Target(name, variant, tuple(str(a) for a in args), irc, status)
 
 
 def _launch(d: dict, where: str, bad) -> Launch:

@@ -208,15 +208,19 @@ def _int(params: dict, key: str, lo: int, hi: int, default: int | None = None) -
 def finish(ctx: RunContext) -> tuple[bool, str | None]:
     """Check the target still works, then stop it; return (target_ok, why_not).
 
-    An IRC bot must answer !ping and exit 0 when the server hangs up; any other target must
-    still be running and exit 0 when its stdin is closed.  Always reaps the process.
+    An IRC bot must answer !ping and exit with target.exit_status (0 unless the experiment says
+    otherwise) when the server hangs up; any other target must still be running and exit so when
+    its stdin is closed.  Always reaps the process.
     """
     lt = ctx.launched
     if lt is None:
         return False, "never launched"
     why = None
     try:
-        if lt.proc.poll() is not None:
+        want = ctx.case.target.exit_status
+        if lt.proc.poll() is not None and (want == 0 or lt.proc.returncode != want):
+            # a target declared to end with a non-zero status (a client such as sic, which
+            # quits once its server hangs up) may have ended that way already
             why = f"target exited early with status {lt.proc.returncode}"
         elif ctx.irc is not None and ctx.irc.registration is not None:
             reply = ctx.irc.command("!ping")
@@ -230,8 +234,8 @@ def finish(ctx: RunContext) -> tuple[bool, str | None]:
         if lt.proc.stdin:
             lt.proc.stdin.close()
         rc = lt.proc.wait(timeout=5)
-        if why is None and rc != 0:
-            why = f"target exited with status {rc} at the end"
+        if why is None and rc != want:
+            why = f"target exited with status {rc} at the end (a working one exits {want})"
     except subprocess.TimeoutExpired:
         why = why or "target did not exit within 5 s of EOF"
     finally:
