@@ -75,6 +75,10 @@ BAD_FILES = {
         'repeat = 0\n[target]\nname = "echoloop"\n[[steps]]\nstep = "launch"',
         "'repeat'",
     ),
+    "bad exit status": (
+        '[target]\nname = "echoloop"\nexit_status = 300\n[[steps]]\nstep = "launch"',
+        "target.exit_status",
+    ),
     "no launch first": (
         '[target]\nname = "echoloop"\n[[steps]]\nstep = "idle"',
         "first step must be",
