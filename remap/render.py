@@ -154,9 +154,10 @@ def layout(snap: Snapshot, max_gap_cells: int = 1) -> list[tuple[int | None, str
     return cells
 
 
-def png(snap: Snapshot, path: str, width: int = 128) -> int:
+def png(snap: Snapshot, path: str, width: int = 128, marked: set[int] | None = None) -> int:
     """Draw the address space: one cell per page, coloured by label, filled when present
-    (pale when mapped but not present).  Returns the number of cells drawn."""
+    (pale when mapped but not present); pages in MARKED (e.g. touched while watching) get a
+    black dot.  Returns the number of cells drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,12 +185,19 @@ def png(snap: Snapshot, path: str, width: int = 128) -> int:
     h = min(40.0, 2 + rows / 16)
     fig, ax = plt.subplots(figsize=(10, h), dpi=100)
     ax.imshow(img, aspect="auto", interpolation="nearest")
+    if marked:
+        pts = [(i % width, i // width) for i, (a, _, _) in enumerate(cells) if a in marked]
+        if pts:
+            xs, ys = zip(*pts, strict=True)
+            ax.scatter(xs, ys, s=4, c="black", marker="o", label="touched")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"pid {snap.pid}: {snap.rss_kb} kB present of {len(cells)} cells\n{snap.summary}",
                  fontsize=8)  # fmt: skip
     handles = [Patch(color=colour(lb), label=lb) for lb in sorted(used)]
     handles.append(Patch(color=(0.2, 0.2, 0.2), label="gap (compressed)"))
+    if marked:
+        handles.append(Patch(color="black", label="touched while watched"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

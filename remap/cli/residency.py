@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -36,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=_positive_int, default=5, metavar="N")
     p.add_argument(
         "--no-refs", action="store_true", help="do not clear/read referenced bits (clear_refs)"
+    )
+    p.add_argument(
+        "--png", metavar="FILE", help="draw the last snapshot, pages touched while watching marked"
     )
     add_json(p)
     p.set_defaults(func=cmd_watch)
@@ -129,15 +133,73 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _clear_refs(pid: int) -> None:
-    """Clear the referenced bits of PID's pages ('1' touches nothing else, e.g. not soft-dirty)."""
+def _clear_refs(pid: int, what: str = "1") -> None:
+    """Write WHAT to clear_refs: '1' clears the referenced bits of every page, '4' the
+    soft-dirty bits (fs/proc/task_mmu.c), so the next interval shows what was touched."""
     from ..procfs import translate
 
     try:
         with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("1")
+            f.write(what)
     except OSError as e:
         raise translate(pid, e, "clear_refs") from None
+
+
+def _written_pages(pid: int, snap) -> list[int]:
+    """Present pages whose soft-dirty bit (pagemap bit 55) is set: written since the last
+    clear_refs '4'.  Per page, where smaps' Referenced is only a per-mapping sum."""
+    import struct
+
+    from ..kconst import PAGE_SHIFT, PM_PRESENT, PM_SOFT_DIRTY
+    from ..procfs import open_proc
+
+    out = []
+    fd = open_proc(pid, "pagemap")
+    try:
+        for v in snap.vmas:
+            if not v.pages:
+                continue
+            lo, hi = v.pages[0].addr, v.pages[-1].addr + 4096
+            raw = os.pread(fd, (hi - lo) >> PAGE_SHIFT << 3, (lo >> PAGE_SHIFT) << 3)
+            for i, e in enumerate(struct.unpack(f"<{len(raw) // 8}Q", raw)):
+                if e & PM_PRESENT and e & PM_SOFT_DIRTY:
+                    out.append(lo + (i << PAGE_SHIFT))
+    finally:
+        os.close(fd)
+    return out
+
+
+IDLE_BITMAP = "/sys/kernel/mm/page_idle/bitmap"
+
+
+def soft_dirty_supported() -> bool:
+    """Does this kernel keep soft-dirty bits (CONFIG_MEM_SOFT_DIRTY)?  Asked of our own
+    process: a page written after clear_refs '4' must show pagemap bit 55."""
+    import ctypes
+    import mmap
+    import struct
+
+    from ..kconst import PAGE_SHIFT, PM_SOFT_DIRTY
+
+    m = mmap.mmap(-1, 4096)
+    try:
+        m[0:1] = b"x"
+        buf = ctypes.c_char.from_buffer(m)
+        addr = ctypes.addressof(buf)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("4")
+        m[0:1] = b"y"
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+        try:
+            entry = struct.unpack("<Q", os.pread(fd, 8, (addr >> PAGE_SHIFT) << 3))[0]
+        finally:
+            os.close(fd)
+        del buf
+        return bool(entry & PM_SOFT_DIRTY)
+    except OSError:
+        return False
+    finally:
+        m.close()
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -146,12 +208,27 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     prev = snapshot(args.pid)
     refs = not args.no_refs
+    notes = []
     if refs:
         try:
             _clear_refs(args.pid)
+            _clear_refs(args.pid, "4")  # soft-dirty: harmless where the kernel lacks it
         except AccessDenied as e:
             print(f"remap: {e}; watching without referenced bits", file=sys.stderr)
             refs = False
+    dirty = refs and soft_dirty_supported()
+    if refs and not dirty:
+        notes.append(
+            "soft-dirty bits unavailable (kernel built without CONFIG_MEM_SOFT_DIRTY): "
+            "written pages cannot be told apart; 'written' is null"
+        )
+    if not os.path.exists(IDLE_BITMAP):
+        notes.append(
+            f"idle page tracking unavailable ({IDLE_BITMAP} missing: kernel built without "
+            "CONFIG_IDLE_PAGE_TRACKING); touched pages come from clear_refs: Referenced per "
+            "mapping, soft-dirty (written) per page"
+        )
+    touched: set[int] = set()
     t0 = time.monotonic()
     if not args.json:
         print(f"t=0.0s rss {prev.rss_kb} kB  {prev.summary}", flush=True)
@@ -163,12 +240,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
         added = sorted(set(after) - set(before))
         removed = sorted(set(before) - set(after))
         referenced = {}
+        written: list[int] = []
         if refs:
             for v in snap.vmas:
                 kb = v.smaps_kb("Referenced")
                 if kb:
                     referenced[v.label] = referenced.get(v.label, 0) + kb
             _clear_refs(args.pid)
+            if dirty:
+                written = _written_pages(args.pid, snap)
+                _clear_refs(args.pid, "4")
+        touched.update(added, written)
         sample = {
             "pid": args.pid,
             "t": round(time.monotonic() - t0, 3),
@@ -179,12 +261,20 @@ def cmd_watch(args: argparse.Namespace) -> int:
             "removed": [{"addr": a, "label": before[a]} for a in removed],
             "referenced_kb": sum(referenced.values()) if refs else None,
             "referenced_by_label": referenced if refs else None,
+            "written": [{"addr": a, "label": after.get(a, "")} for a in written] if dirty else None,
+            "written_kb": 4 * len(written) if dirty else None,
+            "notes": notes,
             "by_label_kb": label_totals(snap),
         }
         if args.json:
             print_json(sample)
         else:
-            ref = f", referenced {sample['referenced_kb']} kB" if refs else ""
+            ref = (
+                f", referenced {sample['referenced_kb']} kB"
+                + (f", written {len(written)} pages" if dirty else "")
+                if refs
+                else ""
+            )
             print(
                 f"t={sample['t']:.1f}s rss {snap.rss_kb} kB ({sample['delta_kb']:+d}), "
                 f"+{len(added)} -{len(removed)} pages{ref}"
@@ -192,4 +282,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 flush=True,
             )
         prev = snap
+    if args.png:
+        from ..render import png
+
+        png(prev, args.png, marked=touched)
+    if notes and not args.json:
+        for n in notes:
+            print(f"note: {n}", file=sys.stderr)
     return 0
