@@ -102,7 +102,3 @@ def _find_syscalls(code: bytes) -> list[int]:
         out.append(i)
         i = code.find(b"\x0f\x05", i + 1)
     return out
-
-
-def exe_path(pid: int) -> str:
-    return os.readlink(f"/proc/{pid}/exe")

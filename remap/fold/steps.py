@@ -513,8 +513,10 @@ def _refuse_foreign_anon(ctx: FoldContext, hot: HotPage, stack) -> None:
 
 
 def _scratch_vma(s, v) -> bool:
+    """Does V overlap the session's scratch area (code page and table pages: several VMAs)?"""
     base = getattr(s, "_scratch", 0)
-    return bool(base) and v.start <= base < v.end
+    size = getattr(s, "_scratch_len", 0) or K.PAGE_SIZE
+    return bool(base) and v.start < base + size and base < v.end
 
 
 def _caught_signals(pid: int) -> int:
