@@ -166,7 +166,7 @@ def run_plan(
             keep = {
                 p.addr
                 for p in ctx.snap.anon_pages()
-                if p.addr not in action.touches and not _scratch(s, p.addr)
+                if p.addr not in action.touches and not in_scratch(s, p.addr)
             }
             hashes = verify.hash_pages(s.read, keep, holes)
             calls0 = ctx.calls
@@ -192,10 +192,13 @@ def run_plan(
     )  # fmt: skip
 
 
-def _scratch(s: Any, addr: int) -> bool:
+def in_scratch(s: Any, lo: int, hi: int | None = None) -> bool:
+    """Does [lo, hi) (one page at lo by default) overlap the session's scratch area -- the code
+    page and the table pages, which may be several VMAs?  Scratch is the fold's own tool,
+    never the target's data: it is neither hashed nor unmapped as if it were."""
     base = getattr(s, "_scratch", 0)
     size = getattr(s, "_scratch_len", 0) or PAGE_SIZE
-    return bool(base) and base <= addr < base + size
+    return bool(base) and lo < base + size and base < (lo + PAGE_SIZE if hi is None else hi)
 
 
 def _settled_snapshot(pid: int, settle_s: float) -> residency.Snapshot:

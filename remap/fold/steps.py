@@ -19,7 +19,7 @@ from .. import procfs
 from ..errors import UnsafeStep
 from . import mmview
 from .hotpage import HotPage, find_hot_page
-from .plan import Action, FoldContext
+from .plan import Action, FoldContext, in_scratch
 from .ranges import coalesce, page_ceil, page_floor, total
 from .relocate import Move, relocate_regs, relocate_words, walk_frames
 
@@ -190,14 +190,8 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
         s.set_resume_regs(None, {k: new_regs[k] for k in new_regs if new_regs[k] != regs[k]})
         auxv = _relocated_auxv(ctx.pid, [move])
         note = _set_mm_map(c, {"start_stack": st.start_stack + delta}, auxv, dead_buf)
-        # the old frames are now dead stack below the new rsp - 128: drop them
-        dead = [
-            p.addr
-            for p in c.snap.vma_at(lo).pages
-            if p.addr + K.PAGE_SIZE <= page_floor(new_lo) and p.addr >= stack.start
-        ]
-        if dead:
-            c.batch([("madvise", a, e - a, K.MADV_DONTNEED) for a, e in coalesce(dead)])
+        # the old frames are now dead stack below the new rsp - 128: drop_dead_stack, the
+        # plan's next step, drops them (with its alternate-signal-stack check)
         return {
             "moved_bytes": len(old),
             "delta": delta,
@@ -514,9 +508,7 @@ def _refuse_foreign_anon(ctx: FoldContext, hot: HotPage, stack) -> None:
 
 def _scratch_vma(s, v) -> bool:
     """Does V overlap the session's scratch area (code page and table pages: several VMAs)?"""
-    base = getattr(s, "_scratch", 0)
-    size = getattr(s, "_scratch_len", 0) or K.PAGE_SIZE
-    return bool(base) and v.start < base + size and base < v.end
+    return in_scratch(s, v.start, v.end)
 
 
 def _caught_signals(pid: int) -> int:
