@@ -94,6 +94,19 @@ def test_already_traced(spawn):
         st.wait(timeout=5)
 
 
+def _as_nobody(code: str, **env: str) -> subprocess.CompletedProcess:
+    """Run CODE in a Python as user nobody (setpriv), with this checkout importable."""
+    return subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", sys.executable]
+        + ["-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+    )
+
+
 def test_permission_denied_as_nobody(spawn, is_root):
     if not is_root or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to drop to nobody")
@@ -107,15 +120,7 @@ def test_permission_denied_as_nobody(spawn, is_root):
         "except e.AccessDenied as x:\n"
         "    print('DENIED', x)\n"
     )
-    res = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", sys.executable]
-        + ["-c", code],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    res = _as_nobody(code)
     assert res.stdout.startswith("DENIED permission denied"), res.stdout + res.stderr
     untouched(t.pid, before)
 
@@ -166,14 +171,6 @@ def test_ptrace_eperm_is_access_denied(spawn, is_root):
         "except e.AccessDenied as x:\n"
         "    print('DENIED', x)\n"
     )
-    res = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", sys.executable]
-        + ["-c", code],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "REMAP_BUILD_DIR": str(path.parents[1])},
-    )
+    res = _as_nobody(code, REMAP_BUILD_DIR=str(path.parents[1]))
     assert res.stdout.startswith("DENIED ptrace refused"), res.stdout + res.stderr
     assert status(t.pid)["TracerPid"] == "0"
