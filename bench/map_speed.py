@@ -9,6 +9,9 @@ process and in one run:
     pmap -XX PID              (procps: one smaps read and formatting, in C)
     smem -P REGEX             (Python: reads smaps of the matching processes)
 
+The "ELF cache off" row runs remap with REMAP_ELF_CACHE=off: what a first run on a machine
+costs, when every mapped ELF file's symbols are read and sorted (remap.elfmap keeps them).
+
 Usage:  .venv/bin/python bench/map_speed.py [--maps 5000] [--kb 256] [--repeat 5]
 Goal (issue 2): remap within 2x of pmap -XX, faster than smem.
 """
@@ -43,14 +46,18 @@ sys.stdin.read()
 """
 
 
-def _time_all(rows: list[tuple[str, list[str]]], repeat: int) -> dict[str, tuple[float, float]]:
+def _time_all(rows: list[tuple], repeat: int) -> dict[str, tuple[float, float]]:
     """{name: (median, min) wall seconds}, the commands interleaved round by round so that load
-    from anything else on the machine hits all of them alike; stdout is discarded."""
-    times: dict[str, list[float]] = {name: [] for name, _ in rows}
+    from anything else on the machine hits all of them alike; stdout is discarded.
+    A row is (name, argv) or (name, argv, extra environment)."""
+    times: dict[str, list[float]] = {row[0]: [] for row in rows}
     for _ in range(repeat):
-        for name, cmd in rows:
+        for name, cmd, *extra in rows:
+            env = {**os.environ, **extra[0]} if extra else None
             t = time.perf_counter()
-            r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+            r = subprocess.run(
+                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300, env=env
+            )
             times[name].append(time.perf_counter() - t)
             if r.returncode != 0:
                 raise SystemExit(f"{name} failed: {r.stderr.decode().strip()}")
@@ -83,11 +90,13 @@ def main() -> int:
               f"VmRSS {st['VmRSS']} kB, kernel {os.uname().release}")  # fmt: skip
         if nmaps < 5000 or int(st["VmSize"]) < 1 << 20:
             raise SystemExit("target too small: need >= 5000 mappings and >= 1 GB")
-        rows = [("remap map --json", [*remap_cmd, "map", "--json", str(pid)])]
+        rows: list[tuple] = [("remap map --json", [*remap_cmd, "map", "--json", str(pid)])]
         if shutil.which("pmap"):
             rows.append(("pmap -XX", ["pmap", "-XX", str(pid)]))
         if shutil.which("smem"):
             rows.append(("smem -P", ["smem", "-P", MARKER]))
+        # the same command with remap's on-disk ELF cache off: every mapped ELF parsed again
+        rows.append(("  ELF cache off", rows[0][1], {"REMAP_ELF_CACHE": "off"}))
         # in-process figure: the snapshot alone, without interpreter start-up
         sys.path.insert(0, ROOT)
         import remap

@@ -20,25 +20,11 @@ Example::
 from __future__ import annotations
 
 import bisect
-import os
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 
-from . import elfmap, pagemap, procfs
 from . import kconst as K
-from .errors import AccessDenied, NoSuchProcess
-
-_SPECIAL = {
-    "[heap]": "heap",
-    "[stack]": "stack",
-    "[vdso]": "vdso",
-    "[vvar]": "vvar",
-    "[vvar_vclock]": "vvar",
-    "[vsyscall]": "vsyscall",
-}
-_SHMEM_PREFIXES = ("/memfd:", "/SYSV", "/dev/zero", "[anon_shmem")
-_SHMEM_FS = {"tmpfs", "ramfs", "hugetlbfs", "devtmpfs"}
+from . import labels, pagemap, procfs
 
 
 @dataclass(slots=True)
@@ -119,7 +105,7 @@ class Vma:
     @property
     def pfnmap(self) -> bool:
         """VM_PFNMAP/VM_IO (smaps 'pf'/'io'): raw frames that no RSS counter ever counts."""
-        return _is_pfnmap(self.vmflags)
+        return labels.is_pfnmap(self.vmflags)
 
     def to_json(self, pages: bool = True) -> dict:
         d = {
@@ -195,18 +181,6 @@ class Snapshot:
         }
 
 
-def _is_pfnmap(vmflags: frozenset[str]) -> bool:
-    return "pf" in vmflags or "io" in vmflags
-
-
-_PFNMAP_FLAGS = frozenset({"pf"})
-
-
-def _name_flags(path: str) -> frozenset[str]:
-    """VmFlags we can infer from a maps path alone (snapshot(smaps=False)): vvar is a PFN map."""
-    return _PFNMAP_FLAGS if path.startswith("[vvar") else frozenset()
-
-
 # --------------------------------------------------------------------------- kernel mechanisms
 def _version(release: str) -> tuple[int, int, int]:
     m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
@@ -247,118 +221,6 @@ def mechanism_for(kernel_release: str) -> str:
     )
 
 
-# --------------------------------------------------------------------------- labelling
-def _is_shmem(e: procfs.SmapsEntry, fstypes: dict[str, str] | None) -> bool:
-    if e.path.startswith(_SHMEM_PREFIXES):
-        return True
-    if e.inode and not e.path.startswith("[") and e.dev.startswith("00:") and fstypes:
-        return fstypes.get(e.dev) in _SHMEM_FS
-    return False
-
-
-def _thread_sps(pid: int, status: dict, notes: list[str]) -> list[int]:
-    """Stack pointers of the non-main threads (for the thread-stack label)."""
-    if int(status.get("Threads", 1)) <= 1:
-        return []
-    sps = []
-    unknown = 0
-    for tid in procfs.thread_ids(pid):
-        if tid == pid:
-            continue
-        sp = None
-        try:
-            sc = procfs.read_syscall(pid, tid)
-            sp = sc.sp
-            if sp is None:
-                sp = procfs.read_stat(pid, tid).kstkesp or None
-        except (NoSuchProcess, AccessDenied):
-            pass
-        if sp:
-            sps.append(sp)
-        else:
-            unknown += 1
-    if unknown:
-        notes.append(
-            f"{unknown} thread(s) were running or unreadable: their stacks may be labelled "
-            "'anon' instead of 'thread-stack'"
-        )
-    return sps
-
-
-def _vma_label(e: procfs.SmapsEntry, exe: str, shmem: bool, sps: list[int]) -> str:
-    if e.path in _SPECIAL:
-        return _SPECIAL[e.path]
-    if shmem:
-        return "shmem"
-    if e.inode and not e.path.startswith("["):
-        if e.path == exe:
-            return "code" if "x" in e.perms else ("data" if "w" in e.perms else "rodata")
-        return _vma_label_for_file(e.path)
-    for sp in sps:
-        if e.start <= sp < e.end:
-            return "thread-stack"
-    return "anon"
-
-
-def _vma_label_for_file(path: str) -> str:
-    return "lib:" + os.path.basename(path.removesuffix(" (deleted)"))
-
-
-class _ElfView:
-    """ELF description of the pages of one mapped file (exe or library) at its load bias."""
-
-    def __init__(self, info: elfmap.ElfInfo, bias: int):
-        self.info, self.bias = info, bias
-
-    def describe(self, addr: int):
-        return _describe(self.info, addr - self.bias)
-
-
-_described: dict[tuple[int, int], tuple] = {}
-
-
-def _describe(info: elfmap.ElfInfo, vaddr: int) -> tuple:
-    """info.describe, memoised per (file, page): `watch` re-describes the same pages each time."""
-    key = (id(info), vaddr)
-    d = _described.get(key)
-    if d is None:
-        d = _described[key] = info.describe(vaddr)
-    return d
-
-
-def _elf_views(entries: list[procfs.SmapsEntry], exe: str) -> list[_ElfView | None]:
-    """For each VMA, the ELF view describing it (file mappings, plus the exe's anon .bss tail)."""
-    views: list[_ElfView | None] = [None] * len(entries)
-    lowest: dict[tuple[str, int], tuple[int, int]] = {}
-    for e in entries:
-        if e.inode and not e.path.startswith("[") and (e.path, e.inode) not in lowest:
-            lowest[(e.path, e.inode)] = (e.start, e.offset)
-    cache: dict[tuple[str, int], _ElfView | None] = {}
-    prev_file: _ElfView | None = None
-    prev_end = -1
-    for i, e in enumerate(entries):
-        if e.inode and not e.path.startswith("["):
-            key = (e.path, e.inode)
-            if key not in cache:
-                info = elfmap.load(e.path, e.inode)
-                if info is None or not info.segments:
-                    cache[key] = None
-                else:
-                    s, off = lowest[key]
-                    cache[key] = _ElfView(info, elfmap.load_bias(info, s, off))
-            views[i] = cache[key]
-            prev_file, prev_end = views[i], e.end
-        elif not e.path and prev_file is not None and e.start == prev_end:
-            # anonymous tail right after a file's last mapping: its .bss past the file size
-            v = prev_file
-            if e.start < v.bias + v.info.end_vaddr:
-                views[i] = v
-            prev_file = None
-        else:
-            prev_file = None
-    return views
-
-
 # --------------------------------------------------------------------------- snapshot
 def snapshot(
     pid: int,
@@ -397,41 +259,22 @@ def snapshot(
                 m.inode,
                 m.path,
                 fields={},
-                vmflags=_name_flags(m.path),
+                vmflags=labels.name_flags(m.path),
             )  # fmt: skip
             for m in procfs.read_maps(pid)
         ]
     rollup = procfs.read_smaps_rollup(pid)
     ranges = [(e.start, e.end) for e in entries]
-    use_scan = method == "scan" or (method == "auto" and pagemap.scan_supported())
-    fd = procfs.open_proc(pid, "pagemap")
-    try:
-        if use_scan:
-            runs = pagemap.present_scan(pid, ranges, fd=fd)
-            # the scan skips VM_PFNMAP VMAs: read those few entries directly
-            pf = [i for i, e in enumerate(entries) if _is_pfnmap(e.vmflags)]
-            if pf:
-                for i, r in zip(
-                    pf, pagemap.present_read(pid, [ranges[i] for i in pf], fd=fd), strict=True
-                ):
-                    runs[i] = r
-        else:
-            runs = pagemap.present_read(pid, ranges, fd=fd)
-        want = pfns or kpageflags
-        pfns = pagemap.pfns_for(pid, [r for rs in runs for r in rs], fd=fd) if want else {}
-    finally:
-        os.close(fd)
+    pfnmap = [i for i, e in enumerate(entries) if labels.is_pfnmap(e.vmflags)]
+    runs, pfns, used = pagemap.walk(
+        pid, ranges, pfnmap, method=method, pfns=pfns or kpageflags
+    )  # fmt: skip
     # --- everything below is computed from what was read
     notes: list[str] = []
     exe = procfs.read_exe(pid)
-    sps = _thread_sps(pid, status, notes)
-    fstypes = None
-    if any(e.inode and e.dev.startswith("00:") for e in entries):
-        try:
-            fstypes = procfs.read_mount_fstypes(pid)
-        except AccessDenied:
-            fstypes = None
-    views = _elf_views(entries, exe)
+    sps = labels.thread_sps(pid, status, notes)
+    fstypes = labels.fstypes_for(pid, entries)
+    views = labels.elf_views(entries, exe)
     flags_of: dict[int, int] = {}
     if kpageflags and pfns:
         flags_of = pagemap.kpageflags(pfns.values())
@@ -439,8 +282,7 @@ def snapshot(
     vmas: list[Vma] = []
     zero_unknown = 0
     for e, rs, view in zip(entries, runs, views, strict=True):
-        shmem = _is_shmem(e, fstypes)
-        label = _vma_label(e, exe, shmem, sps)
+        label, shmem, is_exe_part = labels.classify(e, view, exe, fstypes, sps)
         if smaps:
             rss, anon, swap = e.get("Rss"), e.get("Anonymous"), e.get("Swap")
         else:
@@ -451,11 +293,8 @@ def snapshot(
             rss, anon, rss - anon - shmem_kb, shmem_kb, swap,
             vmflags=e.vmflags, entry=e,
         )  # fmt: skip
-        is_exe_part = view is not None and view.info.path == exe
-        if view is not None and not e.path:  # anonymous .bss tail of a mapped ELF file
-            v.label = label = "bss" if is_exe_part else _vma_label_for_file(view.info.path)
         private_file = v.is_file and e.perms[3] == "p"
-        pfnmap = _is_pfnmap(v.vmflags)
+        pfnmap_vma = labels.is_pfnmap(v.vmflags)
         pages = v.pages
         for r in rs:
             if r.zero:
@@ -463,12 +302,7 @@ def snapshot(
                 continue
             if r.zero is None and not r.file:
                 zero_unknown += r.npages
-            if pfnmap:
-                backing, cow = "pfnmap", False
-            elif r.file:
-                backing, cow = ("shmem" if shmem else "file"), False
-            else:
-                backing, cow = "anon", private_file
+            backing, cow = labels.backing(r.file, pfnmap_vma, shmem, private_file)
             if view is None and not flags_of:  # the common case, kept tight for big processes
                 pages.extend(
                     [
@@ -491,10 +325,7 @@ def snapshot(
             v.rss_kb, v.anon_kb, v.shmem_kb = 4 * len(pages), 4 * n_anon, 4 * n_shmem
             v.file_kb = v.rss_kb - v.anon_kb - v.shmem_kb
         if is_exe_part and e.path:
-            labels = Counter(p.label for p in pages) or Counter(
-                view.describe(a)[0] for a in range(e.start, min(e.end, e.start + (64 << 12)), 4096)
-            )
-            top = labels.most_common(1)[0][0] if labels else None
+            top = labels.exe_vma_label(e, view, [p.label for p in pages])
             if top:
                 v.label = top
         vmas.append(v)
@@ -525,7 +356,7 @@ def snapshot(
         summary=seed_summary(status),
         notes=notes,
         exe=exe,
-        method="scan" if use_scan else "read",
+        method=used,
     )
 
 

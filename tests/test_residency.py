@@ -6,6 +6,7 @@ waits until it blocks, snapshots it and checks the snapshot against /proc read b
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from elftools.elf.elffile import ELFFile
 
 import remap
 from remap import kconst as K
-from remap import pagemap, residency
+from remap import pagemap, residency, targets
 
 LABELS = {
     "elf-header", "code", "rodata", "data", "bss", "heap", "stack", "thread-stack",
@@ -255,3 +256,116 @@ def test_mechanism_for_names_the_kernel_mechanism():
     assert "per-CPU" in residency.mechanism_for("6.5.0")
     assert "2025" in residency.mechanism_for("6.18.44")
     assert "atomically" in residency.mechanism_for("2.6.32")
+
+
+# ---------------------------------------------------------------------------- map --json writer
+def _same_document(pid: int) -> None:
+    """remap.mapjson writes byte for byte what the snapshot model encodes for the same instant."""
+    from remap import mapjson
+
+    fast = mapjson.document(pid)
+    model = json.dumps(
+        remap.snapshot(pid, pfns=False, smaps=False).to_json(), separators=(",", ":")
+    )
+    assert fast == model
+    d = json.loads(fast)
+    assert d["pid"] == pid and d["vmas"]
+    assert sum(v["rss_kb"] for v in d["vmas"] if v["path"] != "[vvar]") == _kernel_smaps_rss(pid)
+
+
+def test_map_json_writer_matches_the_model(echoloop, glibcloop, cpython):
+    for pid in (echoloop.pid, glibcloop.pid, cpython.pid):
+        _same_document(pid)
+
+
+def _many_runs_child(n: int) -> subprocess.Popen:
+    """A process with N anonymous mappings, each with two present pages apart: 2N runs."""
+    code = (
+        "import mmap, sys\n"
+        "ms = [mmap.mmap(-1, 8 << 12, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,\n"
+        "      prot=mmap.PROT_READ | mmap.PROT_WRITE * (i % 2)) for i in range(int(sys.argv[1]))]\n"
+        "for i, m in enumerate(ms):\n"
+        "    if i % 2: m[0] = 1; m[5 << 12] = 1\n"
+        "print('ready', flush=True); sys.stdin.read()\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert p.stdout.readline().startswith(b"ready")
+    _all_blocked(p.pid)
+    return p
+
+
+@pytest.mark.skipif(not pagemap.scan_supported(), reason="kernel lacks PAGEMAP_SCAN (6.7+)")
+def test_scan_over_more_runs_than_one_ioctl_returns():
+    """More present runs than one PAGEMAP_SCAN vector holds: the resumed walk must neither
+    repeat nor lose a run (6.18 reports a walk_end below what it already returned)."""
+    # the last ioctl must return more than its 512-entry bounce buffer holds but not a full
+    # vector: that is when 6.18 reported the stale walk_end
+    p = _many_runs_child(pagemap._VEC_LEN + 1500)
+    try:
+        maps = [m for m in remap.procfs.read_maps(p.pid) if m.path != "[vsyscall]"]
+        ranges = [(m.start, m.end) for m in maps]
+        scan = pagemap.present_scan(p.pid, ranges)
+        read = pagemap.present_read(p.pid, ranges)
+        assert sum(len(rs) for rs in scan) > pagemap._VEC_LEN
+        for m, ra, rb in zip(maps, scan, read, strict=True):
+            assert all(r.start < r.end for r in ra), m
+            # sorted, no overlap
+            assert all(a.end <= b.start for a, b in zip(ra, ra[1:], strict=False)), m
+            if m.path.startswith("[vvar"):
+                continue
+            pages_a = {(x, r.file) for r in ra for x in range(r.start, r.end, 4096)}
+            pages_b = {(x, r.file) for r in rb for x in range(r.start, r.end, 4096)}
+            assert pages_a == pages_b, m
+        s = remap.snapshot(p.pid)
+        assert s.counters_kb["pagemap_present"] == _kernel_smaps_rss(p.pid)
+        _same_document(p.pid)
+    finally:
+        p.kill()
+        p.wait(timeout=5)
+        p.stdin.close()
+        p.stdout.close()
+
+
+def test_elf_cache_is_keyed_by_file_version(tmp_path, monkeypatch):
+    """The on-disk ELF cache returns what a fresh parse returns, re-parses a touched file,
+    and ignores a corrupt or foreign entry."""
+    import marshal
+
+    from remap import elfmap
+
+    src = targets.build("echoloop")
+    exe = tmp_path / "echoloop"
+    exe.write_bytes(src.read_bytes())
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("REMAP_ELF_CACHE", str(cache))
+
+    def fields(i):
+        return (i.path, i.segments, i.sections, i.sym_addr, i.sym_end, i.sym_name, i._strs)
+
+    fresh = elfmap._parse(str(exe))
+    elfmap._cache.clear()
+    assert fields(elfmap.load(str(exe))) == fields(fresh)
+    (entry,) = cache.iterdir()
+    # an entry with one section renamed: served as long as it is ours and unshared...
+    rec = list(marshal.loads(entry.read_bytes()))
+    rec[3] = [("renamed", *s[1:]) for s in rec[3]]
+    entry.write_bytes(marshal.dumps(tuple(rec)))
+    elfmap._cache.clear()
+    assert elfmap.load(str(exe)).sections[0].name == "renamed"
+    # ...not when others could have written it, nor when it is garbage
+    entry.chmod(0o666)
+    elfmap._cache.clear()
+    assert fields(elfmap.load(str(exe))) == fields(fresh)
+    entry.write_bytes(b"\x00garbage")
+    elfmap._cache.clear()
+    assert fields(elfmap.load(str(exe))) == fields(fresh)
+    # a touched file is another version: parsed again, kept beside the old entry
+    st = exe.stat()
+    os.utime(exe, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    elfmap._cache.clear()
+    assert fields(elfmap.load(str(exe))) == fields(fresh)
+    assert len(list(cache.iterdir())) == 2
+    monkeypatch.setenv("REMAP_ELF_CACHE", "off")
+    assert elfmap.cache_dir() is None

@@ -1,11 +1,13 @@
-"""Helpers shared by every subcommand: --json output and PID argument parsing."""
+"""Helpers shared by every subcommand: --json output and PID and path argument parsing.
+
+Imports are kept light (no json, pathlib at import time): every command, even `remap map`,
+loads every subcommand module to build the parser.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any
 
 from ..errors import UsageError
 
@@ -25,12 +27,21 @@ def pid_arg(text: str) -> int:
     return pid
 
 
-def print_json(obj: Any) -> None:
+def path_arg(text: str):
+    """argparse type for a file or directory path (a pathlib.Path, imported when used)."""
+    from pathlib import Path
+
+    return Path(text)
+
+
+def print_json(obj: object) -> None:
+    import json
+
     json.dump(obj, sys.stdout, indent=None, separators=(",", ":"), default=_default)
     sys.stdout.write("\n")
 
 
-def _default(o: Any) -> Any:
+def _default(o: object) -> object:
     if hasattr(o, "to_json"):
         return o.to_json()
     if isinstance(o, (set, frozenset, tuple)):

@@ -9,12 +9,10 @@ records (``--kernel debian-6.1``: inside that kernel under qemu, see remap.kerne
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-from pathlib import Path
 
 from ..errors import UsageError
-from .common import add_json, print_json
+from .common import add_json, path_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run experiments (experiments/NAME.toml) and record the runs")
     p.add_argument("names", nargs="+", metavar="NAME", help="experiment name or .toml path")
     p.add_argument("--repeat", type=_positive, help="runs per case (default: the file's repeat)")
-    p.add_argument("--out", type=Path, help="write DIR/NAME.jsonl (one JSON record per run)")
+    p.add_argument("--out", type=path_arg, help="write DIR/NAME.jsonl (one JSON record per run)")
     p.add_argument(
         "--kernel",
         action="append",
@@ -51,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env-size", type=_nonneg, metavar="N", help="environment strings = N bytes")
     p.add_argument(
         "--output",
-        type=Path,
+        type=path_arg,
         metavar="FILE",
         help="append the target's stdout/stderr to FILE "
         "(default /dev/null, so $(remap launch ...) returns at once); stdin is inherited",
@@ -61,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("report", help="summarise experiment records (tables, Markdown, PNG)")
-    p.add_argument("dir", type=Path, metavar="DIR")
-    p.add_argument("--png", type=Path, metavar="FILE", help="PNG path (default DIR/report.png)")
+    p.add_argument("dir", type=path_arg, metavar="DIR")
+    p.add_argument("--png", type=path_arg, metavar="FILE", help="PNG path (default DIR/report.png)")
     add_json(p)
     p.set_defaults(func=cmd_report)
 
@@ -200,6 +198,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise UsageError("launch: give the command after --, e.g. remap launch -- ./prog")
+    import subprocess
+
     out = subprocess.DEVNULL
     if args.output:
         try:
@@ -260,7 +260,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_writable(d: Path) -> None:
+def _check_writable(d) -> None:
     """Refuse a results folder remap cannot write before anything runs (not after the runs,
     with the records lost): permission (exit 4) or a path that cannot be a folder (exit 2)."""
     import errno

@@ -9,11 +9,10 @@ budget when the hot block cannot fit in 4 kB.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+import os
 
 from ..errors import UsageError
-from .common import add_json, pid_arg, print_json
+from .common import add_json, path_arg, pid_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pid", type=pid_arg, metavar="PID")
     p.add_argument("--for", dest="seconds", type=float, required=True, metavar="S",
                    help="seconds to single-step (0 < S <= 600)")  # fmt: skip
-    p.add_argument("-o", "--output", type=Path, help="save the profile (JSON) for remap layout")
-    p.add_argument("--png", type=Path, help="picture of the hot path across pages")
+    p.add_argument("-o", "--output", type=path_arg, help="save the profile (JSON) for remap layout")
+    p.add_argument("--png", type=path_arg, help="picture of the hot path across pages")
     add_json(p)
     p.set_defaults(func=cmd_profile)
 
@@ -44,11 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "data and a stack reserve in one page-aligned 4 kB block (__hot_start/__hot_end, "
         "__hot_stack_lo/__hot_stack_hi).  Refuses, with the byte budget, when it cannot fit.",
     )
-    p.add_argument("profile", type=Path, metavar="PROFILE.json")
-    p.add_argument("--inputs", nargs="+", type=Path, required=True, metavar="FILE",
+    p.add_argument("profile", type=path_arg, metavar="PROFILE.json")
+    p.add_argument("--inputs", nargs="+", type=path_arg, required=True, metavar="FILE",
                    help="objects and archives of the link (add musl's libc.a: --musl)")  # fmt: skip
     p.add_argument("--musl", action="store_true", help="append musl's libc.a to the inputs")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="SCRIPT.ld")
+    p.add_argument("-o", "--output", type=path_arg, required=True, metavar="SCRIPT.ld")
     p.add_argument("--margin", type=int, default=None,
                    help="stack bytes beyond the measured peak depth (default: red zone + the "
                    "fold's margin + argv + alignment)")  # fmt: skip
@@ -83,7 +82,7 @@ def _print_profile(prof) -> None:
     from rich.table import Table
 
     con = Console()
-    t = Table(title=f"remap profile pid {prof.pid}: {Path(prof.exe).name}")
+    t = Table(title=f"remap profile pid {prof.pid}: {os.path.basename(prof.exe)}")
     for col in ("function", "address", "size", "steps", "section"):
         t.add_column(col, justify="right" if col in ("size", "steps") else "left")
     for f in sorted(prof.functions, key=lambda f: -f.steps):
@@ -126,6 +125,8 @@ def cmd_layout(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**lay.to_json(), "script": str(args.output)})
         return 0
+    import json
+
     b = lay.budget
     print(f"wrote {args.output}: {len(lay.code)} hot code sections, {len(lay.rodata)} rodata")
     print(

@@ -78,12 +78,17 @@ def _term_width() -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
+    if args.json and not args.pages and not args.png:
+        # The JSON shape needs neither PFNs nor the smaps-only fields (swap, VmFlags): written
+        # straight from maps + the page walk (exact; what DESIGN states results in).
+        from ..mapjson import document
+
+        sys.stdout.write(document(args.pid))
+        sys.stdout.write("\n")
+        return 0
     from ..residency import snapshot
 
-    # The JSON shape needs neither PFNs nor the smaps-only fields (swap, VmFlags): there the
-    # per-mapping rss_kb comes from the page walk (exact; what DESIGN states results in).
-    fast = args.json and not args.pages and not args.png
-    snap = snapshot(args.pid, pfns=not fast, smaps=not fast)
+    snap = snapshot(args.pid)
     if args.png:
         from ..render import png
 
