@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 SYSCALL_INSN = b"\x0f\x05"
 SYSCALL_RET = b"\x0f\x05\xc3"  # syscall; ret
@@ -28,9 +29,9 @@ SYSCALL_RET = b"\x0f\x05\xc3"  # syscall; ret
 RESTORERS = (b"\x48\xc7\xc0\x0f\x00\x00\x00\x0f\x05", b"\xb8\x0f\x00\x00\x00\x0f\x05")
 
 
-@dataclass(frozen=True)
-class Mapping:
-    """One line of /proc/PID/maps (only what gadget search needs)."""
+class Mapping(NamedTuple):
+    """One line of /proc/PID/maps (only what gadget search needs).  A NamedTuple: the session
+    reads the target's maps while it is stopped, and the tracer's own (hundreds of lines)."""
 
     start: int
     end: int
@@ -50,21 +51,15 @@ class Gadget:
 
 def read_maps(pid: int | str) -> list[Mapping]:
     """Parse /proc/PID/maps (small private reader: gadget search must not depend on policy)."""
+    with open(f"/proc/{pid}/maps", "rb") as f:
+        data = f.read()
     out = []
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            parts = line.split(None, 5)
-            lo, hi = parts[0].split("-")
-            out.append(
-                Mapping(
-                    int(lo, 16),
-                    int(hi, 16),
-                    parts[1],
-                    int(parts[2], 16),
-                    int(parts[4]),
-                    parts[5].strip() if len(parts) > 5 else "",
-                )
-            )
+    mk = Mapping._make
+    for line in data.decode(errors="surrogateescape").splitlines():
+        parts = line.split(None, 5)
+        lo, _, hi = parts[0].partition("-")
+        path = parts[5].strip() if len(parts) > 5 else ""
+        out.append(mk((int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16), int(parts[4]), path)))
     return out
 
 

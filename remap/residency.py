@@ -229,6 +229,7 @@ def snapshot(
     kpageflags: bool = False,
     pfns: bool = True,
     smaps: bool = True,
+    counters: bool = True,
 ) -> Snapshot:
     """Read PID's residency at one instant.
 
@@ -239,13 +240,22 @@ def snapshot(
     rss/anon/file/shmem kB then come from the page walk -- equal to smaps for a process that is
     not faulting (tests check it) -- swap_kb is 0, counters_kb["smaps_rss"] is None, and VMAs
     carry no VmFlags ([vvar*] are still known as PFN maps by name).  ``remap map --json`` uses it.
+    COUNTERS: False (with SMAPS False) reads only maps and pagemap -- no status, statm,
+    smaps_rollup, no notes: the fold's view of a process it holds stopped, where every
+    microsecond counts (counters_kb then holds pagemap_present alone, summary is "").
     Raises NoSuchProcess / ZombieProcess / AccessDenied / UnsupportedTarget (remap.errors).
     """
-    procfs.check_target(pid)
+    if not counters and smaps:
+        raise ValueError("snapshot(counters=False) needs smaps=False")
     kernel = procfs.kernel_release()
-    # --- the instant: the kernel's files, back to back
-    status = procfs.read_status(pid)
-    statm = procfs.read_statm(pid)
+    if counters:
+        procfs.check_target(pid)
+        # --- the instant: the kernel's files, back to back
+        status = procfs.read_status(pid)
+        statm = procfs.read_statm(pid)
+    else:  # a stopped process we hold: only what labelling needs
+        status = {"Threads": str(len(procfs.thread_ids(pid)))}
+        statm = procfs.Statm(0, 0, 0, 0, 0, 0, 0)
     if smaps:
         entries = procfs.read_smaps(pid)
     else:
@@ -263,7 +273,7 @@ def snapshot(
             )  # fmt: skip
             for m in procfs.read_maps(pid)
         ]
-    rollup = procfs.read_smaps_rollup(pid)
+    rollup = procfs.read_smaps_rollup(pid) if counters else {}
     ranges = [(e.start, e.end) for e in entries]
     pfnmap = [i for i, e in enumerate(entries) if labels.is_pfnmap(e.vmflags)]
     runs, pfns, used = pagemap.walk(
@@ -332,6 +342,10 @@ def snapshot(
 
     counted = [v for v in vmas if not v.pfnmap and "ht" not in v.vmflags]
     present_kb = 4 * sum(len(v.pages) for v in counted)
+    if not counters:
+        return Snapshot(pid=pid, kernel=kernel, vmas=vmas, status=status, statm=statm,
+                        smaps_rollup=rollup, counters_kb={"pagemap_present": present_kb},
+                        summary="", notes=notes, exe=exe, method=used)  # fmt: skip
     counters = {
         "status_vmrss": int(status.get("VmRSS", 0)),
         "status_rss_anon": int(status.get("RssAnon", 0)),

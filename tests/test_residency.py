@@ -202,6 +202,19 @@ def test_fast_snapshot_without_smaps_gives_the_same_map(glibcloop, echoloop):
         assert fast.counters_kb["pagemap_present"] == full.counters_kb["smaps_rss"]
 
 
+def test_lean_snapshot_for_a_stopped_process_has_the_same_pages(glibcloop, echoloop):
+    """snapshot(counters=False) (the fold's view while it holds the process stopped) reads only
+    maps and pagemap: the same VMAs, labels and pages, no counters or notes."""
+    for pid in (glibcloop.pid, echoloop.pid):
+        fast = remap.snapshot(pid, smaps=False, pfns=False)
+        lean = remap.snapshot(pid, smaps=False, pfns=False, counters=False)
+        assert lean.to_json() == fast.to_json()
+        assert lean.counters_kb == {"pagemap_present": fast.counters_kb["pagemap_present"]}
+        assert lean.notes == [] and lean.summary == ""
+    with pytest.raises(ValueError):
+        remap.snapshot(echoloop.pid, counters=False)
+
+
 def test_pfns_and_kpageflags_as_root(echoloop, is_root):
     if not is_root:
         pytest.skip("PFNs need CAP_SYS_ADMIN")

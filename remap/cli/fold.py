@@ -18,10 +18,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "squeeze",
         help="drop clean file pages and dead stack of any process (safe, generic)",
         description="Drop every clean file-backed page and every whole stack page below each "
-        "thread's rsp-128, with every thread stopped.  Anonymous data is never dropped.",
+        "thread's rsp-128, with every thread stopped; first move the live stack up against "
+        "its argument strings when that frees a page and is safe (skipped, with the reason, "
+        "when it is not).  Anonymous data is never dropped.",
     )
     p.add_argument("pid", type=pid_arg, metavar="PID")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument(
+        "--no-move",
+        action="store_true",
+        help="drops only: never move the live stack (the result then depends on where exec's "
+        "random gap put it)",
+    )
     p.add_argument(
         "--no-stop",
         action="store_true",
@@ -56,7 +64,7 @@ def cmd_squeeze(args: argparse.Namespace) -> int:
 
     if args.no_stop:
         return _show(fold.pageout(args.pid, dry_run=args.dry_run), args.json)
-    return _show(fold.squeeze(args.pid, dry_run=args.dry_run), args.json)
+    return _show(fold.squeeze(args.pid, dry_run=args.dry_run, move=not args.no_move), args.json)
 
 
 def cmd_fold(args: argparse.Namespace) -> int:

@@ -9,12 +9,14 @@ the process whatever happened (registers, signal mask, scratch page, detach).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import procfs, residency
+from .. import pagemap, procfs, residency
 from ..errors import UnsafeStep
 from ..kconst import PAGE_SIZE
 from . import verify
@@ -30,6 +32,10 @@ class Action:
     run: Callable[[FoldContext], dict[str, Any]]
     touches: set[int] = field(default_factory=set)  # anon pages it changes/drops on purpose
     detail: dict[str, Any] = field(default_factory=dict)
+    # Set when the action does nothing but MADV_DONTNEED these [start, end) ranges: the runner
+    # then checks in pagemap that they are gone and updates the snapshot, instead of reading
+    # the whole address space again (about half a millisecond of the target's stop).
+    drops: list[tuple[int, int]] | None = None
 
 
 @dataclass
@@ -58,6 +64,7 @@ class FoldContext:
     session: Any  # remap.inject.Session
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (step, why): steps.optional
     calls: int = 0
     _snap: residency.Snapshot | None = None
 
@@ -84,13 +91,27 @@ class FoldContext:
         """A step changed the address space: the next look at .snap re-reads it."""
         self._snap = None
 
+    def dropped(self, ranges: list[tuple[int, int]]) -> bool:
+        """After MADV_DONTNEED of RANGES: if pagemap shows none of their pages present, take
+        them out of the snapshot and return True; else (something faulted one back in)
+        invalidate the snapshot and return False."""
+        if self._snap is None:
+            return False
+        if any(pagemap.present_read(self.pid, ranges)):
+            self.invalidate()
+            return False
+        for v in self._snap.vmas:
+            if any(lo < v.end and v.start < hi for lo, hi in ranges):
+                v.pages = [p for p in v.pages if not any(lo <= p.addr < hi for lo, hi in ranges)]
+        return True
+
 
 def stopped_snapshot(pid: int) -> residency.Snapshot:
     """The cheap snapshot taken while the target is stopped: maps + page walk, no smaps, no PFNs.
 
     Why: every millisecond here is a millisecond the target cannot run (the fold's budget is
     5 ms); the page walk alone decides presence and backing, which is all a step needs."""
-    return residency.snapshot(pid, smaps=False, pfns=False)
+    return residency.snapshot(pid, smaps=False, pfns=False, counters=False)
 
 
 def _brief(snap: residency.Snapshot) -> dict[str, Any]:
@@ -150,14 +171,17 @@ def run_plan(
     reports: list[StepReport] = []
     verified = 0
     marks: dict[str, float] = {}
-    with attach(pid) as s:
+    with _no_gc_pauses(), attach(pid) as s:
         marks["seize"] = s.stopped_ns / 1e3
         ctx = FoldContext(pid, s, dry_run)
-        ctx.snap  # noqa: B018 - read now, while stopped: the plan's first view
+        s.known_maps(ctx.snap.vmas)  # read now, while stopped: the plan's first view
         holes = rseq_areas(s.threads)
         marks["snapshot"] = s.stopped_ns / 1e3 - marks["seize"]
-        for planner in planners:
+        for i, planner in enumerate(planners):
+            n_skipped = len(ctx.skipped)
             action = planner(ctx)
+            for name, why in ctx.skipped[n_skipped:]:
+                reports.append(StepReport(name, f"skipped: {why}", False, 0, {"skipped": why}))
             if action is None:
                 continue
             if dry_run:
@@ -171,9 +195,15 @@ def run_plan(
             hashes = verify.hash_pages(s.read, keep, holes)
             calls0 = ctx.calls
             detail = action.run(ctx)
-            ctx.invalidate()
-            mapped = [(m.start, m.end) for m in procfs.read_maps(pid)]
-            still = {a: h for a, h in hashes.items() if any(lo <= a < hi for lo, hi in mapped)}
+            if action.drops is not None and ctx.dropped(action.drops):
+                still = hashes  # madvise unmaps nothing: every hashed page is still mapped
+            else:
+                ctx.invalidate()
+                if i + 1 < len(planners):  # the next step needs the fresh snapshot anyway
+                    mapped = [(v.start, v.end) for v in ctx.snap.vmas]
+                else:
+                    mapped = [(m.start, m.end) for m in procfs.read_maps(pid)]
+                still = {a: h for a, h in hashes.items() if any(lo <= a < hi for lo, hi in mapped)}
             verified += verify.check_same(still, s.read, holes=holes)
             reports.append(
                 StepReport(action.name, action.text, True, ctx.calls - calls0,
@@ -183,13 +213,28 @@ def run_plan(
         stopped_before_cure = s.stopped_ns
         marks["steps"] = stopped_before_cure / 1e3 - marks["seize"] - marks["snapshot"]
         t_cure = time.monotonic_ns()
-    marks["cure"] = (time.monotonic_ns() - t_cure) / 1e3
+    # until the last thread was let go (the tracer's own clean-up after that is not a stop)
+    marks["cure"] = ((s.released_ns or time.monotonic_ns()) - t_cure) / 1e3
     stopped_us = stopped_before_cure / 1e3 + marks["cure"]
     after = None if dry_run else _settled_snapshot(pid, settle_s)
     return FoldReport(
         pid, kind, dry_run, _brief(before), after and _brief(after), reports,
         stopped_us, verified, notes, {k: round(v, 1) for k, v in marks.items()},
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _no_gc_pauses():
+    """No cyclic garbage collection while the target is stopped: a full collection in a
+    driver holding many objects (an experiment's records) takes milliseconds -- the whole
+    stop budget.  Collected once the target runs again."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def in_scratch(s: Any, lo: int, hi: int | None = None) -> bool:

@@ -47,14 +47,21 @@ def relocate_words(buf: bytes, moves: list[Move]) -> tuple[bytes, list[int]]:
     """
     n = len(buf) // 8
     words = list(struct.unpack_from(f"<{n}Q", buf))
+    if not moves:
+        return bytes(buf), []
+    # one cheap comparison per word first (this runs while the target is stopped, over every
+    # writable page): only words inside the span of all moves are looked at move by move
+    lo, hi = min(m.lo for m in moves), max(m.hi for m in moves)
     changed = []
-    for i, w in enumerate(words):
+    for i in [i for i, w in enumerate(words) if lo <= w < hi]:
         for m in moves:
-            nv = m.apply(w)
+            nv = m.apply(words[i])
             if nv is not None:
                 words[i] = nv
                 changed.append(i * 8)
                 break
+    if not changed:
+        return bytes(buf), changed
     out = struct.pack(f"<{n}Q", *words) + buf[n * 8 :]
     return out, changed
 

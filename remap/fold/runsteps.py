@@ -32,9 +32,10 @@ def _record(ctx: RunContext, name: str, report: FoldReport, params: dict) -> Ste
 
 @step("squeeze")
 def _squeeze(ctx: RunContext, params: dict) -> StepResult:
-    """Drop clean file pages and dead stack (remap squeeze)."""
+    """Drop clean file pages and dead stack, closing the stack gap first where safe (remap
+    squeeze); ``move = false`` drops only (remap squeeze --no-move)."""
     ctx.wait_idle()
-    return _record(ctx, "squeeze", squeeze(ctx.pid), params)
+    return _record(ctx, "squeeze", squeeze(ctx.pid, move=bool(params.get("move", True))), params)
 
 
 @step("fold-stack")

@@ -92,7 +92,7 @@ def _dontneed(name: str, text: str, ranges: list[tuple[int, int]], touches: set[
         return {}
 
     detail = {"pages": total(ranges) // K.PAGE_SIZE, "ranges": [[s, e] for s, e in ranges]}
-    return Action(name, text, run, touches=touches, detail=detail)
+    return Action(name, text, run, touches=touches, detail=detail, drops=list(ranges))
 
 
 def drop_dead_stack(ctx: FoldContext) -> Action | None:
@@ -133,6 +133,25 @@ def _refuse_altstack_overlap(ctx: FoldContext, ranges: list[tuple[int, int]]) ->
                     f"thread {tid} has an alternate signal stack at {sp:#x} inside its dead "
                     "stack; not dropping it"
                 )
+
+
+def optional(planner):
+    """PLANNER as a step the plan can do without: its refusal (UnsafeStep, raised while planning,
+    before anything is changed) is reported as a skipped step with the reason, and the plan
+    goes on.  A failure while *acting* still ends the plan (and the session cures it)."""
+
+    def plan(ctx: FoldContext) -> Action | None:
+        try:
+            return planner(ctx)
+        except UnsafeStep as e:
+            ctx.skipped.append((_STEP_NAMES.get(planner.__name__, planner.__name__), str(e)))
+            return None
+
+    plan.__name__ = planner.__name__
+    return plan
+
+
+_STEP_NAMES = {"close_stack_gap": "relocate-stack"}
 
 
 # ----------------------------------------------------------------------------- stack fold
