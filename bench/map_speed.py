@@ -106,6 +106,12 @@ def main() -> int:
         for _ in range(args.repeat):
             snap = remap.snapshot(pid, smaps=False, pfns=False)
         in_proc = (time.perf_counter() - t) / args.repeat
+        from remap import mapjson
+
+        t = time.perf_counter()
+        for _ in range(args.repeat):
+            mapjson.document(pid)
+        doc_in_proc = (time.perf_counter() - t) / args.repeat
         res = _time_all(rows, args.repeat)
         base = res.get("pmap -XX", (None,))[0]
         print(f"{'command':<20}{'median ms':>11}{'min ms':>9}{'vs pmap -XX':>13}")
@@ -114,6 +120,8 @@ def main() -> int:
             print(f"{name:<20}{med * 1e3:>11.1f}{mn * 1e3:>9.1f}{ratio:>13}")
         print(f"{'snapshot(fast) in-proc':<20}{in_proc * 1e3:>11.1f}{'':>9}"
               f"{'':>13}  ({snap.present_pages} present pages, method {snap.method})")  # fmt: skip
+        print(f"{'map JSON in-proc':<20}{doc_in_proc * 1e3:>11.1f}{'':>9}{'':>13}"
+              "  (remap.mapjson.document: what `map --json` runs)")  # fmt: skip
         r = res["remap map --json"][0]
         if "pmap -XX" in res:
             verdict = "OK" if r <= 2 * res["pmap -XX"][0] else "MISSED"

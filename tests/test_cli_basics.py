@@ -45,3 +45,26 @@ def test_unknown_target_is_a_clear_error():
 
     with pytest.raises(ExperimentError, match="unknown target"):
         targets.build("does-not-exist")
+
+
+def test_command_map_names_the_module_that_registers_each_command():
+    """remap.cli.COMMANDS (used to import one module per run) is what the modules register."""
+    import importlib
+
+    from remap.cli import COMMAND_MODULES, COMMANDS, build_parser
+
+    full = build_parser()
+    sub = next(a for a in full._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)
+    for name in COMMAND_MODULES:
+        parser = build_parser(next(c for c, m in COMMANDS.items() if m == name))
+        mine = next(a for a in parser._actions if a.dest == "command")
+        assert {c for c, m in COMMANDS.items() if m == name} == set(mine.choices)
+        assert importlib.import_module(f"remap.cli.{name}")  # the module exists
+
+
+def test_one_command_parses_like_the_full_parser():
+    from remap.cli import build_parser
+
+    argv = ["map", "123", "--pages", "--json"]
+    assert vars(build_parser("map").parse_args(argv)) == vars(build_parser().parse_args(argv))
