@@ -290,3 +290,47 @@ def test_relocate_words_moves_exactly_the_words_in_the_block(words, lo, size, de
             assert n == w + delta and i * 8 in changed
         else:
             assert n == w and i * 8 not in changed
+
+
+def test_updated_snapshots_equal_fresh_ones():
+    """The runner updates its snapshot after a drop (from pagemap over the dropped ranges) and
+    after the stack move (re-walking the stack) instead of re-reading everything: each update
+    must equal a fresh snapshot taken at the same moment."""
+    from remap.fold import plan, steps
+
+    def pages(snap, s):
+        return sorted(
+            (p.addr, p.backing, p.label)
+            for v in snap.vmas
+            for p in v.pages
+            if not plan.in_scratch(s, p.addr)
+        )
+
+    checked = []
+
+    def same_as_fresh(ctx):
+        assert pages(ctx.snap, ctx.session) == pages(plan.stopped_snapshot(ctx.pid), ctx.session)
+        checked.append(ctx.snap is not None)
+
+    for _ in range(8):  # until ASLR leaves a gap worth closing (3 runs in 4)
+        srv = IrcServer()
+        lb = launch([str(targets.build("minibot", "hotpage")), *srv.bot_args()], aslr=True)
+        try:
+            srv.accept_bot()
+            assert srv.ping(20) == 20
+            lb.wait_blocked()
+            checked.clear()
+            r = plan.run_plan(
+                lb.pid,
+                "check",
+                [steps.use_own_syscall, steps.close_stack_gap, same_as_fresh,
+                 steps.drop_dead_stack, same_as_fresh, steps.drop_clean_file, same_as_fresh],
+            )  # fmt: skip
+            assert len(checked) == 3
+            assert srv.ping(100) == 100
+            if [s.name for s in r.steps][:2] == ["relocate-stack", "drop-dead-stack"]:
+                return
+        finally:
+            lb.stop()
+            srv.close()
+    pytest.fail("no run closed a stack gap in 8 tries")

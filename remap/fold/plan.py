@@ -36,6 +36,11 @@ class Action:
     # then checks in pagemap that they are gone and updates the snapshot, instead of reading
     # the whole address space again (about half a millisecond of the target's stop).
     drops: list[tuple[int, int]] | None = None
+    # Set when the action changes which pages are present only inside these anonymous VMAs
+    # (by their start; e.g. the stack it writes a moved block into): the runner re-walks just
+    # them -- the maps checked unchanged apart from the session's scratch -- instead of the
+    # whole address space.
+    rewalk: list[int] | None = None
 
 
 @dataclass
@@ -90,6 +95,37 @@ class FoldContext:
     def invalidate(self) -> None:
         """A step changed the address space: the next look at .snap re-reads it."""
         self._snap = None
+
+    def rewalked(self, starts: list[int]) -> bool:
+        """After an action that changed presence only inside the anonymous VMAs at STARTS:
+        if /proc/PID/maps still lists the same VMAs (the session's scratch aside), re-read
+        those VMAs' pages from pagemap and return True; else invalidate and return False."""
+        snap = self._snap
+        if snap is None:
+            return False
+        key = lambda v: (v.start, v.end, v.perms, v.path)  # noqa: E731
+        now = [
+            key(m)
+            for m in procfs.read_maps(self.pid)
+            if not in_scratch(self.session, m.start, m.end)
+        ]
+        old = [key(v) for v in snap.vmas if not in_scratch(self.session, v.start, v.end)]
+        redo = [v for v in snap.vmas if v.start in starts]
+        if now != old or len(redo) != len(starts) or any(v.is_file or v.pfnmap for v in redo):
+            self.invalidate()
+            return False
+        walked = pagemap.present_read(self.pid, [(v.start, v.end) for v in redo])
+        if any(r.file for runs in walked for r in runs):  # not a private anonymous VMA after all
+            self.invalidate()
+            return False
+        for v, runs in zip(redo, walked, strict=True):
+            v.pages = [
+                residency.Page(a, "anon", False, v.label, None, None, None, None)
+                for r in runs
+                if not r.zero
+                for a in range(r.start, r.end, PAGE_SIZE)
+            ]
+        return True
 
     def dropped(self, ranges: list[tuple[int, int]]) -> bool:
         """After MADV_DONTNEED of RANGES: if pagemap shows none of their pages present, take
@@ -197,6 +233,8 @@ def run_plan(
             detail = action.run(ctx)
             if action.drops is not None and ctx.dropped(action.drops):
                 still = hashes  # madvise unmaps nothing: every hashed page is still mapped
+            elif action.rewalk is not None and ctx.rewalked(action.rewalk):
+                still = hashes  # the same VMAs as before: every hashed page is still mapped
             else:
                 ctx.invalidate()
                 if i + 1 < len(planners):  # the next step needs the fresh snapshot anyway

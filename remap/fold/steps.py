@@ -226,7 +226,16 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
         run,
         touches=touched,
         detail={"from": [lo, top_of_tables], "to": [new_lo, new_hi]},
+        rewalk=[stack.start] if _all_anon(ctx, writable) else None,
     )
+
+
+def _all_anon(ctx: FoldContext, pages: list[int]) -> bool:
+    """Are all of PAGES anonymous already?  Then rewriting pointers in them changes no page's
+    presence or backing (a write to a clean file page would copy it on write: a new anonymous
+    page the snapshot must learn about by a full re-read)."""
+    want = set(pages)
+    return all(p.backing == "anon" for v in ctx.snap.vmas for p in v.pages if p.addr in want)
 
 
 def _refuse_swapped(pid: int) -> None:
