@@ -38,9 +38,13 @@ def echoloop(spawn):
     return t
 
 
-def test_map_json_shape(echoloop, tmp_path):
-    png = tmp_path / "map.png"
-    r = remap_cli("map", str(echoloop.pid), "--json", "--png", str(png))
+@pytest.mark.parametrize("png", [False, True], ids=["streamed", "with-png"])
+def test_map_json_shape(echoloop, tmp_path, png):
+    """Both paths: plain --json is written straight from the page runs (remap.mapjson); with
+    --png the snapshot model is built for the picture and encoded."""
+    path = tmp_path / "map.png"
+    extra = ["--png", str(path)] if png else []
+    r = remap_cli("map", str(echoloop.pid), "--json", *extra)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert set(d) == {"pid", "kernel", "vmas"} and d["pid"] == echoloop.pid
@@ -55,7 +59,9 @@ def test_map_json_shape(echoloop, tmp_path):
     with open(f"/proc/{echoloop.pid}/smaps_rollup") as f:
         rollup = next(int(ln.split()[1]) for ln in f if ln.startswith("Rss:"))
     assert sum(v["rss_kb"] for v in d["vmas"]) == rollup
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p["label"] for v in d["vmas"] for p in v["pages"]} >= {"elf-header", "stack"}
+    if png:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_map_table_and_pages(echoloop):
@@ -126,8 +132,8 @@ def test_unprivileged_user_on_own_process_gets_a_note(is_root):
 def test_no_such_pid():
     p = subprocess.Popen(["true"])
     p.wait(timeout=5)
-    for cmd in ("map", "explain", "watch"):
-        r = remap_cli(cmd, str(p.pid))
+    for cmd in (["map"], ["map", "--json"], ["explain"], ["watch"]):
+        r = remap_cli(*cmd, str(p.pid))
         one_line_error(r)
         assert r.returncode == 3 and "no such process" in r.stderr
 
@@ -142,25 +148,28 @@ def test_zombie():
                     break
             assert time.monotonic() < deadline
             time.sleep(0.005)
-        r = remap_cli("map", str(p.pid))
-        one_line_error(r)
-        assert "zombie" in r.stderr
+        for extra in ([], ["--json"]):  # the table path and the streaming JSON path
+            r = remap_cli("map", str(p.pid), *extra)
+            one_line_error(r)
+            assert "zombie" in r.stderr
     finally:
         p.wait(timeout=5)
 
 
 def test_kernel_thread():
-    r = remap_cli("explain", "2")
-    one_line_error(r)
-    assert r.returncode == 5 and "kernel thread" in r.stderr
+    for cmd in (["explain"], ["map", "--json"]):
+        r = remap_cli(*cmd, "2")
+        one_line_error(r)
+        assert r.returncode == 5 and "kernel thread" in r.stderr
 
 
 def test_permission_denied(echoloop, is_root):
     if not is_root:
         pytest.skip("needs root to drop to nobody")
-    r = remap_cli("map", str(echoloop.pid), prefix=NOBODY)
-    one_line_error(r)
-    assert r.returncode == 4 and "permission denied" in r.stderr
+    for extra in ([], ["--json"]):
+        r = remap_cli("map", str(echoloop.pid), *extra, prefix=NOBODY)
+        one_line_error(r)
+        assert r.returncode == 4 and "permission denied" in r.stderr
 
 
 @pytest.mark.parametrize(
