@@ -21,7 +21,8 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import NamedTuple
+
+from . import procfs
 
 SYSCALL_INSN = b"\x0f\x05"
 SYSCALL_RET = b"\x0f\x05\xc3"  # syscall; ret
@@ -29,16 +30,8 @@ SYSCALL_RET = b"\x0f\x05\xc3"  # syscall; ret
 RESTORERS = (b"\x48\xc7\xc0\x0f\x00\x00\x00\x0f\x05", b"\xb8\x0f\x00\x00\x00\x0f\x05")
 
 
-class Mapping(NamedTuple):
-    """One line of /proc/PID/maps (only what gadget search needs).  A NamedTuple: the session
-    reads the target's maps while it is stopped, and the tracer's own (hundreds of lines)."""
-
-    start: int
-    end: int
-    perms: str
-    offset: int
-    inode: int
-    path: str
+# One line of /proc/PID/maps: the project's one parser of maps (remap.procfs) serves here too.
+Mapping = procfs.MapEntry
 
 
 @dataclass(frozen=True)
@@ -50,17 +43,10 @@ class Gadget:
 
 
 def read_maps(pid: int | str) -> list[Mapping]:
-    """Parse /proc/PID/maps (small private reader: gadget search must not depend on policy)."""
+    """/proc/PID/maps parsed.  Raises the plain OSError (gone, not permitted): gadget search
+    and the session's set-up decide themselves what a failure means."""
     with open(f"/proc/{pid}/maps", "rb") as f:
-        data = f.read()
-    out = []
-    mk = Mapping._make
-    for line in data.decode(errors="surrogateescape").splitlines():
-        parts = line.split(None, 5)
-        lo, _, hi = parts[0].partition("-")
-        path = parts[5].strip() if len(parts) > 5 else ""
-        out.append(mk((int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16), int(parts[4]), path)))
-    return out
+        return procfs.parse_maps(f.read())
 
 
 _SCAN_CACHE: dict[tuple, int] = {}  # (dev/ino/size/mtime of the file, offset, size, pattern)

@@ -194,9 +194,11 @@ def _read_status(path: str) -> dict[str, str]:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
-def _stat_fields(pid: int) -> list[str]:
-    """Fields of /proc/PID/stat after the comm, so index 0 is field 3 (state)."""
-    with open(f"/proc/{pid}/stat") as f:
+def _stat_fields(pid: int, tid: int | None = None) -> list[str]:
+    """Fields of /proc/PID/stat (/proc/PID/task/TID/stat) after the comm, so index 0 is
+    field 3 (state)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
         return f.read().rsplit(")", 1)[1].split()
 
 
@@ -1470,8 +1472,7 @@ class Session:
 def _last_cpu(pid: int, tid: int) -> int | None:
     """The CPU thread TID last ran on (/proc/PID/task/TID/stat field 39), None if unreadable."""
     try:
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[36])
+        return int(_stat_fields(pid, tid)[36])
     except (OSError, IndexError, ValueError):
         return None
 

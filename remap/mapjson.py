@@ -46,24 +46,14 @@ def document(pid: int, *, method: str = "auto") -> str:
 
     mids: dict[tuple[str, str, str], str] = {}  # (perms, path, label) -> their JSON members
 
-    out = [f'{{"pid":{pid},"kernel":{_enc(kernel)},"vmas":[']
-    first = True
+    vmas: list[str] = []
     for i, (e, rs, view) in enumerate(zip(entries, runs, views, strict=True)):
         if not e.path and view is None and not sps and not rs:
-            # most VMAs of a big process: anonymous, nothing present -- labelled without help
-            label = "anon"
-            mid = mids.get((e.perms, "", label))
-            if mid is None:
-                mid = mids[(e.perms, "", label)] = (
-                    f'"perms":{lit(e.perms)},"path":"","label":"anon",'
-                )
-            out.append(
-                ("" if first else ",")
-                + f'{{"start":{e.start},"end":{e.end},{mid}"rss_kb":0,"pages":[]}}'
-            )
-            first = False
-            continue
-        label, shmem, is_exe_part = labels.classify(e, view, exe, fstypes, sps)
+            # most VMAs of a big process: anonymous, nothing present -- classify() would say
+            # "anon" too; skipped for its cost over thousands of mappings
+            label, shmem, is_exe_part = "anon", False, False
+        else:
+            label, shmem, is_exe_part = labels.classify(e, view, exe, fstypes, sps)
         private_file = e.inode != 0 and not e.path.startswith("[") and e.perms[3] == "p"
         pages: list[str] = []
         page_labels: list[str] = []
@@ -98,11 +88,7 @@ def document(pid: int, *, method: str = "auto") -> str:
         mid = mids.get(key)
         if mid is None:
             mid = mids[key] = f'"perms":{lit(e.perms)},"path":{lit(e.path)},"label":{lit(label)},'
-        out.append(
-            ("" if first else ",")
-            + f'{{"start":{e.start},"end":{e.end},{mid}"rss_kb":{4 * n},'
-            + f'"pages":[{",".join(pages)}]}}'
+        vmas.append(
+            f'{{"start":{e.start},"end":{e.end},{mid}"rss_kb":{4 * n},"pages":[{",".join(pages)}]}}'
         )
-        first = False
-    out.append("]}")
-    return "".join(out)
+    return f'{{"pid":{pid},"kernel":{_enc(kernel)},"vmas":[{",".join(vmas)}]}}'

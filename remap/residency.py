@@ -239,7 +239,8 @@ def snapshot(
     SMAPS: False reads maps instead of smaps (about 8x cheaper for thousands of VMAs): per-VMA
     rss/anon/file/shmem kB then come from the page walk -- equal to smaps for a process that is
     not faulting (tests check it) -- swap_kb is 0, counters_kb["smaps_rss"] is None, and VMAs
-    carry no VmFlags ([vvar*] are still known as PFN maps by name).  ``remap map --json`` uses it.
+    carry no VmFlags ([vvar*] are still known as PFN maps by name).  ``map --json`` output is
+    this view's to_json(), written directly by remap.mapjson.
     COUNTERS: False (with SMAPS False) reads only maps and pagemap -- no status, statm,
     smaps_rollup, no notes: the fold's view of a process it holds stopped, where every
     microsecond counts (counters_kb then holds pagemap_present alone, summary is "").

@@ -39,7 +39,7 @@ def squeeze(pid: int, *, dry_run: bool = False, move: bool = True) -> FoldReport
     """
     plan = [steps.use_own_syscall]
     if move:
-        plan.append(steps.optional(steps.close_stack_gap))
+        plan.append(steps.optional(steps.close_stack_gap, "relocate-stack"))
     plan += [steps.drop_dead_stack, steps.drop_clean_file]
     return run_plan(pid, "squeeze", plan, dry_run=dry_run)
 

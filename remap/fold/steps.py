@@ -135,23 +135,20 @@ def _refuse_altstack_overlap(ctx: FoldContext, ranges: list[tuple[int, int]]) ->
                 )
 
 
-def optional(planner):
+def optional(planner, name: str):
     """PLANNER as a step the plan can do without: its refusal (UnsafeStep, raised while planning,
-    before anything is changed) is reported as a skipped step with the reason, and the plan
+    before anything is changed) is reported as step NAME, skipped, with the reason, and the plan
     goes on.  A failure while *acting* still ends the plan (and the session cures it)."""
 
     def plan(ctx: FoldContext) -> Action | None:
         try:
             return planner(ctx)
         except UnsafeStep as e:
-            ctx.skipped.append((_STEP_NAMES.get(planner.__name__, planner.__name__), str(e)))
+            ctx.skipped.append((name, str(e)))
             return None
 
     plan.__name__ = planner.__name__
     return plan
-
-
-_STEP_NAMES = {"close_stack_gap": "relocate-stack"}
 
 
 # ----------------------------------------------------------------------------- stack fold
