@@ -27,6 +27,25 @@ def pid_arg(text: str) -> int:
     return pid
 
 
+def int_at_least(minimum: int):
+    """argparse type: an integer >= MINIMUM (--count, --repeat, --env-size...), a one-line
+    usage error otherwise."""
+    what = {0: "a non-negative integer", 1: "a positive integer"}.get(
+        minimum, f"an integer >= {minimum}"
+    )
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text, 10)
+        except ValueError:
+            raise UsageError(f"not {what}: {text!r}") from None
+        if v < minimum:
+            raise UsageError(f"not {what}: {text!r}")
+        return v
+
+    return parse
+
+
 def path_arg(text: str):
     """argparse type for a file or directory path (a pathlib.Path, imported when used)."""
     from pathlib import Path

@@ -12,14 +12,16 @@ import argparse
 import sys
 
 from ..errors import UsageError
-from .common import add_json, path_arg, print_json
+from .common import add_json, int_at_least, path_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's subcommands to the remap parser."""
     p = sub.add_parser("run", help="run experiments (experiments/NAME.toml) and record the runs")
     p.add_argument("names", nargs="+", metavar="NAME", help="experiment name or .toml path")
-    p.add_argument("--repeat", type=_positive, help="runs per case (default: the file's repeat)")
+    p.add_argument(
+        "--repeat", type=int_at_least(1), help="runs per case (default: the file's repeat)"
+    )
     p.add_argument("--out", type=path_arg, help="write DIR/NAME.jsonl (one JSON record per run)")
     p.add_argument(
         "--kernel",
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--guest-timeout",
-        type=_positive,
+        type=int_at_least(1),
         metavar="S",
         help="seconds the whole guest may take (default: 60 + 15 per run)",
     )
@@ -46,7 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("launch", help="start a target with controlled ASLR/environment/vdso")
     p.add_argument("--no-aslr", action="store_true", help="exec with ADDR_NO_RANDOMIZE")
     p.add_argument("--no-vdso", action="store_true", help="hide AT_SYSINFO_EHDR, unmap the vdso")
-    p.add_argument("--env-size", type=_nonneg, metavar="N", help="environment strings = N bytes")
+    p.add_argument(
+        "--env-size", type=int_at_least(0), metavar="N", help="environment strings = N bytes"
+    )
     p.add_argument(
         "--output",
         type=path_arg,
@@ -63,26 +67,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--png", type=path_arg, metavar="FILE", help="PNG path (default DIR/report.png)")
     add_json(p)
     p.set_defaults(func=cmd_report)
-
-
-def _positive(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise UsageError(f"not a positive integer: {s!r}") from None
-    if v < 1:
-        raise UsageError(f"not a positive integer: {s!r}")
-    return v
-
-
-def _nonneg(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise UsageError(f"not a non-negative integer: {s!r}") from None
-    if v < 0:
-        raise UsageError(f"not a non-negative integer: {s!r}")
-    return v
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import sys
 import time
 
 from ..errors import AccessDenied, UsageError
-from .common import add_json, pid_arg, print_json
+from .common import add_json, int_at_least, pid_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("watch", help="re-snapshot and print RSS changes and referenced pages")
     p.add_argument("pid", type=pid_arg)
     p.add_argument("--interval", type=_positive_float, default=1.0, metavar="S")
-    p.add_argument("--count", type=_positive_int, default=5, metavar="N")
+    p.add_argument("--count", type=int_at_least(1), default=5, metavar="N")
     p.add_argument(
         "--no-refs", action="store_true", help="do not clear/read referenced bits (clear_refs)"
     )
@@ -52,16 +52,6 @@ def _positive_float(text: str) -> float:
         raise UsageError(f"not a number: {text!r}") from None
     if not 0 < v <= 3600:
         raise UsageError(f"interval must be in (0, 3600] seconds: {text!r}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text, 10)
-    except ValueError:
-        raise UsageError(f"not an integer: {text!r}") from None
-    if v <= 0:
-        raise UsageError(f"must be positive: {text!r}")
     return v
 
 
