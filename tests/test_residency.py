@@ -6,11 +6,13 @@ waits until it blocks, snapshots it and checks the snapshot against /proc read b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 from elftools.elf.elffile import ELFFile
@@ -65,11 +67,12 @@ def glibcloop(spawn):
     return t
 
 
-@pytest.fixture
-def cpython():
-    code = "import sys; b = bytearray(3 << 20); print('ready', flush=True); sys.stdin.read()"
+@contextlib.contextmanager
+def _python_child(code: str, *args: str) -> Iterator[subprocess.Popen]:
+    """A CPython running CODE (which prints 'ready' then blocks reading stdin), once every
+    thread sleeps; killed and reaped afterwards."""
     p = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
         assert p.stdout.readline().startswith(b"ready")
@@ -79,6 +82,14 @@ def cpython():
         p.kill()
         p.wait(timeout=5)
         p.stdin.close()
+        p.stdout.close()
+
+
+@pytest.fixture
+def cpython():
+    code = "import sys; b = bytearray(3 << 20); print('ready', flush=True); sys.stdin.read()"
+    with _python_child(code) as p:
+        yield p
         p.stdout.close()
 
 
@@ -235,23 +246,13 @@ def test_zero_page_is_present_but_not_counted(tmp_path):
         "import mmap, sys; m = mmap.mmap(-1, 64 << 12, flags=mmap.MAP_PRIVATE|mmap.MAP_ANONYMOUS)\n"
         "s = sum(m[i << 12] for i in range(64)); print('ready', flush=True); sys.stdin.read()"
     )
-    p = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    try:
-        assert p.stdout.readline().startswith(b"ready")
-        _all_blocked(p.pid)
+    with _python_child(code) as p:
         s = remap.snapshot(p.pid)
         c = s.counters_kb
         assert c["smaps_rss"] == c["pagemap_present"] == _kernel_smaps_rss(p.pid)
         if pagemap.scan_supported() or pagemap.pfns_visible():
             assert sum(v.zero_pages for v in s.vmas) >= 64
             assert any("zero page" in n for n in s.notes)
-    finally:
-        p.kill()
-        p.wait(timeout=5)
-        p.stdin.close()
-        p.stdout.close()
 
 
 def test_snapshot_of_tiny_static_process_is_fast(echoloop):
@@ -291,22 +292,14 @@ def test_map_json_writer_matches_the_model(echoloop, glibcloop, cpython):
         _same_document(pid)
 
 
-def _many_runs_child(n: int) -> subprocess.Popen:
-    """A process with N anonymous mappings, each with two present pages apart: 2N runs."""
-    code = (
-        "import mmap, sys\n"
-        "ms = [mmap.mmap(-1, 8 << 12, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,\n"
-        "      prot=mmap.PROT_READ | mmap.PROT_WRITE * (i % 2)) for i in range(int(sys.argv[1]))]\n"
-        "for i, m in enumerate(ms):\n"
-        "    if i % 2: m[0] = 1; m[5 << 12] = 1\n"
-        "print('ready', flush=True); sys.stdin.read()\n"
-    )
-    p = subprocess.Popen(
-        [sys.executable, "-c", code, str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    assert p.stdout.readline().startswith(b"ready")
-    _all_blocked(p.pid)
-    return p
+_MANY_RUNS = (
+    "import mmap, sys\n"
+    "ms = [mmap.mmap(-1, 8 << 12, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,\n"
+    "      prot=mmap.PROT_READ | mmap.PROT_WRITE * (i % 2)) for i in range(int(sys.argv[1]))]\n"
+    "for i, m in enumerate(ms):\n"
+    "    if i % 2: m[0] = 1; m[5 << 12] = 1\n"
+    "print('ready', flush=True); sys.stdin.read()\n"
+)  # N anonymous mappings, each odd one with two present pages apart: N runs in all
 
 
 @pytest.mark.skipif(not pagemap.scan_supported(), reason="kernel lacks PAGEMAP_SCAN (6.7+)")
@@ -315,8 +308,7 @@ def test_scan_over_more_runs_than_one_ioctl_returns():
     repeat nor lose a run (6.18 reports a walk_end below what it already returned)."""
     # the last ioctl must return more than its 512-entry bounce buffer holds but not a full
     # vector: that is when 6.18 reported the stale walk_end
-    p = _many_runs_child(pagemap._VEC_LEN + 1500)
-    try:
+    with _python_child(_MANY_RUNS, str(pagemap._VEC_LEN + 1500)) as p:
         maps = [m for m in remap.procfs.read_maps(p.pid) if m.path != "[vsyscall]"]
         ranges = [(m.start, m.end) for m in maps]
         scan = pagemap.present_scan(p.pid, ranges)
@@ -334,11 +326,6 @@ def test_scan_over_more_runs_than_one_ioctl_returns():
         s = remap.snapshot(p.pid)
         assert s.counters_kb["pagemap_present"] == _kernel_smaps_rss(p.pid)
         _same_document(p.pid)
-    finally:
-        p.kill()
-        p.wait(timeout=5)
-        p.stdin.close()
-        p.stdout.close()
 
 
 def test_elf_cache_is_keyed_by_file_version(tmp_path, monkeypatch):
