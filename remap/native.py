@@ -47,6 +47,9 @@ struct rn_call {
     int status;
     int nsig;
     int sigs[8];
+    int phase;
+    int slot;
+    long long deadline;
 };
 #define RN_EXITED 1
 #define RN_LOST 2
@@ -60,7 +63,12 @@ int rn_setsigmask(int tid, uint64_t mask);
 int rn_wait(int tid, int *status, int flags);
 int rn_inject(int tid, struct rn_call *c);
 int rn_inject_parked(int tid, struct rn_call *c, const struct user_regs_struct *park);
-int rn_run_stub(int tid, struct rn_call *c, int sig);
+int rn_run_stub(int tid, struct rn_call *c, int sig, const struct user_regs_struct *park);
+int rn_abort(int tid, struct rn_call *c);
+int rn_set_wait(long long timeout_ns, int abortable);
+long long rn_now_ns(void);
+int rn_guard_start(void);
+void rn_guard_clear(int slot);
 long rn_getxstate(int tid, void *buf, unsigned long size);
 int rn_reinterrupt(int tid, const struct user_regs_struct *regs, struct rn_call *c);
 long rn_vm_read(int pid, void *local, unsigned long remote, unsigned long n);

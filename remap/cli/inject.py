@@ -42,12 +42,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="inject into a seccomp-filtered process by suspending its filter (root)",
     )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="give up on a call that has not returned after S seconds, putting the target back "
+        "(default 10; Ctrl-C and SIGTERM abort it the same way)",
+    )
     add_json(p)
     p.set_defaults(func=cmd_syscall)
 
 
 def cmd_syscall(args: argparse.Namespace) -> int:
-    from ..inject import attach, syscall_name, syscall_number
+    from ..inject import TIMEOUT_S, attach, refuse_unsafe, syscall_name, syscall_number
 
     name = args.name
     nr = syscall_number(int_arg(name) if name[:1].isdigit() else name)
@@ -55,7 +63,11 @@ def cmd_syscall(args: argparse.Namespace) -> int:
         raise UsageError("a syscall takes at most 6 arguments")
     err = 0
     result = 0
-    with attach(args.pid, suspend_seccomp=args.suspend_seccomp) as s:
+    timeout = TIMEOUT_S if args.timeout is None else args.timeout
+    if not 0 < timeout < 1e6:
+        raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    refuse_unsafe(nr)  # before the target is stopped at all
+    with attach(args.pid, suspend_seccomp=args.suspend_seccomp, timeout=timeout) as s:
         try:
             result = s.syscall(nr, *args.args)
         except OSError as e:
