@@ -81,6 +81,7 @@ def _show(report, as_json: bool) -> int:
         print_json(report.to_json())
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     con = Console()
@@ -90,7 +91,8 @@ def _show(report, as_json: bool) -> int:
     for col in ("step", "what", "syscalls"):
         t.add_column(col, justify="right" if col == "syscalls" else "left")
     for s in report.steps:
-        t.add_row(s.name, s.text, str(s.syscalls) if s.applied else "-")
+        # escaped: a step's text names mappings like [stack] and [heap], not markup
+        t.add_row(s.name, escape(s.text), str(s.syscalls) if s.applied else "-")
     if not report.steps:
         t.add_row("-", "nothing to do", "-")
     con.print(t)
@@ -99,11 +101,15 @@ def _show(report, as_json: bool) -> int:
     con.print(f"        {b['summary']}")
     if a:
         con.print(f"after:  {a['rss_kb']} kB in {a['present_pages']} pages, {a['vmas']} mappings")
-        con.print(f"        {a['summary']}")
-    con.print(
-        f"stopped {report.stopped_us / 1000:.2f} ms; verified {report.verified_bytes} bytes "
-        "of anonymous memory unchanged"
-    )
+        con.print(f"        {escape(a['summary'])}")
+    if report.dry_run:
+        con.print(f"not stopped; would drop {report.dropped_anon_bytes} bytes of proven dead stack")
+    else:
+        con.print(
+            f"stopped {report.stopped_us / 1000:.2f} ms; verified {report.verified_bytes} bytes "
+            f"of anonymous memory unchanged; dropped {report.dropped_anon_bytes} bytes of "
+            "proven dead stack"
+        )
     for n in report.notes:
-        con.print(f"note: {n}")
+        con.print(f"note: {escape(n)}")
     return 0
