@@ -75,3 +75,243 @@ def test_proven_thread_stack_still_drops_its_dead_frames(spawn):
     inside = [(s, e) for s, e in _dead_stack(r) if lo <= s and e <= hi]
     assert sum(e - s for s, e in inside) >= 8 * 4096, r.steps
     assert _check(t).startswith(b"OK")
+
+
+def _old_drop_dead_stack(ctx):
+    """The planner before issue 12, kept here as the adversary: whatever mapping holds rsp,
+    every present anonymous page below rsp - 128 was 'dead stack'."""
+    from remap.fold.ranges import coalesce
+    from remap.fold.steps import _dontneed
+
+    rsp = ctx.session.regs()["rsp"]
+    vma = ctx.snap.vma_at(rsp)
+    dead = [p.addr for p in vma.pages if p.addr + 4096 <= (rsp - 128) & ~4095
+            and p.backing == "anon"]  # fmt: skip
+    return _dontneed("drop-dead-stack", "the old planner", coalesce(dead), set(dead))
+
+
+def test_verifier_refuses_what_a_wrong_planner_would_drop(spawn):
+    """The verifier's proof is independent of the planners: fed the old planner (which zeroed
+    the heap below a coroutine's rsp), the plan is refused before anything is done."""
+    from remap.errors import UnsafeStep
+    from remap.fold.plan import run_plan
+
+    t = spawn("coroutine_heap", "default", "heap")
+    _ready(t)
+    before = residency.snapshot(t.pid).rss_kb
+    with pytest.raises(UnsafeStep, match="neither a clean file page nor proven dead stack"):
+        run_plan(t.pid, "squeeze", [_old_drop_dead_stack])
+    assert _check(t).startswith(b"OK")
+    assert residency.snapshot(t.pid).rss_kb == before
+    # and the dry run refuses the same way, without stopping it
+    with pytest.raises(UnsafeStep, match="proven dead stack"):
+        run_plan(t.pid, "squeeze", [_old_drop_dead_stack], dry_run=True)
+
+
+def test_squeeze_reports_dropped_stack_apart_from_verified(spawn, capsys):
+    """'verified N bytes unchanged' counts no dropped page; the dropped ones are their own
+    figure, equal to the dead-stack pages the steps list."""
+    from remap.cli import main as remap_main
+
+    t = spawn("coroutine_heap", "default", "pthread")
+    _ready(t)
+    r = F.squeeze(t.pid)
+    dead = sum(e - s for s, e in _dead_stack(r))
+    assert dead >= 8 * 4096 and r.dropped_anon_bytes == dead
+    assert remap_main(["squeeze", str(t.pid)]) == 0
+    out = capsys.readouterr().out
+    assert "bytes of proven dead stack" in out and "anonymous memory unchanged" in out
+    assert _check(t).startswith(b"OK")
+
+
+def test_skipped_relocation_names_the_mapping(spawn, capsys, monkeypatch):
+    """The one-line reason keeps its '[stack]' (rich took it for markup and printed 'in ;')."""
+    from remap.cli import main as remap_main
+
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
+    t = spawn("coroutine_heap", "default", "heap")
+    _ready(t)
+    assert remap_main(["squeeze", str(t.pid), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "rsp is not in [stack]; not moving it" in out
+    assert "is in [heap], not a proven stack" in out
+
+
+# ----------------------------------------------------------------------------- dry run
+def _switches(pid: int) -> dict[int, tuple[str, str]]:
+    """Every thread's (voluntary, nonvoluntary) context switches: an idle blocked thread's
+    never change, and a ptrace stop (seize + interrupt) wakes it, which changes them."""
+    out = {}
+    for tid in procfs.thread_ids(pid):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            kv = dict(line.split(":", 1) for line in f if "ctxt_switches" in line)
+        out[tid] = (kv["voluntary_ctxt_switches"].strip(), kv["nonvoluntary_ctxt_switches"].strip())
+    return out
+
+
+class _TracerWatch:
+    """Polls /proc/PID/status from a thread of its own while a command runs: TracerPid seen."""
+
+    def __init__(self, pid: int):
+        import threading
+
+        self.pid, self.seen, self.polls = pid, set(), 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.seen.add(int(procfs.read_status(self.pid)["TracerPid"]))
+            self.polls += 1
+
+    def stop(self) -> set[int]:
+        self._stop.set()
+        self._t.join(5)
+        return self.seen
+
+
+def _dry_run_cli(pid: int) -> dict:
+    import json
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "remap", "squeeze", str(pid), "--dry-run",
+                          "--json"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _plan_of(steps: list[dict]) -> list[tuple]:
+    return [(s["name"], s["text"], s.get("pages")) for s in steps]
+
+
+def _settled(pid: int) -> dict[int, tuple[str, str]]:
+    """Context switches once every thread sleeps and none switched for 100 ms (bounded)."""
+    import time
+
+    deadline = time.monotonic() + 5
+    last = _switches(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = _switches(pid)
+        states = {procfs.read_stat(pid, tid).state for tid in now}
+        if now == last and states == {"S"}:
+            return now
+        last = now
+    raise AssertionError(f"process {pid} did not settle: {last}")
+
+
+def _dry_then_real(pid: int) -> tuple[list, list]:
+    """Dry run (from another process, TracerPid and context switches watched), then the real
+    squeeze; returns both plans.  Asserts the dry run never stopped the target and that the
+    real one did (the watch can see a stop)."""
+    before = _settled(pid)
+    watch = _TracerWatch(pid)
+    dry = _dry_run_cli(pid)
+    seen = watch.stop()
+    assert seen == {0} and watch.polls > 10, (seen, watch.polls)
+    assert _switches(pid) == before, "the dry run woke the target"
+    assert dry["dry_run"] and dry["after"] is None and dry["stopped_us"] == 0
+    real = F.squeeze(pid)
+    assert _switches(pid) != before  # the control: a real stop is seen
+    return _plan_of(dry["steps"]), _plan_of([s.to_json() for s in real.steps])
+
+
+@pytest.mark.parametrize("mode", ["heap", "pthread", "mmap"])
+def test_dry_run_never_stops_and_plans_the_real_run_coroutines(spawn, mode):
+    t = spawn("coroutine_heap", "default", mode)
+    _ready(t)
+    dry, real = _dry_then_real(t.pid)
+    assert dry == real
+    assert _check(t).startswith(b"OK")
+
+
+def test_dry_run_never_stops_and_plans_the_real_run_echoloop(spawn):
+    """A static musl loop: the real run moves the stack first, then drops the old frames --
+    the dry run counts the same dead-stack pages (it applies the move's effect)."""
+    t = spawn("echoloop")
+    t.proc.stdin.write(b"hi\n")
+    t.proc.stdin.flush()
+    assert t.proc.stdout.readline() == b"hi\n"
+    t.wait_blocked()
+    dry, real = _dry_then_real(t.pid)
+    assert dry == real
+    t.proc.stdin.write(b"again\n")
+    t.proc.stdin.flush()
+    assert t.proc.stdout.readline() == b"again\n"
+
+
+def test_dry_run_never_stops_and_plans_the_real_run_sqlite3():
+    """Debian's sqlite3 with an in-memory database, blocked in read(0)."""
+    import shutil
+
+    if shutil.which("sqlite3") is None:
+        pytest.skip("sqlite3 not installed (apt-get install sqlite3)")
+    p = subprocess.Popen(["sqlite3", ":memory:"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        q = b"create table t(x); insert into t select value from generate_series(1, 50000);\n"
+        p.stdin.write(q + b"select sum(x), count(*) from t;\n")
+        p.stdin.flush()
+        want = p.stdout.readline()
+        assert want == b"1250025000|50000\n"
+        _wait_sleeping(p.pid)
+        dry, real = _dry_then_real(p.pid)
+        assert dry == real
+        p.stdin.write(b"select sum(x), count(*) from t;\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == want
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_dry_run_never_stops_and_plans_the_real_run_busybox_httpd(tmp_path):
+    """busybox httpd on 127.0.0.1, blocked in accept; it serves the same page afterwards."""
+    import shutil
+    import socket
+
+    if shutil.which("busybox") is None:
+        pytest.skip("busybox not installed")
+    (tmp_path / "index.html").write_text("remap-ok\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen(["busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h",
+                          str(tmp_path)])  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/index.html"
+        body = _get(url)
+        assert body == b"remap-ok\n"
+        _wait_sleeping(p.pid)
+        dry, real = _dry_then_real(p.pid)
+        assert dry == real
+        assert _get(url) == body
+    finally:
+        p.kill()
+        p.wait()
+
+
+def _get(url: str) -> bytes:
+    """GET URL (loopback only), retrying for up to 5 s while the server starts."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.read()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _wait_sleeping(pid: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 5
+    while procfs.read_stat(pid).state != "S":
+        assert time.monotonic() < deadline, "target did not go back to sleep"
+        time.sleep(0.005)
+    time.sleep(0.05)
