@@ -315,3 +315,37 @@ def _wait_sleeping(pid: int) -> None:
         assert time.monotonic() < deadline, "target did not go back to sleep"
         time.sleep(0.005)
     time.sleep(0.05)
+
+
+def test_go_webhook_keeps_serving_and_its_arena_is_never_dead_stack(tmp_path):
+    """Debian's webhook (Go, cgo): goroutine stacks live in the Go heap arena.  Three squeezes
+    drop dead stack only in [stack] or guarded thread stacks, and every hook still answers."""
+    import shutil
+    import socket
+
+    if shutil.which("webhook") is None:
+        pytest.skip("webhook not installed (apt-get install webhook)")
+    hooks = tmp_path / "hooks.json"
+    hooks.write_text('[{"id": "ping", "execute-command": "/bin/true", "response-message": "pong"}]')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["webhook", "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(port)]
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/hooks/ping"
+        assert _get(url) == b"pong"
+        for _ in range(3):
+            _wait_sleeping(p.pid)
+            maps = procfs.read_maps(p.pid)
+            r = F.squeeze(p.pid)
+            for s, e in _dead_stack(r):
+                (i,) = [i for i, m in enumerate(maps) if m.start <= s and e <= m.end]
+                guarded = i > 0 and maps[i - 1].perms.startswith("---")
+                assert maps[i].path == "[stack]" or guarded, f"dropped [{s:#x}, {e:#x})"
+                assert not (s < 0xC000000000 + (64 << 30) and 0xC000000000 < e)  # the Go arena
+            assert _get(url) == b"pong"
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()

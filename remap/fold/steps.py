@@ -160,7 +160,7 @@ def proven_stack(ctx: FoldContext, tid: int, regs: dict[str, int]) -> tuple[Any,
         return None, f"{where} (not a private anonymous rw mapping)"
     fs = regs.get("fs_base", 0)
     if not rsp < fs <= vma.end - 16:
-        return None, f"{where} (its TCB, fs_base {fs:#x}, is not above rsp in it)"
+        return None, f"{where} (its TCB, fs_base, is not above rsp in it)"
     if not looks_like_tcb(fs, *struct.unpack("<QQ", ctx.session.read(fs, 16))):
         return None, f"{where} (fs_base {fs:#x} does not point to itself: not a TCB)"
     i = ctx.snap.vmas.index(vma)
