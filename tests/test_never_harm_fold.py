@@ -45,15 +45,16 @@ def _dead_stack(report) -> list[tuple[int, int]]:
     ]
 
 
-@pytest.mark.parametrize("mode", ["heap", "thread", "mmap"])
+@pytest.mark.parametrize("mode", ["heap", "thread", "mmap", "altstack"])
 def test_coroutine_stack_data_survives_squeeze(spawn, mode):
     """rsp on a coroutine stack (in [heap], run by main or by a pthread; in an mmap'd region
-    with a guard page): the live data below it is kept and the program's checksum holds."""
+    with a guard page) or on a sigaltstack atop an mmap'd region: the live data below it is
+    kept and the program's checksum holds."""
     t = spawn("coroutine_heap", "default", mode)
     lo, hi = _ready(t)
     assert _check(t).startswith(b"OK")
     where = _mapping(t.pid, lo)
-    if mode != "mmap":
+    if mode in ("heap", "thread"):
         assert where.path == "[heap]"  # the precondition of the repro: the stack is heap
     r = F.squeeze(t.pid)
     assert _check(t).startswith(b"OK")  # the program's own verdict first
@@ -88,6 +89,48 @@ def _old_drop_dead_stack(ctx):
     dead = [p.addr for p in vma.pages if p.addr + 4096 <= (rsp - 128) & ~4095
             and p.backing == "anon"]  # fmt: skip
     return _dontneed("drop-dead-stack", "the old planner", coalesce(dead), set(dead))
+
+
+def test_altstack_check_refuses_and_puts_back_what_it_borrowed(spawn):
+    """A proven thread stack whose sigaltstack lies in its dead frames: the squeeze refuses,
+    and the 24 bytes the kernel's sigaltstack answer was written into are as they were."""
+    from remap.errors import UnsafeStep
+
+    t = spawn("coroutine_heap", "default", "pthread-altstack")
+    lo, hi = _ready(t)
+    dry = F.squeeze(t.pid, dry_run=True)
+    (drop,) = [s for s in dry.steps if s.name == "drop-dead-stack" and "ranges" in s.detail]
+    first = drop.detail["ranges"][0][0]  # where the kernel writes its sigaltstack answer
+    assert any(lo <= a < hi for a, _ in drop.detail["ranges"])  # the thread's dead frames too
+
+    def peek() -> bytes:
+        with open(f"/proc/{t.pid}/mem", "rb", buffering=0) as f:
+            f.seek(first)
+            return f.read(4096)
+
+    was = peek()
+    with pytest.raises(UnsafeStep, match="alternate signal stack"):
+        F.squeeze(t.pid)
+    assert peek() == was
+    assert _check(t).startswith(b"OK")
+
+
+def test_dry_run_says_a_running_thread_is_decided_at_the_stop(spawn):
+    """A thread spinning on a CPU has no registers to read from outside: the dry run says so
+    for it (one line), plans the rest, and still never stops the process."""
+    t = spawn("coroutine_heap", "default", "spin")
+    t.proc.stdout.readline()
+    t.wait_blocked()
+    spinner = [tid for tid in procfs.thread_ids(t.pid) if tid != t.pid]
+    watch = _TracerWatch(t.pid)
+    dry = _dry_run_cli(t.pid)
+    assert watch.stop() == {0}
+    skipped = [s["skipped"] for s in dry["steps"] if s["name"] == "drop-dead-stack"
+               and not s["applied"] and "skipped" in s]  # fmt: skip
+    assert skipped == [f"thread {spinner[0]} was running: its registers are read at the stop"]
+    real = F.squeeze(t.pid)  # every thread stopped: the spinner's stack is decided now
+    assert not any("running" in s.text for s in real.steps)
+    assert _check(t).startswith(b"OK")
 
 
 def test_verifier_refuses_what_a_wrong_planner_would_drop(spawn):
@@ -217,7 +260,7 @@ def _dry_then_real(pid: int) -> tuple[list, list]:
     return _plan_of(dry["steps"]), _plan_of([s.to_json() for s in real.steps])
 
 
-@pytest.mark.parametrize("mode", ["heap", "pthread", "mmap"])
+@pytest.mark.parametrize("mode", ["heap", "pthread", "mmap", "altstack"])
 def test_dry_run_never_stops_and_plans_the_real_run_coroutines(spawn, mode):
     t = spawn("coroutine_heap", "default", mode)
     _ready(t)

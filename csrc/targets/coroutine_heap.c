@@ -9,16 +9,24 @@
 //            it (the positive control: those pages may be dropped)
 //   mmap     the main thread on a coroutine stack in an mmap'd region with a PROT_NONE guard page
 //            below (boost-style), a second, suspended coroutine's live frames below it
+//   altstack the main thread inside a SIGUSR1 handler on a sigaltstack at the top of an mmap'd
+//            region (guard page below) whose lower part holds checksummed data
+//   pthread-altstack  the pthread mode, with the thread's sigaltstack set inside its own dead
+//            stack (below rsp): a squeeze must refuse to drop it
+//   spin     the main thread blocks on its [stack]; a pthread spins (at most 60 s) so that it
+//            is always running: a dry run cannot know its registers
 // It prints "ready MODE LO HI" (LO..HI: the mapping range the blocked rsp is expected in; the
 // stack or region) and then, for each byte on stdin, re-checks all its data and prints
 // "OK sum=..." or "CORRUPT sum=... want=..."; 'q' or EOF exits 0.
 // remap-build: gcc -O2 -pthread -o {out} {src}
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -32,6 +40,7 @@ static uint64_t *chunk[CHUNKS];
 static uint64_t want;                      // checksum of everything that must survive
 static volatile unsigned char *kept;       // mmap mode: the suspended coroutine's live local
 static volatile unsigned char *thread_own; // pthread mode: live data on the thread's stack
+static volatile unsigned char *region_data; // altstack mode: data below the signal stack
 static ucontext_t main_ctx, co_ctx, parked_ctx;
 static const char *mode;
 
@@ -43,6 +52,7 @@ static uint64_t checksum(void) {
         for (int j = 0; j < CHUNK / 8; j++) h = mix(h, chunk[i][j]);
     for (int i = 0; kept && i < KEEP; i++) h = mix(h, kept[i]);
     for (int i = 0; thread_own && i < 1024; i++) h = mix(h, thread_own[i]);
+    for (int i = 0; region_data && i < 65536; i++) h = mix(h, region_data[i]);
     return h;
 }
 
@@ -101,10 +111,13 @@ static __attribute__((noinline)) void deep(void) {  // leaves ~64 kB of dead fra
 }
 
 static void *thread_plain(void *arg) {
-    (void)arg;
     volatile unsigned char own[1024];
     for (int i = 0; i < 1024; i++) own[i] = (unsigned char)(i ^ 0x5a);
     deep();
+    if (arg) {  // pthread-altstack: 16 kB of the dead frames, 32 kB below here
+        stack_t ss = {.ss_sp = (char *)own - 48 * 1024, .ss_size = 16 * 1024};
+        sigaltstack(&ss, NULL);
+    }
     thread_own = own;
     want = checksum();
     pthread_attr_t a;
@@ -115,6 +128,39 @@ static void *thread_plain(void *arg) {
     ready(stack_lo, stack_hi);
     serve();
     return NULL;
+}
+
+static void on_usr1(int sig) {  // altstack mode: block in read() on the signal stack
+    (void)sig;
+    ready(stack_lo, stack_hi);
+    serve();
+}
+
+static void *spinner(void *arg) {  // spin mode: always running, for at most 60 s
+    (void)arg;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do clock_gettime(CLOCK_MONOTONIC, &t);
+    while (t.tv_sec - t0.tv_sec < 60);
+    return NULL;
+}
+
+static void altstack(void) {
+    size_t size = 256 * 1024, guard = 4096;
+    char *region = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (region == MAP_FAILED || mprotect(region + guard, size - guard, PROT_READ | PROT_WRITE))
+        exit(1);
+    unsigned char *d = (unsigned char *)region + guard;
+    for (int i = 0; i < 65536; i++) d[i] = (unsigned char)(i * 13 + 3);
+    region_data = d;
+    want = checksum();
+    stack_lo = region;
+    stack_hi = region + size;
+    stack_t ss = {.ss_sp = region + size - 64 * 1024, .ss_size = 64 * 1024};
+    struct sigaction sa = {.sa_handler = on_usr1, .sa_flags = SA_ONSTACK};
+    sigaltstack(&ss, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+    raise(SIGUSR1);
 }
 
 int main(int argc, char **argv) {
@@ -135,9 +181,16 @@ int main(int argc, char **argv) {
         if (!strcmp(mode, "heap")) run_on(stack_lo, CO_STACK, &co_ctx, coroutine);
         pthread_create(&t, NULL, thread_coroutine, NULL);
         pthread_join(t, NULL);
-    } else if (!strcmp(mode, "pthread")) {
-        pthread_create(&t, NULL, thread_plain, NULL);
+    } else if (!strcmp(mode, "pthread") || !strcmp(mode, "pthread-altstack")) {
+        pthread_create(&t, NULL, thread_plain, strcmp(mode, "pthread") ? &t : NULL);
         pthread_join(t, NULL);
+    } else if (!strcmp(mode, "altstack")) {
+        altstack();
+    } else if (!strcmp(mode, "spin")) {
+        pthread_create(&t, NULL, spinner, NULL);
+        char here;
+        ready(&here, &here + 1);
+        serve();
     } else if (!strcmp(mode, "mmap")) {
         size_t size = 256 * 1024, guard = 4096;
         char *region = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -4,7 +4,8 @@ raises UnsafeStep with the reason), and returns an Action saying exactly what it
 Safety rules (DESIGN section 6) enforced here:
 - MADV_DONTNEED only on pages proven clean and file-backed (pagemap bit 61 in a file mapping),
   or on whole stack pages below a stopped thread's rsp - 128 (dead by the ABI: the red zone is
-  the only thing a thread may keep below rsp).
+  the only thing a thread may keep below rsp) in a mapping proven to be that thread's stack
+  (proven_stack); verify.check_drops proves it again, independently, before the drop.
 - Anonymous memory is never dropped while live: it is moved (stack relocation), with every
   pointer into it fixed, and verified byte for byte afterwards.
 """
@@ -92,7 +93,7 @@ def _known_regs(ctx: FoldContext) -> list[dict[str, int]]:
         try:
             out.append(ctx.session.regs(tid))
         except NeedsStop as e:
-            ctx.notes.append(f"thread {tid}: {e}")
+            ctx.notes.append(f"{e}; a syscall page it may stop in is decided there")
     return out
 
 
@@ -115,7 +116,7 @@ def drop_dead_stack(ctx: FoldContext) -> Action | None:
         try:
             regs = ctx.session.regs(tid)
         except NeedsStop as e:  # a dry run's running thread: its registers come with the stop
-            ctx.skipped.append(("drop-dead-stack", f"thread {tid}: {e}"))
+            ctx.skipped.append(("drop-dead-stack", str(e)))
             continue
         vma, why = proven_stack(ctx, tid, regs)
         if vma is None:
@@ -177,25 +178,27 @@ def _vma_name(vma) -> str:
 def _refuse_altstack_overlap(ctx: FoldContext, ranges: list[tuple[int, int]]) -> None:
     """An alternate signal stack inside 'dead' stack is live: ask each thread (sigaltstack).
 
-    The kernel writes its answer into the first dead page itself -- memory about to be dropped
-    -- so no scratch page is mapped for it."""
+    The kernel writes its answer into the first dead page itself, so no scratch page is
+    mapped for it -- borrowed, its 24 bytes put back whatever the answer: when the answer is
+    "live", those bytes were not dead after all (before issue 12 they were the heap data of
+    coroutine_heap altstack, overwritten by the very check that refused)."""
     s = ctx.session
     if ctx.dry_run:
         ctx.notes.append("alternate signal stacks are asked of each thread at the stop")
         return
-    out = ranges[0][0]
-    for tid in s.threads:
-        ctx.calls += 1
-        s.syscall("sigaltstack", 0, out, tid=tid)
-        sp, flags, _pad, size = struct.unpack("<QiiQ", s.read(out, 24))
-        if flags & 2:  # SS_DISABLE
-            continue
-        for lo, hi in ranges:
-            if sp < hi and sp + size > lo:
-                raise UnsafeStep(
-                    f"thread {tid} has an alternate signal stack at {sp:#x} inside its dead "
-                    "stack; not dropping it"
-                )
+    with s.borrow(ranges[0][0], bytes(24)) as out:
+        for tid in s.threads:
+            ctx.calls += 1
+            s.syscall("sigaltstack", 0, out, tid=tid)
+            sp, flags, _pad, size = struct.unpack("<QiiQ", s.read(out, 24))
+            if flags & 2:  # SS_DISABLE
+                continue
+            for lo, hi in ranges:
+                if sp < hi and sp + size > lo:
+                    raise UnsafeStep(
+                        f"thread {tid} has an alternate signal stack at {sp:#x} inside its dead "
+                        "stack; not dropping it"
+                    )
 
 
 def optional(planner, name: str):
