@@ -8,7 +8,7 @@ Two things cannot, and :class:`NeedsStop` says so where they are asked for: the 
 thread that is running at that instant, and an answer only an injected call gives.
 
 Peek has the subset of remap.inject.Session the planners use (threads, regs, read,
-set_resume_regs, sigmask, use_gadget), with the same meaning, so a dry run runs the very
+set_resume_regs, use_gadget), with the same meaning, so a dry run runs the very
 planners the real run does.
 """
 
@@ -19,6 +19,7 @@ import struct
 from typing import Any
 
 from .. import native, pagemap, procfs
+from ..errors import NoSuchProcess
 from ..kconst import ERESTART_RESTARTBLOCK, PAGE_SIZE
 from ..residency import Snapshot
 from .plan import NeedsStop
@@ -67,10 +68,17 @@ class Peek:
     def __init__(self, pid: int, snap: Snapshot):
         self.pid = pid
         self.notes: list[str] = []
-        self.threads = procfs.thread_ids(pid)
         self._snap = snap
-        self._regs: dict[int, _Regs | None] = {t: self._observe(t) for t in self.threads}
         self._lib, self._ffi = native.load()
+        self._regs: dict[int, _Regs | None] = {}
+        for tid in procfs.thread_ids(pid):
+            try:
+                self._regs[tid] = self._observe(tid)
+            except NoSuchProcess:
+                if tid == pid:
+                    raise
+                # that thread exited meanwhile: it has no stack left to plan for
+        self.threads = list(self._regs)
 
     def _observe(self, tid: int) -> _Regs | None:
         sc = procfs.read_syscall(self.pid, tid)
@@ -101,8 +109,8 @@ class Peek:
         """The highest TCB-looking block in the present top pages above SP of the anonymous
         mapping holding SP, or 0.  Only present pages are read: reading a page faults it in."""
         v = self._snap.vma_at(sp)
-        if v is None or v.is_file:
-            return 0
+        if v is None or v.is_file or (v.path and not v.path.startswith("[anon:")):
+            return 0  # [stack], [heap]...: no libc puts a thread's TCB there
         lo = max(page_floor(sp), v.end - TCB_SCAN)
         for run in reversed(
             [r for runs in pagemap.present_read(self.pid, [(lo, v.end)]) for r in runs]
@@ -120,12 +128,6 @@ class Peek:
         tid = self.pid if tid is None else tid
         self.regs(tid)  # NeedsStop for a running thread
         self._regs[tid].update({k: v & MASK64 for k, v in regs.items()})  # type: ignore[union-attr]
-
-    def sigmask(self, tid: int | None = None) -> int:
-        """The blocked-signal mask (SigBlk of /proc/PID/task/TID/status)."""
-        tid = self.pid if tid is None else tid
-        with open(f"/proc/{self.pid}/task/{tid}/status") as f:
-            return next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk:"))
 
     def read(self, addr: int, n: int) -> bytes:
         """N bytes of the target's memory, read from outside (process_vm_readv)."""
