@@ -1489,8 +1489,10 @@ def process_madvise(pid: int, addr: int, length: int, advice: int) -> int:
         r = lib.rn_process_madvise(fd, addr, length, advice)
     finally:
         os.close(fd)
-    if r < 0:
-        raise OSError(-r, f"process_madvise: {os.strerror(-r)}")
+    if r < 0:  # EPERM (no CAP_SYS_NICE), EACCES, ESRCH: remap's errors, from the one place
+        from .procfs import translate
+
+        raise translate(pid, OSError(-r, f"process_madvise: {os.strerror(-r)}"), "process_madvise")
     return r
 
 
