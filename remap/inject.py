@@ -169,6 +169,8 @@ def _encode(calls: Sequence[Sequence[Any]]) -> bytes:
         if not 1 <= len(c) <= 7:
             raise UsageError(f"a batch entry is (name, up to 6 args), not {c!r}")
         words = [syscall_number(c[0]), *c[1:]]
+        if any(not -(1 << 63) <= w <= MASK64 for w in words):
+            raise UsageError(f"a syscall argument does not fit in 64 bits: {c!r}")
         words = [w - (1 << 64) if w > (1 << 63) - 1 else w for w in words]
         out.append(_ENTRY[len(c)].pack(*words))
     return b"".join(out)
@@ -988,6 +990,7 @@ class Session:
         try:
             regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = a
         except OverflowError:  # negative ints: the kernel sees the two's complement
+            _encode([(nr, *args)])  # refuses (UsageError) what does not fit in 64 bits
             regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = [x & MASK64 for x in a]
         if self._chain is not None:
             r = self._inject(t.tid, c)
