@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mapping_kinds import reserved_hugepages, smaps_of, start_mappings
 
 import remap
 from remap import inject, native, procfs, targets
@@ -20,7 +21,6 @@ from remap.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
 HUGE = 2  # 2 MiB hugetlb pages the mappings target maps and writes
 
 
@@ -45,68 +45,11 @@ def refused(r: subprocess.CompletedProcess, code: int, *words: str) -> None:
 
 @pytest.fixture
 def hugepages(is_root) -> Iterator[int]:
-    """At least 4 free 2 MiB huge pages for the test (reserved as root, restored after)."""
-    try:
-        with open(NR_HUGEPAGES) as f:
-            old = int(f.read())
-    except OSError as e:
-        pytest.skip(f"no hugetlb support: {e}")
-    free = _meminfo("HugePages_Free")
-    if free < 4:
-        if not is_root:
-            pytest.skip("no free huge pages and not root to reserve some")
-        with open(NR_HUGEPAGES, "w") as f:
-            f.write(str(old + 4 - free))
-        if _meminfo("HugePages_Free") < 4:
-            _set_hugepages(old)
-            pytest.skip("the kernel could not reserve 4 huge pages (memory fragmented?)")
-    try:
-        yield HUGE
-    finally:
-        if free < 4:
-            _set_hugepages(old)
-
-
-def _set_hugepages(n: int) -> None:
-    with open(NR_HUGEPAGES, "w") as f:
-        f.write(str(n))
-
-
-def _meminfo(key: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def start_mappings(spawn, folder: Path, huge: int = 0):
-    """The mappings target with its files in FOLDER: (target, {name: start address})."""
-    t = spawn("mappings", "default", str(folder), str(huge))
-    where = {}
-    while (line := t.proc.stdout.readline().decode()) != "ready\n":
-        assert line, t.proc.stderr.read().decode()
-        name, start, _len = line.split()
-        where[name] = int(start, 16)
-    t.wait_blocked()
-    return t, where
-
-
-def smaps_of(pid: int, start: int) -> dict[str, int]:
-    """The kernel's own smaps fields (kB) of the VMA starting at START."""
-    out: dict[str, int] = {}
-    found = False
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            head = line.split(maxsplit=1)[0]
-            if "-" in head and not head.endswith(":"):
-                if found:
-                    break
-                found = int(head.split("-")[0], 16) == start
-            elif found and line.split()[-1] == "kB":
-                out[head.rstrip(":")] = int(line.split()[1])
-    assert found, hex(start)
-    return out
+    """HUGE free 2 MiB huge pages for the test (reserved as root and restored), else skip."""
+    with reserved_hugepages(HUGE, is_root) as n:
+        if not n:
+            pytest.skip("no free huge pages and none could be reserved (not root, fragmented?)")
+        yield n
 
 
 # --------------------------------------------------------------------------- 1. hugetlb
