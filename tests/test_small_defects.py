@@ -99,6 +99,41 @@ def test_file_and_shared_memory_labels(spawn, tmp_path):
     assert libs == {"lib:libc.so.6"}  # an ELF shared object keeps lib:NAME
 
 
+DELETED_ELF = """
+import ctypes, os, shutil, sys
+shutil.copy(sys.argv[1], sys.argv[2])
+lib = ctypes.CDLL(sys.argv[2])  # a shared object loaded the usual way, then deleted on disk
+os.unlink(sys.argv[2])
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_deleted_shared_object_is_still_a_library(tmp_path, is_root):
+    """A library replaced on disk (an upgrade) is read through /proc/PID/map_files (root)."""
+    if not is_root:
+        pytest.skip("map_files needs CAP_SYS_ADMIN")
+    src = "/usr/lib/x86_64-linux-gnu/libm.so.6"
+    if not os.path.isfile(src):
+        pytest.skip(f"no {src}")
+    copy = tmp_path / "libremapcopy.so"
+    p = subprocess.Popen(
+        [sys.executable, "-c", DELETED_ELF, src, str(copy)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        vmas = [v for v in remap.snapshot(p.pid).vmas if v.path == f"{copy} (deleted)"]
+        assert vmas and {v.label for v in vmas} == {"lib:libremapcopy.so"}, vmas
+        code = [pg for v in vmas for pg in v.pages if pg.section == ".text"]
+        assert code, "its code pages are described from the ELF file"
+    finally:
+        p.kill()
+        p.wait(timeout=5)
+        p.stdin.close()
+        p.stdout.close()
+
+
 def test_tmpfs_file_is_shmem(spawn, tmp_path):
     """A file on tmpfs (/dev/shm) is shared memory: mountinfo's decimal devices must be matched
     against maps' hex ones."""
