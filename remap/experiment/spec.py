@@ -126,11 +126,11 @@ def load(name: str) -> Experiment:
         raise ExperimentError(f"{path}: not an experiment file: not UTF-8 text ({e})") from None
     except OSError as e:
         raise ExperimentError(f"{path}: cannot read: {e}") from None
-    if "target" not in data and "cases" not in data:
+    if not _TOP_KEYS & set(data):  # nothing of an experiment at all (a mistake in one: parse)
         has = ", ".join(sorted(data)[:8]) or "nothing"
         raise ExperimentError(
-            f"{path}: not an experiment file: valid TOML but no [target] table or [[cases]] "
-            f"(it has: {has})"
+            f"{path}: not an experiment file: valid TOML without a [target] table or any "
+            f"other experiment key (it has: {has})"
         )
     return parse(data, path)
 
