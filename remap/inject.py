@@ -198,6 +198,8 @@ def _encode(calls: Sequence[Sequence[Any]]) -> bytes:
         if not 1 <= len(c) <= 7:
             raise UsageError(f"a batch entry is (name, up to 6 args), not {c!r}")
         words = [syscall_number(c[0]), *c[1:]]
+        if any(not -(1 << 63) <= w <= MASK64 for w in words):
+            raise UsageError(f"a syscall argument does not fit in 64 bits: {c!r}")
         words = [w - (1 << 64) if w > (1 << 63) - 1 else w for w in words]
         out.append(_ENTRY[len(c)].pack(*words))
     return b"".join(out)
@@ -1077,6 +1079,7 @@ class Session:
         try:
             regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = a
         except OverflowError:  # negative ints: the kernel sees the two's complement
+            _encode([(nr, *args)])  # refuses (UsageError) what does not fit in 64 bits
             regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = [x & MASK64 for x in a]
         if self._chain is not None:
             r = self._inject(t.tid, c)
@@ -1651,8 +1654,10 @@ def process_madvise(pid: int, addr: int, length: int, advice: int) -> int:
         r = lib.rn_process_madvise(fd, addr, length, advice)
     finally:
         os.close(fd)
-    if r < 0:
-        raise OSError(-r, f"process_madvise: {os.strerror(-r)}")
+    if r < 0:  # EPERM (no CAP_SYS_NICE), EACCES, ESRCH: remap's errors, from the one place
+        from .procfs import translate
+
+        raise translate(pid, OSError(-r, f"process_madvise: {os.strerror(-r)}"), "process_madvise")
     return r
 
 

@@ -20,11 +20,15 @@ from .common import add_json, pid_arg, print_json
 
 
 def int_arg(text: str) -> int:
-    """An integer argument: decimal, 0x hex, 0o/0b, or negative."""
+    """An integer argument: decimal, 0x hex, 0o/0b, or negative; it must fit a 64-bit register
+    (-2**63 .. 2**64-1), else a one-line usage error (never silently truncated)."""
     try:
-        return int(text, 0)
+        v = int(text, 0)
     except ValueError:
         raise UsageError(f"not an integer: {text!r}") from None
+    if not -(1 << 63) <= v < 1 << 64:
+        raise UsageError(f"does not fit in 64 bits: {text!r}")
+    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:
