@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from remap import native, targets
+from remap import native, pagemap, targets
 from remap.errors import KernelError
 from remap.kernels import catalog, fetch, guest
 
@@ -241,3 +241,27 @@ def test_nothing_written_into_site_packages(inst):
         if p.is_file() and "__pycache__" not in p.parts
     }
     assert found - listed == set()
+
+
+def test_guest_shares_cover_the_interpreter_remap_and_its_cache(tmp_path, monkeypatch):
+    """What the guest mounts: outermost folders only, the io mount point never hidden."""
+    cache = tmp_path / "cache"
+    (cache / "targets").mkdir(parents=True)
+    monkeypatch.setenv("REMAP_BUILD_DIR", str(cache))
+    nested = tmp_path / "exps" / "more"
+    nested.mkdir(parents=True)
+    got = guest.shares([tmp_path / "exps", nested, cache / "targets", Path("/run"), Path("/")])
+    for need in (Path(sys.prefix), Path(sys.base_prefix), targets.ROOT):
+        assert any(need.resolve().is_relative_to(p) for p in got), need
+    assert cache in got and tmp_path / "exps" in got
+    assert nested not in got and cache / "targets" not in got  # covered by their parents
+    assert Path("/run") not in got and Path("/") not in got  # they hold the io share's mount
+    assert all(not a.is_relative_to(b) for a in got for b in got if a != b)
+
+
+def test_doctor_in_the_checkout_builds_nothing():
+    res = _run([sys.executable, "-m", "remap", "doctor", "--json"], 60, cwd=ROOT)
+    by = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+    assert set(by) == DOCTOR_ITEMS
+    assert by["native helper"]["found"].startswith("checkout: built from csrc/native")
+    assert by["PAGEMAP_SCAN"]["ok"] == pagemap.scan_supported()
