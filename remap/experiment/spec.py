@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExperimentError
-from ..targets import ROOT
+from ..targets import EXPERIMENTS_DIR  # the checkout's experiments/, or the bundled copy
 
-EXPERIMENTS_DIR = ROOT / "experiments"
 _TOP_KEYS = {"description", "repeat", "target", "launch", "measure", "steps", "cases"}
 _TARGET_KEYS = {"name", "variant", "args", "irc", "exit_status"}
 _LAUNCH_KEYS = {"aslr", "env_size", "vdso"}
