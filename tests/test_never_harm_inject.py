@@ -210,17 +210,6 @@ def test_ctrl_c_or_sigterm_aborts_a_blocking_call(spawn, sig):
     assert echo_ok(t)
 
 
-def _guardian_of(driver: int) -> int:
-    """The guardian process a `remap syscall` driver started: its only child (named
-    remap-guardian once it has run at all)."""
-    kids = []
-    for tid in os.listdir(f"/proc/{driver}/task"):
-        with open(f"/proc/{driver}/task/{tid}/children") as f:
-            kids += [int(k) for k in f.read().split()]
-    assert len(kids) == 1, f"driver {driver} has children {kids}, want one guardian"
-    return kids[0]
-
-
 def _in_injected_read(pid: int, tracer: int) -> bool:
     try:
         traced = status(pid)["TracerPid"] == str(tracer)
@@ -245,10 +234,10 @@ def test_driver_killed_inside_a_blocking_call(variant):
                 stderr=subprocess.DEVNULL,
             )
             wait_for(lambda d=drv: _in_injected_read(w.pid, d.pid), what="the injected read")
-            guardian = _guardian_of(drv.pid)
+            guardian = torture.guardian_of(drv.pid)
             drv.kill()
             drv.wait(timeout=5)
-            torture._wait_gone(guardian, 5.0)  # it ends the blocked call, then exits
+            torture.wait_gone(guardian, 5.0)  # it ends the blocked call, then exits
             assert torture.health(w, leak_ok=variant == "bare") == []
             wait_for(lambda: syscall_line(w.pid)[0] == "0", what="its own read again")
     finally:
