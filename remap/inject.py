@@ -740,7 +740,7 @@ class Session:
             r = lib.rn_wait(tid, status, 0)
             while r == -errno_mod.EINTR:  # a signal to the driver: Ctrl-C aborts, others wait on
                 if _interrupt_pending():
-                    raise InterruptedError(f"interrupted while waiting for thread {tid} to stop")
+                    raise KeyboardInterrupt(f"interrupted while waiting for thread {tid} to stop")
                 r = lib.rn_wait(tid, status, 0)
             if r == -errno_mod.ETIMEDOUT:
                 raise Timeout(
@@ -1106,13 +1106,18 @@ class Session:
         if self._chain is not None:
             r = self._inject(t.tid, c)
             if r in _WAIT_ENDED:
-                r = self._unfinished(t, c, r, nr, lambda: self._inject(t.tid, c))
+                r = self._unfinished(t, c, r, nr, lambda: self._inject(t.tid, c), regs.rip + 2)
         else:  # no chain: back on its own registers at once (a kill then restarts its call)
             t0 = time.monotonic_ns()
             r = self._lib.rn_inject_parked(t.tid, c, t.resume)
             if r in _WAIT_ENDED:
                 r = self._unfinished(
-                    t, c, r, nr, lambda: self._lib.rn_inject_parked(t.tid, c, t.resume)
+                    t,
+                    c,
+                    r,
+                    nr,
+                    lambda: self._lib.rn_inject_parked(t.tid, c, t.resume),
+                    regs.rip + 2,
                 )
             w = self.windows_ns
             w["in_flight"] = w.get("in_flight", 0) + time.monotonic_ns() - t0
@@ -1124,17 +1129,24 @@ class Session:
             raise OSError(-res, f"{syscall_name(nr)}: {os.strerror(-res)}")
         return res
 
-    def _unfinished(self, t: _Thread, c: Any, r: int, nr: int, again: Any) -> int:
+    def _unfinished(self, t: _Thread, c: Any, r: int, nr: int, again: Any, done_at: int = 0) -> int:
         """A call whose wait the C side left unfinished (-EINTR: a signal reached the driver;
         -ETIMEDOUT: the deadline passed).  A signal that is not an interrupt of the driver
         (its Python handler ran and did not ask to stop) resumes the wait; Ctrl-C, SIGTERM and
         the deadline abort the call: the thread is interrupted out of it and parked as between
-        calls (the cure then puts it back), and InterruptedError / Timeout is raised."""
+        calls (the cure then puts it back).
+
+        A call that had already completed when the abort stopped the thread (rip at DONE_AT,
+        just past its `syscall`, rax not an -ERESTART* code) is not lost: its result is kept
+        (c.result, return 0) and the interrupt is raised when the session operation ends
+        (_atomic).  One that had not is abandoned: Timeout, or KeyboardInterrupt -- never an
+        OSError, which a caller could take for the syscall's own failure and carry on."""
         while r == -errno_mod.EINTR and not _interrupt_pending():
             r = again()
         if r not in _WAIT_ENDED:
             return r
-        a = self._lib.rn_abort(t.tid, c)
+        at = self._ffi.new("struct user_regs_struct *")
+        a = self._lib.rn_abort(t.tid, c, at)
         self._lib.rn_guard_clear(c.slot)
         t.ran = True
         t.signals.extend(c.sigs[0 : c.nsig])
@@ -1144,12 +1156,16 @@ class Session:
             self._park(t)
         else:
             self._check(self._lib.rn_setregs(t.tid, t.resume), "PTRACE_SETREGS", t.tid)
+        if done_at and at.rip == done_at and at.rax not in _RESTART_CODES:
+            c.result = at.rax - (1 << 64) if at.rax >> 63 else at.rax
+            if r == -errno_mod.EINTR:
+                return 0  # completed: the held interrupt is raised at the operation's end
         if r == -errno_mod.ETIMEDOUT:
             raise Timeout(
                 f"injected {syscall_name(nr)} did not return within {self.timeout:g} s; "
                 f"interrupted it (process {self.pid} is put back as it was)"
             )
-        raise InterruptedError(f"interrupted during injected {syscall_name(nr)}")
+        raise KeyboardInterrupt(f"interrupted during injected {syscall_name(nr)}")
 
     def _after_stray(self, t: _Thread, c: Any, r: int, nr: int) -> None:
         """The slow path of syscall(): signals met on the way, or the thread died."""
@@ -1637,7 +1653,7 @@ class Session:
             r = lib.rn_wait(tid, status, flags)
             if r == -errno_mod.EINTR:
                 if _interrupt_pending():
-                    raise InterruptedError(f"interrupted while thread {tid} ran attached")
+                    raise KeyboardInterrupt(f"interrupted while thread {tid} ran attached")
                 continue
             if r == -errno_mod.ETIMEDOUT:
                 raise Timeout(f"thread {tid} did not stop within {self.timeout:g} s")

@@ -67,7 +67,7 @@ int rn_wait(int tid, int *status, int flags);
 int rn_inject(int tid, struct rn_call *c);
 int rn_inject_parked(int tid, struct rn_call *c, const struct user_regs_struct *park);
 int rn_run_stub(int tid, struct rn_call *c, int sig, const struct user_regs_struct *park);
-int rn_abort(int tid, struct rn_call *c);
+int rn_abort(int tid, struct rn_call *c, struct user_regs_struct *out);
 int rn_set_wait(long long timeout_ns, int abortable);
 long long rn_now_ns(void);
 int rn_guard_start(void);

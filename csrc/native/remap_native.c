@@ -619,9 +619,10 @@ int rn_reinterrupt(int tid, const struct user_regs_struct *regs, struct rn_call 
  * Abort a call whose wait was interrupted or timed out: the thread is running (inside the
  * injected syscall, or in the stub).  PTRACE_INTERRUPT it and wait, bounded, for any stop --
  * from there the ordinary cure (rn_reinterrupt with the saved registers) puts it back.  A
- * signal it stopped for on the way is recorded for re-queueing.
+ * signal it stopped for on the way is recorded for re-queueing; `out` gets the registers at
+ * the stop (they tell whether the call had already completed).
  */
-int rn_abort(int tid, struct rn_call *c)
+int rn_abort(int tid, struct rn_call *c, struct user_regs_struct *out)
 {
 	int st;
 	c->phase = 0;
@@ -640,7 +641,7 @@ int rn_abort(int tid, struct rn_call *c)
 		}
 		if ((st >> 16) == 0 && !is_syscall_stop(st))
 			note_sig(c, WSTOPSIG(st));
-		return 0;
+		return ptrace(PTRACE_GETREGS, tid, 0, out) ? -errno : 0;
 	}
 }
 
