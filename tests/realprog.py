@@ -13,6 +13,7 @@ the test asks for one).
 from __future__ import annotations
 
 import ctypes
+import http.client
 import json
 import os
 import shutil
@@ -257,6 +258,19 @@ def check_squeezes_keep_data(prog: LineProgram, times: int) -> list[RemapRun]:
     ]
     assert not stuck, f"workers {stuck} stopped ticking after {times} squeezes"
     return runs
+
+
+# --------------------------------------------------------------------------- HTTP on loopback
+def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """GET http://127.0.0.1:PORT/PATH -> (status, body).  http.client, not urllib: it never
+    consults *_proxy variables, so the request cannot leave the machine."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------- network namespaces
