@@ -211,6 +211,20 @@ def squeezed_or_refused(r: RemapRun) -> dict | None:
 
 
 # --------------------------------------------------------------------------- line-protocol programs
+def read_line(proc: subprocess.Popen, timeout: float = 30.0) -> bytes:
+    """One line of PROC's stdout within TIMEOUT, else AssertionError (and PROC killed, which
+    is what unblocks the reading thread; the owner's `started` reaps it)."""
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()))
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive() or not got or not got[0]:
+        proc.kill()
+        reader.join(10)
+        raise AssertionError(f"target {proc.pid} gave no answer within {timeout:.0f} s")
+    return got[0]
+
+
 class LineProgram:
     """A target that prints one JSON "ready" line, then answers each stdin line with one JSON
     line (csrc/targets/ChecksumThreads.java, dict_threads.py): {"sum": ..., "ticks": [...]}."""
@@ -222,15 +236,7 @@ class LineProgram:
         assert self.ready.get("ready"), self.ready
 
     def _line(self, timeout: float) -> dict:
-        got: list[bytes] = []
-        reader = threading.Thread(target=lambda: got.append(self.proc.stdout.readline()))
-        reader.start()
-        reader.join(timeout)
-        if reader.is_alive() or not got or not got[0]:
-            self.proc.kill()  # unblocks the reader; the owner's `started` reaps it
-            reader.join(10)
-            raise AssertionError(f"target {self.pid} gave no answer within {timeout:.0f} s")
-        return json.loads(got[0])
+        return json.loads(read_line(self.proc, timeout))
 
     def ask(self, timeout: float = 30.0) -> dict:
         """One request, one answer (the data's checksum recomputed now, each worker's ticks)."""
@@ -250,7 +256,7 @@ def check_squeezes_keep_data(prog: LineProgram, times: int) -> list[RemapRun]:
         runs.append(r)
         assert prog.proc.poll() is None, f"target died after squeeze {i + 1}: {r}"
         squeezed(r)
-    time.sleep(0.3)  # let every worker tick at least once more
+    time.sleep(0.5)  # let every worker tick at least once more
     after = prog.ask()
     assert after["sum"] == prog.ready["sum"], (after["sum"], prog.ready["sum"])
     stuck = [
