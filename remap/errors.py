@@ -60,6 +60,13 @@ class UnsafeStep(RemapError):
     exit_code = 6
 
 
+class Timeout(RemapError):
+    """The target did not reach a stop (or an injected call did not return) within the
+    session's deadline; the wait was abandoned and the target put back as it was."""
+
+    exit_code = 9
+
+
 class ExperimentError(RemapError):
     """An experiment file is malformed, unknown, or its target cannot be built."""
 
@@ -87,5 +94,6 @@ EXIT_CODES = {
     "unsafe step": UnsafeStep.exit_code,
     "experiment": ExperimentError.exit_code,
     "kernel": KernelError.exit_code,
+    "timeout": Timeout.exit_code,
     "internal": InternalError.exit_code,
 }

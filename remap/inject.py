@@ -98,6 +98,8 @@ from .errors import (
     InternalError,
     NoSuchProcess,
     RemapError,
+    Timeout,
+    UnsafeStep,
     UnsupportedTarget,
     UsageError,
     ZombieProcess,
@@ -111,12 +113,39 @@ _FAULTS = (K.SIGILL, K.SIGBUS, K.SIGFPE, K.SIGSEGV)
 INJECT_SIGMASK = MASK64 & ~sum(1 << (s - 1) for s in _FAULTS)
 STUB_ENTRY = 64  # bytes per batch table entry: nr, 6 args, result
 TABLE_PAGES = 16  # one trip runs up to TABLE_PAGES * 4096 / 64 = 1024 calls
-FRAME_PAGES = 4  # scratch pages for safety frames the fold evicts from the stack
+FRAME_PAGES = 4  # scratch pages for evicted safety frames, at least (one slot per thread)
+MAX_FRAME_SLOTS = 512  # beyond that many threads an evicted frame falls back to unprotected
 CAP_SYS_ADMIN = 21  # include/uapi/linux/capability.h
 MARKERS = (K.SIGURG, K.SIGWINCH, K.SIGCHLD)  # default action: ignore
 # calls that can unmap or zero memory: checked against frames and the chain's code
 _GUARDED = frozenset({K.NR_MMAP, K.NR_MUNMAP, K.NR_MREMAP, K.NR_MADVISE})
 _RESTART_CODES = frozenset((1 << 64) - c for c in K.ERESTART_CODES)
+TIMEOUT_S = 10.0  # default deadline of every wait for a stop and of every injected call
+_WAIT_ENDED = (-errno_mod.EINTR, -errno_mod.ETIMEDOUT)  # a wait the C side left unfinished
+
+# Calls that cannot be injected without harm, refused before the target is touched.  Their
+# numbers are fixed by the x86_64 ABI (arch/x86/entry/syscalls/syscall_64.tbl).
+_NEW_TASK = "would start a new process or thread running from the injection point"
+REFUSED_SYSCALLS: dict[int, str] = {
+    56: _NEW_TASK,  # clone
+    57: _NEW_TASK,  # fork
+    58: _NEW_TASK,  # vfork
+    435: _NEW_TASK,  # clone3
+    59: "would replace the target's program",  # execve
+    322: "would replace the target's program",  # execveat
+    60: "would end the thread (send it a signal instead if that is the aim)",  # exit
+    231: "would end the process (send it a signal instead if that is the aim)",  # exit_group
+    15: "would load registers from whatever lies on the stack",  # rt_sigreturn
+    34: "waits for a signal, and every signal is blocked while injecting: never returns",  # pause
+    130: "waits for a signal with a mask it sets itself; not injectable safely",  # rt_sigsuspend
+}
+
+
+def refuse_unsafe(nr: int) -> None:
+    """Raise UnsafeStep (target untouched) for a syscall in REFUSED_SYSCALLS."""
+    why = REFUSED_SYSCALLS.get(nr)
+    if why is not None:
+        raise UnsafeStep(f"refusing to inject {syscall_name(nr)}: it {why}")
 
 
 # ------------------------------------------------------------------------------ small helpers
@@ -169,6 +198,8 @@ def _encode(calls: Sequence[Sequence[Any]]) -> bytes:
         if not 1 <= len(c) <= 7:
             raise UsageError(f"a batch entry is (name, up to 6 args), not {c!r}")
         words = [syscall_number(c[0]), *c[1:]]
+        if any(not -(1 << 63) <= w <= MASK64 for w in words):
+            raise UsageError(f"a syscall argument does not fit in 64 bits: {c!r}")
         words = [w - (1 << 64) if w > (1 << 63) - 1 else w for w in words]
         out.append(_ENTRY[len(c)].pack(*words))
     return b"".join(out)
@@ -314,6 +345,13 @@ def _frame_spot(rsp: int, size: int, *, resident_only: bool = False) -> int:
     return 0 if resident_only else (top - size - 64) & ~63
 
 
+def _slot_size(frame_len: int) -> int:
+    """Bytes of scratch a frame of FRAME_LEN takes when evicted: its 64-byte slot head plus the
+    frame, in half-page slots when that fits (no AVX-512 state), else whole pages."""
+    need = frame_len + 64
+    return 2048 if need <= 2048 else -(-need // K.PAGE_SIZE) * K.PAGE_SIZE
+
+
 def _free_gap(pid: int, size: int, maps: list | None = None) -> int | None:
     """An address where `size` bytes fit in a free gap of PID's address space, one guard page
     above and below, at least 256 MiB under the stack (room to grow), highest first -- where
@@ -416,6 +454,19 @@ def _atomic(fn: Any) -> Any:
     return wrapper
 
 
+def _interrupt_pending() -> bool:
+    """Has SIGINT/SIGTERM reached the driver during this session operation?  Called right
+    after a C wait returned -EINTR: entering this function lets the interpreter run the Python
+    handler first (_on_interrupt), which records the signal while an operation is busy."""
+    return bool(_Interrupts.pending)
+
+
+def _thread_state(pid: int, tid: int) -> str:
+    with contextlib.suppress(OSError, IndexError):
+        return _stat_fields(pid, tid)[0]
+    return "?"
+
+
 def _on_interrupt(signum: int, frame: Any) -> None:
     if _Interrupts.busy:
         _Interrupts.pending = signum
@@ -464,8 +515,18 @@ class Session:
     session across a fork of the driver, and never drive it from two Python threads.
     """
 
-    def __init__(self, pid: int, *, pin: bool = True, suspend_seccomp: bool = False):
+    def __init__(
+        self,
+        pid: int,
+        *,
+        pin: bool = True,
+        suspend_seccomp: bool = False,
+        timeout: float = TIMEOUT_S,
+    ):
+        if not timeout > 0:
+            raise UsageError(f"a session's timeout must be positive, not {timeout!r}")
         self.pid = pid
+        self.timeout = timeout  # seconds: every wait for a stop, every injected call
         self._lib, self._ffi = native.load()
         self._inject = self._lib.rn_inject
         self._pin = pin
@@ -494,6 +555,8 @@ class Session:
         self._rw_pending = False
         self._may_scratch_chain = False  # no chain in the target's code: build one in scratch
         self._scratch_chain = False  # the chain in use lives in scratch
+        self._slots = 0  # guardian slots handed out (one per injecting thread)
+        self.guardian = 0  # pid of the driver's guardian process (0: none)
 
     # ---- public views
     def __repr__(self) -> str:
@@ -594,6 +657,19 @@ class Session:
         if self._chain is None:
             self._t_unprotected = time.monotonic_ns()
 
+    def _start_guard(self) -> None:
+        """Before the stop: bound every wait by the session's deadline, let SIGINT/SIGTERM
+        abort one, and make sure this driver has its guardian (csrc/native/remap_native.c):
+        the process that ends a blocking injected call if the driver is killed during it."""
+        lib = self._lib
+        r = lib.rn_set_wait(int(self.timeout * 1e9), 1)
+        if r < 0:
+            self.notes.append(f"no deadline on waits: {os.strerror(-r)}")
+        g = lib.rn_guard_start()
+        if g < 0:
+            self.notes.append(f"no guardian for blocking calls: {os.strerror(-g)}")
+        self.guardian = max(g, 0)  # its pid (it lives as long as this driver process)
+
     # ---- seize
     @_atomic
     def _seize(self) -> None:
@@ -649,6 +725,16 @@ class Session:
         lib = self._lib
         for _ in range(64):
             r = lib.rn_wait(tid, status, 0)
+            while r == -errno_mod.EINTR:  # a signal to the driver: Ctrl-C aborts, others wait on
+                if _interrupt_pending():
+                    raise InterruptedError(f"interrupted while waiting for thread {tid} to stop")
+                r = lib.rn_wait(tid, status, 0)
+            if r == -errno_mod.ETIMEDOUT:
+                raise Timeout(
+                    f"thread {tid} of process {self.pid} did not stop within {self.timeout:g} s "
+                    f"(state {_thread_state(self.pid, tid)}: e.g. a vfork parent or an "
+                    "uninterruptible wait); not injecting"
+                )
             st = status[0]
             if r < 0 or os.WIFEXITED(st) or os.WIFSIGNALED(st):
                 self._threads.pop(tid, None)  # the thread is gone: nothing to restore
@@ -749,6 +835,8 @@ class Session:
         call.regs = t.resume[0]
         call.regs.orig_rax = MASK64  # -1: "not in a syscall", so nothing gets restarted
         call.regs.rip = self.gadget
+        self._slots += 1
+        call.slot = self._slots  # the guardian's view of this thread's calls (0: none)
         t.call = call
         if self._chain is None and self._may_scratch_chain:
             self._may_scratch_chain = False
@@ -895,6 +983,8 @@ class Session:
                 self._unprotect(f"{syscall_name(nr)} over the chain's code at {lo:#x}")
                 return
             for t in self._threads.values():
+                if self._chain is None:  # an eviction had to give the chain up
+                    return
                 if (
                     t.frame_home == "stack"
                     and lo < t.orig_at + len(t.frame_orig)
@@ -927,14 +1017,13 @@ class Session:
     def _to_scratch_slot(self, t: _Thread) -> None:
         """Home t's frame in a free scratch slot and park it there."""
         base = self._ensure_scratch()
-        slot = 4096 if t.frame_len + 64 > 2048 else 2048
+        slot = _slot_size(t.frame_len)
         used = {u.frame_at for u in self._threads.values() if u.frame_home == "scratch"}
         area = base + K.PAGE_SIZE * (1 + TABLE_PAGES)
-        for at in range(area, area + FRAME_PAGES * K.PAGE_SIZE, slot):
-            if at not in used:
-                break
-        else:
-            self._unprotect("no free scratch slot for a safety frame")
+        end = base + self._scratch_len
+        at = next((a for a in range(area, end - slot + 1, slot) if a not in used), 0)
+        if not at or self._chain is None:
+            self._unprotect(f"no free scratch slot for thread {t.tid}'s safety frame")
             return
         old, orig, home = t.orig_at, t.frame_orig, t.frame_home
         t.frame_at, t.frame_home = at, "scratch"
@@ -971,6 +1060,8 @@ class Session:
         """
         # This is the hot path of every remote call: plain statements, one C crossing.
         nr = name_or_nr if name_or_nr.__class__ is int else _cached_number(name_or_nr)
+        if nr in REFUSED_SYSCALLS:
+            refuse_unsafe(nr)
         t = self._threads.get(self.pid if tid is None else tid)
         if t is None or t.call is None or self._closed:
             t = self._thread(tid)
@@ -988,12 +1079,19 @@ class Session:
         try:
             regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = a
         except OverflowError:  # negative ints: the kernel sees the two's complement
+            _encode([(nr, *args)])  # refuses (UsageError) what does not fit in 64 bits
             regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = [x & MASK64 for x in a]
         if self._chain is not None:
             r = self._inject(t.tid, c)
+            if r in _WAIT_ENDED:
+                r = self._unfinished(t, c, r, nr, lambda: self._inject(t.tid, c))
         else:  # no chain: back on its own registers at once (a kill then restarts its call)
             t0 = time.monotonic_ns()
             r = self._lib.rn_inject_parked(t.tid, c, t.resume)
+            if r in _WAIT_ENDED:
+                r = self._unfinished(
+                    t, c, r, nr, lambda: self._lib.rn_inject_parked(t.tid, c, t.resume)
+                )
             w = self.windows_ns
             w["in_flight"] = w.get("in_flight", 0) + time.monotonic_ns() - t0
         t.ran = True
@@ -1003,6 +1101,33 @@ class Session:
         if -4095 <= res < 0:
             raise OSError(-res, f"{syscall_name(nr)}: {os.strerror(-res)}")
         return res
+
+    def _unfinished(self, t: _Thread, c: Any, r: int, nr: int, again: Any) -> int:
+        """A call whose wait the C side left unfinished (-EINTR: a signal reached the driver;
+        -ETIMEDOUT: the deadline passed).  A signal that is not an interrupt of the driver
+        (its Python handler ran and did not ask to stop) resumes the wait; Ctrl-C, SIGTERM and
+        the deadline abort the call: the thread is interrupted out of it and parked as between
+        calls (the cure then puts it back), and InterruptedError / Timeout is raised."""
+        while r == -errno_mod.EINTR and not _interrupt_pending():
+            r = again()
+        if r not in _WAIT_ENDED:
+            return r
+        a = self._lib.rn_abort(t.tid, c)
+        self._lib.rn_guard_clear(c.slot)
+        t.ran = True
+        t.signals.extend(c.sigs[0 : c.nsig])
+        if a:
+            self._check(a, f"aborting injected {syscall_name(nr)}", t.tid)
+        if self._chain is not None and t.frame_at:
+            self._park(t)
+        else:
+            self._check(self._lib.rn_setregs(t.tid, t.resume), "PTRACE_SETREGS", t.tid)
+        if r == -errno_mod.ETIMEDOUT:
+            raise Timeout(
+                f"injected {syscall_name(nr)} did not return within {self.timeout:g} s; "
+                f"interrupted it (process {self.pid} is put back as it was)"
+            )
+        raise InterruptedError(f"interrupted during injected {syscall_name(nr)}")
 
     def _after_stray(self, t: _Thread, c: Any, r: int, nr: int) -> None:
         """The slow path of syscall(): signals met on the way, or the thread died."""
@@ -1058,7 +1183,7 @@ class Session:
         if self._scratch:
             return self._scratch
         code = native.stub_code()[: native.STUB_HEADER].ljust(native.STUB_HEADER, b"\xcc")
-        size = K.PAGE_SIZE * (1 + TABLE_PAGES + FRAME_PAGES)
+        size = K.PAGE_SIZE * (1 + TABLE_PAGES + self._frame_pages())
         gadget = self._chain.syscall_ret if self._chain else 0
         # Mapped read+exec as a whole and the code written through /proc/PID/mem (which may
         # write a read-only private page): the fewest steps between the mmap and the moment
@@ -1079,6 +1204,15 @@ class Session:
         if not rw_later:
             self._scratch_rw(tid)
         return addr
+
+    def _frame_pages(self) -> int:
+        """Scratch pages for evicted safety frames: a slot for every stopped thread (the fold
+        may drop the dead stack of all of them), FRAME_PAGES at least.  A thread count past
+        MAX_FRAME_SLOTS gets no more room: its extra evictions inject unprotected (a note)."""
+        lens = [t.frame_len for t in self._threads.values() if t.frame_len]
+        slot = _slot_size(max(lens, default=2 * K.PAGE_SIZE - 64))
+        slots = min(len(self._threads), MAX_FRAME_SLOTS)
+        return max(FRAME_PAGES, -(-slots * slot // K.PAGE_SIZE))
 
     def _scratch_rw(self, tid: int | None = None) -> None:
         """Make the table and frame pages writable (once; after the chain is in place when the
@@ -1175,6 +1309,9 @@ class Session:
         """
         table_bytes = _encode(calls)  # 64 bytes per call: nr, 6 args, result slot
         n = len(table_bytes) // STUB_ENTRY
+        numbers = memoryview(table_bytes).cast("q")[0::8].tolist()
+        for nr in set(numbers) & REFUSED_SYSCALLS.keys():
+            refuse_unsafe(nr)
         if self._chain is not None:
             words = memoryview(table_bytes).cast("q")
             if not _GUARDED.isdisjoint(words[0::8].tolist()):
@@ -1205,8 +1342,18 @@ class Session:
             c.regs.rip = base
             c.regs.r12 = table
             c.regs.r13 = k
-            c.regs.r14, c.regs.r15, c.regs.rbx = self.pid, t.tid, self._marker
-            r = self._lib.rn_run_stub(t.tid, c, self._marker)
+            c.regs.rbx = self._marker  # the stub finds its own ids (PID namespaces)
+            c.slot = t.call.slot
+            park = t.resume if self._chain is None else self._ffi.NULL
+            r = self._lib.rn_run_stub(t.tid, c, self._marker, park)
+            if r in _WAIT_ENDED:
+                r = self._unfinished(
+                    t,
+                    c,
+                    r,
+                    -1,
+                    functools.partial(self._lib.rn_run_stub, t.tid, c, self._marker, park),
+                )
             t.ran = True
             if self._chain is None and not r:  # no chain: park it on its own registers
                 self._lib.rn_ptrace(K.PTRACE_INTERRUPT, t.tid, 0, 0)
@@ -1344,6 +1491,8 @@ class Session:
             except Exception as e:  # keep curing the rest
                 errors.append(e)
 
+        # the cure is not abandoned for a Ctrl-C (it is what makes Ctrl-C safe), only bounded
+        self._lib.rn_set_wait(int(self.timeout * 1e9), 0)
         for addr, orig in reversed(self._borrowed):
             attempt(self.write, addr, orig)
         self._borrowed.clear()
@@ -1355,10 +1504,22 @@ class Session:
         if self._t_unprotected:
             self.windows_ns["unprotected"] = time.monotonic_ns() - self._t_unprotected
         self._closed = True
+        self._lib.rn_set_wait(0, 0)  # no deadline for callers outside a session
         if self._own_affinity is not None:
             self._lib.rn_setaffinity(0, len(self._own_affinity), self._own_affinity)
         if errors:
             raise errors[0]
+
+    def _reinterrupt(self, t: _Thread) -> tuple[int, Any]:
+        """rn_reinterrupt, waiting through the driver's own signals (the cure is never
+        abandoned half-way for a Ctrl-C) but not past the deadline."""
+        c = self._ffi.new("struct rn_call *")
+        r = self._lib.rn_reinterrupt(t.tid, t.resume, c)
+        while r == -errno_mod.EINTR:
+            r = self._lib.rn_reinterrupt(t.tid, t.resume, c)
+        if r == -errno_mod.ETIMEDOUT:
+            raise Timeout(f"thread {t.tid} did not stop again within {self.timeout:g} s")
+        return r, c
 
     def _release_thread(self, t: _Thread, *, detach: bool = True) -> None:
         """Put t back as it will resume (regs, mask, FP state, affinity, signals met), then
@@ -1375,8 +1536,7 @@ class Session:
                 if t.fpregs is not None:
                     lib.rn_setfpregs(t.tid, t.fpregs)
                 self._check(lib.rn_setsigmask(t.tid, t.resume_mask), "PTRACE_SETSIGMASK", t.tid)
-                c = self._ffi.new("struct rn_call *")
-                r = lib.rn_reinterrupt(t.tid, t.resume, c)
+                r, c = self._reinterrupt(t)
                 t.signals.extend(c.sigs[0 : c.nsig])
                 self._check(r, "re-interrupt", t.tid)
                 if t.frame_home == "stack":
@@ -1387,8 +1547,7 @@ class Session:
                 # Not only for DETACH (whose wake-up alone would make the kernel rewind an
                 # ERESTART* call): PTRACE_CONT from a syscall-exit stop would hand -512 to
                 # userspace.  From a fresh interrupt stop both restart exactly.
-                c = self._ffi.new("struct rn_call *")
-                r = lib.rn_reinterrupt(t.tid, t.resume, c)
+                r, c = self._reinterrupt(t)
                 t.signals.extend(c.sigs[0 : c.nsig])
                 self._check(r, "re-interrupt", t.tid)
             elif t.regs_dirty:
@@ -1450,6 +1609,12 @@ class Session:
         lib = self._lib
         for _ in range(256):
             r = lib.rn_wait(tid, status, flags)
+            if r == -errno_mod.EINTR:
+                if _interrupt_pending():
+                    raise InterruptedError(f"interrupted while thread {tid} ran attached")
+                continue
+            if r == -errno_mod.ETIMEDOUT:
+                raise Timeout(f"thread {tid} did not stop within {self.timeout:g} s")
             st = status[0]
             if r == 0:
                 return
@@ -1489,25 +1654,33 @@ def process_madvise(pid: int, addr: int, length: int, advice: int) -> int:
         r = lib.rn_process_madvise(fd, addr, length, advice)
     finally:
         os.close(fd)
-    if r < 0:
-        raise OSError(-r, f"process_madvise: {os.strerror(-r)}")
+    if r < 0:  # EPERM (no CAP_SYS_NICE), EACCES, ESRCH: remap's errors, from the one place
+        from .procfs import translate
+
+        raise translate(pid, OSError(-r, f"process_madvise: {os.strerror(-r)}"), "process_madvise")
     return r
 
 
 @contextlib.contextmanager
-def attach(pid: int, *, pin: bool = True, suspend_seccomp: bool = False) -> Iterator[Session]:
+def attach(
+    pid: int, *, pin: bool = True, suspend_seccomp: bool = False, timeout: float = TIMEOUT_S
+) -> Iterator[Session]:
     """Stop every thread of pid and yield a :class:`Session`; restore and detach on exit.
 
     pin: run the tracer on the target's CPU while injecting (~20x cheaper wake-ups).
+    timeout: seconds any thread may take to stop, and any injected call to return; past it
+    the wait is abandoned (remap.errors.Timeout) and the target put back.  SIGINT/SIGTERM to
+    the driver abort a wait the same way (KeyboardInterrupt).
     suspend_seccomp: inject into a process under a seccomp filter by suspending the filter for
     the injected calls (PTRACE_O_SUSPEND_SECCOMP, needs CAP_SYS_ADMIN); otherwise it is refused.
     """
-    s = Session(pid, pin=pin, suspend_seccomp=suspend_seccomp)
+    s = Session(pid, pin=pin, suspend_seccomp=suspend_seccomp, timeout=timeout)
     s._open_pidfd()  # the process we check is the one we seize (PIDs get reused)
     old = _trap_interrupts()
     try:
         preflight(pid, suspend_seccomp=suspend_seccomp)
         s._plan_chain()  # file reads before the stop, not during
+        s._start_guard()
         s.pin_early()
         s._seize()
         yield s

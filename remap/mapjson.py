@@ -33,7 +33,7 @@ def document(pid: int, *, method: str = "auto") -> str:
     exe = procfs.read_exe(pid)
     sps = labels.thread_sps(pid, status, [])
     fstypes = labels.fstypes_for(pid, entries)
-    views = labels.elf_views(entries, exe)
+    views = labels.elf_views(entries, exe, pid)
     pfnmap_set = set(pfnmap)
 
     enc: dict[str, str] = {}  # path/label -> JSON string literal, encoded once per distinct one
@@ -51,9 +51,9 @@ def document(pid: int, *, method: str = "auto") -> str:
         if not e.path and view is None and not sps and not rs:
             # most VMAs of a big process: anonymous, nothing present -- classify() would say
             # "anon" too; skipped for its cost over thousands of mappings
-            label, shmem, is_exe_part = "anon", False, False
+            label, kind, is_exe_part = "anon", "", False
         else:
-            label, shmem, is_exe_part = labels.classify(e, view, exe, fstypes, sps)
+            label, kind, is_exe_part = labels.classify(e, view, exe, fstypes, sps)
         private_file = e.inode != 0 and not e.path.startswith("[") and e.perms[3] == "p"
         pages: list[str] = []
         page_labels: list[str] = []
@@ -61,8 +61,9 @@ def document(pid: int, *, method: str = "auto") -> str:
         for r in rs:
             if r.zero:
                 continue
-            backing, _cow = labels.backing(r.file, i in pfnmap_set, shmem, private_file)
-            n += r.npages
+            backing, _cow = labels.backing(r.file, i in pfnmap_set, kind, private_file)
+            if kind != "hugetlb":  # smaps counts hugetlb in *_Hugetlb, not Rss (residency)
+                n += r.npages
             if view is None:
                 tail = f',"backing":"{backing}","label":{lit(label)},"section":null,"symbol":null}}'
                 pages.append(

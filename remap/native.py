@@ -1,11 +1,15 @@
 """The cffi-compiled ptrace fast path (csrc/native/remap_native.c) and the batch stub bytes.
 
-Why cffi API mode, compiled on first use: the C helper needs the real ``struct
-user_regs_struct`` layout and the PTRACE_* request numbers from the system headers, and one
-injected syscall must cost a single Python->C crossing (see the C file's header for what lives
-in C and what stays in python-ptrace).  The module is built into ``build/native/`` under a name
-keyed by a hash of the C source and the declarations below, so editing the C file rebuilds it
-and concurrent test processes never load a half-written library (atomic rename).
+Why cffi API mode: the C helper needs the real ``struct user_regs_struct`` layout and the
+PTRACE_* request numbers from the system headers, and one injected syscall must cost a single
+Python->C crossing (see the C file's header for what lives in C and what stays in python-ptrace).
+
+Where it comes from: an installed remap (wheel or sdist) carries both, made at build time
+(setup.py: the extension ``remap._native`` through cffi_modules, the stub as
+remap/bundled/batch_stub.bin).  A checkout compiles them on first use into ``build/native/``
+under a name keyed by a hash of the C source and the declarations below, so editing the C file
+rebuilds it and concurrent test processes never load a half-written library (atomic rename).
+Both use remap/_native_build.py's recipe and this module's ``CDEF``.
 
 Usage::
 
@@ -19,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import subprocess
 import tempfile
 from functools import cache
 from importlib.machinery import EXTENSION_SUFFIXES
@@ -28,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InternalError
-from .targets import CSRC, build_dir
+from .targets import CSRC, DATA, IN_CHECKOUT, build_dir
 
 NATIVE_SRC = CSRC / "native"
 C_FILE = NATIVE_SRC / "remap_native.c"
 STUB_FILE = NATIVE_SRC / "batch_stub.S"
+STUB_BIN = DATA / "batch_stub.bin"  # an installed remap's stub, assembled at build time
 
 CDEF = """
 struct user_regs_struct {
@@ -47,6 +50,9 @@ struct rn_call {
     int status;
     int nsig;
     int sigs[8];
+    int phase;
+    int slot;
+    long long deadline;
 };
 #define RN_EXITED 1
 #define RN_LOST 2
@@ -60,7 +66,12 @@ int rn_setsigmask(int tid, uint64_t mask);
 int rn_wait(int tid, int *status, int flags);
 int rn_inject(int tid, struct rn_call *c);
 int rn_inject_parked(int tid, struct rn_call *c, const struct user_regs_struct *park);
-int rn_run_stub(int tid, struct rn_call *c, int sig);
+int rn_run_stub(int tid, struct rn_call *c, int sig, const struct user_regs_struct *park);
+int rn_abort(int tid, struct rn_call *c);
+int rn_set_wait(long long timeout_ns, int abortable);
+long long rn_now_ns(void);
+int rn_guard_start(void);
+void rn_guard_clear(int slot);
 long rn_getxstate(int tid, void *buf, unsigned long size);
 int rn_reinterrupt(int tid, const struct user_regs_struct *regs, struct rn_call *c);
 long rn_vm_read(int pid, void *local, unsigned long remote, unsigned long n);
@@ -98,7 +109,20 @@ def _digest(*parts: bytes) -> str:
 
 @cache
 def load() -> tuple[Any, Any]:
-    """Return (lib, ffi) of the compiled helper, building it first if its source changed."""
+    """Return (lib, ffi) of the helper: the installed extension, or (in a checkout) the one
+    built from csrc/native, compiled first if its source changed.
+
+    Raises InternalError if an installed remap lacks its extension or a checkout cannot build it.
+    """
+    if not IN_CHECKOUT:
+        try:
+            from . import _native  # type: ignore[attr-defined]
+        except ImportError as e:
+            raise InternalError(
+                f"native helper missing from this install ({e}): reinstall remap from its "
+                "wheel or sdist (a C compiler and libffi-dev are needed to build one)"
+            ) from None
+        return _native.lib, _native.ffi
     src = C_FILE.read_bytes()
     name = f"_remap_native_{_digest(src, CDEF.encode())}"
     out = _out_dir()
@@ -116,17 +140,10 @@ def load() -> tuple[Any, Any]:
 
 def _compile(name: str, out: Path) -> Path:
     """Compile into a private temp dir, then rename into place (safe against parallel builds)."""
-    from cffi import FFI
+    from ._native_build import make_ffi
 
     out.mkdir(parents=True, exist_ok=True)
-    ffi = FFI()
-    ffi.cdef(CDEF)
-    ffi.set_source(
-        name,
-        '#include "remap_native.c"',
-        include_dirs=[str(NATIVE_SRC)],
-        extra_compile_args=["-O2", "-Wall"],
-    )
+    ffi = make_ffi(name, CDEF, NATIVE_SRC)
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
         try:
             built = Path(ffi.compile(tmpdir=tmp, verbose=False))
@@ -139,22 +156,20 @@ def _compile(name: str, out: Path) -> Path:
 
 @cache
 def stub_code() -> bytes:
-    """The batch stub's machine code, assembled from csrc/native/batch_stub.S (cached)."""
+    """The batch stub's machine code: the installed one, or (in a checkout) assembled from
+    csrc/native/batch_stub.S and cached.  Raises InternalError if there is none to be had."""
+    if not IN_CHECKOUT:
+        try:
+            return STUB_BIN.read_bytes()
+        except OSError as e:
+            raise InternalError(f"batch stub missing from this install: {e}") from None
     src = STUB_FILE.read_bytes()
     out = _out_dir() / f"batch_stub-{_digest(src)}.bin"
-    if out.is_file():
-        return out.read_bytes()
-    if shutil.which("as") is None or shutil.which("objcopy") is None:
-        raise InternalError("cannot assemble the batch stub: `as`/`objcopy` not found (binutils)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".stub-") as tmp:
-        obj, binf = Path(tmp) / "stub.o", Path(tmp) / "stub.bin"
-        for argv in (
-            ["as", "--64", "-o", str(obj), str(STUB_FILE)],
-            ["objcopy", "-O", "binary", "-j", ".text", str(obj), str(binf)],
-        ):
-            res = subprocess.run(argv, capture_output=True, text=True)
-            if res.returncode:
-                raise InternalError(f"cannot assemble {STUB_FILE}: {res.stderr.strip()}")
-        os.replace(binf, out)
+    if not out.is_file():
+        from ._native_build import assemble_stub
+
+        try:
+            assemble_stub(STUB_FILE, out)
+        except RuntimeError as e:
+            raise InternalError(str(e)) from None
     return out.read_bytes()

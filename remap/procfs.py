@@ -50,8 +50,27 @@ def translate(pid: int, e: OSError, what: str) -> Exception:
             return ZombieProcess(pid)
         return NoSuchProcess(pid)
     if e.errno in _DENIED:
+        why = _DENIED_WHY.get((what, e.errno))
+        if why:
+            code = errno.errorcode[e.errno]
+            return AccessDenied(f"{what} on process {pid} refused ({code}): {why}")
         return AccessDenied(f"permission denied reading /proc/{pid}/{what} (try as root)")
     return e
+
+
+# Syscalls whose refusals are translated here too, with the kernel's own rule as the reason.
+_DENIED_WHY = {
+    # mm/madvise.c, process_madvise(): after mm_access(PTRACE_MODE_READ), "if (mm !=
+    # current->mm && !capable(CAP_SYS_NICE)) return -EPERM" -- any process but the caller
+    # itself needs CAP_SYS_NICE in the initial user namespace, even one the user owns
+    ("process_madvise", errno.EPERM): (
+        "advising another process's memory needs CAP_SYS_NICE, even for a process you own "
+        "(mm/madvise.c); run as root, or without --no-stop (ptrace)"
+    ),
+    ("process_madvise", errno.EACCES): (
+        "the kernel's ptrace read check (PTRACE_MODE_READ) refused access to its memory"
+    ),
+}
 
 
 def _read(pid: int, what: str) -> bytes:

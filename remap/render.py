@@ -37,13 +37,15 @@ COLOURS = {
     "vsyscall": "#8c564b",
     "anon": "#17becf",
     "shmem": "#bcbd22",
+    "hugetlb": "#637939",
 }
 _LIB_PALETTE = ["#e377c2", "#f7b6d2", "#c49c94", "#dbdb8d", "#9edae5", "#98df8a", "#c7c7c7"]
 _GAP = "#ffffff"
 
 
 def colour(label: str) -> str:
-    """Colour of a label; each lib:NAME gets a stable colour from a small palette."""
+    """Colour of a label; each lib:NAME and file:NAME gets a stable colour from a small
+    palette."""
     if label in COLOURS:
         return COLOURS[label]
     return _LIB_PALETTE[zlib.crc32(label.encode()) % len(_LIB_PALETTE)]

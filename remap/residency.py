@@ -29,7 +29,8 @@ from . import labels, pagemap, procfs
 
 @dataclass(slots=True)
 class Page:
-    """One present page.  ``backing``: file | anon | shmem | pfnmap ("anon" includes CoW)."""
+    """One present page.  ``backing``: file | anon | shmem | pfnmap | hugetlb ("anon" includes
+    CoW; hugetlb pages are counted by no RSS figure, see Vma.hugetlb)."""
 
     addr: int
     backing: str
@@ -107,6 +108,12 @@ class Vma:
         """VM_PFNMAP/VM_IO (smaps 'pf'/'io'): raw frames that no RSS counter ever counts."""
         return labels.is_pfnmap(self.vmflags)
 
+    @property
+    def hugetlb(self) -> bool:
+        """A hugetlbfs mapping (VmFlags 'ht'): smaps counts it in *_Hugetlb, never in Rss, so
+        its present pages (backing 'hugetlb') are in no rss_kb and no RSS figure."""
+        return "ht" in self.vmflags
+
     def to_json(self, pages: bool = True) -> dict:
         d = {
             "start": self.start,
@@ -144,7 +151,7 @@ class Snapshot:
 
     @property
     def present_pages(self) -> int:
-        return sum(len(v.pages) for v in self.vmas if not v.pfnmap)
+        return sum(len(v.pages) for v in self.vmas if not v.pfnmap and not v.hugetlb)
 
     def vma_at(self, addr: int) -> Vma | None:
         i = bisect.bisect_right([v.start for v in self.vmas], addr) - 1
@@ -285,7 +292,7 @@ def snapshot(
     exe = procfs.read_exe(pid)
     sps = labels.thread_sps(pid, status, notes)
     fstypes = labels.fstypes_for(pid, entries)
-    views = labels.elf_views(entries, exe)
+    views = labels.elf_views(entries, exe, pid)
     flags_of: dict[int, int] = {}
     if kpageflags and pfns:
         flags_of = pagemap.kpageflags(pfns.values())
@@ -293,16 +300,18 @@ def snapshot(
     vmas: list[Vma] = []
     zero_unknown = 0
     for e, rs, view in zip(entries, runs, views, strict=True):
-        label, shmem, is_exe_part = labels.classify(e, view, exe, fstypes, sps)
+        label, kind, is_exe_part = labels.classify(e, view, exe, fstypes, sps)
         if smaps:
             rss, anon, swap = e.get("Rss"), e.get("Anonymous"), e.get("Swap")
         else:
             rss = anon = swap = 0  # filled from the page walk below
-        shmem_kb = rss - anon if shmem else 0
+        shmem_kb = rss - anon if kind == "shmem" else 0
+        # maps alone has no VmFlags: a hugetlb mapping is known by its device (labels)
+        vmflags = e.vmflags | {"ht"} if kind == "hugetlb" else e.vmflags
         v = Vma(
             e.start, e.end, e.perms, e.offset, e.dev, e.inode, e.path, label,
             rss, anon, rss - anon - shmem_kb, shmem_kb, swap,
-            vmflags=e.vmflags, entry=e,
+            vmflags=vmflags, entry=e,
         )  # fmt: skip
         private_file = v.is_file and e.perms[3] == "p"
         pfnmap_vma = labels.is_pfnmap(v.vmflags)
@@ -313,7 +322,7 @@ def snapshot(
                 continue
             if r.zero is None and not r.file:
                 zero_unknown += r.npages
-            backing, cow = labels.backing(r.file, pfnmap_vma, shmem, private_file)
+            backing, cow = labels.backing(r.file, pfnmap_vma, kind, private_file)
             if view is None and not flags_of:  # the common case, kept tight for big processes
                 pages.extend(
                     [
@@ -330,9 +339,9 @@ def snapshot(
                         pl = pl2
                 pfn = pfns.get(a)
                 pages.append(Page(a, backing, cow, pl, sec, sym, pfn, flags_of.get(pfn)))
-        if not smaps and pages:  # per-VMA figures from the page walk
+        if not smaps and pages and not v.hugetlb:  # per-VMA figures from the page walk
             n_anon = sum(1 for p in pages if p.backing == "anon")
-            n_shmem = sum(1 for p in pages if p.backing == "shmem") if shmem else 0
+            n_shmem = sum(1 for p in pages if p.backing == "shmem")
             v.rss_kb, v.anon_kb, v.shmem_kb = 4 * len(pages), 4 * n_anon, 4 * n_shmem
             v.file_kb = v.rss_kb - v.anon_kb - v.shmem_kb
         if is_exe_part and e.path:
@@ -341,7 +350,7 @@ def snapshot(
                 v.label = top
         vmas.append(v)
 
-    counted = [v for v in vmas if not v.pfnmap and "ht" not in v.vmflags]
+    counted = [v for v in vmas if not v.pfnmap and not v.hugetlb]
     present_kb = 4 * sum(len(v.pages) for v in counted)
     if not counters:
         return Snapshot(pid=pid, kernel=kernel, vmas=vmas, status=status, statm=statm,
@@ -458,12 +467,18 @@ def _reconcile(
             f"{thp} kB are PMD-mapped huge pages: counted as 2 MB units by every RSS figure and "
             "as 512 present 4 kB entries by pagemap"
         )
-    ht = [v for v in vmas if "ht" in v.vmflags]
+    ht = [v for v in vmas if v.hugetlb]
     if ht:
-        kb = sum(v.smaps_kb("Private_Hugetlb") + v.smaps_kb("Shared_Hugetlb") for v in ht)
+        if c["smaps_rss"] is None:
+            kb, whose = 4 * sum(len(v.pages) for v in ht), "the page walk"
+        else:
+            kb = sum(v.smaps_kb("Private_Hugetlb") + v.smaps_kb("Shared_Hugetlb") for v in ht)
+            whose = "smaps"
         notes.append(
-            f"hugetlbfs mappings ({kb} kB) are not in any RSS figure (smaps shows them as "
-            "*_Hugetlb) and are excluded from pagemap_present"
+            f"{kb} kB present in {len(ht)} hugetlb mapping(s) (by {whose}): smaps reports "
+            "hugetlb in Private_Hugetlb/Shared_Hugetlb, not in Rss, and no RSS counter includes "
+            "it, so their rss_kb is 0 and their pages (backing 'hugetlb') are excluded from "
+            "pagemap_present"
         )
     swap = rollup.get("Swap", 0)
     if swap:

@@ -9,6 +9,11 @@ is built in its own header, so adding a target never means editing a shared tabl
 
 ``{src}``, ``{out}`` and ``{dir}`` (the csrc/targets folder) are substituted; the first word is
 the compiler.  A binary is rebuilt when its recipe or any file in csrc/targets/ it names changes.
+
+Where things live: in a checkout, the sources are the checkout's own csrc/ and experiments/ and
+everything built goes to build/; in an installed remap (wheel or sdist) the same files are
+package data under remap/bundled/ (setup.py copies them there) and everything built goes to the
+user's cache ($XDG_CACHE_HOME/remap, ~/.cache/remap), never into site-packages.
 """
 
 from __future__ import annotations
@@ -23,15 +28,34 @@ from pathlib import Path
 
 from .errors import ExperimentError
 
-ROOT = Path(__file__).resolve().parents[1]
-CSRC = ROOT / "csrc"
+PACKAGE = Path(__file__).resolve().parent
+ROOT = PACKAGE.parent  # the checkout, when remap runs from one (else the site-packages folder)
+# A checkout has its pyproject.toml and csrc/ beside the package; an installed remap has neither.
+IN_CHECKOUT = (ROOT / "pyproject.toml").is_file() and (ROOT / "csrc" / "targets").is_dir()
+DATA = ROOT if IN_CHECKOUT else PACKAGE / "bundled"  # holds csrc/ and experiments/
+CSRC = DATA / "csrc"
 TARGET_SRC = CSRC / "targets"
+EXPERIMENTS_DIR = DATA / "experiments"
 _RECIPE = re.compile(r"^\s*//\s*remap-build(?:\[(?P<variant>[\w-]+)\])?:\s*(?P<cmd>.+?)\s*$")
 
 
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/remap, else ~/.cache/remap (a relative XDG_CACHE_HOME is ignored, as the
+    XDG base directory specification says)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path(os.path.expanduser("~")) / ".cache"
+    return base / "remap"
+
+
+def cache_root() -> Path:
+    """Where remap keeps what it builds and fetches: build/ in a checkout, else the user's cache."""
+    return ROOT / "build" if IN_CHECKOUT else user_cache_dir()
+
+
 def build_dir() -> Path:
-    """Where built binaries live: $REMAP_BUILD_DIR, else build/ in the project root."""
-    return Path(os.environ.get("REMAP_BUILD_DIR", ROOT / "build"))
+    """Where built binaries live: $REMAP_BUILD_DIR, else :func:`cache_root`."""
+    env = os.environ.get("REMAP_BUILD_DIR")
+    return Path(env) if env else cache_root()
 
 
 def recipes(name: str) -> dict[str, str]:

@@ -201,14 +201,36 @@ def health(w: Worker, *, full: bool = True, leak_ok: bool = False) -> list[str]:
 
 # ------------------------------------------------------------------------------ the driver
 def session_loop(
-    pid: int, counters: Any, *, suspend_seccomp: bool = False, fold: bool = False
+    pid: int,
+    counters: Any,
+    *,
+    suspend_seccomp: bool = False,
+    fold: bool = False,
+    blocking: bool = False,
 ) -> None:
     """Sessions forever, each doing what remap does: single calls, scratch memory written and
     read back, a batch through the stub.  counters[0] += 1 per session, [1] += bytes checked.
     fold: squeeze and stack-fold sessions instead (remap.fold: dead stack dropped, the live
-    stack relocated, pointers rewritten, then verified)."""
+    stack relocated, pointers rewritten, then verified).
+    blocking: each session ends in an injected call that blocks for a minute -- nanosleep,
+    ppoll with no fds (a pause that can be injected), or a batch ending in nanosleep -- so the
+    kill lands while the target sits in it (the guardian's case)."""
     pattern = bytes(range(256)) * 16
     rw, flags = K.PROT_READ | K.PROT_WRITE, K.MAP_PRIVATE | K.MAP_ANONYMOUS
+    while blocking:
+        with inject.attach(pid, suspend_seccomp=suspend_seccomp, timeout=120) as s:
+            counters[2] = s.guardian  # the storm waits for it to finish its work
+            s.syscall("getpid")
+            addr = s.mmap(0, 4096, rw, flags)
+            s.write(addr, struct.pack("<qq", 60, 0))  # a timespec of 60 s
+            counters[0] += 1  # from here on the driver waits: this session counts
+            kind = counters[0] % 3
+            if kind == 0:
+                s.syscall("nanosleep", addr, 0)
+            elif kind == 1:
+                s.syscall("ppoll", 0, 0, 0, 0, 8)
+            else:
+                s.syscalls([("getpid",), ("getpid",), ("getpid",), ("nanosleep", addr, 0)])
     while fold:
         from . import fold as fold_mod
 
@@ -231,7 +253,9 @@ def session_loop(
         counters[1] += len(pattern)
 
 
-def _fork_driver(pid: int, suspend_seccomp: bool, counters: Any, fold: bool = False) -> int:
+def _fork_driver(
+    pid: int, suspend_seccomp: bool, counters: Any, fold: bool = False, blocking: bool = False
+) -> int:
     # SIGINT/SIGTERM stay blocked across the fork until the child's handlers are in place:
     # one sent early waits instead of landing in the interpreter's after-fork hooks.
     stop = {signal.SIGINT, signal.SIGTERM}
@@ -246,7 +270,7 @@ def _fork_driver(pid: int, suspend_seccomp: bool, counters: Any, fold: bool = Fa
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        session_loop(pid, counters, suspend_seccomp=suspend_seccomp, fold=fold)
+        session_loop(pid, counters, suspend_seccomp=suspend_seccomp, fold=fold, blocking=blocking)
     except KeyboardInterrupt:
         code = 0
     except BaseException:
@@ -276,11 +300,24 @@ def _reap(child: int, timeout: float, diag: dict | None = None) -> int:
     return -1
 
 
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait (bounded) until PID has exited: gone from /proc, or a zombie nobody reaped yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if _state(pid, pid) in ("Z", "X"):
+                return
+        except (OSError, IndexError):
+            return
+        time.sleep(0.001)
+
+
 class _Counters:
-    """Two 64-bit counters in a shared anonymous page (survive the driver's death)."""
+    """64-bit counters in a shared anonymous page (survive the driver's death): sessions,
+    bytes checked, and the pid of the driver's guardian (blocking storms)."""
 
     def __init__(self) -> None:
-        self.m = mmap.mmap(-1, 16)
+        self.m = mmap.mmap(-1, 24)
 
     def __getitem__(self, i: int) -> int:
         return struct.unpack_from("<Q", self.m, 8 * i)[0]
@@ -300,10 +337,12 @@ def storm(
     full_every: int = 10,
     fold: bool = False,
     leak_ok: bool = False,
+    blocking: bool = False,
 ) -> dict[str, Any]:
     """Start a driver, send it SIG after a random delay, check the worker; KILLS times.
 
-    fold: the driver runs fold sessions (see session_loop).
+    fold: the driver runs fold sessions (see session_loop); blocking: sessions that end in a
+    blocking injected call (the kill then mostly lands inside it).
     stop_target: also SIGSTOP the worker at a random moment of each round and SIGCONT it
     after the driver is gone (a job-control stop from outside during a session).
     Returns the figures: sessions (completed ones; each kill interrupts one more), kills,
@@ -318,13 +357,17 @@ def storm(
     ticks0 = _ticks(w.ask(7))
     verified = 0
     for i in range(kills):
-        child = _fork_driver(w.pid, suspend, counters, fold)
+        child = _fork_driver(w.pid, suspend, counters, fold, blocking)
         time.sleep(rng.uniform(0, max_delay_s))
         if stop_target:
             os.kill(w.pid, signal.SIGSTOP)
             time.sleep(rng.uniform(0, 0.002))
         os.kill(child, sig)
-        if _reap(child, 5.0, diag := {}) == -1:
+        reaped = _reap(child, 5.0, diag := {})
+        if blocking and counters[2]:
+            _wait_gone(counters[2], 5.0)  # the guardian ends the blocked call, then exits
+            counters[2] = 0
+        if reaped == -1:
             hung += 1  # the driver did not end on SIGINT/SIGTERM: its cure hung
             failures.append(
                 f"round {i}: driver still running 5 s after {signal.Signals(sig).name} ({diag})"
@@ -374,7 +417,8 @@ def _register_steps() -> None:
     def torture_step(ctx: RunContext, params: dict) -> StepResult:
         """Start the case's worker (target args = its modes), run a storm, record the figures.
 
-        Parameters: signal ("KILL", "INT", "TERM"), kills, max_delay_ms, stop_target, fold.
+        Parameters: signal ("KILL", "INT", "TERM"), kills, max_delay_ms, stop_target, fold,
+        blocking (sessions end in a blocking injected call).
         The figures go into the step and into the run's top-level "torture" field; any
         failure fails the run (target_ok false) with the first failure as its error."""
         name = str(params.get("signal", "KILL")).upper().removeprefix("SIG")
@@ -402,6 +446,7 @@ def _register_steps() -> None:
             seed=ctx.run,
             stop_target=bool(params.get("stop_target", False)),
             fold=bool(params.get("fold", False)),
+            blocking=bool(params.get("blocking", False)),
         )
         fig["duration_s"] = round(time.monotonic() - t0, 2)
         fig["modes"] = modes

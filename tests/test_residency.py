@@ -25,6 +25,7 @@ LABELS = {
     "elf-header", "code", "rodata", "data", "bss", "heap", "stack", "thread-stack",
     "vdso", "vvar", "vsyscall", "anon", "shmem",
 }  # fmt: skip
+FILE_LABELS = ("lib:", "file:")  # lib:NAME an ELF object, file:NAME any other file
 
 
 def _all_blocked(pid: int, timeout: float = 5.0) -> None:
@@ -109,9 +110,9 @@ def _check_counters_and_labels(pid: int) -> residency.Snapshot:
         assert v.pages == sorted(v.pages, key=lambda p: p.addr)
         for p in v.pages:
             assert v.contains(p.addr)
-            if v.label.startswith("lib:") or v.label in ("heap", "stack", "anon", "vdso"):
+            if v.label.startswith(FILE_LABELS) or v.label in ("heap", "stack", "anon", "vdso"):
                 assert p.label == v.label, (v, p)  # incl. a library's anonymous .bss tail
-            assert p.label in LABELS or p.label.startswith("lib:"), p
+            assert p.label in LABELS or p.label.startswith(FILE_LABELS), p
             assert p.backing in ("file", "anon", "shmem", "pfnmap")
     assert s.summary.startswith("VM ") and "Stack" in s.summary
     assert s.notes

@@ -4,10 +4,12 @@
  *
  * offset 0x000, the batch walker.  Set by the tracer through PTRACE_SETREGS:
  *   r12 = table of 64-byte entries {nr, a1..a6, result}, r13 = number of entries,
- *   r14 = tgid, r15 = tid, rbx = marker signal, rsp = the thread's safety frame (see inject.py).
+ *   rbx = marker signal, rsp = the thread's safety frame (see inject.py).
  * For each entry it loads rax and the six argument registers, executes `syscall`, stores rax
  * into the entry's result slot, and stops at the first error (-4095..-1).  Then it sends itself
- * the marker signal (tgkill): the tracer catches that signal-delivery stop and never delivers
+ * the marker signal (tgkill with the ids getpid/gettid return *inside* the target: in a PID
+ * namespace the tracer's ids name nothing there, or another process; so the stub asks the
+ * kernel rather than being told): the tracer catches that signal-delivery stop and never delivers
  * it.  The marker is a signal the target ignores, so if the driver has died the kernel simply
  * drops it and the stub goes on to `ret`, which enters the safety chain: pop `cleanup`, unmap
  * this scratch area, pop the restorer, rt_sigreturn into the thread's original context.
@@ -39,9 +41,14 @@ _start:
 	add	$64, %r12
 	dec	%r13
 	jmp	1b
-2:	mov	$234, %eax		/* tgkill(tgid, tid, marker) */
+2:	mov	$39, %eax		/* getpid(): the tgid in the target's own namespace */
+	syscall
+	mov	%rax, %r14
+	mov	$186, %eax		/* gettid() */
+	syscall
+	mov	%rax, %rsi
 	mov	%r14, %rdi
-	mov	%r15, %rsi
+	mov	$234, %eax		/* tgkill(tgid, tid, marker) */
 	mov	%rbx, %rdx
 	syscall
 	ret				/* driver gone: into the safety chain */

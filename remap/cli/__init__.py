@@ -17,16 +17,18 @@ from .. import __version__
 from ..errors import RemapError, UsageError
 
 # Each module defines register(subparsers) and sets func=handler(args) -> int on its parsers.
-COMMAND_MODULES = ["residency", "inject", "experiment", "fold", "kernels", "profile"]
+COMMAND_MODULES = ["residency", "inject", "experiment", "fold", "kernels", "profile", "doctor"]
 # Which module registers each subcommand: `remap map ...` then imports and builds only that
 # module's parsers (every import is paid by every run; tests/test_cli_basics.py checks the map).
 COMMANDS = {
     "map": "residency", "explain": "residency", "watch": "residency",
     "syscall": "inject",
-    "run": "experiment", "launch": "experiment", "report": "experiment",
+    "run": "experiment", "experiments": "experiment", "launch": "experiment",
+    "report": "experiment",
     "squeeze": "fold", "fold": "fold",
     "kernels": "kernels",
     "profile": "profile", "layout": "profile",
+    "doctor": "doctor",
 }  # fmt: skip
 
 

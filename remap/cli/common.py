@@ -17,11 +17,14 @@ def add_json(p: argparse.ArgumentParser) -> None:
 
 
 def pid_arg(text: str) -> int:
-    """argparse type for a PID: a positive integer, one-line error otherwise."""
-    try:
-        pid = int(text, 10)
-    except ValueError:
-        raise UsageError(f"not a PID: {text!r}") from None
+    """argparse type for a PID: plain ASCII decimal digits, 1..2**22; a one-line usage error
+    otherwise.
+
+    Why not int(): it also takes ' 1', '+5', '1_0' and other scripts' digits ('٣' is 3), so a
+    typo would act on another process."""
+    if not (text.isascii() and text.isdigit()):
+        raise UsageError(f"not a PID (decimal digits only): {text!r}")
+    pid = int(text, 10)
     if pid <= 0 or pid > 2**22:
         raise UsageError(f"not a PID: {text!r}")
     return pid

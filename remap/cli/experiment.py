@@ -2,6 +2,7 @@
 
 ``remap run NAME... [--repeat N] [--out DIR] [--kernel K]... [--json]``   run experiments, write
 records (``--kernel debian-6.1``: inside that kernel under qemu, see remap.kernels)
+``remap experiments [--json]``   the bundled experiments (``remap run NAME``) and what each shows
 ``remap launch [--no-aslr] [--no-vdso] [--env-size N] [--json] -- CMD...``   start a target
 ``remap report DIR [--png FILE] [--json]``   tables, report.md and a PNG from DIR's records
 """
@@ -44,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_json(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("experiments", help="list the bundled experiments and their descriptions")
+    add_json(p)
+    p.set_defaults(func=cmd_experiments)
 
     p = sub.add_parser("launch", help="start a target with controlled ASLR/environment/vdso")
     p.add_argument("--no-aslr", action="store_true", help="exec with ADDR_NO_RANDOMIZE")
@@ -172,6 +177,27 @@ def _print_summary(name: str, summ: dict) -> None:
                 + (" ..." if len(dist) > 6 else ""),
             )
     Console().print(t)
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    """Every bundled experiment, loaded (so a broken file is its one-line error, not a row)."""
+    from .. import experiment as X
+    from ..experiment.spec import EXPERIMENTS_DIR
+
+    exps = [X.load(n) for n in X.available()]
+    if args.json:
+        rows = [
+            {"name": e.name, "description": e.description, "repeat": e.repeat,
+             "cases": [c.name for c in e.cases], "path": str(e.path)}
+            for e in exps
+        ]  # fmt: skip
+        print_json({"dir": str(EXPERIMENTS_DIR), "experiments": rows})
+        return 0
+    width = max((len(e.name) for e in exps), default=0)
+    for e in exps:
+        print(f"{e.name:<{width}}  {e.description}")
+    print(f"({len(exps)} in {EXPERIMENTS_DIR}; remap run NAME)", file=sys.stderr)
+    return 0
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

@@ -1,8 +1,9 @@
 """``remap squeeze PID`` and ``remap fold PID``: shrink a live process, print what changed.
 
-Both stop the process for milliseconds, print the plan with ``--dry-run`` without changing
-anything, and report before/after counters, the steps applied and how long the target was
-stopped (``--json`` for all of it).
+Both stop the process for milliseconds, print the plan with ``--dry-run`` without stopping
+or changing anything (remap.fold.peek), and report before/after counters, the steps applied,
+how long the target was stopped, the anonymous bytes verified unchanged and the dead-stack
+bytes dropped (``--json`` for all of it).
 """
 
 from __future__ import annotations
@@ -17,13 +18,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "squeeze",
         help="drop clean file pages and dead stack of any process (safe, generic)",
-        description="Drop every clean file-backed page and every whole stack page below each "
-        "thread's rsp-128, with every thread stopped; first move the live stack up against "
+        description="Drop every clean file-backed page and every whole stack page below "
+        "rsp-128 of each thread whose stack is proven ([stack] for the main thread, a libc "
+        "thread stack with its TCB and guard for the others; any other thread is skipped, with "
+        "the reason), with every thread stopped; first move the live stack up against "
         "its argument strings when that frees a page and is safe (skipped, with the reason, "
         "when it is not).  Anonymous data is never dropped.",
     )
     p.add_argument("pid", type=pid_arg, metavar="PID")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan the run would make, without stopping the target or changing anything",
+    )
     p.add_argument(
         "--no-move",
         action="store_true",
@@ -47,7 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "live frames into the page's stack reserve and unmap everything else.",
     )
     p.add_argument("pid", type=pid_arg, metavar="PID")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan the run would make, without stopping the target or changing anything",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--stack-only", action="store_true", help="relocate the stack even if a hot page exists"
@@ -81,6 +92,7 @@ def _show(report, as_json: bool) -> int:
         print_json(report.to_json())
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     con = Console()
@@ -90,7 +102,8 @@ def _show(report, as_json: bool) -> int:
     for col in ("step", "what", "syscalls"):
         t.add_column(col, justify="right" if col == "syscalls" else "left")
     for s in report.steps:
-        t.add_row(s.name, s.text, str(s.syscalls) if s.applied else "-")
+        # escaped: a step's text names mappings like [stack] and [heap], not markup
+        t.add_row(s.name, escape(s.text), str(s.syscalls) if s.applied else "-")
     if not report.steps:
         t.add_row("-", "nothing to do", "-")
     con.print(t)
@@ -99,11 +112,15 @@ def _show(report, as_json: bool) -> int:
     con.print(f"        {b['summary']}")
     if a:
         con.print(f"after:  {a['rss_kb']} kB in {a['present_pages']} pages, {a['vmas']} mappings")
-        con.print(f"        {a['summary']}")
-    con.print(
-        f"stopped {report.stopped_us / 1000:.2f} ms; verified {report.verified_bytes} bytes "
-        "of anonymous memory unchanged"
-    )
+        con.print(f"        {escape(a['summary'])}")
+    if report.dry_run:
+        con.print(f"not stopped; would drop {report.dropped_anon_bytes} bytes of proven dead stack")
+    else:
+        con.print(
+            f"stopped {report.stopped_us / 1000:.2f} ms; verified {report.verified_bytes} bytes "
+            f"of anonymous memory unchanged; dropped {report.dropped_anon_bytes} bytes of "
+            "proven dead stack"
+        )
     for n in report.notes:
-        con.print(f"note: {n}")
+        con.print(f"note: {escape(n)}")
     return 0

@@ -20,11 +20,15 @@ from .common import add_json, pid_arg, print_json
 
 
 def int_arg(text: str) -> int:
-    """An integer argument: decimal, 0x hex, 0o/0b, or negative."""
+    """An integer argument: decimal, 0x hex, 0o/0b, or negative; it must fit a 64-bit register
+    (-2**63 .. 2**64-1), else a one-line usage error (never silently truncated)."""
     try:
-        return int(text, 0)
+        v = int(text, 0)
     except ValueError:
         raise UsageError(f"not an integer: {text!r}") from None
+    if not -(1 << 63) <= v < 1 << 64:
+        raise UsageError(f"does not fit in 64 bits: {text!r}")
+    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,12 +46,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="inject into a seccomp-filtered process by suspending its filter (root)",
     )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="give up on a call that has not returned after S seconds, putting the target back "
+        "(default 10; Ctrl-C and SIGTERM abort it the same way)",
+    )
     add_json(p)
     p.set_defaults(func=cmd_syscall)
 
 
 def cmd_syscall(args: argparse.Namespace) -> int:
-    from ..inject import attach, syscall_name, syscall_number
+    from ..inject import TIMEOUT_S, attach, refuse_unsafe, syscall_name, syscall_number
 
     name = args.name
     nr = syscall_number(int_arg(name) if name[:1].isdigit() else name)
@@ -55,7 +67,11 @@ def cmd_syscall(args: argparse.Namespace) -> int:
         raise UsageError("a syscall takes at most 6 arguments")
     err = 0
     result = 0
-    with attach(args.pid, suspend_seccomp=args.suspend_seccomp) as s:
+    timeout = TIMEOUT_S if args.timeout is None else args.timeout
+    if not 0 < timeout < 1e6:
+        raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    refuse_unsafe(nr)  # before the target is stopped at all
+    with attach(args.pid, suspend_seccomp=args.suspend_seccomp, timeout=timeout) as s:
         try:
             result = s.syscall(nr, *args.args)
         except OSError as e:

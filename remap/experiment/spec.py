@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExperimentError
-from ..targets import ROOT
+from ..targets import EXPERIMENTS_DIR  # the checkout's experiments/, or the bundled copy
 
-EXPERIMENTS_DIR = ROOT / "experiments"
 _TOP_KEYS = {"description", "repeat", "target", "launch", "measure", "steps", "cases"}
 _TARGET_KEYS = {"name", "variant", "args", "irc", "exit_status"}
 _LAUNCH_KEYS = {"aslr", "env_size", "vdso"}
@@ -99,16 +98,20 @@ def resolve(name: str) -> Path:
 
 
 def _resolve(name: str) -> Path:
+    """A .toml path, a shipped experiment's name, or else any existing file the user named
+    (load() then says why it is not an experiment file, not "unknown experiment")."""
     p = Path(name)
     if p.suffix == ".toml":
         if not p.is_file():
             raise ExperimentError(f"{p}: no such experiment file")
         return p
-    p = EXPERIMENTS_DIR / f"{name}.toml"
-    if not p.is_file():
-        known = ", ".join(available()) or "none"
-        raise ExperimentError(f"unknown experiment {name!r} (known: {known})")
-    return p
+    shipped = EXPERIMENTS_DIR / f"{name}.toml"
+    if "/" not in name and shipped.is_file():
+        return shipped
+    if p.is_file():
+        return p
+    known = ", ".join(available()) or "none"
+    raise ExperimentError(f"unknown experiment {name!r} (known: {known})")
 
 
 def load(name: str) -> Experiment:
@@ -117,9 +120,17 @@ def load(name: str) -> Experiment:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
-        raise ExperimentError(f"{path}: not valid TOML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
+        raise ExperimentError(f"{path}: not an experiment file: not valid TOML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ExperimentError(f"{path}: not an experiment file: not UTF-8 text ({e})") from None
+    except OSError as e:
         raise ExperimentError(f"{path}: cannot read: {e}") from None
+    if not _TOP_KEYS & set(data):  # nothing of an experiment at all (a mistake in one: parse)
+        has = ", ".join(sorted(data)[:8]) or "nothing"
+        raise ExperimentError(
+            f"{path}: not an experiment file: valid TOML without a [target] table or any "
+            f"other experiment key (it has: {has})"
+        )
     return parse(data, path)
 
 

@@ -26,8 +26,10 @@ from .plan import FoldReport, run_plan
 
 
 def squeeze(pid: int, *, dry_run: bool = False, move: bool = True) -> FoldReport:
-    """Drop what is clean and file-backed, and whole stack pages below each thread's rsp-128;
-    first close exec's stack gap when that frees a page and is safe.
+    """Drop what is clean and file-backed, and whole stack pages below rsp-128 of each thread
+    whose stack is proven (steps.proven_stack; the others are skipped with the reason); first
+    close exec's stack gap when that frees a page and is safe.  DRY_RUN: the same plan,
+    computed without stopping the target.
 
     Why the move belongs here: drops alone leave the live stack wherever exec's random gap put
     it -- one, two or three pages (frames straddling a boundary, strings a page away): the seed

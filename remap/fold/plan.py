@@ -23,6 +23,11 @@ from . import verify
 from .rseq import rseq_areas
 
 
+class NeedsStop(UnsafeStep):
+    """What a dry run cannot know without stopping the target (a running thread's registers,
+    an answer only an injected call gives): the step is reported as decided at the stop."""
+
+
 @dataclass
 class Action:
     """What one step will do, computed from a stopped snapshot before anything is done."""
@@ -41,6 +46,10 @@ class Action:
     # them -- the maps checked unchanged apart from the session's scratch -- instead of the
     # whole address space.
     rewalk: list[int] | None = None
+    # What the action leaves behind that later steps look at (moved registers, pages it makes
+    # present), applied to the context by a dry run instead of running it: the dry run then
+    # plans the next steps on the process as the real run would find it.
+    predict: Callable[[FoldContext], None] | None = None
 
 
 @dataclass
@@ -136,10 +145,31 @@ class FoldContext:
         if any(pagemap.present_read(self.pid, ranges)):
             self.invalidate()
             return False
-        for v in self._snap.vmas:
+        self.forget(ranges)
+        return True
+
+    def forget(self, ranges: list[tuple[int, int]]) -> None:
+        """Take the pages in RANGES out of the snapshot (they were, or would be, dropped)."""
+        for v in self.snap.vmas:
             if any(lo < v.end and v.start < hi for lo, hi in ranges):
                 v.pages = [p for p in v.pages if not any(lo <= p.addr < hi for lo, hi in ranges)]
-        return True
+
+    def proven_dead(self, action: Action) -> int:
+        """verify.check_drops on ACTION's drops, from this snapshot and the threads' registers
+        (the independent second proof); bytes of anonymous memory it drops.  Raises
+        UnsafeStep, before anything is done, for a page that is not proven droppable."""
+        if not action.drops:
+            return 0
+        s = self.session
+        stacks = {}
+        for tid in s.threads:
+            try:
+                r = s.regs(tid)
+            except NeedsStop:
+                continue  # no registers, no proof: its pages cannot pass
+            stacks[tid] = (r["rsp"], r.get("fs_base", 0))
+        return verify.check_drops(action.name, action.drops, self.pid, self.snap.vmas,
+                                  stacks, s.read)  # fmt: skip
 
 
 def stopped_snapshot(pid: int) -> residency.Snapshot:
@@ -169,9 +199,10 @@ class FoldReport:
     after: dict[str, Any] | None
     steps: list[StepReport]
     stopped_us: float
-    verified_bytes: int
+    verified_bytes: int  # anonymous memory hashed before and after a step: unchanged
     notes: list[str]
     stop_breakdown_us: dict[str, float] = field(default_factory=dict)  # seize/snapshot/steps/cure
+    dropped_anon_bytes: int = 0  # anonymous pages dropped, each re-proven dead stack first
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -184,6 +215,7 @@ class FoldReport:
             "stopped_us": round(self.stopped_us, 1),
             "stop_breakdown_us": self.stop_breakdown_us,
             "verified_bytes": self.verified_bytes,
+            "dropped_anon_bytes": self.dropped_anon_bytes,
             "notes": self.notes,
         }
 
@@ -201,11 +233,13 @@ def run_plan(
     blocked syscall re-executes its `syscall` instruction and faults that code page back in --
     the number a user sees is the one after that.
     """
+    if dry_run:
+        return _dry_run(pid, kind, planners)
     from ..inject import attach
 
     before = residency.snapshot(pid)
     reports: list[StepReport] = []
-    verified = 0
+    verified = dropped = 0
     marks: dict[str, float] = {}
     with _no_gc_pauses(), attach(pid) as s:
         marks["seize"] = s.stopped_ns / 1e3
@@ -214,19 +248,17 @@ def run_plan(
         holes = rseq_areas(s.threads)
         marks["snapshot"] = s.stopped_ns / 1e3 - marks["seize"]
         for i, planner in enumerate(planners):
-            n_skipped = len(ctx.skipped)
-            action = planner(ctx)
-            for name, why in ctx.skipped[n_skipped:]:
-                reports.append(StepReport(name, f"skipped: {why}", False, 0, {"skipped": why}))
+            action = _plan_step(ctx, planner, reports)
             if action is None:
                 continue
-            if dry_run:
-                reports.append(StepReport(action.name, action.text, False, 0, action.detail))
-                continue
+            # Hashed: every anonymous page but the ones the step changes on purpose; for a
+            # drop, exactly the pages it drops (re-proven dead first), whatever it claims.
+            skip = action.touches if action.drops is None else _pages_in(action.drops)
+            dropped += ctx.proven_dead(action)
             keep = {
                 p.addr
                 for p in ctx.snap.anon_pages()
-                if p.addr not in action.touches and not in_scratch(s, p.addr)
+                if p.addr not in skip and not in_scratch(s, p.addr)
             }
             hashes = verify.hash_pages(s.read, keep, holes)
             calls0 = ctx.calls
@@ -257,8 +289,61 @@ def run_plan(
     after = None if dry_run else _settled_snapshot(pid, settle_s)
     return FoldReport(
         pid, kind, dry_run, _brief(before), after and _brief(after), reports,
-        stopped_us, verified, notes, {k: round(v, 1) for k, v in marks.items()},
+        stopped_us, verified, notes, {k: round(v, 1) for k, v in marks.items()}, dropped,
     )  # fmt: skip
+
+
+def _plan_step(ctx: FoldContext, planner: Planner, reports: list[StepReport]) -> Action | None:
+    """Run one PLANNER; what it skipped (ctx.skipped, e.g. a thread whose stack is not
+    proven) goes into REPORTS as skipped steps, with the reason.  Returns its action."""
+    n_skipped = len(ctx.skipped)
+    try:
+        return planner(ctx)
+    finally:
+        for name, why in ctx.skipped[n_skipped:]:
+            reports.append(StepReport(name, f"skipped: {why}", False, 0, {"skipped": why}))
+
+
+def _pages_in(ranges: list[tuple[int, int]]) -> set[int]:
+    return {a for lo, hi in ranges for a in range(lo, hi, PAGE_SIZE)}
+
+
+def _dry_run(pid: int, kind: str, planners: list[Planner]) -> FoldReport:
+    """The plan the real run would make, computed without ever stopping the target.
+
+    Registers come from /proc/PID/task/TID/syscall, memory from process_vm_readv (remap.fold.peek);
+    each action's effect on what later steps see (a moved stack: new rsp, newly present
+    pages; dropped pages) is applied to the context instead of running it, so the dry run
+    counts the dead stack the real run finds after the move.  What only a stop can tell (a
+    running thread's registers, an answer from an injected call) is reported as decided at
+    the stop, or noted."""
+    from .peek import Peek
+
+    before = residency.snapshot(pid)
+    snap = stopped_snapshot(pid)
+    s = Peek(pid, snap)
+    ctx = FoldContext(pid, s, True, _snap=snap)
+    reports: list[StepReport] = []
+    dropped = 0
+    for planner in planners:
+        try:
+            action = _plan_step(ctx, planner, reports)
+        except NeedsStop as e:
+            why = f"decided at the stop: {e}"
+            name = getattr(planner, "step_name", planner.__name__.replace("_", "-"))
+            reports.append(StepReport(name, why, False, 0,
+                                      {"decided_at_stop": str(e)}))  # fmt: skip
+            continue
+        if action is None:
+            continue
+        dropped += ctx.proven_dead(action)
+        reports.append(StepReport(action.name, action.text, False, 0, action.detail))
+        if action.predict is not None:
+            action.predict(ctx)
+        if action.drops:
+            ctx.forget(action.drops)
+    return FoldReport(pid, kind, True, _brief(before), None, reports, 0.0, 0,
+                      ctx.notes + s.notes, {}, dropped)  # fmt: skip
 
 
 @contextlib.contextmanager

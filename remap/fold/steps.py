@@ -4,7 +4,8 @@ raises UnsafeStep with the reason), and returns an Action saying exactly what it
 Safety rules (DESIGN section 6) enforced here:
 - MADV_DONTNEED only on pages proven clean and file-backed (pagemap bit 61 in a file mapping),
   or on whole stack pages below a stopped thread's rsp - 128 (dead by the ABI: the red zone is
-  the only thing a thread may keep below rsp).
+  the only thing a thread may keep below rsp) in a mapping proven to be that thread's stack
+  (proven_stack); verify.check_drops proves it again, independently, before the drop.
 - Anonymous memory is never dropped while live: it is moved (stack relocation), with every
   pointer into it fixed, and verified byte for byte afterwards.
 """
@@ -15,11 +16,12 @@ import struct
 from typing import Any
 
 from .. import kconst as K
-from .. import procfs
+from .. import procfs, residency
 from ..errors import UnsafeStep
 from . import mmview
 from .hotpage import HotPage, find_hot_page
-from .plan import Action, FoldContext, in_scratch
+from .peek import looks_like_tcb
+from .plan import Action, FoldContext, NeedsStop, in_scratch
 from .ranges import coalesce, page_ceil, page_floor, total
 from .relocate import Move, relocate_regs, relocate_words, walk_frames
 
@@ -50,7 +52,10 @@ def use_own_syscall(ctx: FoldContext) -> Action | None:
     Why: its page is faulted back in anyway when the blocked call restarts, so injecting there
     adds nothing to the final RSS, and it survives every unmap the fold does.
     """
-    regs = ctx.session.regs()
+    try:
+        regs = ctx.session.regs()
+    except NeedsStop:  # a dry run's running main thread: no instrument to choose yet
+        return None
     if not _in_syscall(regs):
         return None
     site = regs["rip"] - 2
@@ -65,11 +70,7 @@ def drop_clean_file(ctx: FoldContext) -> Action | None:
     """MADV_DONTNEED every present page proven clean and file-backed."""
     # The page holding a blocked thread's `syscall` comes straight back when the call
     # restarts on resume: dropping it would only cost a fault, so it is kept.
-    keep = {
-        page_floor(r["rip"] - 2)
-        for r in (ctx.session.regs(t) for t in ctx.session.threads)
-        if _in_syscall(r)
-    }
+    keep = {page_floor(r["rip"] - 2) for r in _known_regs(ctx) if _in_syscall(r)}
     pages = [
         p.addr
         for v in ctx.snap.vmas
@@ -84,6 +85,18 @@ def drop_clean_file(ctx: FoldContext) -> Action | None:
     return _dontneed("drop-clean-file", text, ranges, set())
 
 
+def _known_regs(ctx: FoldContext) -> list[dict[str, int]]:
+    """Every thread's registers; in a dry run, those of the threads not running (a running
+    thread blocks in no syscall now; where it stops is only known at the stop: noted)."""
+    out = []
+    for tid in ctx.session.threads:
+        try:
+            out.append(ctx.session.regs(tid))
+        except NeedsStop as e:
+            ctx.notes.append(f"{e}; a syscall page it may stop in is decided there")
+    return out
+
+
 def _dontneed(name: str, text: str, ranges: list[tuple[int, int]], touches: set[int]) -> Action:
     """An action that MADV_DONTNEEDs RANGES (pages proven droppable by the caller)."""
 
@@ -96,14 +109,20 @@ def _dontneed(name: str, text: str, ranges: list[tuple[int, int]], touches: set[
 
 
 def drop_dead_stack(ctx: FoldContext) -> Action | None:
-    """MADV_DONTNEED whole stack pages below each stopped thread's rsp - 128."""
+    """MADV_DONTNEED whole pages below rsp - 128 of each thread whose stack is *proven*
+    (:func:`proven_stack`); every other thread is skipped with its reason, never guessed at."""
     targets: list[tuple[int, int]] = []
     for tid in ctx.session.threads:
-        rsp = ctx.session.regs(tid)["rsp"]
-        vma = ctx.snap.vma_at(rsp)
-        if vma is None or vma.is_file or "w" not in vma.perms:
-            continue  # not on an ordinary writable stack: leave it alone
-        limit = page_floor(rsp - RED_ZONE)
+        try:
+            regs = ctx.session.regs(tid)
+        except NeedsStop as e:  # a dry run's running thread: its registers come with the stop
+            ctx.skipped.append(("drop-dead-stack", str(e)))
+            continue
+        vma, why = proven_stack(ctx, tid, regs)
+        if vma is None:
+            ctx.skipped.append(("drop-dead-stack", f"thread {tid}: {why}; its pages are kept"))
+            continue
+        limit = page_floor(regs["rsp"] - RED_ZONE)
         dead = [p.addr for p in vma.pages if p.addr + K.PAGE_SIZE <= limit and p.backing == "anon"]
         targets += coalesce(dead)
     if not targets:
@@ -114,25 +133,72 @@ def drop_dead_stack(ctx: FoldContext) -> Action | None:
     return _dontneed("drop-dead-stack", text, targets, touched)
 
 
+def proven_stack(ctx: FoldContext, tid: int, regs: dict[str, int]) -> tuple[Any, str]:
+    """(the VMA that is thread TID's stack, "") when that is proven, else (None, why not).
+
+    Proof is one of:
+    - the main thread with its rsp inside ``[stack]`` (the kernel made it at exec);
+    - for any other thread, a libc thread stack: rsp in a private anonymous rw mapping that
+      also holds the thread's TCB above rsp (fs_base, whose first word points to itself),
+      with a PROT_NONE guard mapping directly below.  glibc (nptl/allocatestack.c) and musl
+      (src/thread/pthread_create.c) both mmap the stack, mprotect a guard at its bottom and put
+      struct pthread (fs_base) at its top; measured here: fs_base 0x940 (glibc 2.36) and
+      0xc8 (musl 1.2) below the mapping's end, the guard 4 kB and 8 kB.
+    Not for the main thread: its TCB comes from ld.so or .bss, and an mmap'd coroutine region
+    the kernel merged with that TLS block (measured: coroutine_heap mmap) would pass.
+    Anything else -- rsp in [heap], in a Go arena, on a coroutine stack carved from any
+    mapping, on a sigaltstack, in .bss -- has live data below rsp as far as anyone can prove.
+    """
+    rsp = regs["rsp"]
+    vma = ctx.snap.vma_at(rsp)
+    if vma is None:
+        return None, f"rsp {rsp:#x} is in no mapping"
+    where = f"rsp {rsp:#x} is in {_vma_name(vma)}, not a proven stack"
+    if tid == ctx.pid:  # its TCB is libc's, anywhere: a mapping merged with it proves nothing
+        return (vma, "") if vma.path == "[stack]" else (None, f"{where} (not [stack])")
+    named = vma.path and not vma.path.startswith("[anon:")  # prctl-named anon is still anon
+    if named or vma.is_file or vma.perms[:2] != "rw" or vma.perms[3] != "p":
+        return None, f"{where} (not a private anonymous rw mapping)"
+    fs = regs.get("fs_base", 0)
+    if not rsp < fs <= vma.end - 16:
+        return None, f"{where} (its TCB, fs_base, is not above rsp in it)"
+    if not looks_like_tcb(fs, *struct.unpack("<QQ", ctx.session.read(fs, 16))):
+        return None, f"{where} (fs_base {fs:#x} does not point to itself: not a TCB)"
+    i = ctx.snap.vmas.index(vma)
+    below = ctx.snap.vmas[i - 1] if i else None
+    if below is None or below.end != vma.start or below.perms[:3] != "---":
+        return None, f"{where} (no PROT_NONE guard mapping directly below it)"
+    return vma, ""
+
+
+def _vma_name(vma) -> str:
+    return vma.path or f"an anonymous mapping {vma.start:#x}-{vma.end:#x}"
+
+
 def _refuse_altstack_overlap(ctx: FoldContext, ranges: list[tuple[int, int]]) -> None:
     """An alternate signal stack inside 'dead' stack is live: ask each thread (sigaltstack).
 
-    The kernel writes its answer into the first dead page itself -- memory about to be dropped
-    -- so no scratch page is mapped for it."""
+    The kernel writes its answer into the first dead page itself, so no scratch page is
+    mapped for it -- borrowed, its 24 bytes put back whatever the answer: when the answer is
+    "live", those bytes were not dead after all (before issue 12 they were the heap data of
+    coroutine_heap altstack, overwritten by the very check that refused)."""
     s = ctx.session
-    out = ranges[0][0]
-    for tid in s.threads:
-        ctx.calls += 1
-        s.syscall("sigaltstack", 0, out, tid=tid)
-        sp, flags, _pad, size = struct.unpack("<QiiQ", s.read(out, 24))
-        if flags & 2:  # SS_DISABLE
-            continue
-        for lo, hi in ranges:
-            if sp < hi and sp + size > lo:
-                raise UnsafeStep(
-                    f"thread {tid} has an alternate signal stack at {sp:#x} inside its dead "
-                    "stack; not dropping it"
-                )
+    if ctx.dry_run:
+        ctx.notes.append("alternate signal stacks are asked of each thread at the stop")
+        return
+    with s.borrow(ranges[0][0], bytes(24)) as out:
+        for tid in s.threads:
+            ctx.calls += 1
+            s.syscall("sigaltstack", 0, out, tid=tid)
+            sp, flags, _pad, size = struct.unpack("<QiiQ", s.read(out, 24))
+            if flags & 2:  # SS_DISABLE
+                continue
+            for lo, hi in ranges:
+                if sp < hi and sp + size > lo:
+                    raise UnsafeStep(
+                        f"thread {tid} has an alternate signal stack at {sp:#x} inside its dead "
+                        "stack; not dropping it"
+                    )
 
 
 def optional(planner, name: str):
@@ -143,11 +209,14 @@ def optional(planner, name: str):
     def plan(ctx: FoldContext) -> Action | None:
         try:
             return planner(ctx)
+        except NeedsStop:
+            raise  # a dry run's "decided at the stop", not a refusal
         except UnsafeStep as e:
             ctx.skipped.append((name, str(e)))
             return None
 
     plan.__name__ = planner.__name__
+    plan.step_name = name  # type: ignore[attr-defined]
     return plan
 
 
@@ -216,6 +285,14 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
             "mm_map": note,
         }
 
+    moved_regs = relocate_regs(regs, [move])
+
+    def predict(c: FoldContext) -> None:
+        """The dry run's view after the move: the new rsp, the copy and the struct present."""
+        s.set_resume_regs(None, {k: v for k, v in moved_regs.items() if regs[k] != v})
+        _assume_present(stack, range(first_new, page_ceil(new_hi), K.PAGE_SIZE))
+
+    first_new = page_floor(dead_buf)
     return Action(
         "relocate-stack",
         f"move live stack [{lo:#x}, {top_of_tables:#x}) up by {delta} bytes against the "
@@ -224,7 +301,15 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
         touches=touched,
         detail={"from": [lo, top_of_tables], "to": [new_lo, new_hi]},
         rewalk=[stack.start] if _all_anon(ctx, writable) else None,
+        predict=predict,
     )
+
+
+def _assume_present(vma, addrs: range) -> None:
+    """Record in the snapshot that the anonymous pages ADDRS of VMA are (or will be) present."""
+    have = {p.addr for p in vma.pages}
+    new = [residency.Page(a, "anon", False, vma.label, None, None, None, None) for a in addrs]
+    vma.pages = sorted([*vma.pages, *(p for p in new if p.addr not in have)], key=lambda p: p.addr)
 
 
 def _all_anon(ctx: FoldContext, pages: list[int]) -> bool:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import KernelError
-from ..targets import ROOT
+from ..targets import cache_root
 
 FLAVOUR = "amd64"
 _PKG = re.compile(rf"^linux-image-(?P<abi>6\.1\.0-(?P<n>\d+))-{FLAVOUR}-unsigned$")
@@ -54,8 +54,10 @@ class Kernel:
 
 
 def cache_dir() -> Path:
-    """Where fetched kernels live: $REMAP_KERNEL_CACHE, else build/kernels in the checkout."""
-    return Path(os.environ.get("REMAP_KERNEL_CACHE", ROOT / "build" / "kernels"))
+    """Where fetched kernels live: $REMAP_KERNEL_CACHE, else kernels/ in remap's cache root
+    (build/kernels in a checkout, ~/.cache/remap/kernels in an installed remap)."""
+    env = os.environ.get("REMAP_KERNEL_CACHE")
+    return Path(env) if env else cache_root() / "kernels"
 
 
 def package_for(abi: str) -> str:

@@ -6,11 +6,15 @@ PR_SET_PDEATHSIG so that it dies even when remap itself is killed.  What the gue
 the serial console goes to a log file, and a failure quotes its last lines.
 
 The machine: ``-nodefaults -nic none`` (no network, no stray devices), ``-no-reboot`` (a
-kernel panic ends qemu instead of looping), the host's / shared read-only over virtio-9p and a
-small writable io folder (see remap.kernels.initramfs for the protocol).  TCG by default; KVM
-only where a short probe boot succeeds (on PVM-backed /dev/kvm a stock kernel stalls or qemu
-aborts), the probe's answer cached per host kernel and qemu version.  $REMAP_QEMU_CPU overrides
-the CPU model (default: ``max`` under TCG, ``host`` under KVM); $REMAP_QEMU the binary.
+kernel panic ends qemu instead of looping), the host's / shared read-only over virtio-9p, a
+small writable io folder (see remap.kernels.initramfs for the protocol), and read-only shares
+of what the job runs (:func:`shares`: the interpreter's prefix, the folder remap is imported
+from, remap's build folder), each mounted at its own path: the guest's fresh tmpfs on /tmp and
+/run would hide them there, wherever a venv, a wheel install or a checkout happens to live.
+TCG by default; KVM only where a short probe boot succeeds (on PVM-backed /dev/kvm a stock
+kernel stalls or qemu aborts), the probe's answer cached per host kernel and qemu version.
+$REMAP_QEMU_CPU overrides the CPU model (default: ``max`` under TCG, ``host`` under KVM);
+$REMAP_QEMU the binary.
 
 Example::
 
@@ -29,14 +33,16 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import targets
 from ..errors import KernelError
 from ..kconst import PR_SET_PDEATHSIG, SIGKILL
-from ..targets import ROOT
 from . import catalog, initramfs
 from .fetch import KernelImage, boot_image
 from .initramfs import MARK_DONE, MARK_FAIL, MARK_UP
@@ -78,8 +84,31 @@ def qemu_path() -> str:
     return p
 
 
-def qemu_argv(img: KernelImage, initrd: Path, io_dir: Path, accel: str, probe: bool) -> list[str]:
-    """The qemu command line for one guest (nothing but what the job needs)."""
+def shares(extra: Iterable[Path] = ()) -> list[Path]:
+    """The host folders a guest job needs at their own paths, outermost first.
+
+    The interpreter's prefixes (a venv's and the Python it was made from), the folder remap is
+    imported from (a checkout, or site-packages), remap's build folder (targets, the checkout's
+    native helper) and EXTRA; folders inside another one are covered by it, / is the root share
+    already, and a folder holding the io share's mount point is left out (it would hide it).
+    """
+    want = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, targets.ROOT]
+    found: list[Path] = []
+    for p in sorted({Path(w).resolve() for w in [*want, targets.build_dir(), *extra]}):
+        if not p.is_dir() or Path(initramfs.IO_DIR).is_relative_to(p):
+            continue
+        if "\n" in str(p):
+            raise KernelError(f"cannot share {str(p)!r} with the guest: newline in the path")
+        if not any(p.is_relative_to(q) for q in found):
+            found.append(p)
+    return found
+
+
+def qemu_argv(
+    img: KernelImage, initrd: Path, io_dir: Path, accel: str, probe: bool, share: list[Path]
+) -> list[str]:
+    """The qemu command line for one guest (nothing but what the job needs); SHARE are the
+    read-only folders of :func:`shares`, listed for /init in the io folder."""
     mode = "probe" if probe else "run"
     cpu = ["-cpu", os.environ.get("REMAP_QEMU_CPU") or ("max" if accel == "tcg" else "host")]
     argv = [
@@ -100,21 +129,29 @@ def qemu_argv(img: KernelImage, initrd: Path, io_dir: Path, accel: str, probe: b
         "-nic", "none",
     ]  # fmt: skip
     if not probe:
-        # The checkout gets its own share: the guest puts a fresh tmpfs on /tmp and /run, which
-        # would hide a checkout living there (as CI's may).
-        root = ROOT.resolve()
-        argv[argv.index("-append") + 1] += f" remap.root={root}"
         argv += [
             "-virtfs",
             f"local,path=/,mount_tag={initramfs.HOST_TAG},security_model=none,readonly=on,"
             "multidevs=remap",
             "-virtfs",
-            f"local,path={io_dir},mount_tag={initramfs.IO_TAG},security_model=none",
-            "-virtfs",
-            f"local,path={root},mount_tag={initramfs.ROOT_TAG},security_model=none,"
-            "readonly=on,multidevs=remap",
+            f"local,path={_opt(io_dir)},mount_tag={initramfs.IO_TAG},security_model=none",
         ]
+        lines = []
+        for i, p in enumerate(share):
+            tag = f"{initramfs.SHARE_TAG}{i}"
+            lines.append(f"{tag} {p}\n")
+            argv += [
+                "-virtfs",
+                f"local,path={_opt(p)},mount_tag={tag},security_model=none,readonly=on,"
+                "multidevs=remap",
+            ]
+        (io_dir / initramfs.SHARES_FILE).write_text("".join(lines))
     return argv
+
+
+def _opt(p: Path) -> str:
+    """P as a qemu option value (a comma is written twice)."""
+    return str(p).replace(",", ",,")
 
 
 def _die_with_parent() -> None:
@@ -132,15 +169,19 @@ def boot(
     boot_timeout: float = BOOT_TIMEOUT_S,
     probe: bool = False,
     serial_log: Path | None = None,
+    share: list[Path] | None = None,
 ) -> GuestResult:
     """Boot IMG once, wait (bounded) for the job's DONE line and qemu's exit, return the result.
+
+    SHARE: the read-only folders the job sees at their own paths (default :func:`shares`).
 
     Raises KernelError if qemu cannot start, the kernel does not reach /init within
     BOOT_TIMEOUT, /init reports a failure, the whole run exceeds TIMEOUT, or qemu exits before
     the job finished.  qemu is killed and reaped on every path.
     """
     initrd = initramfs.build(img)
-    argv = qemu_argv(img, initrd, io_dir, accel, probe)  # raises before anything is made
+    share = shares() if share is None else share
+    argv = qemu_argv(img, initrd, io_dir, accel, probe, share)  # raises before qemu starts
     work = Path(tempfile.mkdtemp(prefix="remap-qemu-"))
     log = serial_log or work / "serial.log"
     qerr = work / "qemu.stderr"
@@ -228,12 +269,14 @@ def run(
     accel: str = "auto",
     serial_log: Path | None = None,
     boot_timeout: float = BOOT_TIMEOUT_S,
+    share: Iterable[Path] = (),
 ) -> GuestResult:
     """Run SCRIPT (sh, inside a chroot into the host's read-only /) in a guest of IMG.
 
-    FILES ({name: text}) are put beside the script in the io folder first.  The io folder is
-    mounted at remap.kernels.initramfs.IO_DIR inside; the caller reads what the job wrote there
-    from ``result.io_dir`` and removes it.
+    FILES ({name: text}) are put beside the script in the io folder first.  SHARE: host folders
+    the job needs besides :func:`shares` (e.g. an experiment file's folder), also read-only.
+    The io folder is mounted at remap.kernels.initramfs.IO_DIR inside; the caller reads what
+    the job wrote there from ``result.io_dir`` and removes it.
     """
     acc = choose_accel(img, accel)
     io_dir = Path(tempfile.mkdtemp(prefix="remap-guest-io-"))
@@ -248,6 +291,7 @@ def run(
             timeout=timeout,
             boot_timeout=boot_timeout,
             serial_log=serial_log,
+            share=shares(share),
         )
     except BaseException:
         shutil.rmtree(io_dir, ignore_errors=True)

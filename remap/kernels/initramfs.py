@@ -16,6 +16,8 @@ Guest protocol (lines on the serial console, read by remap.kernels.guest):
     REMAP-GUEST-DONE <rc>         the job exited with rc; stdout/stderr/rc are in the io share
 The io share (tag ``remapio``) is mounted at /run/remap-io inside the chroot; the job is
 /run/remap-io/job.sh.  ``remap.mode=probe`` on the kernel command line stops right after UP.
+The io share's ``shares`` file names the extra read-only shares (``TAG PATH`` a line); each is
+mounted at PATH, so a venv, a package or a cache under the host's /tmp is seen where it is.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ BUSYBOX = Path(os.environ.get("REMAP_BUSYBOX", "/bin/busybox"))
 WANTED_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 HOST_TAG = "hostroot"
 IO_TAG = "remapio"
-ROOT_TAG = "remaproot"  # the checkout itself, mounted at its own path (it may live in /tmp)
+# Extra read-only shares (the interpreter, remap, its build folder...: remap.kernels.guest),
+# one "TAG PATH" line each in this file of the io share; TAG is SHARE_TAG followed by a number.
+SHARE_TAG = "remapshare"
+SHARES_FILE = "shares"
 IO_DIR = "/run/remap-io"  # where the io share appears inside the chroot (the host's /)
 MARK_UP, MARK_FAIL, MARK_DONE = "REMAP-GUEST-UP", "REMAP-GUEST-FAIL", "REMAP-GUEST-DONE"
 
@@ -56,11 +61,12 @@ mount -t tmpfs -o mode=1777 tmp /host/tmp || fail "tmpfs /tmp"
 mount -t tmpfs run /host/run || fail "tmpfs /run"
 mkdir -p /host{IO_DIR}
 mount -t 9p -o $o {IO_TAG} /host{IO_DIR} || fail "mount 9p {IO_TAG}"
-root=
-for w in $(cat /proc/cmdline); do case $w in remap.root=*) root=${{w#remap.root=}};; esac; done
-if [ -n "$root" ]; then
-  mkdir -p "/host$root" 2>/dev/null
-  mount -t 9p -o $o,ro,cache=loose {ROOT_TAG} "/host$root" || fail "mount 9p {ROOT_TAG}"
+# the host folders the job needs, each at its own path (the tmpfs above hides any under /tmp)
+if [ -f /host{IO_DIR}/{SHARES_FILE} ]; then
+  while read -r tag path; do
+    mkdir -p "/host$path" 2>/dev/null
+    mount -t 9p -o $o,ro,cache=loose "$tag" "/host$path" || fail "mount 9p $tag at $path"
+  done < /host{IO_DIR}/{SHARES_FILE}
 fi
 mount -t proc proc /host/proc || fail "proc"
 mount -t sysfs sys /host/sys || fail "sysfs"
@@ -114,7 +120,7 @@ def build(img: KernelImage) -> Path:
     """Write (or reuse) the initramfs for IMG under its cache folder; return its path."""
     if not BUSYBOX.is_file():
         raise KernelError(f"{BUSYBOX} not found (apt-get install busybox-static)")
-    if _interp(BUSYBOX):
+    if dynamically_linked(BUSYBOX):
         raise KernelError(f"{BUSYBOX} is dynamically linked (apt-get install busybox-static)")
     mods = module_order(img.modules)
     h = hashlib.sha256(INIT.encode())
@@ -144,7 +150,7 @@ def build(img: KernelImage) -> Path:
     return out
 
 
-def _interp(p: Path) -> bool:
+def dynamically_linked(p: Path) -> bool:
     """True if ELF file P has a PT_INTERP program header (dynamically linked)."""
     with open(p, "rb") as f:
         hdr = f.read(64)

@@ -2,7 +2,8 @@
 
 Why here and not in the runner: the runner knows nothing of qemu; this module turns "run
 vmrss-lag on debian-6.1" into one guest boot that runs every named experiment with the very
-same remap checkout (read-only over 9p), then copies the records to the host's output folder.
+same remap code (read-only over 9p, wherever it is installed), then copies the records to the
+host's output folder.
 
 Records of a guest run go to ``OUT/NAME.KERNEL.jsonl`` (e.g. vmrss-lag.debian-6.1.jsonl), so
 that host runs (``OUT/NAME.jsonl``) and guest runs of the same experiment sit side by side for
@@ -107,7 +108,8 @@ def run_in_guest(
     if progress:
         progress(f"booting {img.release} ({acc}) for {runs} run(s)")
     files = {"job.json": json.dumps(job)}
-    res = guest.run(img, script, files=files, timeout=limit, accel=acc, serial_log=log)
+    dirs = [e.path.resolve().parent for e in exps]  # an experiment file may live anywhere
+    res = guest.run(img, script, files=files, timeout=limit, accel=acc, serial_log=log, share=dirs)
     try:
         if res.rc != 0:
             last = (res.stderr.strip().splitlines() or ["(no stderr)"])[-1]
