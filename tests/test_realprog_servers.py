@@ -91,7 +91,8 @@ def test_pid_namespace_httpd_squeezed_or_refused_in_bounded_time(tmp_path, which
                 f"the {name} httpd answers", lambda pt=pt: http_get(pt, "/")[1] == page, proc=p
             )
         (init,) = children(p.pid)
-        (other,) = children(init)
+        # httpd forks a child per request: wait until the probes' handlers have exited
+        (other,) = wait_for("one child of init", lambda: len(c := children(init)) == 1 and c)
         pid = init if which == "init" else other
         assert nspid(init) == 1 and nspid(other) > 1 and procfs.read_stat(pid).comm == "busybox"
 
