@@ -53,6 +53,19 @@ it last had.  So no injecting thread ever has registers that would not lead home
   will be after the cure, so the fold's hashes do not see them; set_resume_regs/-sigmask
   rewrite the frame at once, so a kill before the fold's commit resumes the old stack and a
   kill after it the new one (both copies stay mapped until the dead part is dropped).
+Calls that block, and drivers that give up (tests/test_never_harm_inject.py):
+- every wait for a stop is bounded by the session's timeout (attach(timeout=...), 10 s):
+  the C helper arms a per-thread POSIX timer around each waitpid.  A call past it, or a
+  SIGINT/SIGTERM to the driver (its handler makes the C wait return -EINTR), is aborted:
+  PTRACE_INTERRUPT, wait for the stop, park the thread as between calls, raise Timeout /
+  KeyboardInterrupt; the cure then puts it back.  Other signals to the driver resume the wait;
+- a driver SIGKILLed while the target sits in a call that never returns by itself would
+  leave the thread there with every signal blocked.  Each driver process therefore starts a
+  guardian (rn_guard_start): it shares the driver's memory, where each injecting thread's
+  slot says when a call is in flight, and once the driver is gone it makes such a call
+  return -EINTR (chain) or puts the saved registers back (no chain);
+- calls that would harm whatever happens (fork, vfork, clone, execve, exit, pause,
+  rt_sigsuspend, rt_sigreturn: REFUSED_SYSCALLS) are refused before the target is touched.
 Remaining windows (measured with `remap run torture`, tests/test_torture.py):
 - none for targets with the chain in their code (glibc, or musl programs that call
   sigaction): 500/500 SIGKILL, SIGINT and SIGTERM at random instants, plus alarm/threads/

@@ -443,6 +443,20 @@ static int pause_or_end(struct rn_call *c, int r)
 	return r;
 }
 
+/* Phase 0 of a call: outputs cleared, deadline set, the guardian told (the syscall's return
+ * lands in (rip, hi]), registers in place, the thread resumed with `req`. */
+static int start_call(int tid, struct rn_call *c, long req, unsigned long long hi, int stub)
+{
+	begin(c);
+	guard_begin(tid, c, hi, stub);
+	if (ptrace(PTRACE_SETREGS, tid, 0, &c->regs))
+		return guard_end(c, -errno);
+	if (ptrace((enum __ptrace_request)req, tid, 0, 0))
+		return guard_end(c, -errno);
+	c->phase = 1;
+	return 0;
+}
+
 /*
  * One injected syscall, in one Python->C crossing.  Precondition: `tid` is in a ptrace stop
  * with every catchable signal blocked (PTRACE_SETSIGMASK), and c->regs has rip at an existing
@@ -456,13 +470,9 @@ int rn_inject(int tid, struct rn_call *c)
 	int r;
 	switch (c->phase) {
 	case 0:
-		begin(c);
-		guard_begin(tid, c, c->regs.rip + 2, 0);
-		if (ptrace(PTRACE_SETREGS, tid, 0, &c->regs))
-			return guard_end(c, -errno);
-		if (ptrace(PTRACE_SYSCALL, tid, 0, 0))
-			return guard_end(c, -errno);
-		c->phase = 1;
+		r = start_call(tid, c, PTRACE_SYSCALL, c->regs.rip + 2, 0);
+		if (r)
+			return r;
 		/* fall through */
 	case 1:
 		r = await_stop(tid, PTRACE_SYSCALL, is_syscall_stop, c); /* entry */
@@ -520,15 +530,11 @@ int rn_run_stub(int tid, struct rn_call *c, int sig, const struct user_regs_stru
 	int r;
 	marker_sig = sig;
 	if (c->phase == 0) {
-		begin(c);
 		if (park)
 			guard_park(c, park);
-		guard_begin(tid, c, c->regs.rip + 4096, 1);
-		if (ptrace(PTRACE_SETREGS, tid, 0, &c->regs))
-			return guard_end(c, -errno);
-		if (ptrace(PTRACE_CONT, tid, 0, 0))
-			return guard_end(c, -errno);
-		c->phase = 1;
+		r = start_call(tid, c, PTRACE_CONT, c->regs.rip + 4096, 1);
+		if (r)
+			return r;
 	}
 	r = await_stop(tid, PTRACE_CONT, is_marker_delivery, c);
 	if (r)
