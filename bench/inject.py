@@ -8,9 +8,15 @@
 4. floor    -- csrc/native/bench_floor.c: a C loop doing the same ptrace round trip
 5. gdb      -- ``gdb -p PID -batch -ex 'call (long)getpid()'``, per call (wall time)
 
-Every ptrace path pins the tracer and the target to the target's CPU (DESIGN 5.7).  Each of
-1-4 is measured ROUNDS times interleaved and the best round is kept (the machine is shared).
-Goals (issue 3): native <= 1.2x floor, python <= 2x floor, batch < 1 us, all >= 10,000x gdb.
+6. nopin    -- ``attach(pid, pin=False)``: the Python API with neither side pinned, per call
+
+The target is nobody's pinned process: its own affinity (all CPUs) is put back after every
+floor run (bench_floor pins it for its loop), so each python/native/batch round starts from an
+unpinned target and measures what the library itself does -- it keeps tracer and target on one
+CPU for the session and gives both their affinity back at the cure.  nopin shows what that is
+worth.  Each path is measured ROUNDS times interleaved and the best round is kept (the machine
+is shared).  Goals (issues 3, 15): native <= 1.2x floor, python <= 1.5x floor on the unpinned
+target, batch < 1 us, all >= 10,000x gdb.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,8 +50,8 @@ def build_floor() -> Path:
     return out
 
 
-def per_call_python(pid: int, n: int) -> float:
-    with inject.attach(pid) as s:
+def per_call_python(pid: int, n: int, pin: bool = True) -> float:
+    with inject.attach(pid, pin=pin) as s:
         s.syscall("getpid")  # warm: scratch-free, prepared thread
         t0 = time.perf_counter_ns()
         for _ in range(n):
@@ -86,6 +93,7 @@ def per_call_floor(pid: int, n: int, floor: Path) -> float:
     )
     if out.returncode:
         raise RuntimeError(f"bench_floor: {out.stderr.strip()}")
+    os.sched_setaffinity(pid, os.sched_getaffinity(0) | os.sched_getaffinity(pid))
     fields = dict(kv.split("=") for kv in out.stdout.split())
     assert int(fields["result"]) == pid
     return float(fields["ns_per_call"])
@@ -125,6 +133,7 @@ def main() -> int:
         assert proc.stdout is not None and proc.stdout.readline().startswith(b"ready")
         time.sleep(0.05)
         pid = proc.pid
+        all_cpus = os.sched_getaffinity(pid)
         best: dict[str, float] = {}
         for _ in range(a.rounds):
             for name, fn in (
@@ -132,8 +141,11 @@ def main() -> int:
                 ("native", lambda: per_call_native(pid, a.calls)),
                 ("batch", lambda: per_call_batch(pid, a.calls)),
                 ("floor", lambda: per_call_floor(pid, a.calls, floor)),
+                ("nopin", lambda: per_call_python(pid, a.calls, pin=False)),
             ):
+                os.sched_setaffinity(pid, all_cpus)  # every path starts from an unpinned target
                 ns = fn()
+                assert os.sched_getaffinity(pid) == all_cpus or name == "floor", name
                 best[name] = min(best.get(name, ns), ns)
         gdb_ns = per_call_gdb(pid, a.gdb_runs)
         if gdb_ns is not None:
@@ -148,7 +160,7 @@ def main() -> int:
     fl = best["floor"]
     goals = {
         "native<=1.2x floor": best["native"] <= 1.2 * fl,
-        "python<=2x floor": best["python"] <= 2 * fl,
+        "python<=1.5x floor (unpinned target)": best["python"] <= 1.5 * fl,
         "batch<1us": best["batch"] < 1000,
         "all>=10000x faster than gdb": "gdb" in best
         and all(best["gdb"] >= 10000 * best[k] for k in ("python", "native", "batch", "floor")),

@@ -73,16 +73,30 @@ def _file_bytes(pid: int, m: Mapping) -> bytes | None:
     if m.path.endswith(" (deleted)") or not m.path.startswith("/"):
         return None
     size = m.end - m.start
-    for name in (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", m.path):
+    # map_files is the mapped file itself (root); /proc/PID/root resolves the path in the
+    # target's own mount namespace (a container's /usr/lib is not ours); our own path last.
+    names = (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", f"/proc/{pid}/root{m.path}", m.path)
+    for name in names:
         try:
             with open(name, "rb") as f:
-                if os.fstat(f.fileno()).st_ino != m.inode:
+                if not _same_file(os.fstat(f.fileno()), m):
                     continue  # the path now names another file: its bytes are not mapped
                 f.seek(m.offset)
                 return f.read(size)
         except OSError:
             continue
     return None
+
+
+def _same_file(st: os.stat_result, m: Mapping) -> bool:
+    """Is the open file the one maps names: same inode and same device (an inode number alone
+    repeats across filesystems, e.g. another mount namespace's root)?"""
+    major, _, minor = m.dev.partition(":")
+    try:
+        dev = os.makedev(int(major, 16), int(minor, 16))
+    except ValueError:
+        return False
+    return st.st_ino == m.inode and st.st_dev == dev
 
 
 def _own_vdso() -> bytes | None:

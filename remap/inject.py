@@ -502,8 +502,8 @@ class _Thread:
     ran: bool = False  # resumed by us at least once: the cure must re-interrupt it
     regs_dirty: bool = False
     signals: list[int] = field(default_factory=list)  # stopped for on the way; re-queued
-    affinity: bytes | None = None
-    cpu: int = -1  # the CPU it is pinned to while we inject (-1: not pinned)
+    cpu: int = -1  # the CPU the tracer follows it to (-1: none)
+    pinned: bool = False  # its affinity is the tracer's CPU until the cure
     fp: bytes = b""  # XSAVE area for its safety frame
     frame_at: int = 0  # its safety frame (0: none, the thread injects unprotected)
     frame_len: int = 0
@@ -779,20 +779,29 @@ class Session:
 
     # ---- CPU pinning (DESIGN 5.7)
     def _pin_to(self, t: _Thread) -> None:
-        """Run the tracer on the CPU t last ran on (a wake-up then stays on that CPU).
+        """Run the tracer on the CPU t last ran on, and keep t there while the session lasts:
+        a ptrace round trip within one CPU is several times cheaper than one between two, and
+        an unpinned thread woken from its stop lands on either (bench/inject.py measures both).
 
-        The target's own affinity is never changed: a driver killed mid-session could not
-        undo it (and forcing a thread onto another CPU would make the kernel rewrite its rseq
-        area when it resumes -- a change to the target's memory that hashing notices).
-        """
+        t's own affinity comes back at the cure -- or from the guardian, if the driver dies
+        first (rn_pin_thread keeps it in the thread's guardian slot).  t is pinned to the CPU
+        it last ran on, so the kernel has no reason to move it, and its rseq area (whose
+        cpu_id the kernel rewrites on a migration) is a hole in the fold's hashes anyway."""
         cpu = _last_cpu(self.pid, t.tid)
         if cpu is None:
             return
-        if cpu == self._cpu:  # pinned there already (attach pins before the seize)
-            t.cpu = cpu
-            return
-        self._pin_cpu(cpu)
+        if cpu != self._cpu:  # not there already (attach pins the tracer before the seize)
+            self._pin_cpu(cpu)
         t.cpu = self._cpu
+        if t.cpu == cpu and t.call is not None:
+            t.pinned = self._lib.rn_pin_thread(t.call.slot, t.tid, cpu) == 0
+
+    def _follow(self, t: _Thread) -> None:
+        """Move the tracer to the CPU thread t is kept on (another thread injected before)."""
+        if t.pinned and t.cpu >= 0:
+            self._pin_cpu(t.cpu)
+        else:
+            self._pin_to(t)
 
     def pin_early(self) -> None:
         """Before the seize: move the tracer to the CPU the main thread last ran on.
@@ -837,8 +846,6 @@ class Session:
     def _prepare(self, t: _Thread) -> None:
         """First injection on t: save FP state, block signals, build the call template."""
         lib, ffi = self._lib, self._ffi
-        if self._pin:
-            self._pin_to(t)
         t.fpregs = ffi.new("struct user_fpregs_struct *")
         # A syscall preserves FP/SSE state, but a signal handler run by a stray signal would
         # not; saving the legacy area (PTRACE_GETFPREGS) is cheap insurance, restored at the cure.
@@ -851,6 +858,8 @@ class Session:
         self._slots += 1
         call.slot = self._slots  # the guardian's view of this thread's calls (0: none)
         t.call = call
+        if self._pin:
+            self._pin_to(t)
         if self._chain is None and self._may_scratch_chain:
             self._may_scratch_chain = False
             self._scratch_chain_for(t)  # arms t
@@ -1079,7 +1088,7 @@ class Session:
         if t is None or t.call is None or self._closed:
             t = self._thread(tid)
         if t.cpu != self._cpu and self._pin:  # another thread, on another CPU: follow it
-            self._pin_to(t)
+            self._follow(t)
         self._maps_unchanged = None
         if nr in _GUARDED and self._chain is not None:
             self._guard([(nr, *args)])
@@ -1340,7 +1349,7 @@ class Session:
             return out
         t = self._thread(tid)
         if t.cpu != self._cpu and self._pin:
-            self._pin_to(t)
+            self._follow(t)
         self._maps_unchanged = None  # _ensure_scratch below must not trust an older read
         base = self._ensure_scratch(t.tid)
         self._scratch_rw(t.tid)
@@ -1569,18 +1578,22 @@ class Session:
                 lib.rn_setfpregs(t.tid, t.fpregs)
             if t.call is not None or t.resume_mask != t.sigmask:
                 self._check(lib.rn_setsigmask(t.tid, t.resume_mask), "PTRACE_SETSIGMASK", t.tid)
-            if t.affinity is not None:
-                lib.rn_setaffinity(t.tid, len(t.affinity), t.affinity)
+            if t.pinned:
+                lib.rn_unpin_thread(t.call.slot)
+                t.pinned = False
             for sig in t.signals:  # queued while stopped: delivered as it resumes
                 lib.rn_tgkill(self.pid, t.tid, sig)
         finally:
+            if t.pinned and t.call is not None:  # the try above failed before unpinning
+                lib.rn_unpin_thread(t.call.slot)
+                t.pinned = False
             if detach:
                 lib.rn_ptrace(K.PTRACE_DETACH, t.tid, 0, 0)
                 self._threads.pop(t.tid, None)
             else:
                 lib.rn_ptrace(K.PTRACE_CONT, t.tid, 0, 0)
                 t.stopped = False
-                t.call = t.fpregs = t.affinity = None
+                t.call = t.fpregs = None
                 t.frame_at = 0
                 t.cpu = -1
                 t.ran = t.regs_dirty = False
@@ -1653,6 +1666,12 @@ def _last_cpu(pid: int, tid: int) -> int | None:
         return int(_stat_fields(pid, tid)[36])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def guardian_pid() -> int:
+    """The pid of this driver's guardian (started on first use; 0 if it cannot be)."""
+    lib, _ = native.load()
+    return max(lib.rn_guard_start(), 0)
 
 
 def process_madvise(pid: int, addr: int, length: int, advice: int) -> int:

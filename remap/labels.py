@@ -211,13 +211,14 @@ def elf_views(entries, exe: str, pid: int | None = None) -> list[ElfView | None]
         if e.inode and not e.path.startswith("[") and (e.path, e.inode) not in lowest:
             lowest[(e.path, e.inode)] = (e.start, e.offset)
     cache: dict[tuple[str, int], ElfView | None] = {}
+    root = procfs.file_root(pid) if pid is not None else ""
     prev_file: ElfView | None = None
     prev_end = -1
     for i, e in enumerate(entries):
         if e.inode and not e.path.startswith("["):
             key = (e.path, e.inode)
             if key not in cache:
-                info = elfmap.load(_disk_path(e, pid), e.inode)
+                info = elfmap.load(_disk_path(e, pid, root), e.inode)
                 if info is None or not info.segments:
                     cache[key] = None
                 else:
@@ -236,11 +237,12 @@ def elf_views(entries, exe: str, pid: int | None = None) -> list[ElfView | None]
     return views
 
 
-def _disk_path(e, pid: int | None) -> str:
-    """Where to read the file maps entry E maps: its path, or for a deleted file the
-    map_files link of the mapping (the inode itself, still on disk while mapped)."""
+def _disk_path(e, pid: int | None, root: str = "") -> str:
+    """Where to read the file maps entry E maps: its path (under ROOT, procfs.file_root, for a
+    process in another mount namespace), or for a deleted file the map_files link of the
+    mapping (the inode itself, still on disk while mapped)."""
     if pid is None or not e.path.endswith(" (deleted)"):
-        return e.path
+        return root + e.path
     return f"/proc/{pid}/map_files/{e.start:x}-{e.end:x}"
 
 

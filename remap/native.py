@@ -71,6 +71,8 @@ int rn_abort(int tid, struct rn_call *c);
 int rn_set_wait(long long timeout_ns, int abortable);
 long long rn_now_ns(void);
 int rn_guard_start(void);
+int rn_pin_thread(int slot, int tid, int cpu);
+int rn_unpin_thread(int slot);
 void rn_guard_clear(int slot);
 long rn_getxstate(int tid, void *buf, unsigned long size);
 int rn_reinterrupt(int tid, const struct user_regs_struct *regs, struct rn_call *c);

@@ -499,6 +499,18 @@ def read_exe(pid: int) -> str:
         raise translate(pid, e, "exe") from None
 
 
+def file_root(pid: int) -> str:
+    """The prefix under which this process's paths name PID's files: "" when PID shares our
+    mount namespace, else "/proc/PID/root" (its own root, through which its /usr/lib is read
+    -- a container's library is not ours).  "" too when its namespace cannot be read."""
+    try:
+        if os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            return ""
+    except OSError:
+        return ""
+    return f"/proc/{pid}/root"
+
+
 def read_mount_fstypes(pid: int) -> dict[str, str]:
     """{'maj:min': fstype} from /proc/PID/mountinfo (to tell tmpfs/shmem files from others)."""
     out: dict[str, str] = {}

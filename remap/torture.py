@@ -217,9 +217,9 @@ def session_loop(
     kill lands while the target sits in it (the guardian's case)."""
     pattern = bytes(range(256)) * 16
     rw, flags = K.PROT_READ | K.PROT_WRITE, K.MAP_PRIVATE | K.MAP_ANONYMOUS
+    counters[2] = inject.guardian_pid()  # the storm waits for it after each kill
     while blocking:
         with inject.attach(pid, suspend_seccomp=suspend_seccomp, timeout=120) as s:
-            counters[2] = s.guardian  # the storm waits for it to finish its work
             s.syscall("getpid")
             addr = s.mmap(0, 4096, rw, flags)
             s.write(addr, struct.pack("<qq", 60, 0))  # a timespec of 60 s
@@ -300,7 +300,19 @@ def _reap(child: int, timeout: float, diag: dict | None = None) -> int:
     return -1
 
 
-def _wait_gone(pid: int, timeout: float) -> None:
+def guardian_of(driver: int) -> int:
+    """The guardian a remap driver process started: its only child (see inject.guardian_pid).
+    Tests that kill a driver wait for it (wait_gone) before judging the target's health."""
+    kids = []
+    for tid in os.listdir(f"/proc/{driver}/task"):
+        with open(f"/proc/{driver}/task/{tid}/children") as f:
+            kids += [int(k) for k in f.read().split()]
+    if len(kids) != 1:
+        raise RemapError(f"driver {driver} has children {kids}, want one guardian")
+    return kids[0]
+
+
+def wait_gone(pid: int, timeout: float) -> None:
     """Wait (bounded) until PID has exited: gone from /proc, or a zombie nobody reaped yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -314,7 +326,7 @@ def _wait_gone(pid: int, timeout: float) -> None:
 
 class _Counters:
     """64-bit counters in a shared anonymous page (survive the driver's death): sessions,
-    bytes checked, and the pid of the driver's guardian (blocking storms)."""
+    bytes checked, and the pid of the driver's guardian."""
 
     def __init__(self) -> None:
         self.m = mmap.mmap(-1, 24)
@@ -364,8 +376,8 @@ def storm(
             time.sleep(rng.uniform(0, 0.002))
         os.kill(child, sig)
         reaped = _reap(child, 5.0, diag := {})
-        if blocking and counters[2]:
-            _wait_gone(counters[2], 5.0)  # the guardian ends the blocked call, then exits
+        if counters[2]:  # the guardian ends a blocked call, gives CPUs back, then exits
+            wait_gone(counters[2], 5.0)
             counters[2] = 0
         if reaped == -1:
             hung += 1  # the driver did not end on SIGINT/SIGTERM: its cure hung

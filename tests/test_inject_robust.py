@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from remap import inject
+from remap import inject, torture
 from remap.errors import NoSuchProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,17 +94,46 @@ def test_signal_sent_while_stopped_is_delivered_after(spawn):
 
 
 def test_cpu_pinning_is_undone(spawn):
-    """Only the tracer is pinned (to the thread's CPU): a target's affinity is never touched,
-    since a driver killed mid-session could not put it back."""
+    """Tracer and target share one CPU while the session injects (a round trip between two
+    CPUs costs several times one within one); both get their own affinity back at the cure."""
     t = blocked_reader(spawn)
     own = os.sched_getaffinity(0)
     theirs = os.sched_getaffinity(t.pid)
     with inject.attach(t.pid) as s:
-        s.syscall("getpid")  # pins the tracer to the CPU the thread was stopped on
-        # (which CPU the scheduler then wakes the thread on is its business: /proc/PID/stat
-        # may already name the other one, so only "pinned to one of ours" is asserted)
+        s.syscall("getpid")  # pins the tracer, then the thread, to the CPU it was stopped on
         pinned = os.sched_getaffinity(0)
         assert len(pinned) == 1 and pinned <= own
-        assert os.sched_getaffinity(t.pid) == theirs
+        assert os.sched_getaffinity(t.pid) == pinned
     assert os.sched_getaffinity(0) == own
     assert os.sched_getaffinity(t.pid) == theirs
+
+
+def test_pinned_target_gets_its_cpus_back_when_the_driver_is_killed(spawn):
+    """A SIGKILLed driver cannot undo the pin: its guardian does, once the driver is gone."""
+    t = blocked_reader(spawn)
+    theirs = os.sched_getaffinity(t.pid)
+    code = (
+        "import time, remap\n"
+        f"with remap.attach({t.pid}) as s:\n"
+        "    s.syscall('getpid')\n"
+        "    print('in', flush=True)\n"
+        "    time.sleep(30)\n"
+    )
+    drv = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        assert drv.stdout.readline() == b"in\n"
+        assert len(os.sched_getaffinity(t.pid)) == 1 < len(theirs)
+        guardian = torture.guardian_of(drv.pid)
+        drv.kill()
+        drv.wait(timeout=5)
+        torture.wait_gone(guardian, 5.0)
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+            drv.wait()
+        drv.stdout.close()
+    assert os.sched_getaffinity(t.pid) == theirs
+    assert status(t.pid)["TracerPid"] == "0"
+    t.proc.stdin.write(b"k")
+    t.proc.stdin.flush()
+    assert t.proc.stdout.readline().startswith(b"read ret=1 ")

@@ -210,17 +210,6 @@ def test_ctrl_c_or_sigterm_aborts_a_blocking_call(spawn, sig):
     assert echo_ok(t)
 
 
-def _guardian_of(driver: int) -> int:
-    """The guardian process a `remap syscall` driver started: its only child (named
-    remap-guardian once it has run at all)."""
-    kids = []
-    for tid in os.listdir(f"/proc/{driver}/task"):
-        with open(f"/proc/{driver}/task/{tid}/children") as f:
-            kids += [int(k) for k in f.read().split()]
-    assert len(kids) == 1, f"driver {driver} has children {kids}, want one guardian"
-    return kids[0]
-
-
 def _in_injected_read(pid: int, tracer: int) -> bool:
     try:
         traced = status(pid)["TracerPid"] == str(tracer)
@@ -245,10 +234,10 @@ def test_driver_killed_inside_a_blocking_call(variant):
                 stderr=subprocess.DEVNULL,
             )
             wait_for(lambda d=drv: _in_injected_read(w.pid, d.pid), what="the injected read")
-            guardian = _guardian_of(drv.pid)
+            guardian = torture.guardian_of(drv.pid)
             drv.kill()
             drv.wait(timeout=5)
-            torture._wait_gone(guardian, 5.0)  # it ends the blocked call, then exits
+            torture.wait_gone(guardian, 5.0)  # it ends the blocked call, then exits
             assert torture.health(w, leak_ok=variant == "bare") == []
             wait_for(lambda: syscall_line(w.pid)[0] == "0", what="its own read again")
     finally:
@@ -265,3 +254,33 @@ def test_torture_kills_during_blocking_calls():
         w.stop()
     assert fig["failures"] == [], fig["failures"]
     assert fig["survived"] == 200 and fig["sessions"] > 0
+
+
+# ------------------------------------------------------------------------------ mount namespace
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) not installed")
+def test_a_process_in_another_mount_namespace_is_read_through_its_own_root(tmp_path):
+    """Its executable lives on a tmpfs only its namespace sees: remap reads the ELF through
+    /proc/PID/root (sections and symbols found), squeezes it, and the program still works."""
+    prog = targets.build("glibcloop")
+    mnt = tmp_path / "private"
+    mnt.mkdir()
+    script = f"mount -t tmpfs none {mnt} && cp {prog} {mnt}/prog && exec {mnt}/prog"
+    p = subprocess.Popen(
+        ["unshare", "--mount", "sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert p.stdout.readline().startswith(b"ready")
+        assert not (mnt / "prog").exists()  # not in our namespace
+        r = remap("map", str(p.pid), "--json")
+        assert r.returncode == 0, r.stderr
+        exe = [v for v in json.loads(r.stdout)["vmas"] if v.get("path") == f"{mnt}/prog"]
+        assert {"code", "rodata"} <= {v["label"] for v in exe}, exe
+        r = remap("squeeze", str(p.pid), "--json")
+        assert r.returncode == 0, r.stderr
+        p.stdin.write(b"x\n")  # it reads on, back in its own read, alive
+        p.stdin.flush()
+        wait_for(lambda: syscall_line(p.pid)[0] == "0", what="its read")
+        assert p.poll() is None and status(p.pid)["TracerPid"] == "0"
+    finally:
+        p.kill()
+        p.wait(timeout=5)

@@ -216,8 +216,10 @@ def test_driver_killed_between_calls(variant):
     drv = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE)
     try:
         assert drv.stdout.readline() == b"in\n"
+        guardian = torture.guardian_of(drv.pid)
         drv.kill()
         drv.wait(timeout=5)
+        torture.wait_gone(guardian, 5.0)  # it gives the worker its CPUs back
         assert torture.health(w, leak_ok=variant == "bare") == []
     finally:
         drv.stdout.close()

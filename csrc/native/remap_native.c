@@ -223,7 +223,8 @@ static void note_sig(struct rn_call *c, int sig)
  * rsp where the call put it, rax = -ERESTART*) is made to return -EINTR from it, and the
  * chain takes it home (mask, registers, FP state); a thread injected without a chain (parked)
  * gets its saved registers back, so its own interrupted call restarts.  Anything else is left
- * as it is.  It uses raw syscalls only: it runs on the driver's TLS, and must never touch
+ * as it is.  Last, every thread the session pinned to the tracer's CPU gets its own affinity
+ * back.  It uses raw syscalls only: it runs on the driver's TLS, and must never touch
  * errno or any libc state.
  */
 #define RN_GUARD_SLOTS 1024
@@ -233,6 +234,9 @@ struct rn_guard_slot {
 	int parked;                     /* 1: no chain; restore `park` */
 	unsigned long long rsp, lo, hi; /* the call's rsp; rip after its syscall in (lo, hi] */
 	struct user_regs_struct park;
+	volatile int pinned; /* 1 while thread `ptid` runs on the tracer's CPU: `aff` is its own */
+	int ptid;
+	unsigned char aff[128];
 };
 static struct rn_guard_slot g_slots[RN_GUARD_SLOTS];
 static pid_t g_guard_owner; /* the driver the running guardian watches */
@@ -295,6 +299,41 @@ void rn_guard_clear(int slot)
 		__atomic_store_n(&g_slots[slot - 1].active, 0, __ATOMIC_RELEASE);
 		g_slots[slot - 1].parked = 0;
 	}
+}
+
+/*
+ * Keep an injecting thread on the tracer's CPU for the session (a ptrace round trip between
+ * CPUs costs several times one on the same CPU), its own affinity saved in its slot: the cure
+ * puts it back (rn_unpin_thread), and so does the guardian if the driver dies first.
+ */
+int rn_pin_thread(int slot, int tid, int cpu)
+{
+	struct rn_guard_slot *g = slot > 0 && slot <= RN_GUARD_SLOTS ? &g_slots[slot - 1] : 0;
+	unsigned char one[128];
+	if (!g || cpu < 0 || cpu >= 1024)
+		return -EINVAL;
+	if (sched_getaffinity(tid, sizeof g->aff, (cpu_set_t *)g->aff))
+		return -errno;
+	memset(one, 0, sizeof one);
+	one[cpu / 8] = (unsigned char)(1 << (cpu % 8));
+	g->ptid = tid;
+	__atomic_store_n(&g->pinned, 1, __ATOMIC_RELEASE);
+	if (sched_setaffinity(tid, sizeof one, (cpu_set_t *)one)) {
+		int e = errno;
+		__atomic_store_n(&g->pinned, 0, __ATOMIC_RELEASE);
+		return -e;
+	}
+	return 0;
+}
+
+int rn_unpin_thread(int slot)
+{
+	struct rn_guard_slot *g = slot > 0 && slot <= RN_GUARD_SLOTS ? &g_slots[slot - 1] : 0;
+	if (!g || !__atomic_load_n(&g->pinned, __ATOMIC_ACQUIRE))
+		return 0;
+	int r = sched_setaffinity(g->ptid, sizeof g->aff, (cpu_set_t *)g->aff) ? -errno : 0;
+	__atomic_store_n(&g->pinned, 0, __ATOMIC_RELEASE);
+	return r;
 }
 
 static void guard_nap(void)
@@ -365,6 +404,10 @@ static int guardian(void *arg)
 	for (int i = 0; i < RN_GUARD_SLOTS; i++)
 		if (__atomic_load_n(&g_slots[i].active, __ATOMIC_ACQUIRE))
 			guard_fix(&g_slots[i]);
+	for (int i = 0; i < RN_GUARD_SLOTS; i++) /* then each pinned thread gets its CPUs back */
+		if (__atomic_load_n(&g_slots[i].pinned, __ATOMIC_ACQUIRE))
+			raw6(SYS_sched_setaffinity, g_slots[i].ptid, sizeof g_slots[i].aff,
+			     (long)g_slots[i].aff, 0, 0, 0);
 	raw6(SYS_exit, 0, 0, 0, 0, 0, 0);
 	return 0;
 }
