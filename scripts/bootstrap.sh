@@ -5,8 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
+# The real-program suite (tests/test_realprog_*.py) runs programs nobody here wrote: redis
+# (redis-server, redis-tools' redis-cli and redis-benchmark), Debian's Go webhook, a JVM (javac
+# compiles its tiny program at test time), the sqlite3 shell, and unshare/nsenter/setpriv from
+# util-linux.
 pkgs=(gcc make musl-tools procps smem gdb strace python3 python3-venv python3-dev libffi-dev
-      busybox-static qemu-system-x86 iproute2)
+      busybox-static qemu-system-x86 iproute2 util-linux redis-server redis-tools webhook
+      default-jdk-headless sqlite3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
