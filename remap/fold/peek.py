@@ -14,20 +14,21 @@ planners the real run does.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from typing import Any
 
 from .. import native, pagemap, procfs
 from ..errors import NoSuchProcess
-from ..kconst import ERESTART_RESTARTBLOCK, PAGE_SIZE
+from ..kconst import ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTSYS, PAGE_SIZE
 from ..residency import Snapshot
 from .plan import NeedsStop
 from .ranges import page_floor
 
 MASK64 = 2**64 - 1
 TCB_SCAN = 16 * PAGE_SIZE  # glibc and musl put struct pthread in the top pages of the stack
-ERESTARTSYS, ERESTARTNOHAND, EINTR = 512, 514, 4
+EINTR = errno.EINTR
 # What rax holds when a stop interrupts a thread blocked in these (measured on 6.18 with
 # PTRACE_INTERRUPT; every other blocking call shows -ERESTARTSYS).  poll always restarts
 # through a restart block, futex only with a timeout (its 4th argument); epoll_wait returns
