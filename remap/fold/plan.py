@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -199,10 +200,11 @@ class FoldReport:
     after: dict[str, Any] | None
     steps: list[StepReport]
     stopped_us: float
-    verified_bytes: int  # anonymous memory hashed before and after a step: unchanged
+    verified_bytes: int  # anonymous memory proven unchanged across a step (frames or hashes)
     notes: list[str]
     stop_breakdown_us: dict[str, float] = field(default_factory=dict)  # seize/snapshot/steps/cure
     dropped_anon_bytes: int = 0  # anonymous pages dropped, each re-proven dead stack first
+    verified_by: dict[str, int] = field(default_factory=dict)  # {"frames"|"hashes": bytes}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -215,6 +217,7 @@ class FoldReport:
             "stopped_us": round(self.stopped_us, 1),
             "stop_breakdown_us": self.stop_breakdown_us,
             "verified_bytes": self.verified_bytes,
+            "verified_by": self.verified_by,
             "dropped_anon_bytes": self.dropped_anon_bytes,
             "notes": self.notes,
         }
@@ -224,7 +227,13 @@ Planner = Callable[[FoldContext], Action | None]
 
 
 def run_plan(
-    pid: int, kind: str, planners: list[Planner], *, dry_run: bool = False, settle_s: float = 0.05
+    pid: int,
+    kind: str,
+    planners: list[Planner],
+    *,
+    dry_run: bool = False,
+    settle_s: float = 0.05,
+    evidence: str = "auto",
 ) -> FoldReport:
     """Attach, plan and apply each step in order, verify, detach; measure before and after.
 
@@ -232,15 +241,23 @@ def run_plan(
     "after" snapshot is taken once the target runs again and is back asleep, because resuming a
     blocked syscall re-executes its `syscall` instruction and faults that code page back in --
     the number a user sees is the one after that.
+
+    EVIDENCE: how a pure drop (Action.drops) proves the other anonymous pages unchanged --
+    "auto": their pagemap frames when PFNs are visible (root; a stop that does not grow with
+    anonymous memory, see remap.fold.verify), else sha256 of each page; "hash": always hashes
+    (also REMAP_VERIFY=hash in the environment).  Every other step is hashed either way.
     """
     if dry_run:
         return _dry_run(pid, kind, planners)
     from ..inject import attach
 
     before = residency.snapshot(pid)
+    by_frames, notes0 = _evidence_kind(evidence)
     reports: list[StepReport] = []
     verified = dropped = 0
+    verified_by = {"frames": 0, "hashes": 0}
     marks: dict[str, float] = {}
+    verify_us = 0.0  # part of "steps": proving the kept pages unchanged
     with _no_gc_pauses(), attach(pid) as s:
         marks["seize"] = s.stopped_ns / 1e3
         ctx = FoldContext(pid, s, dry_run)
@@ -251,16 +268,18 @@ def run_plan(
             action = _plan_step(ctx, planner, reports)
             if action is None:
                 continue
-            # Hashed: every anonymous page but the ones the step changes on purpose; for a
-            # drop, exactly the pages it drops (re-proven dead first), whatever it claims.
+            # Proven unchanged: every anonymous page but the ones the step changes on purpose;
+            # for a drop, exactly the pages it drops (re-proven dead first), whatever it claims.
             skip = action.touches if action.drops is None else _pages_in(action.drops)
             dropped += ctx.proven_dead(action)
-            keep = {
-                p.addr
-                for p in ctx.snap.anon_pages()
-                if p.addr not in skip and not in_scratch(s, p.addr)
-            }
-            hashes = verify.hash_pages(s.read, keep, holes)
+            t0 = time.monotonic_ns()
+            if by_frames and action.drops is not None:  # a pure drop: its frames suffice
+                frames = verify.read_frames(pid, _kept_spans(ctx, action.drops))
+                hashes = {}
+            else:  # a step that writes or moves: every page it may not change, hashed
+                frames = None
+                hashes = verify.hash_pages(s.read, _kept(ctx, skip), holes)
+            verify_us += (time.monotonic_ns() - t0) / 1e3
             calls0 = ctx.calls
             detail = action.run(ctx)
             if action.drops is not None and ctx.dropped(action.drops):
@@ -274,14 +293,21 @@ def run_plan(
                 else:
                     mapped = [(m.start, m.end) for m in procfs.read_maps(pid)]
                 still = {a: h for a, h in hashes.items() if any(lo <= a < hi for lo, hi in mapped)}
-            verified += verify.check_same(still, s.read, holes=holes)
+            t0 = time.monotonic_ns()
+            n_frames = verify.check_frames(frames) if frames is not None else 0
+            n_hashes = verify.check_same(still, s.read, holes=holes)
+            verify_us += (time.monotonic_ns() - t0) / 1e3
+            verified_by["frames"] += n_frames
+            verified_by["hashes"] += n_hashes
+            verified += n_frames + n_hashes
             reports.append(
                 StepReport(action.name, action.text, True, ctx.calls - calls0,
                            {**action.detail, **(detail or {})})
             )  # fmt: skip
-        notes = ctx.notes
+        notes = notes0 + ctx.notes
         stopped_before_cure = s.stopped_ns
         marks["steps"] = stopped_before_cure / 1e3 - marks["seize"] - marks["snapshot"]
+        marks["verify"] = verify_us
         t_cure = time.monotonic_ns()
     # until the last thread was let go (the tracer's own clean-up after that is not a stop)
     marks["cure"] = ((s.released_ns or time.monotonic_ns()) - t_cure) / 1e3
@@ -290,7 +316,59 @@ def run_plan(
     return FoldReport(
         pid, kind, dry_run, _brief(before), after and _brief(after), reports,
         stopped_us, verified, notes, {k: round(v, 1) for k, v in marks.items()}, dropped,
+        verified_by,
     )  # fmt: skip
+
+
+def _evidence_kind(evidence: str) -> tuple[bool, list[str]]:
+    """(prove pure drops by pagemap frames?, notes for the report), decided before the stop."""
+    if evidence not in ("auto", "hash"):
+        raise ValueError(f"evidence must be 'auto' or 'hash', not {evidence!r}")
+    if evidence == "hash" or os.environ.get("REMAP_VERIFY") == "hash":
+        return False, ["verified by sha256 of every kept anonymous page (hashes asked for)"]
+    if not pagemap.pfns_visible():
+        return False, [
+            "PFNs are hidden from this user (pagemap shows them to CAP_SYS_ADMIN only): kept "
+            "anonymous pages were verified by sha256, a stop that grows with anonymous memory"
+        ]
+    return True, []
+
+
+def _kept_spans(ctx: FoldContext, drops: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted spans whose pagemap entries prove a pure drop lost nothing else: in each VMA
+    holding anonymous pages, from its first present page to its last (never a whole sparse
+    reservation), minus DROPS and the scratch area.  Pages not present there are ignored by
+    verify.check_frames; no per-page work here (a 1 GB heap is one span)."""
+    spans = []
+    for v in ctx.snap.vmas:
+        if not v.pages or v.pfnmap or v.hugetlb or v.start >= 1 << 63:
+            continue
+        if v.anon_kb or any(p.backing == "anon" for p in v.pages):
+            spans.append((v.pages[0].addr, v.pages[-1].addr + PAGE_SIZE))
+    cut = sorted([*drops, *_scratch_span(ctx.session)])
+    out = []
+    for lo, hi in spans:
+        for c_lo, c_hi in cut:
+            if c_hi <= lo or hi <= c_lo:
+                continue
+            if lo < c_lo:
+                out.append((lo, c_lo))
+            lo = max(lo, c_hi)
+        if lo < hi:
+            out.append((lo, hi))
+    return out
+
+
+def _kept(ctx: FoldContext, skip: set[int]) -> list[int]:
+    """Sorted addresses of the snapshot's anonymous pages outside SKIP and the scratch area."""
+    s = ctx.session
+    out: list[int] = []
+    for v in ctx.snap.vmas:
+        anon = [p.addr for p in v.pages if p.backing == "anon"]
+        if anon and in_scratch(s, v.start, v.end):
+            anon = [a for a in anon if not in_scratch(s, a)]
+        out += [a for a in anon if a not in skip] if skip else anon
+    return out
 
 
 def _plan_step(ctx: FoldContext, planner: Planner, reports: list[StepReport]) -> Action | None:
@@ -364,9 +442,13 @@ def in_scratch(s: Any, lo: int, hi: int | None = None) -> bool:
     """Does [lo, hi) (one page at lo by default) overlap the session's scratch area -- the code
     page and the table pages, which may be several VMAs?  Scratch is the fold's own tool,
     never the target's data: it is neither hashed nor unmapped as if it were."""
+    return any(lo < e and b < (lo + PAGE_SIZE if hi is None else hi) for b, e in _scratch_span(s))
+
+
+def _scratch_span(s: Any) -> list[tuple[int, int]]:
+    """[(start, end)] of the session's scratch area, or [] when it has none."""
     base = getattr(s, "_scratch", 0)
-    size = getattr(s, "_scratch_len", 0) or PAGE_SIZE
-    return bool(base) and lo < base + size and base < (lo + PAGE_SIZE if hi is None else hi)
+    return [(base, base + (getattr(s, "_scratch_len", 0) or PAGE_SIZE))] if base else []
 
 
 def _settled_snapshot(pid: int, settle_s: float) -> residency.Snapshot:
