@@ -106,9 +106,10 @@ def sneaky_drop(after: str = "") -> object:
     return plan
 
 
-def _refused(pid: int, planner, **kw) -> str:
+def _refused(pid: int, planners, **kw) -> str:
+    """Run PLANNERS (one or a list) as a plan: the UnsafeStep it must raise, as text."""
     with pytest.raises(UnsafeStep) as e:
-        run_plan(pid, "squeeze", [planner], **kw)
+        run_plan(pid, "squeeze", planners if isinstance(planners, list) else [planners], **kw)
     return str(e.value)
 
 
@@ -120,6 +121,18 @@ def test_frames_catch_a_dropped_heap_page(heap_target):
     why = _refused(heap_target.pid, planner)
     assert f"anonymous page {planner.victim:#x} is gone (dropped)" in why
     assert _check(heap_target) == b"CORRUPT"  # the loss was real: the program says so itself
+
+
+@pytest.mark.skipif(not pagemap.pfns_visible(), reason="needs PFNs (root)")
+def test_frames_carried_from_the_last_drop_still_catch_it(heap_target):
+    """A real drop of dead stack first (its check's reading becomes the next step's
+    baseline, not read again), then the lying step: caught all the same."""
+    from remap.fold import steps
+
+    planner = sneaky_drop()
+    why = _refused(heap_target.pid, [steps.drop_dead_stack, planner])
+    assert f"anonymous page {planner.victim:#x} is gone (dropped)" in why
+    assert _check(heap_target) == b"CORRUPT"
 
 
 @pytest.mark.skipif(not pagemap.pfns_visible(), reason="needs PFNs (root)")

@@ -341,6 +341,7 @@ def run_plan(
     verified_by = {"frames": 0, "hashes": 0}
     marks: dict[str, float] = {}
     verify_us = 0.0  # part of "steps": proving the kept pages unchanged
+    last: verify.Frames | None = None  # the last pure drop's frames, as its check found them
     with _no_gc_pauses(), attach(pid) as s:
         marks["seize"] = s.stopped_ns / 1e3
         ctx = FoldContext(pid, s, dry_run, prior=prior)
@@ -357,10 +358,10 @@ def run_plan(
             dropped += ctx.proven_dead(action)
             t0 = time.monotonic_ns()
             if by_frames and action.drops is not None:  # a pure drop: its frames suffice
-                frames = verify.read_frames(pid, _kept_spans(ctx, action.drops))
+                frames = last = verify.read_frames(pid, _kept_spans(ctx, action.drops), last)
                 hashes = {}
             else:  # a step that writes or moves: every page it may not change, hashed
-                frames = None
+                frames = last = None
                 hashes = verify.hash_pages(s.read, _kept(ctx, skip), holes)
             verify_us += (time.monotonic_ns() - t0) / 1e3
             calls0 = ctx.calls

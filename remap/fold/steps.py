@@ -371,17 +371,18 @@ def _end_of_tables(pid: int, st: procfs.Stat) -> int:
 def _writable_pages(ctx: FoldContext, exclude) -> list[int]:
     """Present pages of every writable private mapping except EXCLUDE: where libc keeps its
     saved copies of argv/environ/auxv pointers (.data, .bss, TLS, heap)."""
-    out = []
-    for v in ctx.snap.vmas:
-        if v is exclude or "w" not in v.perms or v.pfnmap or v.label in ("vvar", "vdso"):
-            continue
-        out += [p.addr for p in v.pages]
-    if len(out) > 16384:
+    vmas = [
+        v
+        for v in ctx.snap.vmas
+        if v is not exclude and "w" in v.perms and not v.pfnmap and v.label not in ("vvar", "vdso")
+    ]
+    n = sum(len(v.pages) for v in vmas)  # refused before any per-page work: it is in the stop
+    if n > 16384:
         raise UnsafeStep(
-            f"{len(out) * 4} kB of writable memory to scan for stack pointers; refusing "
+            f"{n * 4} kB of writable memory to scan for stack pointers; refusing "
             "(stack relocation is meant for small processes)"
         )
-    return out
+    return [p.addr for v in vmas for p in v.pages]
 
 
 def _pointer_rewrites(

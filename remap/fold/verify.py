@@ -36,6 +36,7 @@ afterwards; a mismatch stops the plan with the page's address, which is what a u
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -97,6 +98,7 @@ class Frames:
     spans: Ranges
     entries: list[bytes]
     zero_pfn: int | None  # the shared zero page's frame: a mapping of it holds no data
+    now: list[bytes] | None = None  # the entries as check_frames found them after the step
 
     @property
     def guarded(self) -> int:
@@ -118,11 +120,24 @@ class Frames:
         return out
 
 
-def read_frames(pid: int, spans: Ranges) -> Frames:
+def read_frames(pid: int, spans: Ranges, prev: Frames | None = None) -> Frames:
     """The masked pagemap entries of every page in SPANS (sorted, disjoint), in one pass: the
-    evidence a pure drop is checked against.  Raises NoSuchProcess / AccessDenied."""
-    entries = [_masked(e) for e in pagemap.entries_for(pid, spans)]
-    return Frames(pid, spans, entries, pagemap.zero_pfn())
+    evidence a pure drop is checked against.  PREV: the previous pure drop's frames, checked
+    since with nothing but planning in between -- a span inside one of PREV's is cut from
+    what its check read (the state just proven) instead of being read again.
+    Raises NoSuchProcess / AccessDenied."""
+    entries: list[bytes | None] = [None] * len(spans)
+    if prev is not None and prev.now is not None:
+        starts = [lo for lo, _ in prev.spans]
+        for i, (lo, hi) in enumerate(spans):
+            j = bisect.bisect_right(starts, lo) - 1
+            if j >= 0 and hi <= prev.spans[j][1]:
+                base = prev.spans[j][0]
+                entries[i] = prev.now[j][(lo - base) >> 9 : (hi - base) >> 9]  # 8 B a page
+    fresh = [i for i, e in enumerate(entries) if e is None]
+    for i, e in zip(fresh, pagemap.entries_for(pid, [spans[i] for i in fresh]), strict=True):
+        entries[i] = _masked(e)
+    return Frames(pid, spans, entries, pagemap.zero_pfn())  # type: ignore[arg-type]
 
 
 def check_frames(before: Frames) -> int:
@@ -130,7 +145,7 @@ def check_frames(before: Frames) -> int:
     page) or a swapped-out one must be equal.  Pages that were not present may have come in
     (a safety frame's page, a read).  Raises UnsafeStep naming the first page no longer present
     or now mapping another frame; returns the bytes proven unchanged."""
-    now = [_masked(e) for e in pagemap.entries_for(before.pid, before.spans)]
+    now = before.now = [_masked(e) for e in pagemap.entries_for(before.pid, before.spans)]
     for (lo, _hi), old, new in zip(before.spans, before.entries, now, strict=True):
         if old == new:
             continue
