@@ -22,7 +22,7 @@ import pytest
 
 import remap.fold as F
 from remap import kconst as K
-from remap import pagemap, targets
+from remap import pagemap, procfs, targets
 from remap.errors import UnsafeStep
 from remap.fold.plan import Action, run_plan
 
@@ -46,12 +46,9 @@ def _start(argv: list[str]) -> subprocess.Popen:
 
 def _wait_sleeping(pid: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "S":
-                return
+    while procfs.read_stat(pid).state != "S":
+        assert time.monotonic() < deadline, f"process {pid} did not go to sleep"
         time.sleep(0.005)
-    raise AssertionError(f"process {pid} did not go to sleep")
 
 
 def _check(p: subprocess.Popen) -> bytes:
