@@ -232,7 +232,7 @@ def main() -> int:
             if not only or p.name.lower().startswith(tuple(only))]  # fmt: skip
     hdr = (
         f"{'program':<20}{'RSS kB':>9}{'anon kB':>9}{'first ms':>10}{'later ms':>10}"
-        f"{'pmap ms':>9}{'later/pmap':>11}{'goal ms':>9}{'dry ms':>8}  ok  breakdown (last, us)"
+        f"{'pmap ms':>9}{'later/pmap':>11}{'goal ms':>9}{'dry ms':>8}  ok  goal"
     )
     print(hdr)  # fmt: skip
     for r in rows:
@@ -240,11 +240,16 @@ def main() -> int:
         later = statistics.median(ms[1:]) if len(ms) > 1 else ms[0]
         goal = _goal(r["name"], r["rss_kb"])
         met = "" if goal != goal else ("met" if max(ms) <= goal else "MISSED")
-        bd = " ".join(f"{k}={v:g}" for k, v in r["stops"][-1][1].items())
         print(f"{r['name']:<20}{r['rss_kb']:>9}{r['anon_kb']:>9}{ms[0]:>10.1f}{later:>10.1f}"
               f"{r['pmap_ms']:>9.1f}{later / r['pmap_ms']:>10.2f}x{goal:>9.0f}{r['dry_ms']:>8.1f}"
-              f"  {'yes' if r['ok'] else 'NO'}  {bd} verified={r['stops'][-1][2] >> 10}kB"
-              f" {met}")  # fmt: skip
+              f"  {'yes' if r['ok'] else 'NO'}  {met}")  # fmt: skip
+    print("stops in ms, each squeeze: total [seize snapshot steps (of which verify) cure] verified")
+    for r in rows:
+        print(f"  {r['name']}:")
+        for ms, bd, ver, _notes in r["stops"]:
+            parts = " ".join(f"{bd.get(k, 0) / 1e3:.1f}" for k in ("seize", "snapshot", "steps"))
+            print(f"    {ms:7.1f} [{parts} ({bd.get('verify', 0) / 1e3:.1f}) "
+                  f"{bd.get('cure', 0) / 1e3:.1f}] {ver >> 10} kB")  # fmt: skip
     for r in rows:
         for n in sorted({n for s in r["stops"] for n in s[3] if "verif" in n.lower()}):
             print(f"note ({r['name']}): {n}")

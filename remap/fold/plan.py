@@ -156,8 +156,9 @@ class FoldContext:
     def forget(self, ranges: list[tuple[int, int]]) -> None:
         """Take the pages in RANGES out of the snapshot (they were, or would be, dropped)."""
         for v in self.snap.vmas:
-            if any(lo < v.end and v.start < hi for lo, hi in ranges):
-                v.pages = [p for p in v.pages if not any(lo <= p.addr < hi for lo, hi in ranges)]
+            cut = [(lo, hi) for lo, hi in ranges if lo < v.end and v.start < hi]
+            if cut:
+                v.pages = [p for p in v.pages if not any(lo <= p.addr < hi for lo, hi in cut)]
 
     def proven_dead(self, action: Action) -> int:
         """verify.check_drops on ACTION's drops, from this snapshot and the threads' registers

@@ -23,7 +23,7 @@ from .hotpage import HotPage, find_hot_page
 from .peek import looks_like_tcb
 from .plan import Action, FoldContext, NeedsStop, in_scratch
 from .ranges import coalesce, page_ceil, page_floor, total
-from .relocate import Move, relocate_regs, relocate_words, walk_frames
+from .relocate import Move, candidates, relocate_regs, relocate_words, walk_frames
 
 RED_ZONE = 128
 ALIGN = 64  # moved frames keep their address modulo 64: over-aligned locals stay aligned
@@ -391,11 +391,15 @@ def _pointer_rewrites(
     """(page, old bytes, new bytes, words changed) for every page of PAGES holding a pointer
     into a moved block.  Computed before anything is written, so a failure changes nothing."""
     out = []
-    for a in pages:
-        old = s.read(a, K.PAGE_SIZE)
-        new, changed = relocate_words(old, moves)
-        if changed:
-            out.append((a, old, new, len(changed)))
+    span = min(m.lo for m in moves), max(m.hi for m in moves)
+    for lo, hi in coalesce(pages):  # one read per run of pages, not per page (in the stop)
+        run = s.read(lo, hi - lo)
+        maybe = sorted({lo + (i & ~(K.PAGE_SIZE - 1)) for i in candidates(run, *span)})
+        for a in maybe:  # the pages no word of which can point into a moved block: skipped
+            old = run[a - lo : a - lo + K.PAGE_SIZE]
+            new, changed = relocate_words(old, moves)
+            if changed:
+                out.append((a, old, new, len(changed)))
     return out
 
 
