@@ -338,11 +338,12 @@ def run_plan(
     by_frames, notes0 = _evidence_kind(evidence)
     prior = Prior.take(pid)  # the model the stop will most likely find: built while it runs
     reports: list[StepReport] = []
-    verified = dropped = 0
+    dropped = 0
     verified_by = {"frames": 0, "hashes": 0}
     marks: dict[str, float] = {}
     verify_us = 0.0  # part of "steps": proving the kept pages unchanged
     last: verify.Frames | None = None  # the last pure drop's frames, as its check found them
+    proven: list[verify.Frames] = []  # every pure drop's frames, checked
     with _no_gc_pauses(), attach(pid) as s:
         marks["seize"] = s.stopped_ns / 1e3
         ctx = FoldContext(pid, s, dry_run, prior=prior)
@@ -379,12 +380,12 @@ def run_plan(
                     mapped = [(m.start, m.end) for m in procfs.read_maps(pid)]
                 still = {a: h for a, h in hashes.items() if any(lo <= a < hi for lo, hi in mapped)}
             t0 = time.monotonic_ns()
-            n_frames = verify.check_frames(frames) if frames is not None else 0
+            if frames is not None:
+                verify.check_frames(frames)
+                proven.append(frames)  # its bytes are counted once the target runs again
             n_hashes = verify.check_same(still, s.read, holes=holes)
             verify_us += (time.monotonic_ns() - t0) / 1e3
-            verified_by["frames"] += n_frames
             verified_by["hashes"] += n_hashes
-            verified += n_frames + n_hashes
             reports.append(
                 StepReport(action.name, action.text, True, ctx.calls - calls0,
                            {**action.detail, **(detail or {})})
@@ -397,6 +398,8 @@ def run_plan(
     # until the last thread was let go (the tracer's own clean-up after that is not a stop)
     marks["cure"] = ((s.released_ns or time.monotonic_ns()) - t_cure) / 1e3
     stopped_us = stopped_before_cure / 1e3 + marks["cure"]
+    verified_by["frames"] = sum(f.guarded() for f in proven)
+    verified = verified_by["frames"] + verified_by["hashes"]
     after = None if dry_run else _settled_snapshot(pid, settle_s)
     return FoldReport(
         pid, kind, dry_run, _brief(before), after and _brief(after), reports,

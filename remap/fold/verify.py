@@ -91,8 +91,8 @@ def _masked(raw: bytes) -> bytes:
 
 @dataclass
 class Frames:
-    """Pagemap entries (masked) of spans of the address space, read before a step; what must
-    hold after it is in :func:`check_frames`.  See the module docstring for why it suffices."""
+    """Raw pagemap entries of spans of the address space, read before a step; what must hold
+    after it is in :func:`check_frames`.  See the module docstring for why it suffices."""
 
     pid: int
     spans: Ranges
@@ -100,15 +100,17 @@ class Frames:
     zero_pfn: int | None  # the shared zero page's frame: a mapping of it holds no data
     now: list[bytes] | None = None  # the entries as check_frames found them after the step
 
-    @property
     def guarded(self) -> int:
-        """Bytes of memory the entries guard: present anonymous pages (zero page aside) and
-        swapped-out ones."""
-        n = sum(e[7::8].translate(_GUARDED).count(1) for e in self.entries)
-        return (n - sum(len(self._zero_at(e)) for e in self.entries)) * PAGE_SIZE
+        """Bytes of memory the entries guard: present anonymous pages (the zero page aside)
+        and swapped-out ones.  Counted for the report once the target runs again."""
+        n = 0
+        for e in self.entries:
+            m = _masked(e)
+            n += m[7::8].translate(_GUARDED).count(1) - len(self._zero_at(m))
+        return n * PAGE_SIZE
 
     def _zero_at(self, e: bytes) -> list[int]:
-        """Offsets (in entries) of the mappings of the zero page in entries E."""
+        """Offsets (in entries) of the mappings of the zero page in masked entries E."""
         if self.zero_pfn is None:
             return []
         pat = (PM_PRESENT | self.zero_pfn).to_bytes(8, "little")
@@ -121,7 +123,7 @@ class Frames:
 
 
 def read_frames(pid: int, spans: Ranges, prev: Frames | None = None) -> Frames:
-    """The masked pagemap entries of every page in SPANS (sorted, disjoint), in one pass: the
+    """The pagemap entries of every page in SPANS (sorted, disjoint), in one pass: the
     evidence a pure drop is checked against.  PREV: the previous pure drop's frames, checked
     since with nothing but planning in between -- a span inside one of PREV's is cut from
     what its check read (the state just proven) instead of being read again.
@@ -136,19 +138,21 @@ def read_frames(pid: int, spans: Ranges, prev: Frames | None = None) -> Frames:
                 entries[i] = prev.now[j][(lo - base) >> 9 : (hi - base) >> 9]  # 8 B a page
     fresh = [i for i, e in enumerate(entries) if e is None]
     for i, e in zip(fresh, pagemap.entries_for(pid, [spans[i] for i in fresh]), strict=True):
-        entries[i] = _masked(e)
+        entries[i] = e
     return Frames(pid, spans, entries, pagemap.zero_pfn())  # type: ignore[arg-type]
 
 
-def check_frames(before: Frames) -> int:
+def check_frames(before: Frames) -> None:
     """Re-read BEFORE's spans: every entry that was a present anonymous page (not the zero
-    page) or a swapped-out one must be equal.  Pages that were not present may have come in
-    (a safety frame's page, a read).  Raises UnsafeStep naming the first page no longer present
-    or now mapping another frame; returns the bytes proven unchanged."""
-    now = before.now = [_masked(e) for e in pagemap.entries_for(before.pid, before.spans)]
-    for (lo, _hi), old, new in zip(before.spans, before.entries, now, strict=True):
-        if old == new:
+    page) or a swapped-out one must be equal but for bits 55-57.  Pages that were not present
+    may have come in (a safety frame's page, a read).  Raises UnsafeStep naming the first page
+    no longer present or now mapping another frame.  (Equal bytes, the rule, cost one
+    comparison; only a span that differs is masked and walked.)"""
+    now = before.now = pagemap.entries_for(before.pid, before.spans)
+    for (lo, _hi), raw_old, raw_new in zip(before.spans, before.entries, now, strict=True):
+        if raw_old == raw_new:
             continue
+        old, new = _masked(raw_old), _masked(raw_new)
         zero = set(before._zero_at(old))
         for k in range(0, len(old), 8):
             if old[k : k + 8] == new[k : k + 8] or not _GUARDED[old[k + 7]] or k // 8 in zero:
@@ -162,7 +166,6 @@ def check_frames(before: Frames) -> int:
             else:
                 why = f"now maps frame {e1 & PM_PFN_MASK:#x}, not {e0 & PM_PFN_MASK:#x}"
             raise UnsafeStep(f"anonymous page {a:#x} {why} during the fold: its data is unproven")
-    return before.guarded
 
 
 def check_drops(
