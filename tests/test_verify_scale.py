@@ -242,3 +242,67 @@ def test_frames_cost_does_not_grow_like_hashing():
     t_frames = by_frames.stop_breakdown_us["verify"]
     t_hashes = by_hashes.stop_breakdown_us["verify"]
     assert t_frames * 5 < t_hashes, (t_frames, t_hashes)
+
+
+GROWER = r"""
+import sys
+keep = [bytearray(b"x" * (1 << 20))]
+print("ready", flush=True)
+for line in sys.stdin:
+    keep.append(bytearray(b"y" * (1 << 20)))  # 256 new anonymous pages
+    print("grown", flush=True)
+"""
+
+
+def test_the_stop_reuses_the_prior_model_only_while_it_holds():
+    """The model built before the stop is the one a stopped snapshot builds (same VMAs,
+    pages, backings) and is used; after the process grew, it is not."""
+    from remap.fold.plan import Prior, stopped_snapshot
+    from remap.inject import attach
+
+    def layout(snap):
+        return [(v.start, v.end, v.label, [(p.addr, p.backing) for p in v.pages]) for v in
+                snap.vmas]  # fmt: skip
+
+    p = _start([sys.executable, "-c", GROWER])
+    try:
+        prior = Prior.take(p.pid)
+        with attach(p.pid) as s:
+            reused = prior.reuse(s)
+            fresh = stopped_snapshot(p.pid)
+        assert reused is prior.snap
+        assert layout(reused) == layout(fresh)
+        prior = Prior.take(p.pid)
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        assert _line(p).strip() == b"grown"
+        _wait_sleeping(p.pid)
+        with attach(p.pid) as s:
+            assert prior.reuse(s) is None
+    finally:
+        _stop(p)
+
+
+def test_pointer_candidates_never_miss_a_pointer():
+    """relocate.candidates skips words at C speed: every aligned word that lies in [lo, hi)
+    must still be among its candidates, whatever the block and the page around it."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from remap.fold.relocate import candidates
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.integers(0, 2**64 - 2),
+        st.integers(1, 2**40),
+        st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=64),
+        st.lists(st.integers(0, 2**40), max_size=4),
+    )
+    def prop(lo, size, words, inside):
+        hi = min(lo + size, 2**64)
+        words = [*words, *((lo + k % (hi - lo)) for k in inside)]
+        buf = b"".join(w.to_bytes(8, "little") for w in words)
+        want = {8 * i for i, w in enumerate(words) if lo <= w < hi}
+        assert want <= set(candidates(buf, lo, hi))
+
+    prop()
