@@ -240,7 +240,6 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
         )
     regs = s.regs()
     _refuse_kernel_held_pointers(regs)
-    _refuse_swapped(ctx.pid)
     stack = ctx.snap.vma_at(regs["rsp"])
     if stack is None or stack.label != "stack":
         raise UnsafeStep("the main thread's rsp is not in [stack]; not moving it")
@@ -257,6 +256,8 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
     move = Move(lo, top_of_tables, delta)
     new_lo, new_hi = lo + delta, top_of_tables + delta
     writable = _writable_pages(ctx, exclude=stack)
+    # after the cheap refusals: smaps_rollup walks every page table (~20 ms for 1 GB, stopped)
+    _refuse_swapped(ctx.pid)
     dead_buf = (new_lo - RED_ZONE - 1024) & ~15  # PR_SET_MM_MAP's struct: dropped after use
     first = page_floor(min(lo, dead_buf))
     touched = set(range(first, page_ceil(new_hi), K.PAGE_SIZE)) | set(writable)
