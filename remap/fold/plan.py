@@ -2,9 +2,14 @@
 
 Why this shape (CRIU's seize/infect/cure, rr's scoped sessions): every step first proves its
 precondition on a snapshot taken while *every* thread is stopped, and refuses with a reason
-(UnsafeStep) before touching anything; after it acts, the runner re-snapshots and checks that
-every anonymous page the step did not mean to touch hashes the same.  The session's exit cures
-the process whatever happened (registers, signal mask, scratch page, detach).
+(UnsafeStep) before touching anything; after it acts, the runner checks that every anonymous
+page the step did not mean to touch is unchanged -- by its pagemap frame for a pure drop (root),
+by its hash for anything else (remap.fold.verify says why both suffice).  The session's exit
+cures the process whatever happened (registers, signal mask, scratch page, detach).
+
+What the stop costs is kept independent of the process's size where it can be: the model is
+built before the stop and reused when the stopped process still has its layout (Prior), and a
+pure drop's evidence is 8 bytes of pagemap a page, read by the kernel (bench/stop_time.py).
 """
 
 from __future__ import annotations
