@@ -2,15 +2,21 @@
 
 Why this shape (CRIU's seize/infect/cure, rr's scoped sessions): every step first proves its
 precondition on a snapshot taken while *every* thread is stopped, and refuses with a reason
-(UnsafeStep) before touching anything; after it acts, the runner re-snapshots and checks that
-every anonymous page the step did not mean to touch hashes the same.  The session's exit cures
-the process whatever happened (registers, signal mask, scratch page, detach).
+(UnsafeStep) before touching anything; after it acts, the runner checks that every anonymous
+page the step did not mean to touch is unchanged -- by its pagemap frame for a pure drop (root),
+by its hash for anything else (remap.fold.verify says why both suffice).  The session's exit
+cures the process whatever happened (registers, signal mask, scratch page, detach).
+
+What the stop costs is kept independent of the process's size where it can be: the model is
+built before the stop and reused when the stopped process still has its layout (Prior), and a
+pure drop's evidence is 8 bytes of pagemap a page, read by the kernel (bench/stop_time.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,12 +87,16 @@ class FoldContext:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (step, why): steps.optional
     calls: int = 0
     _snap: residency.Snapshot | None = None
+    # taken before the stop (Prior): the first look inside it reuses it if nothing changed
+    prior: Prior | None = None
 
     @property
     def snap(self) -> residency.Snapshot:
         """The residency as it is now (re-read lazily after a step changed the process)."""
         if self._snap is None:
-            self._snap = stopped_snapshot(self.pid)
+            prior, self.prior = self.prior, None
+            self._snap = prior.reuse(self.session) if prior else None
+            self._snap = self._snap or stopped_snapshot(self.pid)
         return self._snap
 
     def call(self, name: str | int, *args: int) -> int:
@@ -151,8 +161,9 @@ class FoldContext:
     def forget(self, ranges: list[tuple[int, int]]) -> None:
         """Take the pages in RANGES out of the snapshot (they were, or would be, dropped)."""
         for v in self.snap.vmas:
-            if any(lo < v.end and v.start < hi for lo, hi in ranges):
-                v.pages = [p for p in v.pages if not any(lo <= p.addr < hi for lo, hi in ranges)]
+            cut = [(lo, hi) for lo, hi in ranges if lo < v.end and v.start < hi]
+            if cut:
+                v.pages = [p for p in v.pages if not any(lo <= p.addr < hi for lo, hi in cut)]
 
     def proven_dead(self, action: Action) -> int:
         """verify.check_drops on ACTION's drops, from this snapshot and the threads' registers
@@ -170,6 +181,84 @@ class FoldContext:
             stacks[tid] = (r["rsp"], r.get("fs_base", 0))
         return verify.check_drops(action.name, action.drops, self.pid, self.snap.vmas,
                                   stacks, s.read)  # fmt: skip
+
+
+Layout = tuple[list[tuple], list[tuple]]  # (VMAs by their maps line, runs of present pages)
+
+
+@dataclass
+class Prior:
+    """A stopped-style snapshot taken *before* the stop, with the layout it was built from.
+
+    Why: building the model (one Page object per present page, ELF labels) costs ~100 ms for
+    1 GB inside the stop, while reading maps and the present runs again costs a few ms.  The
+    model is a function of the maps lines, the thread set and the runs of present pages (with
+    their file bit, zero-page runs counted per VMA): when those read inside the stop equal the
+    prior ones, the prior model *is* the stopped one.  (Only a thread-stack label could differ:
+    a thread running at the first read has no sp; no step uses that label.)"""
+
+    snap: residency.Snapshot
+    threads: list[int]
+    layout: Layout
+
+    @classmethod
+    def take(cls, pid: int) -> Prior:
+        """Snapshot PID (running) and derive its layout from the model itself."""
+        threads = sorted(procfs.thread_ids(pid))
+        snap = stopped_snapshot(pid)
+        runs = []
+        for i, v in enumerate(snap.vmas):
+            anon = v.pages[0].backing == "anon" if v.pages else False
+            lo = hi = -1
+            for p in v.pages:
+                a = p.backing == "anon"
+                if p.addr == hi and a == anon:
+                    hi += PAGE_SIZE
+                    continue
+                if lo >= 0:
+                    runs.append((i, lo, hi, anon))
+                lo, hi, anon = p.addr, p.addr + PAGE_SIZE, a
+            if lo >= 0:
+                runs.append((i, lo, hi, anon))
+            runs.append((i, "zero", v.zero_pages))
+        return cls(snap, threads, (_vma_keys(snap.vmas), runs))
+
+    def reuse(self, session: Any) -> residency.Snapshot | None:
+        """The prior model if the stopped process still has its layout, else None."""
+        if sorted(session.threads) != self.threads:
+            return None
+        maps = [
+            m for m in procfs.read_maps(self.snap.pid) if not in_scratch(session, m.start, m.end)
+        ]
+        keys = _vma_keys(maps)
+        if keys != self.layout[0]:
+            return None
+        vmas = self.snap.vmas
+        pfnmap = [i for i, v in enumerate(vmas) if v.pfnmap]
+        walked, _, _ = pagemap.walk(self.snap.pid, [(v.start, v.end) for v in vmas], pfnmap)
+        runs = []
+        for i, (v, rs) in enumerate(zip(vmas, walked, strict=True)):
+            plain = not (v.pfnmap or v.hugetlb)
+            zero, lo, hi, anon = 0, -1, -1, False
+            for r in rs:
+                if r.zero:
+                    zero += r.npages
+                    continue
+                a = plain and not r.file
+                if r.start == hi and a == anon:
+                    hi = r.end
+                    continue
+                if lo >= 0:
+                    runs.append((i, lo, hi, anon))
+                lo, hi, anon = r.start, r.end, a
+            if lo >= 0:
+                runs.append((i, lo, hi, anon))
+            runs.append((i, "zero", zero))
+        return self.snap if runs == self.layout[1] else None
+
+
+def _vma_keys(vmas: list) -> list[tuple]:
+    return [(v.start, v.end, v.perms, v.offset, v.inode, v.path) for v in vmas]
 
 
 def stopped_snapshot(pid: int) -> residency.Snapshot:
@@ -199,10 +288,11 @@ class FoldReport:
     after: dict[str, Any] | None
     steps: list[StepReport]
     stopped_us: float
-    verified_bytes: int  # anonymous memory hashed before and after a step: unchanged
+    verified_bytes: int  # anonymous memory proven unchanged across a step (frames or hashes)
     notes: list[str]
     stop_breakdown_us: dict[str, float] = field(default_factory=dict)  # seize/snapshot/steps/cure
     dropped_anon_bytes: int = 0  # anonymous pages dropped, each re-proven dead stack first
+    verified_by: dict[str, int] = field(default_factory=dict)  # {"frames"|"hashes": bytes}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -215,6 +305,7 @@ class FoldReport:
             "stopped_us": round(self.stopped_us, 1),
             "stop_breakdown_us": self.stop_breakdown_us,
             "verified_bytes": self.verified_bytes,
+            "verified_by": self.verified_by,
             "dropped_anon_bytes": self.dropped_anon_bytes,
             "notes": self.notes,
         }
@@ -224,7 +315,13 @@ Planner = Callable[[FoldContext], Action | None]
 
 
 def run_plan(
-    pid: int, kind: str, planners: list[Planner], *, dry_run: bool = False, settle_s: float = 0.05
+    pid: int,
+    kind: str,
+    planners: list[Planner],
+    *,
+    dry_run: bool = False,
+    settle_s: float = 0.05,
+    evidence: str = "auto",
 ) -> FoldReport:
     """Attach, plan and apply each step in order, verify, detach; measure before and after.
 
@@ -232,18 +329,29 @@ def run_plan(
     "after" snapshot is taken once the target runs again and is back asleep, because resuming a
     blocked syscall re-executes its `syscall` instruction and faults that code page back in --
     the number a user sees is the one after that.
+
+    EVIDENCE: how a pure drop (Action.drops) proves the other anonymous pages unchanged --
+    "auto": their pagemap frames when PFNs are visible (root; a stop that does not grow with
+    anonymous memory, see remap.fold.verify), else sha256 of each page; "hash": always hashes
+    (also REMAP_VERIFY=hash in the environment).  Every other step is hashed either way.
     """
     if dry_run:
         return _dry_run(pid, kind, planners)
     from ..inject import attach
 
     before = residency.snapshot(pid)
+    by_frames, notes0 = _evidence_kind(evidence)
+    prior = Prior.take(pid)  # the model the stop will most likely find: built while it runs
     reports: list[StepReport] = []
-    verified = dropped = 0
+    dropped = 0
+    verified_by = {"frames": 0, "hashes": 0}
     marks: dict[str, float] = {}
+    verify_us = 0.0  # part of "steps": proving the kept pages unchanged
+    last: verify.Frames | None = None  # the last pure drop's frames, as its check found them
+    proven: list[verify.Frames] = []  # every pure drop's frames, checked
     with _no_gc_pauses(), attach(pid) as s:
         marks["seize"] = s.stopped_ns / 1e3
-        ctx = FoldContext(pid, s, dry_run)
+        ctx = FoldContext(pid, s, dry_run, prior=prior)
         s.known_maps(ctx.snap.vmas)  # read now, while stopped: the plan's first view
         holes = rseq_areas(s.threads)
         marks["snapshot"] = s.stopped_ns / 1e3 - marks["seize"]
@@ -251,16 +359,18 @@ def run_plan(
             action = _plan_step(ctx, planner, reports)
             if action is None:
                 continue
-            # Hashed: every anonymous page but the ones the step changes on purpose; for a
-            # drop, exactly the pages it drops (re-proven dead first), whatever it claims.
+            # Proven unchanged: every anonymous page but the ones the step changes on purpose;
+            # for a drop, exactly the pages it drops (re-proven dead first), whatever it claims.
             skip = action.touches if action.drops is None else _pages_in(action.drops)
             dropped += ctx.proven_dead(action)
-            keep = {
-                p.addr
-                for p in ctx.snap.anon_pages()
-                if p.addr not in skip and not in_scratch(s, p.addr)
-            }
-            hashes = verify.hash_pages(s.read, keep, holes)
+            t0 = time.monotonic_ns()
+            if by_frames and action.drops is not None:  # a pure drop: its frames suffice
+                frames = last = verify.read_frames(pid, _kept_spans(ctx, action.drops), last)
+                hashes = {}
+            else:  # a step that writes or moves: every page it may not change, hashed
+                frames = last = None
+                hashes = verify.hash_pages(s.read, _kept(ctx, skip), holes)
+            verify_us += (time.monotonic_ns() - t0) / 1e3
             calls0 = ctx.calls
             detail = action.run(ctx)
             if action.drops is not None and ctx.dropped(action.drops):
@@ -274,23 +384,84 @@ def run_plan(
                 else:
                     mapped = [(m.start, m.end) for m in procfs.read_maps(pid)]
                 still = {a: h for a, h in hashes.items() if any(lo <= a < hi for lo, hi in mapped)}
-            verified += verify.check_same(still, s.read, holes=holes)
+            t0 = time.monotonic_ns()
+            if frames is not None:
+                verify.check_frames(frames)
+                proven.append(frames)  # its bytes are counted once the target runs again
+            n_hashes = verify.check_same(still, s.read, holes=holes)
+            verify_us += (time.monotonic_ns() - t0) / 1e3
+            verified_by["hashes"] += n_hashes
             reports.append(
                 StepReport(action.name, action.text, True, ctx.calls - calls0,
                            {**action.detail, **(detail or {})})
             )  # fmt: skip
-        notes = ctx.notes
+        notes = notes0 + ctx.notes
         stopped_before_cure = s.stopped_ns
         marks["steps"] = stopped_before_cure / 1e3 - marks["seize"] - marks["snapshot"]
+        marks["verify"] = verify_us
         t_cure = time.monotonic_ns()
     # until the last thread was let go (the tracer's own clean-up after that is not a stop)
     marks["cure"] = ((s.released_ns or time.monotonic_ns()) - t_cure) / 1e3
     stopped_us = stopped_before_cure / 1e3 + marks["cure"]
+    verified_by["frames"] = sum(f.guarded() for f in proven)
+    verified = verified_by["frames"] + verified_by["hashes"]
     after = None if dry_run else _settled_snapshot(pid, settle_s)
     return FoldReport(
         pid, kind, dry_run, _brief(before), after and _brief(after), reports,
         stopped_us, verified, notes, {k: round(v, 1) for k, v in marks.items()}, dropped,
+        verified_by,
     )  # fmt: skip
+
+
+def _evidence_kind(evidence: str) -> tuple[bool, list[str]]:
+    """(prove pure drops by pagemap frames?, notes for the report), decided before the stop."""
+    if evidence not in ("auto", "hash"):
+        raise ValueError(f"evidence must be 'auto' or 'hash', not {evidence!r}")
+    if evidence == "hash" or os.environ.get("REMAP_VERIFY") == "hash":
+        return False, ["verified by sha256 of every kept anonymous page (hashes asked for)"]
+    if not pagemap.pfns_visible():
+        return False, [
+            "PFNs are hidden from this user (pagemap shows them to CAP_SYS_ADMIN only): kept "
+            "anonymous pages were verified by sha256, a stop that grows with anonymous memory"
+        ]
+    return True, []
+
+
+def _kept_spans(ctx: FoldContext, drops: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted spans whose pagemap entries prove a pure drop lost nothing else: in each VMA
+    holding anonymous pages, from its first present page to its last (never a whole sparse
+    reservation), minus DROPS and the scratch area.  Pages not present there are ignored by
+    verify.check_frames; no per-page work here (a 1 GB heap is one span)."""
+    spans = []
+    for v in ctx.snap.vmas:
+        if not v.pages or v.pfnmap or v.hugetlb or v.start >= 1 << 63:
+            continue
+        if v.anon_kb or any(p.backing == "anon" for p in v.pages):
+            spans.append((v.pages[0].addr, v.pages[-1].addr + PAGE_SIZE))
+    cut = sorted([*drops, *_scratch_span(ctx.session)])
+    out = []
+    for lo, hi in spans:
+        for c_lo, c_hi in cut:
+            if c_hi <= lo or hi <= c_lo:
+                continue
+            if lo < c_lo:
+                out.append((lo, c_lo))
+            lo = max(lo, c_hi)
+        if lo < hi:
+            out.append((lo, hi))
+    return out
+
+
+def _kept(ctx: FoldContext, skip: set[int]) -> list[int]:
+    """Sorted addresses of the snapshot's anonymous pages outside SKIP and the scratch area."""
+    s = ctx.session
+    out: list[int] = []
+    for v in ctx.snap.vmas:
+        anon = [p.addr for p in v.pages if p.backing == "anon"]
+        if anon and in_scratch(s, v.start, v.end):
+            anon = [a for a in anon if not in_scratch(s, a)]
+        out += [a for a in anon if a not in skip] if skip else anon
+    return out
 
 
 def _plan_step(ctx: FoldContext, planner: Planner, reports: list[StepReport]) -> Action | None:
@@ -364,9 +535,13 @@ def in_scratch(s: Any, lo: int, hi: int | None = None) -> bool:
     """Does [lo, hi) (one page at lo by default) overlap the session's scratch area -- the code
     page and the table pages, which may be several VMAs?  Scratch is the fold's own tool,
     never the target's data: it is neither hashed nor unmapped as if it were."""
+    return any(lo < e and b < (lo + PAGE_SIZE if hi is None else hi) for b, e in _scratch_span(s))
+
+
+def _scratch_span(s: Any) -> list[tuple[int, int]]:
+    """[(start, end)] of the session's scratch area, or [] when it has none."""
     base = getattr(s, "_scratch", 0)
-    size = getattr(s, "_scratch_len", 0) or PAGE_SIZE
-    return bool(base) and lo < base + size and base < (lo + PAGE_SIZE if hi is None else hi)
+    return [(base, base + (getattr(s, "_scratch_len", 0) or PAGE_SIZE))] if base else []
 
 
 def _settled_snapshot(pid: int, settle_s: float) -> residency.Snapshot:

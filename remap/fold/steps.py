@@ -23,7 +23,7 @@ from .hotpage import HotPage, find_hot_page
 from .peek import looks_like_tcb
 from .plan import Action, FoldContext, NeedsStop, in_scratch
 from .ranges import coalesce, page_ceil, page_floor, total
-from .relocate import Move, relocate_regs, relocate_words, walk_frames
+from .relocate import Move, candidates, relocate_regs, relocate_words, walk_frames
 
 RED_ZONE = 128
 ALIGN = 64  # moved frames keep their address modulo 64: over-aligned locals stay aligned
@@ -240,7 +240,6 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
         )
     regs = s.regs()
     _refuse_kernel_held_pointers(regs)
-    _refuse_swapped(ctx.pid)
     stack = ctx.snap.vma_at(regs["rsp"])
     if stack is None or stack.label != "stack":
         raise UnsafeStep("the main thread's rsp is not in [stack]; not moving it")
@@ -257,6 +256,8 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
     move = Move(lo, top_of_tables, delta)
     new_lo, new_hi = lo + delta, top_of_tables + delta
     writable = _writable_pages(ctx, exclude=stack)
+    # after the cheap refusals: smaps_rollup walks every page table (~20 ms for 1 GB, stopped)
+    _refuse_swapped(ctx.pid)
     dead_buf = (new_lo - RED_ZONE - 1024) & ~15  # PR_SET_MM_MAP's struct: dropped after use
     first = page_floor(min(lo, dead_buf))
     touched = set(range(first, page_ceil(new_hi), K.PAGE_SIZE)) | set(writable)
@@ -371,17 +372,18 @@ def _end_of_tables(pid: int, st: procfs.Stat) -> int:
 def _writable_pages(ctx: FoldContext, exclude) -> list[int]:
     """Present pages of every writable private mapping except EXCLUDE: where libc keeps its
     saved copies of argv/environ/auxv pointers (.data, .bss, TLS, heap)."""
-    out = []
-    for v in ctx.snap.vmas:
-        if v is exclude or "w" not in v.perms or v.pfnmap or v.label in ("vvar", "vdso"):
-            continue
-        out += [p.addr for p in v.pages]
-    if len(out) > 16384:
+    vmas = [
+        v
+        for v in ctx.snap.vmas
+        if v is not exclude and "w" in v.perms and not v.pfnmap and v.label not in ("vvar", "vdso")
+    ]
+    n = sum(len(v.pages) for v in vmas)  # refused before any per-page work: it is in the stop
+    if n > 16384:
         raise UnsafeStep(
-            f"{len(out) * 4} kB of writable memory to scan for stack pointers; refusing "
+            f"{n * 4} kB of writable memory to scan for stack pointers; refusing "
             "(stack relocation is meant for small processes)"
         )
-    return out
+    return [p.addr for v in vmas for p in v.pages]
 
 
 def _pointer_rewrites(
@@ -390,11 +392,15 @@ def _pointer_rewrites(
     """(page, old bytes, new bytes, words changed) for every page of PAGES holding a pointer
     into a moved block.  Computed before anything is written, so a failure changes nothing."""
     out = []
-    for a in pages:
-        old = s.read(a, K.PAGE_SIZE)
-        new, changed = relocate_words(old, moves)
-        if changed:
-            out.append((a, old, new, len(changed)))
+    span = min(m.lo for m in moves), max(m.hi for m in moves)
+    for lo, hi in coalesce(pages):  # one read per run of pages, not per page (in the stop)
+        run = s.read(lo, hi - lo)
+        maybe = sorted({lo + (i & ~(K.PAGE_SIZE - 1)) for i in candidates(run, *span)})
+        for a in maybe:  # the pages no word of which can point into a moved block: skipped
+            old = run[a - lo : a - lo + K.PAGE_SIZE]
+            new, changed = relocate_words(old, moves)
+            if changed:
+                out.append((a, old, new, len(changed)))
     return out
 
 

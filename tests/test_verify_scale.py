@@ -1,0 +1,308 @@
+"""A stop whose cost does not grow with anonymous memory (issue 15), and a proof that still bites.
+
+A pure drop is verified by the kept pages' pagemap frames (present, same PFN), not by hashing
+them.  These tests start real programs that checksum their own data, feed the runner a step
+that *lies* (it declares one clean file page and drops a page of the program's heap as well),
+and check that the runner refuses it naming that page -- by frames as root, by hashes as
+nobody (PFNs hidden) or when hashes are asked for -- and that the loss was real: the program
+itself then reports CORRUPT.  A step that writes is hashed even as root: a write keeps the PFN.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import remap.fold as F
+from remap import kconst as K
+from remap import pagemap, procfs, targets
+from remap.errors import UnsafeStep
+from remap.fold.plan import Action, run_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+
+
+def _line(p: subprocess.Popen, timeout: float = 20.0) -> bytes:
+    r, _, _ = select.select([p.stdout], [], [], timeout)
+    assert r, "the target did not answer in time"
+    return p.stdout.readline()
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+    """Start ARGV (it prints "ready ..."), and wait until it sleeps in read(2)."""
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert _line(p).startswith(b"ready"), "target did not start"
+    _wait_sleeping(p.pid)
+    return p
+
+
+def _wait_sleeping(pid: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while procfs.read_stat(pid).state != "S":
+        assert time.monotonic() < deadline, f"process {pid} did not go to sleep"
+        time.sleep(0.005)
+
+
+def _check(p: subprocess.Popen) -> bytes:
+    """coroutine_heap re-checks every byte it keeps: b"OK" or b"CORRUPT"."""
+    p.stdin.write(b"x")
+    p.stdin.flush()
+    return _line(p).split()[0]
+
+
+def _stop(p: subprocess.Popen) -> None:
+    p.kill()
+    p.wait(timeout=5)
+    for f in (p.stdin, p.stdout):
+        f.close()
+
+
+@pytest.fixture
+def heap_target():
+    """coroutine_heap in pthread mode: 400 kB of checksummed heap chunks in [heap]."""
+    p = _start([str(targets.build("coroutine_heap")), "pthread"])
+    yield p
+    _stop(p)
+
+
+def sneaky_drop(after: str = "") -> object:
+    """A planner whose step declares one clean file page as its drop but MADV_DONTNEEDs a page
+    of [heap] data too -- a planner bug the independent drop proof (check_drops) cannot see,
+    since it checks what a step declares.  AFTER="read": then read the page back (the kernel
+    maps the shared zero page there); "write": write 8 bytes to a heap page instead of
+    dropping it (the step is then no pure drop).  Exposes .victim, the heap page chosen."""
+
+    def plan(ctx):
+        (heap,) = [v for v in ctx.snap.vmas if v.path == "[heap]"]
+        anon = [p.addr for p in heap.pages if p.backing == "anon"]
+        victim = plan.victim = anon[len(anon) // 2]
+        clean = next(p.addr for v in ctx.snap.vmas if v.is_file for p in v.pages if p.clean_file)
+
+        def run(c):
+            c.call("madvise", clean, K.PAGE_SIZE, K.MADV_DONTNEED)
+            if after == "write":
+                c.session.write(victim, b"\xff" * 8)
+                return {}
+            c.call("madvise", victim, K.PAGE_SIZE, K.MADV_DONTNEED)
+            if after == "read":
+                c.session.read(victim, 8)
+            return {}
+
+        drops = None if after == "write" else [(clean, clean + K.PAGE_SIZE)]
+        return Action("sneaky-drop", "one clean file page (it says)", run, drops=drops)
+
+    plan.victim = 0
+    return plan
+
+
+def _refused(pid: int, planners, **kw) -> str:
+    """Run PLANNERS (one or a list) as a plan: the UnsafeStep it must raise, as text."""
+    with pytest.raises(UnsafeStep) as e:
+        run_plan(pid, "squeeze", planners if isinstance(planners, list) else [planners], **kw)
+    return str(e.value)
+
+
+@pytest.mark.skipif(not pagemap.pfns_visible(), reason="needs PFNs (root)")
+def test_frames_catch_a_dropped_heap_page(heap_target):
+    """As root: the kept heap page is no longer present after the step -> refused, named."""
+    assert _check(heap_target) == b"OK"
+    planner = sneaky_drop()
+    why = _refused(heap_target.pid, planner)
+    assert f"anonymous page {planner.victim:#x} is gone (dropped)" in why
+    assert _check(heap_target) == b"CORRUPT"  # the loss was real: the program says so itself
+
+
+@pytest.mark.skipif(not pagemap.pfns_visible(), reason="needs PFNs (root)")
+def test_frames_carried_from_the_last_drop_still_catch_it(heap_target):
+    """A real drop of dead stack first (its check's reading becomes the next step's
+    baseline, not read again), then the lying step: caught all the same."""
+    from remap.fold import steps
+
+    planner = sneaky_drop()
+    why = _refused(heap_target.pid, [steps.drop_dead_stack, planner])
+    assert f"anonymous page {planner.victim:#x} is gone (dropped)" in why
+    assert _check(heap_target) == b"CORRUPT"
+
+
+@pytest.mark.skipif(not pagemap.pfns_visible(), reason="needs PFNs (root)")
+def test_frames_catch_a_dropped_page_read_back_in(heap_target):
+    """Dropped, then read (present again, on the zero page): the frame differs -> refused."""
+    planner = sneaky_drop("read")
+    why = _refused(heap_target.pid, planner)
+    assert f"anonymous page {planner.victim:#x} now maps frame {pagemap.zero_pfn():#x}" in why
+    assert _check(heap_target) == b"CORRUPT"
+
+
+def test_hashes_catch_it_when_asked(heap_target):
+    """evidence="hash" (the fallback's code path, explicitly): the same lie is caught."""
+    planner = sneaky_drop()
+    why = _refused(heap_target.pid, planner, evidence="hash")
+    assert why == f"anonymous page {planner.victim:#x} changed during the fold"
+    assert _check(heap_target) == b"CORRUPT"
+
+
+def test_a_writing_step_is_hashed_even_with_frames(heap_target):
+    """A write keeps the page's PFN, so a step that is not a pure drop is hashed: 8 bytes it
+    writes where it said nothing are caught, as root too."""
+    planner = sneaky_drop("write")
+    why = _refused(heap_target.pid, planner)
+    assert why == f"anonymous page {planner.victim:#x} changed during the fold"
+    assert _check(heap_target) == b"CORRUPT"
+
+
+NOBODY_RUN = """
+import json, sys
+sys.path.insert(0, "tests")
+from test_verify_scale import sneaky_drop
+from remap.errors import UnsafeStep
+from remap.fold.plan import run_plan
+import remap.fold as F
+pid = int(sys.argv[1])
+r = F.squeeze(pid, move=False)
+out = {"verified_by": r.verified_by, "notes": r.notes}
+planner = sneaky_drop()
+try:
+    run_plan(pid, "squeeze", [planner])
+    out["refused"] = None
+except UnsafeStep as e:
+    out["refused"], out["victim"] = str(e), planner.victim
+print(json.dumps(out))
+"""
+
+
+def test_hash_fallback_as_nobody():
+    """As nobody (PFNs hidden): a real squeeze is verified by hashes and says why in its notes,
+    and the lying step is caught by them."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop to nobody")
+    import json
+
+    p = _start([*NOBODY, str(targets.build("coroutine_heap")), "pthread"])
+    try:
+        res = subprocess.run(
+            [*NOBODY, sys.executable, "-c", NOBODY_RUN, str(p.pid)],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["verified_by"]["frames"] == 0 and out["verified_by"]["hashes"] >= 400 << 10
+        assert any("PFNs are hidden" in n and "sha256" in n for n in out["notes"])
+        assert out["refused"] == f"anonymous page {out['victim']:#x} changed during the fold"
+        assert _check(p) == b"CORRUPT"
+    finally:
+        _stop(p)
+
+
+BIG = r"""
+import sys, zlib
+b = bytearray(int(sys.argv[1]) << 20)
+for o in range(0, len(b), 4096):
+    b[o : o + 8] = o.to_bytes(8, "little")
+want = zlib.crc32(b)
+print("ready", flush=True)
+for line in sys.stdin:
+    print("OK" if zlib.crc32(b) == want else "CORRUPT", flush=True)
+"""
+
+
+@pytest.mark.skipif(not pagemap.pfns_visible(), reason="needs PFNs (root)")
+def test_frames_cost_does_not_grow_like_hashing():
+    """256 MB of anonymous memory: the pure drops are proven by frames (every kept byte),
+    in a small fraction of what hashing the same pages costs in the same run; the program's
+    own checksum holds after both squeezes."""
+    p = _start([sys.executable, "-c", BIG, "256"])
+    try:
+        by_frames = F.squeeze(p.pid, move=False)
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        assert _line(p).strip() == b"OK"
+        _wait_sleeping(p.pid)
+        os.environ["REMAP_VERIFY"] = "hash"
+        try:
+            by_hashes = F.squeeze(p.pid, move=False)
+        finally:
+            del os.environ["REMAP_VERIFY"]
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        assert _line(p).strip() == b"OK"
+    finally:
+        _stop(p)
+    assert by_frames.verified_by["frames"] >= 256 << 20 and by_frames.verified_by["hashes"] == 0
+    assert by_hashes.verified_by["hashes"] >= 256 << 20 and by_hashes.verified_by["frames"] == 0
+    assert any("hashes asked for" in n for n in by_hashes.notes)
+    t_frames = by_frames.stop_breakdown_us["verify"]
+    t_hashes = by_hashes.stop_breakdown_us["verify"]
+    assert t_frames * 5 < t_hashes, (t_frames, t_hashes)
+
+
+GROWER = r"""
+import sys
+keep = [bytearray(b"x" * (1 << 20))]
+print("ready", flush=True)
+for line in sys.stdin:
+    keep.append(bytearray(b"y" * (1 << 20)))  # 256 new anonymous pages
+    print("grown", flush=True)
+"""
+
+
+def test_the_stop_reuses_the_prior_model_only_while_it_holds():
+    """The model built before the stop is the one a stopped snapshot builds (same VMAs,
+    pages, backings) and is used; after the process grew, it is not."""
+    from remap.fold.plan import Prior, stopped_snapshot
+    from remap.inject import attach
+
+    def layout(snap):
+        return [(v.start, v.end, v.label, [(p.addr, p.backing) for p in v.pages]) for v in
+                snap.vmas]  # fmt: skip
+
+    p = _start([sys.executable, "-c", GROWER])
+    try:
+        prior = Prior.take(p.pid)
+        with attach(p.pid) as s:
+            reused = prior.reuse(s)
+            fresh = stopped_snapshot(p.pid)
+        assert reused is prior.snap
+        assert layout(reused) == layout(fresh)
+        prior = Prior.take(p.pid)
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        assert _line(p).strip() == b"grown"
+        _wait_sleeping(p.pid)
+        with attach(p.pid) as s:
+            assert prior.reuse(s) is None
+    finally:
+        _stop(p)
+
+
+def test_pointer_candidates_never_miss_a_pointer():
+    """relocate.candidates skips words at C speed: every aligned word that lies in [lo, hi)
+    must still be among its candidates, whatever the block and the page around it."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from remap.fold.relocate import candidates
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.integers(0, 2**64 - 2),
+        st.integers(1, 2**40),
+        st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=64),
+        st.lists(st.integers(0, 2**40), max_size=4),
+    )
+    def prop(lo, size, words, inside):
+        hi = min(lo + size, 2**64)
+        words = [*words, *((lo + k % (hi - lo)) for k in inside)]
+        buf = b"".join(w.to_bytes(8, "little") for w in words)
+        want = {8 * i for i, w in enumerate(words) if lo <= w < hi}
+        assert want <= set(candidates(buf, lo, hi))
+
+    prop()
