@@ -1,22 +1,26 @@
-"""Views of a residency Snapshot: rich tables (like pmap -X / smem) and a PNG page map.
+"""Views of a residency Snapshot: tables (like pmap -X / smem) and a PNG page map.
 
 Why separate from remap.residency: the model knows nothing about colours or columns (pyelftools'
 "parse lazily, describe separately"); every view here is computed from one Snapshot.
 
 Example::
 
-    >>> from rich.console import Console
-    >>> Console().print(render.map_table(remap.snapshot(pid)))
+    >>> print(render.map_text(remap.snapshot(pid)), end="")
     >>> render.png(remap.snapshot(pid), "map.png")
+
+The long listings (one row per mapping, one per page) are plain text (remap.texttable: a
+70 MB process has 18,000 present pages); the short explain table is drawn with rich.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import kconst as K
+from . import texttable
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -56,51 +60,52 @@ def _hex(a: int) -> str:
 
 
 # --------------------------------------------------------------------------- tables
-def map_table(snap: Snapshot) -> Table:
-    """One row per mapping: address, perms, kB mapped/resident, anon/file/shmem split, label."""
-    from rich.table import Table
-    from rich.text import Text  # paths like "[stack]" must not be read as markup
-
-    t = Table(title=f"pid {snap.pid}  {snap.summary}", box=None, pad_edge=False)
-    for col in ("Address", "Perm", "Kbytes", "RSS", "Anon", "File", "Shmem", "Swap"):
-        t.add_column(col, justify="right" if col not in ("Address", "Perm") else "left")
-    t.add_column("Label")
-    t.add_column("Mapping", overflow="fold")
-    tot = Counter()
+def map_text(snap: Snapshot, *, tty: bool = False) -> str:
+    """One row per mapping (pmap -X style): address, perms, kB mapped/resident, the
+    anon/file/shmem/swap split, label, path; a totals row.  Labels coloured when TTY."""
+    rows, tot = [], Counter()
     for v in snap.vmas:
-        t.add_row(
+        rows.append([
             _hex(v.start), v.perms, str(v.size_kb), str(v.rss_kb), str(v.anon_kb),
-            str(v.file_kb), str(v.shmem_kb), str(v.swap_kb),
-            f"[{colour(v.label)}]{v.label}[/]", Text(v.path),
-        )  # fmt: skip
+            str(v.file_kb), str(v.shmem_kb), str(v.swap_kb), v.label, v.path,
+        ])  # fmt: skip
         tot.update(
             size=v.size_kb, rss=v.rss_kb, anon=v.anon_kb, file=v.file_kb, shmem=v.shmem_kb,
             swap=v.swap_kb,
         )  # fmt: skip
-    t.add_section()
-    t.add_row(
+    footer = [[
         "total", "", str(tot["size"]), str(tot["rss"]), str(tot["anon"]), str(tot["file"]),
         str(tot["shmem"]), str(tot["swap"]), "", f"{len(snap.vmas)} mappings",
+    ]]  # fmt: skip
+    headers = ["Address", "Perm", "Kbytes", "RSS", "Anon", "File", "Shmem", "Swap", "Label",
+               "Mapping"]  # fmt: skip
+    return texttable.render(
+        f"pid {snap.pid}  {snap.summary}", headers, rows, right=set(range(2, 8)),
+        footer=footer, colour=_label_colour(8) if tty else None,
     )  # fmt: skip
-    return t
 
 
-def pages_table(snap: Snapshot) -> Table:
-    """Every present page: backing (file clean / anon / anon CoW / shmem), section, symbol."""
-    from rich.table import Table
-    from rich.text import Text
-
-    t = Table(title=f"pid {snap.pid}: {snap.present_pages} present pages", box=None)
-    for col in ("Address", "Backing", "Label", "Section", "Symbol", "PFN"):
-        t.add_column(col)
+def pages_text(snap: Snapshot, *, tty: bool = False) -> str:
+    """Every present page: backing (file clean / anon / anon CoW / shmem), label, section,
+    symbol, PFN (root only)."""
+    rows = []
     for v in snap.vmas:
         for p in v.pages:
             backing = "anon (CoW)" if p.cow else ("file (clean)" if p.clean_file else p.backing)
-            t.add_row(
-                _hex(p.addr), backing, f"[{colour(p.label)}]{p.label}[/]", Text(p.section or ""),
-                Text(p.symbol or ""), "" if p.pfn is None else f"{p.pfn:#x}",
-            )  # fmt: skip
-    return t
+            rows.append([
+                _hex(p.addr), backing, p.label, p.section or "", p.symbol or "",
+                "" if p.pfn is None else f"{p.pfn:#x}",
+            ])  # fmt: skip
+    return texttable.render(
+        f"pid {snap.pid}: {snap.present_pages} present pages",
+        ["Address", "Backing", "Label", "Section", "Symbol", "PFN"], rows,
+        colour=_label_colour(2) if tty else None,
+    )  # fmt: skip
+
+
+def _label_colour(col: int) -> tuple[int, Callable[[str], str]]:
+    """Colour column COL (padded label cells) by the label it holds."""
+    return col, lambda cell: texttable.ansi(colour(cell.strip()), cell)
 
 
 COUNTER_TEXT = {

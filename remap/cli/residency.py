@@ -89,14 +89,15 @@ def cmd_map(args: argparse.Namespace) -> int:
     if args.json:
         _print_json_fast(snap.to_json())
         return 0
-    from ..render import map_table, pages_table
+    from ..render import map_text, pages_text
 
-    con = _console()
-    con.print(map_table(snap))
+    tty = sys.stdout.isatty()
+    sys.stdout.write(map_text(snap, tty=tty))
     if args.pages:
-        con.print(pages_table(snap))
+        sys.stdout.write("\n")
+        sys.stdout.write(pages_text(snap, tty=tty))
     if args.png:
-        con.print(f"wrote {args.png}")
+        sys.stdout.write(f"wrote {args.png}\n")
     return 0
 
 
