@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
+from ..sources import SourceMissing
 from .common import add_json, int_at_least, path_arg, print_json
 
 
@@ -89,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     results = []
     failed = 0
+    skipped: list[str] = []
     kernels = list(dict.fromkeys(args.kernel or ["host"]))
     for k in kernels:
         if k == "host":
@@ -132,7 +134,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             def tick(i: int, n: int, rec: dict, task=task, prog=prog) -> None:
                 prog.update(task, completed=i, last=f"{rec['case']}: {rec['final_rss_kb']} kB")
 
-            recs = X.run(e, repeat=args.repeat, out=args.out, progress=tick)
+            try:
+                recs = X.run(e, repeat=args.repeat, out=args.out, progress=tick)
+            except SourceMissing as miss:
+                recs = None
+                results.append(
+                    {"experiment": e.name, "kernel": "host", "skipped": str(miss),
+                     "looked_for": str(miss.path)}
+                )  # fmt: skip
+                skipped.append(e.name)
+        if recs is None:
+            print(f"{e.name}: SKIPPED (not run, not passed): {results[-1]['skipped']}",
+                  file=sys.stderr)  # fmt: skip
+            continue
         summ = X.summarize(recs)
         failed += sum(1 for r in recs if not r["target_ok"])
         results.append({"experiment": e.name, "kernel": "host", "runs": recs, "summary": summ})
@@ -145,6 +159,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         paths = [records_path(args.out, e.name, k) for k in kernels for e in exps]
         print(f"records: {', '.join(str(p) for p in paths)}")
+    if skipped:
+        print(f"remap: skipped (source missing): {', '.join(skipped)}", file=sys.stderr)
     if failed:
         print(f"remap: {failed} run(s) did not keep the target working", file=sys.stderr)
         return 1
