@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import RemapError
-from .ircd import ENERGYMECH, IrcError, IrcServer
+from .ircd import ENERGYMECH, Dialect, IrcError, IrcServer
 from .launch import DEFAULT_ENV, Launched, launch
 from .netns import NetNamespace
 
@@ -84,6 +84,7 @@ def start(
     env_size: int | None = None,
     user: str | None = UNPRIVILEGED,
     isolate: bool = True,
+    dialect: Dialect = ENERGYMECH,
 ) -> MechRun:
     """Write a config, start the bot as USER (inside a fresh network namespace when ISOLATE)
     in the foreground, and return it; the caller then calls ``run.server.accept_bot()``.
@@ -95,7 +96,7 @@ def start(
     try:
         listener = ns.listen() if ns else None
         srv = IrcServer(
-            nick=nick, channel=channel, timeout=timeout, dialect=ENERGYMECH, listener=listener
+            nick=nick, channel=channel, timeout=timeout, dialect=dialect, listener=listener
         )
         conf = config_text(srv.port, nick, channel)
         _write(workdir, CONFIG, conf, user)
@@ -104,18 +105,10 @@ def start(
             pw = pwd.getpwnam(user)
             os.chown(workdir, pw.pw_uid, pw.pw_gid)
         env = {**DEFAULT_ENV, "MECHRESET": ""}  # set (even empty): stay in the foreground
-        lt = launch(
-            [str(binary), "-f", CONFIG],
-            aslr=aslr,
-            env=env,
-            env_size=env_size,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=workdir,
-            user=user,
-            netns=ns,
-        )
+        quiet = dict.fromkeys(("stdin", "stdout", "stderr"), subprocess.DEVNULL)
+        argv = [str(binary), "-f", CONFIG]
+        kw = dict(aslr=aslr, env=env, env_size=env_size, cwd=workdir, user=user, netns=ns)
+        lt = launch(argv, **kw, **quiet)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         if ns:

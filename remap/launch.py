@@ -205,8 +205,9 @@ def _start_isolated(argv: list[str], user: str | None, ns: NetNamespace | None, 
         except OSError:
             pass
         time.sleep(0.002)
-    if proc.poll() is None:
-        proc.kill()
+    if proc.poll() is not None:
+        raise UsageError(f"launch: {argv[0]} exited at once with status {proc.returncode}")
+    proc.kill()
     proc.wait(timeout=5)
     raise UnsupportedTarget(f"launch: {argv[0]} did not start inside the namespace (nsenter)")
 

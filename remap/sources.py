@@ -30,6 +30,7 @@ HASH covers the source's bytes and the recipe: an unchanged pair is never rebuil
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -84,19 +85,8 @@ class Recipe:
     sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "variant": self.variant,
-            "source": self.source,
-            "binary": self.binary,
-            "configure": None if self.configure is None else list(self.configure),
-            "make": list(self.make),
-            "env": dict(sorted(self.env.items())),
-            "append": self.append,
-            "linkage": self.linkage,
-            "libc": self.libc,
-            "sha256": self.sha256,
-        }
+        """Every field (records and the cache key hash it: json.dumps sorts the keys)."""
+        return dataclasses.asdict(self)
 
 
 def third_party_dir() -> Path:
