@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RemapError
+from .errors import RemapError, UsageError
 from .ircd import ENERGYMECH, Dialect, IrcError, IrcServer
 from .launch import DEFAULT_ENV, Launched, launch
 from .netns import NetNamespace
@@ -89,8 +89,13 @@ def start(
     """Write a config, start the bot as USER (inside a fresh network namespace when ISOLATE)
     in the foreground, and return it; the caller then calls ``run.server.accept_bot()``.
 
-    Raises UsageError (no such user), AccessDenied/UnsupportedTarget (no namespace), IrcError.
+    Raises UsageError (no such user; or no user while remap runs as root: the bot refuses
+    root), AccessDenied/UnsupportedTarget (no namespace), IrcError.
     """
+    if user is None and os.geteuid() == 0:
+        raise UsageError(
+            'EnergyMech refuses to run as root: give it a user ([launch] user = "nobody")'
+        )
     ns = NetNamespace() if isolate else None
     workdir = Path(tempfile.mkdtemp(prefix="remap-mech-"))
     try:
