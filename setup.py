@@ -43,7 +43,7 @@ class BuildPyWithData(build_py):
         if getattr(self, "editable_mode", False):
             return
         bundled = Path(self.build_lib) / "remap" / "bundled"
-        for folder in ("csrc/targets", "experiments"):
+        for folder in ("csrc/targets", "csrc/recipes", "experiments"):
             dest = bundled / folder
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(

@@ -97,6 +97,11 @@ PR_GET_SECCOMP = 21
 # include/uapi/linux/personality.h
 ADDR_NO_RANDOMIZE = 0x0040000
 
+# include/uapi/linux/sched.h, include/uapi/linux/sockios.h, include/uapi/linux/if.h (remap.netns)
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
+IFF_UP = 0x1
+
 # include/uapi/linux/auxvec.h, arch/x86/include/uapi/asm/auxvec.h
 AT_NULL = 0
 AT_IGNORE = 1

@@ -6,6 +6,10 @@ environment sit above it.  To compare runs, both must be controlled: a minimal, 
 environment (optionally padded to an exact size) and ``personality(ADDR_NO_RANDOMIZE)`` for the
 runs that must agree.
 
+Isolation (issue 16): ``user=`` runs the target as an unprivileged user (no supplementary
+groups) and ``netns=`` inside a private network namespace (remap.netns) through ``nsenter``,
+which execs in place: the PID returned is the target's host PID, and remap attaches from outside.
+
 Example::
 
     >>> t = launch(["/bin/sleep", "100"], aslr=False, env_size=256)
@@ -19,14 +23,17 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import pwd
 import shutil
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import NoSuchProcess, UnsupportedTarget, UsageError
 from .kconst import ADDR_NO_RANDOMIZE
+from .netns import NetNamespace
 
 DEFAULT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"}
 PAD_VAR = "REMAP_PAD"
@@ -48,6 +55,8 @@ class Launched:
     vdso: bool
     env: dict[str, str] = field(repr=False)
     env_size: int  # bytes of "K=V\\0" strings exec copied to the stack
+    user: str | None = None  # the unprivileged user it runs as (None: remap's own)
+    netns: bool = False  # inside a private network namespace holding only loopback
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -80,6 +89,8 @@ class Launched:
             "vdso": self.vdso,
             "env_size": self.env_size,
             "env_keys": sorted(self.env),
+            "user": self.user,
+            "netns": self.netns,
         }
 
 
@@ -120,12 +131,16 @@ def launch(
     stderr=subprocess.DEVNULL,
     cwd: str | Path | None = None,
     new_session: bool = False,
+    user: str | None = None,
+    netns: NetNamespace | None = None,
 ) -> Launched:
     """Start ARGV and return a :class:`Launched` (no tracer attached; it just runs).
 
     aslr=False: the child execs with ADDR_NO_RANDOMIZE, so stack, vdso and mmap bases repeat.
     vdso=False: delegated to remap.fold.vdso (ptrace injection hides AT_SYSINFO_EHDR and unmaps
     the vdso before the target's first instruction); UnsupportedTarget until that module exists.
+    user: a user name (its uid and primary gid, no supplementary groups); netns: the network
+    namespace to run in.  Neither combines with vdso=False (UsageError).
     """
     if not argv:
         raise UsageError("launch: no command given")
@@ -144,14 +159,57 @@ def launch(
     )
     if new_session:
         popen_kw["start_new_session"] = True
-    if not vdso:
+    if (user or netns) and not vdso:
+        raise UsageError("launch: --no-vdso does not combine with --user or --netns")
+    if user or netns:
+        proc = _with_personality(aslr, lambda: _start_isolated(argv, user, netns, popen_kw))
+    elif not vdso:
         if importlib.util.find_spec(VDSO_MODULE) is None:
             raise UnsupportedTarget(f"--no-vdso needs {VDSO_MODULE} (not available yet)")
         hider = importlib.import_module(VDSO_MODULE)
         proc = _with_personality(aslr, lambda: hider.launch(list(argv), **popen_kw))
     else:
         proc = _with_personality(aslr, lambda: subprocess.Popen(list(argv), **popen_kw))
-    return Launched(proc, proc.pid, list(argv), aslr, vdso, full_env, env_bytes(full_env))
+    out = Launched(proc, proc.pid, list(argv), aslr, vdso, full_env, env_bytes(full_env))
+    out.user, out.netns = user, netns is not None
+    return out
+
+
+def _start_isolated(argv: list[str], user: str | None, ns: NetNamespace | None, popen_kw):
+    """Popen ARGV as USER and/or inside NS, and wait (bounded) until the PID runs ARGV[0].
+
+    Why wait: with a namespace the child first runs nsenter, which execs ARGV in place; a
+    caller that measured at once would see nsenter.  As a user alone, Popen drops the
+    privileges itself (setgroups, setgid, setuid in the child, before exec).
+    """
+    uid = gid = None
+    if user is not None:
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            raise UsageError(f"launch: no user {user!r} on this machine") from None
+        uid, gid = pw.pw_uid, pw.pw_gid
+    if ns is None:
+        return subprocess.Popen(list(argv), user=uid, group=gid, extra_groups=[], **popen_kw)
+    if shutil.which("nsenter") is None:
+        raise UnsupportedTarget("launch: --netns needs nsenter (apt-get install util-linux)")
+    proc = subprocess.Popen(
+        ns.enter_argv(list(argv), uid=uid, gid=gid), pass_fds=(ns.fd,), **popen_kw
+    )
+    want = os.path.realpath(argv[0])
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if os.readlink(f"/proc/{proc.pid}/exe") == want:
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.002)
+    if proc.poll() is not None:
+        raise UsageError(f"launch: {argv[0]} exited at once with status {proc.returncode}")
+    proc.kill()
+    proc.wait(timeout=5)
+    raise UnsupportedTarget(f"launch: {argv[0]} did not start inside the namespace (nsenter)")
 
 
 def _with_personality(aslr: bool, start):

@@ -3,7 +3,8 @@
 ``remap run NAME... [--repeat N] [--out DIR] [--kernel K]... [--json]``   run experiments, write
 records (``--kernel debian-6.1``: inside that kernel under qemu, see remap.kernels)
 ``remap experiments [--json]``   the bundled experiments (``remap run NAME``) and what each shows
-``remap launch [--no-aslr] [--no-vdso] [--env-size N] [--json] -- CMD...``   start a target
+``remap launch [--no-aslr] [--no-vdso] [--env-size N] [--target NAME[:VARIANT]] [--user U]
+[--netns] [--cwd DIR] [--env K=V]... [--json] -- CMD...``   start a target
 ``remap report DIR [--png FILE] [--json]``   tables, report.md and a PNG from DIR's records
 """
 
@@ -13,6 +14,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
+from ..sources import SourceMissing
 from .common import add_json, int_at_least, path_arg, print_json
 
 
@@ -57,6 +59,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--env-size", type=int_at_least(0), metavar="N", help="environment strings = N bytes"
     )
     p.add_argument(
+        "--target",
+        metavar="NAME[:VARIANT]",
+        help="build and start a bundled target (csrc/targets) or a bring-your-own one "
+        "(csrc/recipes, e.g. energymech:static); CMD is then only its arguments",
+    )
+    p.add_argument("--user", metavar="USER", help="run as this unprivileged user (e.g. nobody)")
+    p.add_argument(
+        "--netns",
+        action="store_true",
+        help="inside a private network namespace holding only loopback (reaches nothing)",
+    )
+    p.add_argument("--cwd", type=path_arg, metavar="DIR", help="working directory of the target")
+    p.add_argument(
+        "--env", action="append", default=[], metavar="K=V", help="add to the environment"
+    )
+    p.add_argument(
         "--output",
         type=path_arg,
         metavar="FILE",
@@ -89,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     results = []
     failed = 0
+    skipped: list[str] = []
     kernels = list(dict.fromkeys(args.kernel or ["host"]))
     for k in kernels:
         if k == "host":
@@ -132,7 +151,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             def tick(i: int, n: int, rec: dict, task=task, prog=prog) -> None:
                 prog.update(task, completed=i, last=f"{rec['case']}: {rec['final_rss_kb']} kB")
 
-            recs = X.run(e, repeat=args.repeat, out=args.out, progress=tick)
+            try:
+                recs = X.run(e, repeat=args.repeat, out=args.out, progress=tick)
+            except SourceMissing as miss:
+                recs = None
+                results.append(
+                    {"experiment": e.name, "kernel": "host", "skipped": str(miss),
+                     "looked_for": str(miss.path)}
+                )  # fmt: skip
+                skipped.append(e.name)
+        if recs is None:
+            print(f"{e.name}: SKIPPED (not run, not passed): {results[-1]['skipped']}",
+                  file=sys.stderr)  # fmt: skip
+            continue
         summ = X.summarize(recs)
         failed += sum(1 for r in recs if not r["target_ok"])
         results.append({"experiment": e.name, "kernel": "host", "runs": recs, "summary": summ})
@@ -145,6 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         paths = [records_path(args.out, e.name, k) for k in kernels for e in exps]
         print(f"records: {', '.join(str(p) for p in paths)}")
+    if skipped:
+        print(f"remap: skipped (source missing): {', '.join(skipped)}", file=sys.stderr)
     if failed:
         print(f"remap: {failed} run(s) did not keep the target working", file=sys.stderr)
         return 1
@@ -206,8 +239,25 @@ def cmd_launch(args: argparse.Namespace) -> int:
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
+    if args.target:
+        cmd = [str(_launch_target(args.target)), *cmd]
     if not cmd:
         raise UsageError("launch: give the command after --, e.g. remap launch -- ./prog")
+    env = None
+    if args.env:
+        from ..launch import DEFAULT_ENV
+
+        env = dict(DEFAULT_ENV)
+        for kv in args.env:
+            k, sep, v = kv.partition("=")
+            if not sep or not k:
+                raise UsageError(f"launch: --env wants KEY=VALUE, got {kv!r}")
+            env[k] = v
+    ns = None
+    if args.netns:
+        from ..netns import NetNamespace
+
+        ns = NetNamespace()
     import subprocess
 
     out = subprocess.DEVNULL
@@ -226,16 +276,34 @@ def cmd_launch(args: argparse.Namespace) -> int:
             stdout=out,
             stderr=out,
             new_session=True,
+            env=env,
+            cwd=args.cwd,
+            user=args.user,
+            netns=ns,
         )
     finally:
         if out is not subprocess.DEVNULL:
             out.close()
+        if ns is not None:
+            ns.close()  # the target holds the namespace now
     if args.json:
         print_json(t.to_json())
     else:
         print(t.pid)
     t.proc.returncode = 0  # we leave it running: keep Popen's destructor from warning
     return 0
+
+
+def _launch_target(spec: str):
+    """NAME[:VARIANT] -> the built binary: csrc/recipes/NAME.toml if there is one, else
+    csrc/targets/NAME.c (SourceMissing, ExperimentError: one line, exit 7)."""
+    from .. import sources, targets
+
+    name, _, variant = spec.partition(":")
+    variant = variant or "default"
+    if name in sources.available():
+        return sources.build(sources.recipe(name, variant))
+    return targets.build(name, variant)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

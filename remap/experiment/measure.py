@@ -55,6 +55,43 @@ def wait_blocked(pid: int, timeout: float, proc: subprocess.Popen | None = None)
     raise ExperimentError(f"target {pid} did not block in a syscall within {timeout:g} s")
 
 
+def switches(pid: int) -> int:
+    """The voluntary context switches of PID so far (each time it blocked)."""
+    return int(procfs.read_status(pid).get("voluntary_ctxt_switches", 0))
+
+
+def after_wakeup(pid: int, before: int, ctx) -> dict:
+    """/proc/PID/status once PID has woken and blocked again since BEFORE (:func:`switches`).
+
+    Why: a bot that reads its own status while handling a line (EnergyMech's MEMINFO) must be
+    compared with /proc at *that* moment, not when its queued reply arrives seconds later.
+    Bounded by ctx.case.measure.idle_timeout.
+    """
+    deadline = time.monotonic() + ctx.case.measure.idle_timeout
+    while switches(pid) <= before:
+        if time.monotonic() > deadline:
+            raise ExperimentError(f"target {pid} did not wake up for the line sent to it")
+        time.sleep(0.001)
+    ctx.wait_idle()
+    return procfs.read_status(pid)
+
+
+MEM_STATUS_KEYS = ("VmSize", "VmPeak", "VmRSS", "VmExe", "VmData", "VmLib", "VmStk")
+
+
+def compare_mem(text: str, reply: Any, status: dict) -> dict[str, Any]:
+    """The bot's memory line (parsed by remap.ircd) against /proc/PID/status read at the moment
+    it handled TEXT; ExperimentError naming every field that differs."""
+    if not isinstance(reply, dict):
+        raise ExperimentError(f"{text}: not a memory command (reply {reply!r})")
+    proc = {k: int(status.get(k, 0)) for k in MEM_STATUS_KEYS}
+    diff = {k: (reply[k], proc[k]) for k in MEM_STATUS_KEYS if reply.get(k) != proc[k]}
+    if diff:
+        shown = ", ".join(f"{k} {a} vs {b} kB" for k, (a, b) in diff.items())
+        raise ExperimentError(f"{text}: the bot's line differs from /proc: {shown}")
+    return {"status": proc, "equal": True}
+
+
 def measure(pid: int, *, pages: bool = False) -> Measurement:
     """Snapshot PID and reduce it to what a record keeps."""
     try:

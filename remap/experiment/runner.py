@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, targets
+from .. import __version__, sources, targets
 from ..errors import ExperimentError, RemapError
-from .spec import Case, Experiment
+from .spec import Case, Experiment, Target
 from .steps import STEPS, RunContext, StepResult, finish
 
 # Modules that register extra steps on import (remap.fold's squeeze, fold-stack, ...,
@@ -71,10 +71,43 @@ def plan(exp: Experiment, repeat: int | None = None) -> list[tuple[Case, int]]:
     return [(c, r) for r in range(n) for c in exp.cases]
 
 
+def build_target(t: Target) -> Path:
+    """The binary of T: a csrc/targets program, or a bring-your-own one (remap.sources) --
+    SourceMissing when that one's source is not on this machine."""
+    if t.source is not None:
+        return sources.build(sources.recipe(t.source, t.variant, t.recipe))
+    return targets.build(t.name, t.variant)
+
+
+def _target_record(t: Target, path: Path) -> dict[str, Any]:
+    rec = {
+        "name": t.name,
+        "variant": t.variant,
+        "args": list(t.args),
+        "path": str(path),
+        "sha256": targets.sha256_file(path),
+    }
+    if t.source is not None:
+        rec["source"] = sources.describe(sources.recipe(t.source, t.variant, t.recipe))
+    return rec
+
+
+def check_sources(exp: Experiment) -> None:
+    """Build every case's target once, up front: SourceMissing (the experiment is skipped,
+    with the path looked at) or ExperimentError before any run starts."""
+    for case in exp.cases:
+        try:
+            build_target(case.target)
+        except sources.SourceMissing:
+            raise
+        except ExperimentError as e:
+            raise ExperimentError(f"{exp.path}: case {case.name!r}: {e}") from None
+
+
 def run_one(exp: Experiment, case: Case, run: int, command: str) -> dict[str, Any]:
     """Run one case once and return its record (a failing step is recorded, not raised)."""
     try:
-        path = targets.build(case.target.name, case.target.variant)
+        path = build_target(case.target)
     except ExperimentError as e:
         raise ExperimentError(f"{exp.path}: case {case.name!r}: {e}") from None
     ctx = RunContext(exp, case, run, path)
@@ -107,13 +140,7 @@ def run_one(exp: Experiment, case: Case, run: int, command: str) -> dict[str, An
         "aslr": case.launch.aslr,
         "vdso": case.launch.vdso,
         "env_size": ctx.fields.get("env_size"),
-        "target": {
-            "name": case.target.name,
-            "variant": case.target.variant,
-            "args": list(case.target.args),
-            "path": str(path),
-            "sha256": targets.sha256_file(path),
-        },
+        "target": _target_record(case.target, path),
         "steps": steps,
         "final_rss_kb": last.rss_kb if last else None,
         "final_vmrss_kb": last.vmrss_kb if last else None,
@@ -123,8 +150,12 @@ def run_one(exp: Experiment, case: Case, run: int, command: str) -> dict[str, An
         "stack_present_pages": stack["present_pages"] if stack else None,
         "target_ok": ok and error is None,
         "error": error or (None if ok else why),
-        **{k: v for k, v in ctx.fields.items() if k != "env_size"},
-        "timing": {"started": started, "duration_s": round(time.monotonic() - t0, 4)},
+        **{k: v for k, v in ctx.fields.items() if k not in ("env_size", "timing")},
+        "timing": {
+            "started": started,
+            "duration_s": round(time.monotonic() - t0, 4),
+            **ctx.fields.get("timing", {}),  # what steps measured in seconds (reply latency...)
+        },
     }
     return rec
 
@@ -137,14 +168,26 @@ def run(
     progress: Callable[[int, int, dict], None] | None = None,
     command: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every case of EXP; append each record to OUT/NAME.jsonl as it completes."""
+    """Run every case of EXP; append each record to OUT/NAME.jsonl as it completes.
+
+    Raises SourceMissing before anything runs when a bring-your-own target's source is absent
+    (then OUT/NAME.jsonl is removed, so no old record passes for this one, and
+    OUT/NAME.skipped.json says why).
+    """
     check_steps(exp)
+    try:
+        check_sources(exp)
+    except sources.SourceMissing as e:
+        if out is not None:
+            write_skipped(out, exp, e)
+        raise
     cmd = command if command is not None else " ".join(sys.argv)
     runs = plan(exp, repeat)
     records = []
     fh = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        (out / f"{exp.name}.skipped.json").unlink(missing_ok=True)
         fh = open(out / f"{exp.name}.jsonl", "w")
     try:
         for i, (case, r) in enumerate(runs):
@@ -159,6 +202,14 @@ def run(
         if fh:
             fh.close()
     return records
+
+
+def write_skipped(out: Path, exp: Experiment, e: sources.SourceMissing) -> None:
+    """OUT/NAME.skipped.json: the experiment did not run, and the path it looked for."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{exp.name}.jsonl").unlink(missing_ok=True)
+    note = {"experiment": exp.name, "skipped": str(e), "looked_for": str(e.path)}
+    (out / f"{exp.name}.skipped.json").write_text(json.dumps(note, sort_keys=True) + "\n")
 
 
 def comparable(rec: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,9 @@ File shape (all tables optional except ``target``; ``cases`` override the top le
     description = "idle residency of the default bot"
     repeat = 3
     [target]   name = "minibot"  variant = "default"  args = []  irc = true
-    [launch]   aslr = false  env_size = 256  vdso = true
+    [target]   source = "energymech"  variant = "static"  irc = "energymech"   # bring your own
+    [target.recipe]  ...                   # optional: the recipe inline (remap.sources)
+    [launch]   aslr = false  env_size = 256  vdso = true  user = "nobody"  netns = true
     [measure]  pages = true  stack = true
     [[steps]]  step = "launch"
     [[steps]]  step = "register"
@@ -28,8 +30,9 @@ from ..errors import ExperimentError
 from ..targets import EXPERIMENTS_DIR  # the checkout's experiments/, or the bundled copy
 
 _TOP_KEYS = {"description", "repeat", "target", "launch", "measure", "steps", "cases"}
-_TARGET_KEYS = {"name", "variant", "args", "irc", "exit_status"}
-_LAUNCH_KEYS = {"aslr", "env_size", "vdso"}
+_TARGET_KEYS = {"name", "variant", "args", "irc", "exit_status", "source", "recipe"}
+_LAUNCH_KEYS = {"aslr", "env_size", "vdso", "user", "netns"}
+BOTS = ("minibot", "energymech")  # irc = true means "minibot": HOST PORT NICK CHANNEL args
 _MEASURE_KEYS = {"pages", "stack", "idle_timeout"}
 _CASE_KEYS = {"name", "target", "launch", "measure", "steps"}
 MAX_REPEAT = 10_000
@@ -42,6 +45,9 @@ class Target:
     args: tuple[str, ...] = ()
     irc: bool = False  # drive it with remap.ircd (append HOST PORT NICK CHANNEL to args)
     exit_status: int = 0  # what a working target exits with at the end (EOF / hang-up)
+    source: str | None = None  # a bring-your-own target: csrc/recipes/SOURCE.toml (or recipe)
+    recipe: dict | None = field(default=None, compare=False, hash=False)
+    bot: str = "minibot"  # which bot the IRC server drives, and how (remap.energymech)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class Launch:
     aslr: bool = True
     env_size: int | None = None
     vdso: bool = True
+    user: str | None = None  # run as this unprivileged user
+    netns: bool = False  # inside a private network namespace holding only loopback
 
 
 @dataclass(frozen=True)
@@ -188,7 +196,12 @@ def _merge(base, over, where: str, what: str, bad) -> dict:
 
 def _target(d: dict, where: str, bad) -> Target:
     _keys(d, _TARGET_KEYS, f"{where}: target", bad)
-    name = d.get("name")
+    source, recipe = d.get("source"), d.get("recipe")
+    if source is not None and (not isinstance(source, str) or not source):
+        raise bad(f"{where}: target.source (a csrc/recipes/NAME.toml recipe) must be a name")
+    if recipe is not None and (not isinstance(recipe, dict) or source is None):
+        raise bad(f"{where}: target.recipe must be a table, beside target.source")
+    name = d.get("name", source)
     if not isinstance(name, str) or not name:
         raise bad(f"{where}: target.name (the csrc/targets/NAME.c program) is required")
     variant = d.get("variant", "default")
@@ -198,12 +211,14 @@ def _target(d: dict, where: str, bad) -> Target:
     if not isinstance(args, list) or not all(isinstance(a, str | int) for a in args):
         raise bad(f"{where}: target.args must be an array of strings")
     irc = d.get("irc", False)
-    if not isinstance(irc, bool):
-        raise bad(f"{where}: target.irc must be true or false")
+    if not isinstance(irc, bool) and irc not in BOTS:
+        raise bad(f"{where}: target.irc must be true, false or one of {', '.join(BOTS)}")
+    bot = irc if isinstance(irc, str) else "minibot"
     status = d.get("exit_status", 0)
     if not isinstance(status, int) or isinstance(status, bool) or not 0 <= status <= 255:
         raise bad(f"{where}: target.exit_status must be an integer 0..255")
-    return Target(name, variant, tuple(str(a) for a in args), irc, status)
+    argv = tuple(str(a) for a in args)
+    return Target(name, variant, argv, bool(irc), status, source, recipe, bot)
 
 
 def _launch(d: dict, where: str, bad) -> Launch:
@@ -215,7 +230,12 @@ def _launch(d: dict, where: str, bad) -> Launch:
         not isinstance(env_size, int) or isinstance(env_size, bool) or not 0 <= env_size <= 1 << 20
     ):
         raise bad(f"{where}: launch.env_size must be an integer 0..1048576")
-    return Launch(aslr, env_size, vdso)
+    user, netns = d.get("user"), d.get("netns", False)
+    if user is not None and (not isinstance(user, str) or not user):
+        raise bad(f"{where}: launch.user must be a user name")
+    if not isinstance(netns, bool):
+        raise bad(f"{where}: launch.netns must be true or false")
+    return Launch(aslr, env_size, vdso, user, netns)
 
 
 def _measure(d: dict, where: str, bad) -> Measure:

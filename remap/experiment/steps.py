@@ -85,6 +85,8 @@ class RunContext:
       irc: the :class:`remap.ircd.IrcServer` driving the target when ``target.irc`` is true.
       records: the StepResults of this run so far, in order (the runner appends).
       fields: extra top-level fields for this run's JSON record (e.g. "stack_gap").
+      finisher: set by a launch that knows its target better than :func:`finish` (EnergyMech:
+        a final PING, then SIGTERM and its QUIT answered); called instead of it.
     Preconditions a step may rely on: steps run in the TOML order, in one thread; the runner
     stops and reaps the target after the last step whatever happened.
     """
@@ -97,6 +99,7 @@ class RunContext:
     irc: IrcServer | None = None
     records: list[StepResult] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
+    finisher: Callable[[RunContext], tuple[bool, str | None]] | None = None  # replaces finish
 
     @property
     def pid(self) -> int:
@@ -133,6 +136,11 @@ class RunContext:
 def _launch(ctx: RunContext, params: dict) -> StepResult:
     """Start the target as the case says (ASLR, environment, vdso); with irc, start ircd first."""
     t, lc = ctx.case.target, ctx.case.launch
+    if t.bot == "energymech":
+        from ..energymech import launch_step
+
+        launch_step(ctx, params)
+        return ctx.measure("launch")
     argv = [str(ctx.target_path), *t.args]
     if t.irc:
         ctx.irc = IrcServer(timeout=float(params.get("timeout", 5.0)))
@@ -144,9 +152,20 @@ def _launch(ctx: RunContext, params: dict) -> StepResult:
         vdso=lc.vdso,
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        user=lc.user,
+        netns=_netns(ctx) if lc.netns else None,
     )
     ctx.fields["env_size"] = ctx.launched.env_size
     return ctx.measure("launch")
+
+
+def _netns(ctx: RunContext):
+    """A private network namespace for this run (closed by the runner's finish)."""
+    from ..netns import NetNamespace
+
+    ns = NetNamespace()
+    ctx.fields.setdefault("_close", []).append(ns.close)
+    return ns
 
 
 @step("register")
@@ -170,10 +189,19 @@ def _command(ctx: RunContext, params: dict) -> StepResult:
     text = params.get("text")
     if not isinstance(text, str) or not text:
         raise ExperimentError(f"step 'command' needs text = \"...\" (got {text!r})")
-    reply = _need_irc(ctx).command(text)
+    srv = _need_irc(ctx)
+    seen: dict[str, Any] = {}
+    check = params.get("check_proc", False)
+    if check:  # the moment the bot reads its own /proc/PID/status: right after it read TEXT
+        before = M.switches(ctx.pid)
+        seen["at"] = lambda: seen.update(status=M.after_wakeup(ctx.pid, before, ctx))
+    reply = srv.command(text, on_sent=seen.get("at"))
     if "expect" in params and reply != params["expect"]:
         raise ExperimentError(f"{text}: expected {params['expect']!r}, got {reply!r}")
-    return ctx.measure(f"command {text}", reply=reply)
+    extra: dict[str, Any] = {"reply": reply}  # its latency: the record's timing.replies
+    if check:
+        extra["proc"] = M.compare_mem(text, reply, seen["status"])
+    return ctx.measure(f"command {text}", **extra)
 
 
 @step("idle")
@@ -182,8 +210,33 @@ def _idle(ctx: RunContext, params: dict) -> StepResult:
     s = params.get("seconds", 0.2)
     if not isinstance(s, int | float) or isinstance(s, bool) or not 0 <= s <= MAX_IDLE_S:
         raise ExperimentError(f"step 'idle': seconds must be 0..{MAX_IDLE_S:g} (got {s!r})")
+    if ctx.case.target.bot == "energymech" and ctx.irc is not None:
+        answered = ctx.irc.serve_for(s)  # a real bot's timers talk to its server meanwhile
+        return ctx.measure("idle", seconds=s, lines_answered=answered)
     time.sleep(s)
     return ctx.measure("idle", seconds=s)
+
+
+@step("explain")
+def _explain(ctx: RunContext, params: dict) -> StepResult:
+    """Measure, and record what ``remap map`` and ``remap explain`` show: each mapping's
+    label and resident kB, the seed-style summary, every counter and the notes."""
+    from ..residency import snapshot
+
+    ctx.wait_idle()
+    snap = snapshot(ctx.pid)
+    maps = [
+        {"label": v.label, "kb": (v.end - v.start) // 1024, "rss_kb": len(v.pages) * 4}
+        for v in snap.vmas
+    ]
+    exp = snap.explain_json()
+    return ctx.measure(
+        str(params.get("label", "explain")),
+        mappings=len(maps),
+        map=maps,
+        summary=exp["summary"],
+        notes=exp["notes"],
+    )
 
 
 @step("measure")
@@ -212,6 +265,16 @@ def finish(ctx: RunContext) -> tuple[bool, str | None]:
     otherwise) when the server hangs up; any other target must still be running and exit so when
     its stdin is closed.  Always reaps the process.
     """
+    try:
+        if ctx.finisher is not None:
+            return ctx.finisher(ctx)
+        return _finish(ctx)
+    finally:
+        for close in ctx.fields.pop("_close", []):
+            close()
+
+
+def _finish(ctx: RunContext) -> tuple[bool, str | None]:
     lt = ctx.launched
     if lt is None:
         return False, "never launched"
