@@ -30,7 +30,7 @@ from . import procfs, targets
 CAP_SYS_PTRACE = 19  # include/uapi/linux/capability.h
 YAMA = Path("/proc/sys/kernel/yama/ptrace_scope")
 IDLE_BITMAP = Path("/sys/kernel/mm/page_idle/bitmap")
-FAULT_AROUND = Path("/sys/kernel/debug/fault_around_bytes")  # mm/memory.c (debugfs)
+FAULT_AROUND = procfs.FAULT_AROUND_BYTES
 KVM = Path("/dev/kvm")
 
 
@@ -160,9 +160,8 @@ def idle_page_tracking() -> Check:
 
 def fault_around_bytes() -> Check:
     need = "explain/squeeze notes: how many pages one fault maps back (default 65536)"
-    try:
-        value = int(FAULT_AROUND.read_text())
-    except (OSError, ValueError):
+    value = procfs.read_fault_around_bytes()
+    if value is None:
         fix = "mount -t debugfs debugfs /sys/kernel/debug (remap assumes the default 65536)"
         return Check("fault_around_bytes", False, f"unreadable ({FAULT_AROUND})", need, fix)
     return Check("fault_around_bytes", True, f"{value} ({value // K.PAGE_SIZE} pages)", need)

@@ -499,6 +499,19 @@ def read_exe(pid: int) -> str:
         raise translate(pid, e, "exe") from None
 
 
+FAULT_AROUND_BYTES = "/sys/kernel/debug/fault_around_bytes"  # mm/memory.c, debugfs
+FAULT_AROUND_DEFAULT = 65536  # mm/memory.c: rounddown_pow_of_two(65536)
+
+
+def read_fault_around_bytes() -> int | None:
+    """fault_around_bytes from debugfs (root, debugfs mounted); None when it cannot be read."""
+    try:
+        with open(FAULT_AROUND_BYTES) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def file_root(pid: int) -> str:
     """The prefix under which this process's paths name PID's files: "" when PID shares our
     mount namespace, else "/proc/PID/root" (its own root, through which its /usr/lib is read

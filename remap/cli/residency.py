@@ -124,6 +124,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     con.print(explain_table(snap))
     totals = ", ".join(f"{k} {v}" for k, v in label_totals(snap).items())
     con.print(f"present by label (kB): {totals}")
+    from ..residency import fault_around
+
+    con.print(fault_around(snap).sentence())
     for n in snap.notes:
         con.print(f"- {n}")
     return 0
