@@ -196,7 +196,25 @@ def _dist(st: dict | None) -> str:
     return ", ".join(f"{k} kB x{v}" for k, v in st["distribution"].items())
 
 
-def markdown(summ: dict[str, Any], pngs: list[Path], matrix: dict[str, Any] | None = None) -> str:
+def load_skipped(d: Path) -> list[dict[str, Any]]:
+    """The experiments DIR holds no records for because they did not run (DIR/NAME.skipped.json,
+    written by remap run when a bring-your-own source is missing): named in the report, so a
+    missing program is never mistaken for one that passed."""
+    out = []
+    for f in sorted(d.glob("*.skipped.json")):
+        try:
+            out.append(json.loads(f.read_text()))
+        except (OSError, ValueError) as e:
+            raise ExperimentError(f"{f}: unreadable skip note ({e})") from None
+    return out
+
+
+def markdown(
+    summ: dict[str, Any],
+    pngs: list[Path],
+    matrix: dict[str, Any] | None = None,
+    skipped: list[dict[str, Any]] = (),  # type: ignore[assignment]
+) -> str:
     lines = [
         "# remap experiment report",
         "",
@@ -230,6 +248,9 @@ def markdown(summ: dict[str, Any], pngs: list[Path], matrix: dict[str, Any] | No
                 if v.get("mechanism")
             ],
         ]
+    if skipped:
+        lines += ["", "## Not run", ""]
+        lines += [f"- **{k['experiment']}**: skipped, not passed: {k['skipped']}" for k in skipped]
     for p in pngs:
         lines += ["", f"![{p.stem}]({p.name})"]
     return "\n".join(lines) + "\n"
@@ -387,5 +408,5 @@ def report(d: Path, png: Path | None = None) -> tuple[dict[str, Any], Path, Path
     png = plot(recs, png or d / "report.png")
     md = d / "report.md"
     pngs = [png] if png.parent.resolve() == d.resolve() else []
-    md.write_text(markdown(summ, pngs, kernel_matrix(raw)))
+    md.write_text(markdown(summ, pngs, kernel_matrix(raw), load_skipped(d)))
     return summ, md, png

@@ -93,6 +93,17 @@ def test_missing_source_is_reported_skipped_with_its_path(tmp_path):
     assert not (out / "energymech-baseline.jsonl").exists()  # no old record passes for it
     note = json.loads((out / "energymech-baseline.skipped.json").read_text())
     assert note["looked_for"] == looked
+    # the report beside a run that did happen names it as not run, never as passed
+    for args in (["run", "baseline-minibot", "--repeat", "1"], ["report"]):
+        res = subprocess.run(
+            [*REMAP, *args, *(["--out"] if args[0] == "run" else []), str(out)],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    assert "energymech-baseline: SKIPPED (not run, not passed)" in res.stdout
+    md = (out / "report.md").read_text()
+    assert "## Not run" in md and "**energymech-baseline**: skipped, not passed" in md
+    assert looked in md
 
 
 def test_recipe_builds_what_it_says(mech_bins):

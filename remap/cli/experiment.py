@@ -310,12 +310,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..report import HEADERS, kernel_matrix, load_records, matrix_table, report, rows
+    from ..report import (
+        HEADERS,
+        kernel_matrix,
+        load_records,
+        load_skipped,
+        matrix_table,
+        report,
+        rows,
+    )
 
     summ, md, png = report(args.dir, args.png)
     matrix = kernel_matrix(load_records(args.dir))
+    skipped = load_skipped(args.dir)
     if args.json:
-        print_json({"summary": summ, "matrix": matrix, "markdown": str(md), "png": str(png)})
+        print_json(
+            {"summary": summ, "matrix": matrix, "skipped": skipped, "markdown": str(md),
+             "png": str(png)}
+        )  # fmt: skip
         return 0
     t = Table(title=f"remap report: {args.dir}", title_justify="left")
     for h in HEADERS:
@@ -334,6 +346,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         for r in mrows:
             mt.add_row(*r)
         con.print(mt)
+    for k in skipped:
+        print(f"{k['experiment']}: SKIPPED (not run, not passed): {k['skipped']}")
     print(f"report: {md}  figure: {png}")
     return 0
 
