@@ -209,14 +209,14 @@ def boot(
         while True:
             now = time.monotonic() - t0
             text = _read(log)
-            if up_at is None and MARK_UP in text:
+            if up_at is None and (up := _line_after(text, MARK_UP)) is not None:
                 up_at = now
-                release = _after(text, MARK_UP)
-            if MARK_FAIL in text:
-                raise KernelError(f"guest /init failed: {_after(text, MARK_FAIL)}{_tail(log)}")
-            if done_at is None and MARK_DONE in text:
+                release = up
+            if (failed := _line_after(text, MARK_FAIL)) is not None:
+                raise KernelError(f"guest /init failed: {failed}{_tail(log)}")
+            if done_at is None and (done := _line_after(text, MARK_DONE)) is not None:
                 done_at = now
-                rc = int(_after(text, MARK_DONE) or -1)
+                rc = int(done or -1)
             exited = proc.poll() is not None
             if exited:
                 if done_at is None:
@@ -371,9 +371,16 @@ def _read(p: Path) -> str:
         return ""
 
 
-def _after(text: str, mark: str) -> str:
-    line = text[text.index(mark) + len(mark) :].splitlines()
-    return line[0].strip() if line else ""
+def _line_after(text: str, mark: str) -> str | None:
+    """The rest of MARK's line in TEXT once the guest has written all of it (None before): the
+    serial log is read while the guest writes it, and "REMAP-GUEST-UP 6" read half-way through
+    "6.1.0-57-amd64" once gave the guest's release as "6"."""
+    i = text.find(mark)
+    if i < 0:
+        return None
+    rest = text[i + len(mark) :]
+    end = rest.find("\n")
+    return None if end < 0 else rest[:end].strip()
 
 
 def _tail(log: Path, n: int = 3) -> str:
