@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from . import kconst as K
 from . import labels, pagemap, procfs
@@ -247,31 +247,24 @@ class FaultAround:
     fault_around_bytes.  The windows counted here are virtual-address windows."""
 
     active: bool  # the kernel has it (3.15+)
-    window: int  # bytes (fault_around_bytes; the default when debugfs cannot be read)
-    source: str  # "debugfs" or "default"
+    window_bytes: int  # fault_around_bytes; the default when debugfs cannot be read
+    window_source: str  # "debugfs" or "default"
     file_pages: int  # present pages of private file mappings
     windows: int  # aligned windows (clipped to their VMA) holding at least one of them
-    crowded_pages: int  # of file_pages, those sharing a window with another present page
+    pages_in_shared_windows: int  # of file_pages, those sharing a window with another
 
     def to_json(self) -> dict:
-        return {
-            "active": self.active,
-            "window_bytes": self.window,
-            "window_source": self.source,
-            "file_pages": self.file_pages,
-            "windows": self.windows,
-            "pages_in_shared_windows": self.crowded_pages,
-        }
+        return asdict(self)
 
     def sentence(self) -> str:
         if not self.active:
             return "no fault-around on this kernel (before 3.15): a fault maps one page"
-        pages = self.window // K.PAGE_SIZE
+        pages = self.window_bytes // K.PAGE_SIZE
         return (
-            f"fault-around: a read fault on a file mapping maps up to {self.window} bytes "
-            f"({pages} pages, {self.source}) of cached neighbours, within the VMA and the aligned "
-            f"window; here {self.file_pages} present file pages lie in {self.windows} windows, "
-            f"{self.crowded_pages} of them beside another present page"
+            f"fault-around: a read fault on a file mapping maps up to {self.window_bytes} bytes "
+            f"({pages} pages, {self.window_source}) of cached neighbours, within the VMA and the "
+            f"aligned window; here {self.file_pages} present file pages lie in {self.windows} "
+            f"windows, {self.pages_in_shared_windows} of them beside another present page"
         )
 
 
