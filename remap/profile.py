@@ -826,6 +826,9 @@ def _jsonable(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- the IRC workload
+PROFILED_REPLY_S = 30.0  # the bot's reply wait while it is single-stepped
+
+
 def irc_workload(srv: Any, pings: int = 100) -> Callable[[], dict[str, Any]]:
     """A workload that exercises every steady-state path of the demo bot: PINGs, !ping, !mem.
 
@@ -834,9 +837,15 @@ def irc_workload(srv: Any, pings: int = 100) -> Callable[[], dict[str, Any]]:
     """
 
     def run() -> dict[str, Any]:
-        srv.ping(pings)
-        pong = srv.command("!ping")
-        mem = srv.command("!mem")
+        # A single-stepped bot runs ~100x slower: its !mem (printf, /proc reads) took over the
+        # server's 5 s reply wait under a loaded CI, so the profiled workload waits longer.
+        was, srv.timeout = srv.timeout, max(srv.timeout, PROFILED_REPLY_S)
+        try:
+            srv.ping(pings)
+            pong = srv.command("!ping")
+            mem = srv.command("!mem")
+        finally:
+            srv.timeout = was
         return {"pings": pings, "!ping": pong, "!mem": sorted(mem)}
 
     return run
