@@ -55,7 +55,8 @@ it last had.  So no injecting thread ever has registers that would not lead home
   kill after it the new one (both copies stay mapped until the dead part is dropped).
 Calls that block, and drivers that give up (tests/test_never_harm_inject.py):
 - every wait for a stop is bounded by the session's timeout (attach(timeout=...), 10 s):
-  the C helper arms a per-thread POSIX timer around each waitpid.  A call past it, or a
+  while a session is open a 20 ms POSIX-timer tick interrupts the C helper's waitpid, which
+  then checks its deadline.  A call past it, or a
   SIGINT/SIGTERM to the driver (its handler makes the C wait return -EINTR), is aborted:
   PTRACE_INTERRUPT, wait for the stop, park the thread as between calls, raise Timeout /
   KeyboardInterrupt; the cure then puts it back.  Other signals to the driver resume the wait;
@@ -1347,16 +1348,14 @@ class Session:
         """
         table_bytes = _encode(calls)  # 64 bytes per call: nr, 6 args, result slot
         n = len(table_bytes) // STUB_ENTRY
-        numbers = memoryview(table_bytes).cast("q")[0::8].tolist()
-        for nr in set(numbers) & REFUSED_SYSCALLS.keys():
+        words = memoryview(table_bytes).cast("q")
+        numbers = set(words[0::8].tolist())
+        for nr in numbers & REFUSED_SYSCALLS.keys():
             refuse_unsafe(nr)
-        if self._chain is not None:
-            words = memoryview(table_bytes).cast("q")
-            if not _GUARDED.isdisjoint(words[0::8].tolist()):
-                self._guard([words[8 * i : 8 * i + 7].tolist() for i in range(n)])
+        if self._chain is not None and not _GUARDED.isdisjoint(numbers):
+            self._guard([words[8 * i : 8 * i + 7].tolist() for i in range(n)])
         if not self._stub_allowed():
             out = []
-            words = memoryview(table_bytes).cast("q")
             for i in range(n):
                 try:
                     out.append(self.syscall(*words[8 * i : 8 * i + 7].tolist(), tid=tid))

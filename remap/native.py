@@ -69,7 +69,6 @@ int rn_inject_parked(int tid, struct rn_call *c, const struct user_regs_struct *
 int rn_run_stub(int tid, struct rn_call *c, int sig, const struct user_regs_struct *park);
 int rn_abort(int tid, struct rn_call *c, struct user_regs_struct *out);
 int rn_set_wait(long long timeout_ns, int abortable);
-long long rn_now_ns(void);
 int rn_guard_start(void);
 int rn_pin_thread(int slot, int tid, int cpu);
 int rn_unpin_thread(int slot);

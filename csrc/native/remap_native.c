@@ -121,7 +121,7 @@ static void on_timer(int sig)
 	g_timer_fired = 1;
 }
 
-long long rn_now_ns(void)
+static long long rn_now_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
