@@ -170,9 +170,31 @@ def launch(
         proc = _with_personality(aslr, lambda: hider.launch(list(argv), **popen_kw))
     else:
         proc = _with_personality(aslr, lambda: subprocess.Popen(list(argv), **popen_kw))
+    _wait_exec_done(proc)  # every path: nsenter's and the hider's return at the exec too
     out = Launched(proc, proc.pid, list(argv), aslr, vdso, full_env, env_bytes(full_env))
     out.user, out.netns = user, netns is not None
     return out
+
+
+def _wait_exec_done(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Wait (bounded) until the kernel has finished exec'ing PROC: its auxv is filled in.
+
+    Why: Popen returns when its close-on-exec error pipe closes, which happens in
+    begin_new_exec, after the new mm exists but before the ELF segments, the vdso and the
+    auxiliary vector are mapped.  A caller that read /proc/PID/maps at once saw only
+    ``[stack]`` and ``[vsyscall]`` (CI, stop 19).  create_elf_tables fills mm->saved_auxv after
+    all of them, so a non-empty auxv means the image is complete.  A process that exits first
+    or cannot be read ends the wait; after TIMEOUT the caller gets the process as it is.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/auxv", "rb") as f:
+                if f.read(8).strip(b"\0"):
+                    return
+        except OSError:
+            return
+        time.sleep(0.0005)
 
 
 def _start_isolated(argv: list[str], user: str | None, ns: NetNamespace | None, popen_kw):
