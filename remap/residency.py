@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import kconst as K
 from . import labels, pagemap, procfs
+from .rsslag import RssLag, rss_lag
 
 
 @dataclass(slots=True)
@@ -185,6 +186,7 @@ class Snapshot:
             "summary": self.summary,
             "counters_kb": dict(self.counters_kb),
             "fault_around": fault_around(self).to_json(),
+            "rss_lag": rss_lag_of(self).to_json(),
             "notes": list(self.notes),
         }
 
@@ -227,6 +229,20 @@ def mechanism_for(kernel_release: str) -> str:
         "statm since the 2025 fix 'mm: fix the inaccurate memory statistics issue for users' "
         "(6.16), so they should match the page walk of a process that is not faulting"
     )
+
+
+def rss_lag_of(snap: Snapshot) -> RssLag:
+    """How far SNAP's status counters trail its page walk, per class (remap.rsslag); reads the
+    threads' fault counts now (they change only when the process faults)."""
+    c = snap.counters_kb
+    counted = {k: c.get(f"status_rss_{k}") or 0 for k in ("anon", "file", "shmem")}
+    walked = {
+        "anon": sum(v.anon_kb for v in snap.vmas),
+        "file": sum(v.file_kb for v in snap.vmas),
+        "shmem": sum(v.shmem_kb for v in snap.vmas),
+    }
+    split = (2, 6, 34) <= _version(snap.kernel) < (6, 2, 0)
+    return rss_lag(snap.pid, split, counted, walked)
 
 
 @dataclass

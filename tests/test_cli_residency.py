@@ -76,7 +76,9 @@ def test_explain_json_shape_and_text(echoloop):
     r = remap_cli("explain", str(echoloop.pid), "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert set(d) == {"pid", "kernel", "summary", "counters_kb", "fault_around", "notes"}
+    assert set(d) == {
+        "pid", "kernel", "summary", "counters_kb", "fault_around", "rss_lag", "notes",
+    }  # fmt: skip
     assert set(d["counters_kb"]) == {
         "status_vmrss", "status_rss_anon", "status_rss_file", "status_rss_shmem",
         "statm_rss", "smaps_rss", "smaps_rollup_rss", "pagemap_present",
@@ -88,8 +90,14 @@ def test_explain_json_shape_and_text(echoloop):
     assert c["status_vmrss"] == vmrss
     assert d["summary"].startswith("VM ") and f"RSS {vmrss} kB [ Code " in d["summary"]
     assert d["notes"] and any("Linux" in n for n in d["notes"])
+    lag = d["rss_lag"]  # status's classes beside the page walk's, and the thread's faults
+    assert lag["counted_kb"]["anon"] == c["status_rss_anon"]
+    assert sum(lag["walked_kb"].values()) == c["pagemap_present"]
+    with open(f"/proc/{echoloop.pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    assert lag["faults"] == {str(echoloop.pid): int(fields[7]) + int(fields[9])}
     r = remap_cli("explain", str(echoloop.pid))
-    assert r.returncode == 0 and "pagemap present" in r.stdout
+    assert r.returncode == 0 and "pagemap present" in r.stdout and "status counts" in r.stdout
 
 
 def test_watch_is_bounded_and_sees_growth(spawn):

@@ -219,3 +219,34 @@ def test_missing_qemu_is_one_line(image, monkeypatch, capsys):
     assert err[-1] == (
         "remap: qemu-system-x86_64-not-installed not found (apt-get install qemu-system-x86)"
     )
+
+
+def test_energymech_screen_reads_4kb_on_61(image, tmp_path, capsys):
+    """The user's bot prints the user's figure: EnergyMech's own MEMINFO says ``RSS 4 kB`` on
+    6.1 while the page walk holds its real pages; its thread never folded its RSS cache
+    (remap.rsslag).  The squeeze's madvise, made by the bot's own thread, folds it: status is
+    exact after it.  On the host line and walk agree."""
+    from remap import sources
+    from remap.sources import SourceMissing
+
+    try:
+        sources.source_path(sources.recipe("energymech"))
+    except SourceMissing as e:
+        pytest.skip(f"EnergyMech source not found: {e.path}")
+    args = ["run", "energymech-seed-screen", "--kernel", "host", "--kernel", KERNEL]
+    assert main([*args, "--repeat", "1", "--out", str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    by = {d["kernel"]: d["runs"] for d in doc}
+    for r in by[KERNEL]:
+        assert r["target_ok"], r.get("error")
+        assert "RSS 4 kB" in r["screen"] and r["screen_rss_kb"] == 4, r["screen"]
+        assert r["screen_walk_rss_kb"] >= 100, "the page walk sees the bot's real pages"
+        lag = r["rss_lag"]
+        assert lag["split"] and lag["counted_kb"]["file"] == 0 and lag["lag_kb"] >= 96
+        squeezed = next(s for s in r["steps"] if s["name"] == "squeezed")
+        assert squeezed["vmrss_kb"] == squeezed["rss_kb"], "its own madvise folded the cache"
+    for r in by["host"]:
+        assert r["target_ok"], r.get("error")
+        assert abs(r["screen_rss_kb"] - r["screen_walk_rss_kb"]) <= 4
+        assert not r["rss_lag"]["split"]
+    assert {r["case"] for r in by[KERNEL]} == {"static", "dynamic"}

@@ -124,9 +124,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     con.print(explain_table(snap))
     totals = ", ".join(f"{k} {v}" for k, v in label_totals(snap).items())
     con.print(f"present by label (kB): {totals}")
-    from ..residency import fault_around
+    from ..residency import fault_around, rss_lag_of
 
     con.print(fault_around(snap).sentence())
+    con.print(rss_lag_of(snap).sentence())
     for n in snap.notes:
         con.print(f"- {n}")
     return 0

@@ -236,6 +236,7 @@ def _explain(ctx: RunContext, params: dict) -> StepResult:
         map=maps,
         summary=exp["summary"],
         notes=exp["notes"],
+        rss_lag=exp["rss_lag"],
     )
 
 

@@ -23,7 +23,8 @@ from typing import Any
 from .. import targets
 from ..errors import KernelError
 from ..experiment import load
-from ..experiment.runner import ENV_ACCEL, ENV_KERNEL_NAME, check_steps, plan
+from ..experiment.runner import ENV_ACCEL, ENV_KERNEL_NAME, build_target, check_steps, plan
+from ..sources import SourceMissing
 from ..targets import ROOT
 from . import fetch, guest
 from .initramfs import IO_DIR
@@ -90,7 +91,10 @@ def run_in_guest(
     for e in exps:
         check_steps(e)
         for c in e.cases:
-            targets.build(c.target.name, c.target.variant)
+            try:
+                build_target(c.target)  # the guest sees the host's build folder read-only
+            except SourceMissing:
+                pass  # the guest's runner reports the experiment skipped, with the path
         runs += len(plan(e, repeat))
     if {s.name for e in exps for c in e.cases for s in c.steps} - PLAIN_STEPS:
         _build_native()

@@ -11,32 +11,33 @@ from __future__ import annotations
 from ..errors import ExperimentError
 from ..experiment import RunContext, StepResult, step
 from ..ircd import MEM_REPLY
+from ..residency import rss_lag_of, snapshot
 
-REPLY_LINES = 8  # the reply is the next channel message; a few other lines may come first
+SCREEN_COMMANDS = {"energymech": "!meminfo"}  # the bot's own memory command; default !mem
 
 
 @step("screen")
 def screen(ctx: RunContext, params: dict) -> StepResult:
-    """Say !mem, keep the bot's reply line as ``screen`` and its RSS as ``screen_rss_kb``."""
+    """Ask the bot for its memory line (!mem; EnergyMech's !meminfo), keep the line as
+    ``screen``, its RSS as ``screen_rss_kb``, and the page walk of the same moment beside it.
+
+    The line is taken word for word from the server's reply log; ``rss_lag`` (remap.rsslag)
+    records why the two differ: each class's counter against the page walk and every thread's
+    fault count.
+    """
     irc = ctx.irc
     if irc is None or irc.registration is None:
         raise ExperimentError("step 'screen' needs a registered IRC bot (target.irc, 'register')")
-    irc.send(f":tester!tester@127.0.0.1 PRIVMSG {irc.channel} :!mem")
-    for _ in range(REPLY_LINES):
-        line = irc.readline()
-        if line.startswith(":"):  # a prefix, if the bot ever sends one
-            line = line.partition(" ")[2]
-        head, sep, text = line.partition(" :")
-        if sep and head.split() == ["PRIVMSG", irc.channel]:
-            break
-    else:
-        raise ExperimentError(f"no !mem reply in {irc.channel}")
-    m = MEM_REPLY.fullmatch(text)
+    text = SCREEN_COMMANDS.get(ctx.case.target.bot or "", "!mem")
+    irc.command(text)
+    line = irc.replies[-1]["reply"]
+    m = MEM_REPLY.fullmatch(line)
     if m is None:
-        raise ExperimentError(f"malformed !mem reply: {text!r}")
-    irc.commands += 1
-    ctx.fields["screen"] = text
+        raise ExperimentError(f"malformed {text} reply: {line!r}")
+    ctx.fields["screen"] = line
     ctx.fields["screen_rss_kb"] = int(m.group(3))
-    res = ctx.measure("screen", screen=text, screen_rss_kb=int(m.group(3)))
+    res = ctx.measure("screen", screen=line, screen_rss_kb=int(m.group(3)))
     ctx.fields["screen_walk_rss_kb"] = res.rss_kb
+    snap = snapshot(ctx.pid)
+    ctx.fields["rss_lag"] = rss_lag_of(snap).to_json()
     return res
