@@ -274,3 +274,35 @@ def test_explain_shows_fault_around_of_one_touch(tmp_path):
     finally:
         p.kill()
         p.wait(timeout=5)
+
+
+def test_png_cells_are_the_page_walk(echoloop, tmp_path):
+    """The picture shows what the page walk found: one full-coloured cell per present page
+    (pale: mapped only; dark: a compressed gap), and a touched page gets its black dot."""
+    from PIL import Image
+
+    from remap.render import GAP_RGB, grid, png
+    from remap.residency import snapshot
+
+    snap = snapshot(echoloop.pid)
+    rgb, rows, used, starts = grid(snap)  # starts: each VMA's first cell
+    flat = [tuple(rgb[i : i + 3]) for i in range(0, len(rgb), 3)]
+    full = [c for c in flat if c != GAP_RGB and min(c) < 209]  # pale cells are all >= 209
+    assert len(full) == sum(len(v.pages) for v in snap.vmas) > 0
+    assert {"code", "stack"} <= used
+    gaps = sum(1 for i in range(1, len(snap.vmas)) if snap.vmas[i].start != snap.vmas[i - 1].end)
+    assert flat.count(GAP_RGB) == gaps
+    stack_page = next(p.addr for v in snap.vmas for p in v.pages if p.label == "stack")
+    path = tmp_path / "m.png"
+    n = png(snap, str(path), marked={stack_page})
+    assert n == sum((v.end - v.start) // 4096 for v in snap.vmas) + gaps
+    # the marked cell's middle pixel: black when marked, the stack's colour when not
+    v0, i0 = next(
+        (v, i) for v, i in zip(snap.vmas, starts, strict=True) if v.start <= stack_page < v.end
+    )
+    i = i0 + (stack_page - v0.start) // 4096
+    cell = min(6, 4000 // rows)
+    xy = (8 + (i % 128) * cell + cell // 2, 36 + (i // 128) * cell + cell // 2)
+    assert Image.open(path).convert("RGB").getpixel(xy) == (0, 0, 0)
+    png(snap, str(path))
+    assert Image.open(path).convert("RGB").getpixel(xy) == flat[i]
