@@ -1,0 +1,81 @@
+"""How fast are remap's outputs on a 30 MB process, next to the interpreter's start-up and pmap?
+
+Issue 15's goals, on one CPython child holding ~30 MB of live objects, in one run (these
+machines are noisy: the ratios matter, not the absolute times):
+
+    floor     .venv/bin/python -c pass     (the interpreter's own start-up, same venv)
+    pmap      pmap -XX PID                 (procps, in C)
+    remap map --json / map / map --pages / map --png FILE / explain
+
+Goals: ``map --json`` and the ``map`` table each <= floor + 2 x pmap; ``--pages`` and ``--png``
+<= floor + 200 ms.  Each command runs REPEAT times; the median is printed.
+
+Usage:  .venv/bin/python bench/output_speed.py [--mb 30] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REMAP = os.path.join(ROOT, ".venv", "bin", "remap")
+CHILD = r"""
+import sys, time
+keep = [bytes(1000) for _ in range(int(sys.argv[1]) * 1000)]
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _median_s(argv: list[str], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+                       timeout=120)  # fmt: skip
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=int, default=30)
+    ap.add_argument("--repeat", type=int, default=7)
+    a = ap.parse_args()
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(a.mb)], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        pid = str(child.pid)
+        with open(f"/proc/{pid}/status") as f:
+            rss = next(ln.split()[1] for ln in f if ln.startswith("VmRSS:"))
+        png = os.path.join(tempfile.mkdtemp(prefix="remap-bench-"), "map.png")
+        floor = _median_s([sys.executable, "-c", "pass"], a.repeat)
+        pmap = _median_s(["pmap", "-XX", pid], a.repeat)
+        rows = [
+            ("map --json", [REMAP, "map", pid, "--json"], floor + 2 * pmap),
+            ("map", [REMAP, "map", pid], floor + 2 * pmap),
+            ("map --pages", [REMAP, "map", pid, "--pages"], floor + 0.2),
+            ("map --png", [REMAP, "map", pid, "--png", png], floor + 0.2),
+            ("explain", [REMAP, "explain", pid], None),
+        ]
+        print(f"process: {rss} kB RSS; floor (python -c pass) {floor * 1e3:.0f} ms, "
+              f"pmap -XX {pmap * 1e3:.0f} ms; median of {a.repeat}")  # fmt: skip
+        print(f"{'command':<14}{'ms':>8}{'x floor':>9}{'goal ms':>9}  met")
+        for name, argv, goal in rows:
+            t = _median_s(argv, a.repeat)
+            g = f"{goal * 1e3:9.0f}  {'yes' if t <= goal else 'no'}" if goal else f"{'-':>9}  -"
+            print(f"{name:<14}{t * 1e3:8.0f}{t / floor:9.1f}{g}")
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
