@@ -76,6 +76,7 @@ MREMAP_MAYMOVE = 1
 MREMAP_FIXED = 2
 MREMAP_DONTUNMAP = 4
 MADV_NORMAL = 0
+MADV_RANDOM = 1  # VM_RAND_READ: no readahead (fold.steps.fence_fault_around splits VMAs with it)
 MADV_WILLNEED = 3
 MADV_DONTNEED = 4
 MADV_COLD = 20

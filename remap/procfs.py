@@ -550,3 +550,10 @@ def check_target(pid: int) -> Stat:
     if st.flags & PF_KTHREAD:
         raise UnsupportedTarget(f"process {pid} ({st.comm}) is a kernel thread: it has no memory")
     return st
+
+
+def read_max_map_count() -> int:
+    """/proc/sys/vm/max_map_count: how many VMAs one process may have (mm/mmap.c refuses the
+    mmap, mprotect or madvise split that would pass it with ENOMEM)."""
+    with open("/proc/sys/vm/max_map_count") as f:
+        return int(f.read())

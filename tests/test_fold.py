@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -98,8 +100,10 @@ def test_squeeze_bot_keeps_serving(bot):
     cmdline = _cmdline(lb.pid)
     r = F.squeeze(lb.pid)
     names = [s.name for s in r.steps]
-    assert names[-1] == "drop-clean-file" and all(s.applied for s in r.steps)
-    assert set(names) <= {"relocate-stack", "drop-dead-stack", "drop-clean-file"}
+    assert names[-1] == "fence-fault-around" and all(s.applied for s in r.steps)
+    assert set(names) <= {
+        "relocate-stack", "drop-dead-stack", "drop-clean-file", "fence-fault-around",
+    }  # fmt: skip
     assert r.after["rss_kb"] < before.rss_kb
     assert r.after["rss_kb"] <= 12  # the hot page + at most 2 live stack pages, every run
     if "relocate-stack" not in names:  # the gap was already small: only clean file pages went
@@ -116,7 +120,7 @@ def test_squeeze_no_move_only_drops(bot, capsys):
     stack_before = [p.addr for v in before.vmas if v.label == "stack" for p in v.pages]
     assert remap_main(["squeeze", str(lb.pid), "--no-move", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert [s["name"] for s in r["steps"]] == ["drop-clean-file"]
+    assert [s["name"] for s in r["steps"]] == ["drop-clean-file", "fence-fault-around"]
     assert r["after"]["rss_kb"] <= 16  # hot page + the 1-3 pages the live stack straddles
     # nothing moved: the same anonymous pages at the same places
     assert r["after"]["counters_kb"]["status_rss_anon"] == before.counters_kb["status_rss_anon"]
@@ -334,3 +338,42 @@ def test_updated_snapshots_equal_fresh_ones():
             lb.stop()
             srv.close()
     pytest.fail("no run closed a stack gap in 8 tries")
+
+
+def _present(pid: int, start: int, pages: int) -> list[int]:
+    """Indices of the present pages of [start, start + pages * 4096) (pagemap bit 63)."""
+    with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as f:
+        f.seek(start // 4096 * 8)
+        raw = f.read(pages * 8)
+    return [i for i in range(pages) if int.from_bytes(raw[i * 8 : i * 8 + 8], "little") >> 63]
+
+
+@pytest.mark.parametrize("fence", [True, False], ids=["fenced", "unfenced"])
+def test_squeeze_fences_fault_around(spawn, tmp_path, fence):
+    """After a squeeze, touching one dropped page of a file mapping brings back that page alone
+    (the mapping was split into one-page VMAs); unfenced, the kernel maps its cached neighbours
+    too.  The program's answers (sums of the file's own bytes) stay right either way."""
+    data = bytes((i * 7 + i // 4096) & 0xFF for i in range(64 * 4096))
+    path = Path("/var/tmp") / f"remap-fence-{os.getpid()}-{fence}.bin"  # a disk file: page cache
+    path.write_bytes(data)
+    try:
+        t = spawn("filetoucher", "default", str(path))
+        ready = t.proc.stdout.readline().split()
+        assert ready[0] == b"ready" and int(ready[1]) == 64
+        base = int(ready[2], 16)
+        _wait_blocked(t.pid)
+        r = F.squeeze(t.pid, fence=fence)
+        names = [s.name for s in r.steps]
+        assert ("fence-fault-around" in names) == fence
+        assert _present(t.pid, base, 64) == []
+        assert _ask(t.proc, b"37\n") == b"37 %d\n" % sum(data[37 * 4096 : 38 * 4096])
+        back = _present(t.pid, base, 64)
+        if fence:
+            assert back == [37]
+            file_vmas = [ln for ln in _maps(t.pid).splitlines() if ln.endswith(path.name)]
+            assert len(file_vmas) == 64
+        else:
+            assert 37 in back and len(back) > 1, back  # fault-around (or a large folio)
+        assert _ask(t.proc, b"3\n") == b"3 %d\n" % sum(data[3 * 4096 : 4 * 4096])
+    finally:
+        path.unlink()

@@ -38,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "random gap put it)",
     )
     p.add_argument(
+        "--no-fence",
+        action="store_true",
+        help="leave file mappings whole: the kernel's fault-around then maps up to 16 pages back "
+        "per fault (by default each is split into one-page VMAs with MADV_RANDOM)",
+    )
+    p.add_argument(
         "--no-stop",
         action="store_true",
         help="do not stop the target: process_madvise(MADV_PAGEOUT) its clean file pages "
@@ -75,7 +81,10 @@ def cmd_squeeze(args: argparse.Namespace) -> int:
 
     if args.no_stop:
         return _show(fold.pageout(args.pid, dry_run=args.dry_run), args.json)
-    return _show(fold.squeeze(args.pid, dry_run=args.dry_run, move=not args.no_move), args.json)
+    rep = fold.squeeze(
+        args.pid, dry_run=args.dry_run, move=not args.no_move, fence=not args.no_fence
+    )
+    return _show(rep, args.json)
 
 
 def cmd_fold(args: argparse.Namespace) -> int:

@@ -25,7 +25,9 @@ from .hotpage import find_hot_page
 from .plan import FoldReport, run_plan
 
 
-def squeeze(pid: int, *, dry_run: bool = False, move: bool = True) -> FoldReport:
+def squeeze(
+    pid: int, *, dry_run: bool = False, move: bool = True, fence: bool = True
+) -> FoldReport:
     """Drop what is clean and file-backed, and whole stack pages below rsp-128 of each thread
     whose stack is proven (steps.proven_stack; the others are skipped with the reason); first
     close exec's stack gap when that frees a page and is safe.  DRY_RUN: the same plan,
@@ -37,12 +39,16 @@ def squeeze(pid: int, *, dry_run: bool = False, move: bool = True) -> FoldReport
     demo bot.  Moving the frames and tables up against the strings (steps.close_stack_gap)
     loses nothing: it is a copy, every pointer fixed, verified.  Where it is not safe (threads,
     a kernel-held pointer, swap, a big process) it is skipped with the reason, and the squeeze
-    goes on.  MOVE=False: drops only, nothing in the process is moved.
+    goes on.  MOVE=False: drops only, nothing in the process is moved.  FENCE=False: file
+    mappings are not split into one-page VMAs (steps.fence_fault_around), so the kernel's
+    fault-around brings up to 16 pages back per fault, as it does without remap.
     """
     plan = [steps.use_own_syscall]
     if move:
         plan.append(steps.optional(steps.close_stack_gap, "relocate-stack"))
     plan += [steps.drop_dead_stack, steps.drop_clean_file]
+    if fence:
+        plan.append(steps.fence_fault_around)
     return run_plan(pid, "squeeze", plan, dry_run=dry_run)
 
 
