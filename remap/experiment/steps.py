@@ -33,6 +33,8 @@ from typing import Any
 from ..errors import ExperimentError, NoSuchProcess, RemapError
 from ..ircd import IrcServer
 from ..launch import Launched, launch
+from ..netns import NetNamespace
+from ..residency import snapshot
 from . import measure as M
 from .mech import launch_energymech
 from .spec import Case, Experiment
@@ -171,8 +173,6 @@ def _launch(ctx: RunContext, params: dict) -> StepResult:
 
 def _netns(ctx: RunContext):
     """A private network namespace for this run (closed by the runner's finish)."""
-    from ..netns import NetNamespace
-
     ns = NetNamespace()
     ctx.fields.setdefault("_close", []).append(ns.close)
     return ns
@@ -195,8 +195,6 @@ def _idle(ctx: RunContext, params: dict) -> StepResult:
 def _explain(ctx: RunContext, params: dict) -> StepResult:
     """Measure, and record what ``remap map`` and ``remap explain`` show: each mapping's
     label and resident kB, the seed-style summary, every counter and the notes."""
-    from ..residency import snapshot
-
     ctx.wait_idle()
     snap = snapshot(ctx.pid)
     maps = [
