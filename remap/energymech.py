@@ -33,7 +33,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import RemapError, UsageError
+from .errors import UsageError
 from .ircd import ENERGYMECH, Dialect, IrcError, IrcServer
 from .launch import DEFAULT_ENV, Launched, launch
 from .netns import NetNamespace
@@ -168,46 +168,3 @@ def stop(run: MechRun) -> dict:
         "session_written": session,
         "left_behind": left,
     }
-
-
-# ---------------------------------------------------------------------------- experiment steps
-def launch_step(ctx, params: dict) -> None:
-    """The experiment ``launch`` step for ``irc = "energymech"``: start the bot as the case's
-    [launch] table says (user, netns, ASLR, environment size) and install :func:`finish_run`
-    as the run's finisher.  CTX is a remap.experiment RunContext."""
-    lc = ctx.case.launch
-    run = start(
-        ctx.target_path,
-        timeout=float(params.get("timeout", 10.0)),  # per wait; its send queue adds to replies'
-        aslr=lc.aslr,
-        env_size=lc.env_size,
-        user=lc.user,
-        isolate=lc.netns,
-    )
-    ctx.irc, ctx.launched = run.server, run.launched
-    ctx.fields["env_size"] = run.launched.env_size
-    ctx.fields["isolation"] = {"user": lc.user, "netns": lc.netns}
-    ctx.finisher = lambda c: finish_run(c, run)
-
-
-def finish_run(ctx, run: MechRun) -> tuple[bool, str | None]:
-    """Still working (one more PING answered), then stopped cleanly: exit status as the
-    experiment says, nothing left behind.  Records the stop, every reply and its latency."""
-    why = None
-    lt, srv = run.launched, run.server
-    try:
-        if lt.proc.poll() is not None:
-            why = f"target exited early with status {lt.proc.returncode}"
-        elif srv.registration is not None:
-            srv.ping(1, prefix="final")
-    except RemapError as e:
-        why = str(e)
-    result = stop(run)
-    ctx.fields.update(stop=result, irc_answered=srv.answered, pings_answered=srv.pings)
-    ctx.fields.setdefault("timing", {})["replies"] = srv.replies  # latencies vary run to run
-    want = ctx.case.target.exit_status
-    if why is None and result["exit_status"] != want:
-        why = f"target exited with status {result['exit_status']} (a working one exits {want})"
-    if why is None and result["left_behind"]:
-        why = f"files left behind: {result['left_behind']}"
-    return why is None, why

@@ -387,6 +387,20 @@ class IrcServer:
                 self.pings += 1
         return n
 
+    def pong_check(self, n: int, prefix: str = "t") -> int:
+        """Send N ``PING :PREFIXi`` one at a time and check each answer, in order: ``PONG :tok``
+        (RFC 1459) or ``PONG tok`` (what a plain client such as sic sends).
+
+        Why not :meth:`ping`: a client that is not our bot answers nothing else, so each line
+        read must be the PONG itself.  Returns N; IrcError at the first wrong or missing one."""
+        for i in range(n):
+            tok = f"{prefix}{i}"
+            self.send(f"PING :{tok}")
+            got = self.readline()
+            if got not in (f"PONG :{tok}", f"PONG {tok}"):
+                raise IrcError(f"PING {i} of {n}: expected PONG {tok}, got {got!r}")
+        return n
+
     def queue_wait(self) -> float:
         """Seconds the bot's send queue is estimated to hold a reply queued now."""
         return max(0.0, self._queue_free_at - time.monotonic())

@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 import pwd
 import shutil
@@ -34,10 +33,10 @@ from pathlib import Path
 from .errors import NoSuchProcess, UnsupportedTarget, UsageError
 from .kconst import ADDR_NO_RANDOMIZE
 from .netns import NetNamespace
+from .procwait import wait_blocked
 
 DEFAULT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"}
 PAD_VAR = "REMAP_PAD"
-VDSO_MODULE = "remap.fold.vdso"
 _personality_lock = threading.Lock()
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.personality.argtypes = [ctypes.c_ulong]
@@ -67,8 +66,6 @@ class Launched:
         Why: Popen returns once exec passed its point of no return, before the kernel has
         built the new stack (env_start/env_end are still 0 then); measure only after this.
         """
-        from .experiment.measure import wait_blocked
-
         wait_blocked(self.pid, timeout, self.proc)
 
     def stop(self, timeout: float = 5.0) -> int:
@@ -138,7 +135,7 @@ def launch(
 
     aslr=False: the child execs with ADDR_NO_RANDOMIZE, so stack, vdso and mmap bases repeat.
     vdso=False: delegated to remap.fold.vdso (ptrace injection hides AT_SYSINFO_EHDR and unmaps
-    the vdso before the target's first instruction); UnsupportedTarget until that module exists.
+    the vdso before the target's first instruction; UnsupportedTarget where it cannot).
     user: a user name (its uid and primary gid, no supplementary groups); netns: the network
     namespace to run in.  Neither combines with vdso=False (UsageError).
     """
@@ -164,9 +161,9 @@ def launch(
     if user or netns:
         proc = _with_personality(aslr, lambda: _start_isolated(argv, user, netns, popen_kw))
     elif not vdso:
-        if importlib.util.find_spec(VDSO_MODULE) is None:
-            raise UnsupportedTarget(f"--no-vdso needs {VDSO_MODULE} (not available yet)")
-        hider = importlib.import_module(VDSO_MODULE)
+        # imported here: it loads remap.fold (~90 ms), which launches keeping the vdso never need
+        from .fold import vdso as hider
+
         proc = _with_personality(aslr, lambda: hider.launch(list(argv), **popen_kw))
     else:
         proc = _with_personality(aslr, lambda: subprocess.Popen(list(argv), **popen_kw))

@@ -41,17 +41,19 @@ import subprocess
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ExperimentError, UnsafeStep, UsageError
 from .kconst import PAGE_SIZE
-from .profile import Profile
+
+if TYPE_CHECKING:  # only its attributes are read: importing it would load the ptrace layer
+    from .profile import Profile
 
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
 RED_ZONE = 128
 FOLD_MARGIN = 512  # remap.fold.steps.single_page keeps this free below the moved frames
 ARGV_ALLOWANCE = 128  # the fold moves the argv strings into the reserve too
 DEFAULT_MARGIN = RED_ZONE + FOLD_MARGIN + ARGV_ALLOWANCE + 64  # + 64: frames keep alignment
-PROFILE_CAP_S = 300.0  # experiment steps: a profile that runs longer than this is cut there
 COLD_TEXT = ".text.unlikely .text.*_unlikely .text.unlikely.* .text.startup .text.startup.*"
 
 
@@ -303,62 +305,14 @@ def plan_layout(
       fold's own margin + room for the argv strings it moves in + alignment).
     closure: also take functions that hot code calls/jumps to directly but the profile never
       saw run (cold-path exits); without it such a path would fault after the fold.
-    Raises UnsafeStep with the byte budget when the block cannot fit in one page.
+    Raises UsageError when a profiled function is not in INPUTS, UnsafeStep with the byte
+    budget when the block cannot fit in one page.
     """
     li = LinkInputs(inputs)
-    code: dict[tuple, Entry] = {}
-    rodata: dict[tuple, Entry] = {}
-    owner: dict[tuple, ObjectFile] = {}
-    missing = []
-    for f in sorted(prof.functions, key=lambda f: (f.first, f.name)):
-        try:
-            o, s = li.find(f.name)
-        except KeyError:
-            missing.append(f.name)
-            continue
-        if s.key not in code:
-            code[s.key] = Entry(s, f"{f.name}: executed {f.steps} instructions while profiled")
-            owner[s.key] = o
-    if missing:
-        raise UsageError(
-            f"profiled functions not defined in the link inputs: {', '.join(sorted(missing))} "
-            "(pass every object and archive of the program with --inputs)"
-        )
-    for d in prof.data:
-        if d.section not in prof.sections or prof.sections[d.section][2] & SHF_WRITE:
-            continue  # writable data is taken whole below; the stack is not data
-        if d.name.endswith(" (unnamed)"):
-            continue  # unnamed bytes: covered by the relocation closure of the code touching it
-        try:
-            o, s = li.find(d.name, None)
-        except KeyError:
-            continue
-        if _is_rodata(s) and s.key not in rodata:
-            by = ", ".join(d.by) or "?"
-            rodata[s.key] = Entry(s, f"{d.name}: read {d.reads} times by {by}")
-            owner[s.key] = o
-    # relocation closure: rodata the hot code references, code it can reach directly
-    work = list(code)
-    while work:
-        k = work.pop(0)
-        o = owner[k]
-        src = code.get(k) or rodata.get(k)
-        for local, sym in o.relocation_targets(src.section):
-            try:
-                to, ts = (o, local) if local is not None else li.find(sym, o)
-            except KeyError:
-                continue
-            what = sym or to.name_in(ts)
-            if _is_rodata(ts) and ts.key not in rodata:
-                rodata[ts.key] = Entry(ts, f"{what}: referenced by {_label(src)}")
-                owner[ts.key] = to
-                work.append(ts.key)
-            elif closure and _is_code(ts) and ts.key not in code and ts.size:
-                code[ts.key] = Entry(
-                    ts, f"{what}: reachable from {_label(src)} (not executed while profiled)"
-                )
-                owner[ts.key] = to
-                work.append(ts.key)
+    hot = _HotSet()
+    _take_executed(hot, prof, li)
+    _take_touched_rodata(hot, prof, li)
+    _take_closure(hot, li, closure)
     data_sections = {
         n: (v[1], v[3] if len(v) > 3 else 8)  # (size, alignment)
         for n, v in sorted(prof.sections.items())
@@ -366,32 +320,110 @@ def plan_layout(
     }
     data_bytes = sum(v[0] for v in data_sections.values())
     stack_min = (prof.stack.peak_depth + margin + 15) // 16 * 16
-    code_l = list(code.values())
-    ro_l = list(rodata.values())
-    code_end = _placed(code_l, 0)
-    ro_end = _placed(ro_l, code_end)
-    data_end = ro_end
-    for size, align in data_sections.values():  # in address order, each at its alignment
-        a = max(align, 8)
-        data_end = (data_end + a - 1) // a * a + size
-    total = (data_end + 15) // 16 * 16 + stack_min
-    budget = {
-        "code": code_end,
-        "rodata": ro_end - code_end,
-        "data": data_end - ro_end,
-        "stack_min": stack_min,
-        "total": total,
-        "page": PAGE_SIZE,
-    }
-    if total > PAGE_SIZE:
+    code_l, ro_l = list(hot.code.values()), list(hot.rodata.values())
+    budget = _budget(code_l, ro_l, data_sections, stack_min)
+    if budget["total"] > PAGE_SIZE:
         raise UnsafeStep(
             f"the hot block does not fit in one page: code {budget['code']} B + rodata "
             f"{budget['rodata']} B + writable data {budget['data']} B + stack {stack_min} B "
-            f"(peak depth {prof.stack.peak_depth} + margin {margin}) = {total} B > {PAGE_SIZE} B"
+            f"(peak depth {prof.stack.peak_depth} + margin {margin}) = {budget['total']} B > "
+            f"{PAGE_SIZE} B"
         )
     lay = Layout(code_l, ro_l, data_bytes, data_sections, stack_min, budget)
     lay.script = render_script(prof, lay)
     return lay
+
+
+@dataclass
+class _HotSet:
+    """The hot input sections chosen so far, by key, and the object each comes from."""
+
+    code: dict[tuple, Entry] = field(default_factory=dict)
+    rodata: dict[tuple, Entry] = field(default_factory=dict)
+    owner: dict[tuple, ObjectFile] = field(default_factory=dict)
+
+    def add(self, into: dict[tuple, Entry], o: ObjectFile, s: InputSection, why: str) -> None:
+        into[s.key] = Entry(s, why)
+        self.owner[s.key] = o
+
+
+def _take_executed(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
+    """Every function the profile saw run, in the order it first ran (UsageError naming those
+    the link inputs do not define)."""
+    missing = []
+    for f in sorted(prof.functions, key=lambda f: (f.first, f.name)):
+        try:
+            o, s = li.find(f.name)
+        except KeyError:
+            missing.append(f.name)
+            continue
+        if s.key not in hot.code:
+            hot.add(hot.code, o, s, f"{f.name}: executed {f.steps} instructions while profiled")
+    if missing:
+        raise UsageError(
+            f"profiled functions not defined in the link inputs: {', '.join(sorted(missing))} "
+            "(pass every object and archive of the program with --inputs)"
+        )
+
+
+def _take_touched_rodata(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
+    """The named read-only objects the profile saw read (writable data is taken whole)."""
+    for d in prof.data:
+        if d.section not in prof.sections or prof.sections[d.section][2] & SHF_WRITE:
+            continue  # writable data is taken whole; the stack is not data
+        if d.name.endswith(" (unnamed)"):
+            continue  # unnamed bytes: covered by the relocation closure of the code touching it
+        try:
+            o, s = li.find(d.name, None)
+        except KeyError:
+            continue
+        if _is_rodata(s) and s.key not in hot.rodata:
+            by = ", ".join(d.by) or "?"
+            hot.add(hot.rodata, o, s, f"{d.name}: read {d.reads} times by {by}")
+
+
+def _take_closure(hot: _HotSet, li: LinkInputs, closure: bool) -> None:
+    """The relocation closure: rodata the hot code references and (CLOSURE) code it can reach
+    directly, transitively."""
+    work = list(hot.code)
+    while work:
+        k = work.pop(0)
+        o = hot.owner[k]
+        src = hot.code.get(k) or hot.rodata.get(k)
+        for local, sym in o.relocation_targets(src.section):
+            try:
+                to, ts = (o, local) if local is not None else li.find(sym, o)
+            except KeyError:
+                continue
+            what = sym or to.name_in(ts)
+            if _is_rodata(ts) and ts.key not in hot.rodata:
+                hot.add(hot.rodata, to, ts, f"{what}: referenced by {_label(src)}")
+                work.append(ts.key)
+            elif closure and _is_code(ts) and ts.key not in hot.code and ts.size:
+                why = f"{what}: reachable from {_label(src)} (not executed while profiled)"
+                hot.add(hot.code, to, ts, why)
+                work.append(ts.key)
+
+
+def _budget(
+    code: list[Entry], rodata: list[Entry], data_sections: dict[str, tuple[int, int]],
+    stack_min: int,
+) -> dict[str, int]:  # fmt: skip
+    """Bytes of each part of the hot block, placed as ld places them (each at its alignment)."""
+    code_end = _placed(code, 0)
+    ro_end = _placed(rodata, code_end)
+    data_end = ro_end
+    for size, align in data_sections.values():  # in address order, each at its alignment
+        a = max(align, 8)
+        data_end = (data_end + a - 1) // a * a + size
+    return {
+        "code": code_end,
+        "rodata": ro_end - code_end,
+        "data": data_end - ro_end,
+        "stack_min": stack_min,
+        "total": (data_end + 15) // 16 * 16 + stack_min,
+        "page": PAGE_SIZE,
+    }
 
 
 def _label(e: Entry) -> str:
@@ -588,157 +620,6 @@ def elf_symbols(path: Path, names: tuple[str, ...]) -> dict[str, int]:
         return out
 
 
-# ---------------------------------------------------------------------------- experiment steps
-def _register_steps() -> None:
-    """Steps of the round trip (experiments/auto-single-page-minibot.toml), registered when the
-    experiment runner imports this module as a step provider."""
-    import time
-
-    from .experiment.steps import RunContext, StepResult, step
-    from .profile import irc_workload, profile
-    from .targets import build_dir, sha256_file
-
-    @step("auto-layout")
-    def _auto_layout(ctx: RunContext, params: dict) -> StepResult:
-        """Profile the running bot over a workload (PINGs, !ping, !mem; checked against an
-        unprofiled run), write its one-page linker script from the link inputs, relink, and
-        make the relinked binary the target of the next ``launch`` step."""
-        if ctx.irc is None:
-            raise ExperimentError("auto-layout needs an IRC bot target (target.irc = true)")
-        pings = int(params.get("pings", 100))
-        name = ctx.case.target.name
-        ctx.wait_idle()
-        wl = irc_workload(ctx.irc, pings)
-        prof = profile(ctx.pid, seconds=PROFILE_CAP_S, workload=wl, baseline=wl)
-        res = ctx.measure("auto-layout")  # the profiled bot, idle again: must still be alive
-        out = build_dir() / "auto"
-        obj = compile_target(name, out)
-        t0 = time.monotonic()
-        margin = int(params.get("margin", DEFAULT_MARGIN))
-        lay = plan_layout(prof, [obj, musl_libc()], margin=margin)
-        digest = hashlib.sha256(lay.script.encode()).hexdigest()
-        script = out / f"{name}-{digest[:12]}.ld"
-        script.write_text(lay.script)
-        binary = link([obj], out / f"{name}-1page-{digest[:12]}", script)
-        layout_s = time.monotonic() - t0
-        ctx.irc.close()
-        ctx.launched.stop()
-        ctx.irc = None
-        ctx.target_path = binary
-        ctx.fields["auto_layout"] = {
-            "functions": prof.function_names(),
-            "peak_stack_depth": prof.stack.peak_depth,
-            "budget": lay.budget,
-            "script": str(script),
-            "script_sha256": digest,
-            "binary": str(binary),
-            "binary_sha256": sha256_file(binary),
-            "results_unchanged": prof.results.get("unchanged", False),
-            "profile_steps": prof.overhead.steps,
-            "wall_s": prof.overhead.wall_s,
-            "us_per_step": prof.overhead.us_per_step,
-            "slowdown": prof.overhead.slowdown,
-            "layout_and_link_s": round(layout_s, 3),
-        }
-        res.extra.update({"profile_steps": prof.overhead.steps, "budget": lay.budget})
-        return res
-
-    @step("client-join")
-    def _client_join(ctx: RunContext, params: dict) -> StepResult:
-        """Register an IRC *client* that is not our bot (Debian's sic): write the ``stdin``
-        line (a template over {channel} {nick}; sic joins a channel when ":j #chan" arrives on
-        its stdin), then complete NICK/USER -> 001 -> JOIN like the "register" step."""
-        srv = _client(ctx)
-        line = str(params.get("stdin", ":j {channel}")).format(channel=srv.channel, nick=srv.nick)
-        ctx.launched.proc.stdin.write(line.encode() + b"\n")
-        ctx.launched.proc.stdin.flush()
-        srv.accept_bot()
-        return ctx.measure("client-join")
-
-    @step("pong")
-    def _pong(ctx: RunContext, params: dict) -> StepResult:
-        """N server PINGs, each answer checked (``PONG :tok`` or sic's ``PONG tok``)."""
-        n = int(params.get("n", 100))
-        pong_check(_client(ctx), n, prefix=str(params.get("prefix", "t")))
-        return ctx.measure("pong", pings=n)
-
-    @step("profile-layout")
-    def _profile_layout(ctx: RunContext, params: dict) -> StepResult:
-        """Profile the client over ``pings`` PINGs (checked against an unprofiled run), then
-        try the one-page layout with its link inputs (TARGET.o + musl's libc.a): record the
-        budget, or the refusal and what stands in the way (largest writable objects, heap)."""
-        srv = _client(ctx)
-        pings = int(params.get("pings", 100))
-        ctx.wait_idle()
-        counter = iter(range(1_000_000))
-
-        def wl() -> int:
-            return pong_check(srv, pings, prefix=f"p{next(counter)}-")
-
-        prof = profile(ctx.pid, seconds=PROFILE_CAP_S, workload=wl, baseline=wl)
-        ctx.wait_idle()
-        exe = Path(os.readlink(f"/proc/{ctx.pid}/exe"))  # behind a wrapper: the real program
-        obj = exe.with_name(exe.name + ".o")
-        try:
-            lay = plan_layout(prof, [obj, musl_libc()])
-            verdict: dict = {"fits": True, "budget": lay.budget}
-        except (UnsafeStep, UsageError) as e:
-            verdict = {"fits": False, "refusal": str(e)}
-        try:  # the floor: only what ran (no calls the profile did not see)
-            plan_layout(prof, [obj, musl_libc()], closure=False)
-            verdict["executed_only"] = "fits"
-        except (UnsafeStep, UsageError) as e:
-            verdict["executed_only"] = str(e)
-        ctx.fields["profile"] = {
-            "functions": len(prof.functions),
-            "function_names": prof.function_names(),
-            "data_touched": [[d.name, d.size, d.section] for d in prof.data],
-            "peak_stack_depth": prof.stack.peak_depth,
-            "root": prof.stack.root,
-            "outside_exe_steps": prof.outside,
-            "signals_caught": prof.signals.caught,
-            "results_unchanged": prof.results.get("unchanged", False),
-            "steps": prof.overhead.steps,
-            "us_per_step": prof.overhead.us_per_step,
-            "slowdown": prof.overhead.slowdown,
-            "writable_bytes": sum(v[1] for v in prof.sections.values() if v[2] & SHF_WRITE),
-            "largest_writable_objects": writable_objects(exe),
-            "layout": verdict,
-        }
-        return ctx.measure("profile-layout")
-
-    @step("client-check")
-    def _client_check(ctx: RunContext, params: dict) -> StepResult:
-        """The client still answers a PING.  Last step: the runner's own final check asks a
-        *bot* for "!ping", which a plain client ignores, so the server is closed here."""
-        pong_check(_client(ctx), 1, prefix="final-")
-        ctx.fields["client_ok"] = True
-        res = ctx.measure("client-check")
-        ctx.irc.close()
-        ctx.irc = None
-        return res
-
-
-def _client(ctx):
-    if ctx.irc is None:
-        raise ExperimentError("this step needs target.irc = true (an IRC client target)")
-    return ctx.irc
-
-
-def pong_check(srv, n: int, prefix: str = "t") -> int:
-    """Send N ``PING :PREFIXi`` and check each answer, in order: ``PONG :tok`` (RFC 1459) or
-    ``PONG tok`` (what sic sends).  Returns N; IrcError at the first wrong or missing one."""
-    from .ircd import IrcError
-
-    for i in range(n):
-        tok = f"{prefix}{i}"
-        srv.send(f"PING :{tok}")
-        got = srv.readline()
-        if got not in (f"PONG :{tok}", f"PONG {tok}"):
-            raise IrcError(f"PING {i} of {n}: expected PONG {tok}, got {got!r}")
-    return n
-
-
 def writable_objects(path: Path, top: int = 8) -> list[list]:
     """The TOP largest objects in writable sections of PATH: [name, bytes, section]."""
     from elftools.elf.elffile import ELFFile
@@ -754,6 +635,3 @@ def writable_objects(path: Path, top: int = 8) -> list[list]:
                 if secs[i]["sh_flags"] & SHF_WRITE:
                     out.append([sym.name, sym["st_size"], secs[i].name])
     return sorted(out, key=lambda x: (-x[1], x[0]))[:top]
-
-
-_register_steps()

@@ -6,7 +6,7 @@ copies of the same facts, most of the command's time.  :func:`document` reads th
 (maps, status, pagemap: PAGEMAP_SCAN where the kernel has it), labels with the same functions
 (remap.labels) and writes each run of present pages as text at once.  It prints exactly what
 ``json.dumps(snapshot(pid, pfns=False, smaps=False).to_json(), separators=(",", ":"))`` prints
-for the same instant (tests/test_mapjson.py checks byte equality on real processes).
+for the same instant (tests/test_residency.py checks byte equality on real processes).
 
 It imports neither dataclasses nor rich: interpreter start-up is a good part of a command this
 size, and every import is paid by each run.

@@ -1,7 +1,8 @@
 """Reports from experiment records: summary tables, a Markdown file and PNG figures.
 
-Why apart from the runner: records are the interface (DESIGN §7); a report is one view of them
-and can be re-made at any time from DIR/*.jsonl, on another machine, without the targets.
+Why apart from the runner: records are the interface (README "Experiment files" lists their
+fields); a report is one view of them and can be re-made at any time from DIR/*.jsonl, on
+another machine, without the targets.
 
 Figures (matplotlib, Agg): per experiment, the distribution of idle (final) RSS per case; and
 where records carry a stack layout, the random gap against the idle RSS, coloured by how many

@@ -306,6 +306,16 @@ def fault_around(snap: Snapshot) -> FaultAround:
 
 
 # --------------------------------------------------------------------------- snapshot
+@dataclass(slots=True)
+class _Instant:
+    """What the kernel said at the snapshot's instant, before any of it is interpreted."""
+
+    status: dict
+    statm: procfs.Statm
+    entries: list[procfs.SmapsEntry]  # smaps, or maps dressed as smaps entries without fields
+    rollup: dict
+
+
 def snapshot(
     pid: int,
     *,
@@ -320,63 +330,108 @@ def snapshot(
     METHOD: "auto" (PAGEMAP_SCAN if the kernel has it), "scan" or "read" (plain pagemap read).
     KPAGEFLAGS: also fill Page.flags from /proc/kpageflags (root only; costs a pread per run).
     PFNS: fill Page.pfn (root only; False skips reading them: ~10% faster on big processes).
-    SMAPS: False reads maps instead of smaps (about 8x cheaper for thousands of VMAs): per-VMA
-    rss/anon/file/shmem kB then come from the page walk -- equal to smaps for a process that is
-    not faulting (tests check it) -- swap_kb is 0, counters_kb["smaps_rss"] is None, and VMAs
-    carry no VmFlags ([vvar*] are still known as PFN maps by name).  ``map --json`` output is
-    this view's to_json(), written directly by remap.mapjson.
-    COUNTERS: False (with SMAPS False) reads only maps and pagemap -- no status, statm,
-    smaps_rollup, no notes: the fold's view of a process it holds stopped, where every
-    microsecond counts (counters_kb then holds pagemap_present alone, summary is "").
-    Raises NoSuchProcess / ZombieProcess / AccessDenied / UnsupportedTarget (remap.errors).
+    Three modes, by what is read (:func:`_read_full`, :func:`_read_stopped`):
+    - SMAPS and COUNTERS (the default): smaps, status, statm, smaps_rollup, every note;
+    - SMAPS False reads maps instead of smaps (about 8x cheaper for thousands of VMAs): per-VMA
+      rss/anon/file/shmem kB then come from the page walk -- equal to smaps for a process that
+      is not faulting (tests check it) -- swap_kb is 0, counters_kb["smaps_rss"] is None, and
+      VMAs carry no VmFlags ([vvar*] are still known as PFN maps by name).  ``map --json``
+      output is this view's to_json(), written directly by remap.mapjson;
+    - COUNTERS False (with SMAPS False) reads only maps and pagemap -- no status, statm,
+      smaps_rollup, no notes: the fold's view of a process it holds stopped, where every
+      microsecond counts (counters_kb then holds pagemap_present alone, summary is "").
+    Raises NoSuchProcess / ZombieProcess / AccessDenied / UnsupportedTarget (remap.errors),
+    ValueError for COUNTERS False with SMAPS True.
     """
     if not counters and smaps:
         raise ValueError("snapshot(counters=False) needs smaps=False")
     kernel = procfs.kernel_release()
-    if counters:
-        procfs.check_target(pid)
-        # --- the instant: the kernel's files, back to back
-        status = procfs.read_status(pid)
-        statm = procfs.read_statm(pid)
-    else:  # a stopped process we hold: only what labelling needs
-        status = {"Threads": str(len(procfs.thread_ids(pid)))}
-        statm = procfs.Statm(0, 0, 0, 0, 0, 0, 0)
-    if smaps:
-        entries = procfs.read_smaps(pid)
-    else:
-        entries = [
-            procfs.SmapsEntry(
-                m.start,
-                m.end,
-                m.perms,
-                m.offset,
-                m.dev,
-                m.inode,
-                m.path,
-                fields={},
-                vmflags=labels.name_flags(m.path),
-            )  # fmt: skip
-            for m in procfs.read_maps(pid)
-        ]
-    rollup = procfs.read_smaps_rollup(pid) if counters else {}
-    ranges = [(e.start, e.end) for e in entries]
-    pfnmap = [i for i, e in enumerate(entries) if labels.is_pfnmap(e.vmflags)]
-    runs, pfns, used = pagemap.walk(
+    got = _read_full(pid, smaps) if counters else _read_stopped(pid)
+    ranges = [(e.start, e.end) for e in got.entries]
+    pfnmap = [i for i, e in enumerate(got.entries) if labels.is_pfnmap(e.vmflags)]
+    runs, frames, used = pagemap.walk(
         pid, ranges, pfnmap, method=method, pfns=pfns or kpageflags
     )  # fmt: skip
     # --- everything below is computed from what was read
     notes: list[str] = []
     exe = procfs.read_exe(pid)
-    sps = labels.thread_sps(pid, status, notes)
-    fstypes = labels.fstypes_for(pid, entries)
-    views = labels.elf_views(entries, exe, pid)
-    flags_of: dict[int, int] = {}
-    if kpageflags and pfns:
-        flags_of = pagemap.kpageflags(pfns.values())
+    flags_of = pagemap.kpageflags(frames.values()) if kpageflags and frames else {}
+    vmas, zero_unknown = _vmas(pid, got, runs, frames, flags_of, exe, notes, smaps)
+    counted = [v for v in vmas if not v.pfnmap and not v.hugetlb]
+    present_kb = 4 * sum(len(v.pages) for v in counted)
+    if not counters:
+        return Snapshot(pid=pid, kernel=kernel, vmas=vmas, status=got.status, statm=got.statm,
+                        smaps_rollup=got.rollup, counters_kb={"pagemap_present": present_kb},
+                        summary="", notes=notes, exe=exe, method=used)  # fmt: skip
+    figures = _counters_kb(got, vmas, present_kb, smaps)
+    visible = bool(frames) or pagemap.pfns_visible()
+    notes[:0] = _reconcile(kernel, figures, vmas, got.rollup, zero_unknown, visible)
+    return Snapshot(
+        pid=pid,
+        kernel=kernel,
+        vmas=vmas,
+        status=got.status,
+        statm=got.statm,
+        smaps_rollup=got.rollup,
+        counters_kb=figures,
+        summary=seed_summary(got.status),
+        notes=notes,
+        exe=exe,
+        method=used,
+    )
 
+
+def _read_full(pid: int, smaps: bool) -> _Instant:
+    """The instant of a running process: the kernel's files back to back (smaps or maps)."""
+    procfs.check_target(pid)
+    status = procfs.read_status(pid)
+    statm = procfs.read_statm(pid)
+    entries = procfs.read_smaps(pid) if smaps else _maps_entries(pid)
+    return _Instant(status, statm, entries, procfs.read_smaps_rollup(pid))
+
+
+def _read_stopped(pid: int) -> _Instant:
+    """The instant of a stopped process we hold: only what labelling needs (maps, threads)."""
+    status = {"Threads": str(len(procfs.thread_ids(pid)))}
+    return _Instant(status, procfs.Statm(0, 0, 0, 0, 0, 0, 0), _maps_entries(pid), {})
+
+
+def _maps_entries(pid: int) -> list[procfs.SmapsEntry]:
+    """/proc/PID/maps as smaps entries without fields (VmFlags guessed from the name)."""
+    return [
+        procfs.SmapsEntry(
+            m.start,
+            m.end,
+            m.perms,
+            m.offset,
+            m.dev,
+            m.inode,
+            m.path,
+            fields={},
+            vmflags=labels.name_flags(m.path),
+        )
+        for m in procfs.read_maps(pid)
+    ]
+
+
+def _vmas(
+    pid: int,
+    got: _Instant,
+    runs: list,
+    frames: dict[int, int],
+    flags_of: dict[int, int],
+    exe: str,
+    notes: list[str],
+    smaps: bool,
+) -> tuple[list[Vma], int]:
+    """The labelled VMAs and their present pages; and how many anonymous pages might be the
+    shared zero page (unknown without PFNs).  Labelling notes are appended to NOTES."""
+    sps = labels.thread_sps(pid, got.status, notes)
+    fstypes = labels.fstypes_for(pid, got.entries)
+    views = labels.elf_views(got.entries, exe, pid)
     vmas: list[Vma] = []
     zero_unknown = 0
-    for e, rs, view in zip(entries, runs, views, strict=True):
+    for e, rs, view in zip(got.entries, runs, views, strict=True):
         label, kind, is_exe_part = labels.classify(e, view, exe, fstypes, sps)
         if smaps:
             rss, anon, swap = e.get("Rss"), e.get("Anonymous"), e.get("Swap")
@@ -390,50 +445,58 @@ def snapshot(
             rss, anon, rss - anon - shmem_kb, shmem_kb, swap,
             vmflags=vmflags, entry=e,
         )  # fmt: skip
-        private_file = v.is_file and e.perms[3] == "p"
-        pfnmap_vma = labels.is_pfnmap(v.vmflags)
-        pages = v.pages
-        for r in rs:
-            if r.zero:
-                v.zero_pages += r.npages
-                continue
-            if r.zero is None and not r.file:
-                zero_unknown += r.npages
-            backing, cow = labels.backing(r.file, pfnmap_vma, kind, private_file)
-            if view is None and not flags_of:  # the common case, kept tight for big processes
-                pages.extend(
-                    [
-                        Page(a, backing, cow, label, None, None, pfns.get(a), None)
-                        for a in range(r.start, r.end, K.PAGE_SIZE)
-                    ]
-                )
-                continue
-            for a in range(r.start, r.end, K.PAGE_SIZE):
-                pl, sec, sym = label, None, None
-                if view is not None:
-                    pl2, sec, sym = view.describe(a)
-                    if is_exe_part and pl2:
-                        pl = pl2
-                pfn = pfns.get(a)
-                pages.append(Page(a, backing, cow, pl, sec, sym, pfn, flags_of.get(pfn)))
-        if not smaps and pages and not v.hugetlb:  # per-VMA figures from the page walk
-            n_anon = sum(1 for p in pages if p.backing == "anon")
-            n_shmem = sum(1 for p in pages if p.backing == "shmem")
-            v.rss_kb, v.anon_kb, v.shmem_kb = 4 * len(pages), 4 * n_anon, 4 * n_shmem
+        zero_unknown += _fill_pages(v, rs, view, kind, is_exe_part, frames, flags_of)
+        if not smaps and v.pages and not v.hugetlb:  # per-VMA figures from the page walk
+            n_anon = sum(1 for p in v.pages if p.backing == "anon")
+            n_shmem = sum(1 for p in v.pages if p.backing == "shmem")
+            v.rss_kb, v.anon_kb, v.shmem_kb = 4 * len(v.pages), 4 * n_anon, 4 * n_shmem
             v.file_kb = v.rss_kb - v.anon_kb - v.shmem_kb
         if is_exe_part and e.path:
-            top = labels.exe_vma_label(e, view, [p.label for p in pages])
+            top = labels.exe_vma_label(e, view, [p.label for p in v.pages])
             if top:
                 v.label = top
         vmas.append(v)
+    return vmas, zero_unknown
 
-    counted = [v for v in vmas if not v.pfnmap and not v.hugetlb]
-    present_kb = 4 * sum(len(v.pages) for v in counted)
-    if not counters:
-        return Snapshot(pid=pid, kernel=kernel, vmas=vmas, status=status, statm=statm,
-                        smaps_rollup=rollup, counters_kb={"pagemap_present": present_kb},
-                        summary="", notes=notes, exe=exe, method=used)  # fmt: skip
-    counters = {
+
+def _fill_pages(v: Vma, rs: list, view, kind: str, is_exe_part: bool,
+                frames: dict[int, int], flags_of: dict[int, int]) -> int:  # fmt: skip
+    """Append V's present pages from its runs RS; return the anonymous pages that may be the
+    shared zero page (the walk could not tell without PFNs)."""
+    private_file = v.is_file and v.perms[3] == "p"
+    pfnmap_vma = labels.is_pfnmap(v.vmflags)
+    pages, label = v.pages, v.label
+    zero_unknown = 0
+    for r in rs:
+        if r.zero:
+            v.zero_pages += r.npages
+            continue
+        if r.zero is None and not r.file:
+            zero_unknown += r.npages
+        backing, cow = labels.backing(r.file, pfnmap_vma, kind, private_file)
+        if view is None and not flags_of:  # the common case, kept tight for big processes
+            pages.extend(
+                [
+                    Page(a, backing, cow, label, None, None, frames.get(a), None)
+                    for a in range(r.start, r.end, K.PAGE_SIZE)
+                ]
+            )
+            continue
+        for a in range(r.start, r.end, K.PAGE_SIZE):
+            pl, sec, sym = label, None, None
+            if view is not None:
+                pl2, sec, sym = view.describe(a)
+                if is_exe_part and pl2:
+                    pl = pl2
+            pfn = frames.get(a)
+            pages.append(Page(a, backing, cow, pl, sec, sym, pfn, flags_of.get(pfn)))
+    return zero_unknown
+
+
+def _counters_kb(got: _Instant, vmas: list[Vma], present_kb: int, smaps: bool) -> dict:
+    """Every RSS figure in kB, by where it comes from (smaps_rss None when smaps was not read)."""
+    status, statm, rollup = got.status, got.statm, got.rollup
+    return {
         "status_vmrss": int(status.get("VmRSS", 0)),
         "status_rss_anon": int(status.get("RssAnon", 0)),
         "status_rss_file": int(status.get("RssFile", 0)),
@@ -443,22 +506,6 @@ def snapshot(
         "smaps_rollup_rss": int(rollup.get("Rss", 0)),
         "pagemap_present": present_kb,
     }
-    notes[:0] = _reconcile(
-        kernel, counters, vmas, rollup, zero_unknown, bool(pfns) or pagemap.pfns_visible()
-    )
-    return Snapshot(
-        pid=pid,
-        kernel=kernel,
-        vmas=vmas,
-        status=status,
-        statm=statm,
-        smaps_rollup=rollup,
-        counters_kb=counters,
-        summary=seed_summary(status),
-        notes=notes,
-        exe=exe,
-        method=used,
-    )
 
 
 def seed_summary(status: dict) -> str:

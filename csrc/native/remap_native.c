@@ -3,7 +3,8 @@
  *
  * Why C and not python-ptrace for these pieces:
  *   - python-ptrace has no PTRACE_SEIZE / PTRACE_INTERRUPT / PTRACE_{GET,SET}SIGMASK, which
- *     remap needs to stop a process without SIGSTOP side effects (DESIGN 5.1, 5.5).
+ *     remap needs to stop a process without SIGSTOP side effects (a group stop a job-control
+ *     parent would see) and to block signals while it injects (remap.inject's docstring).
  *   - one injected syscall is ~7 ptrace/wait calls; through ctypes each one costs a Python
  *     crossing.  rn_inject() does the whole round trip (set regs -> PTRACE_SYSCALL -> entry stop
  *     -> PTRACE_SYSCALL -> exit stop -> result) in one call, so the Python API stays within a

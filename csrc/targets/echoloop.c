@@ -1,4 +1,5 @@
-// A static musl echo loop: the smallest "working process" remap measures (DESIGN §4).
+// A static musl echo loop: the smallest "working process" remap measures (README, "What it
+// answers": its idle RSS follows exec's random stack gap, experiments/aslr-gap.toml).
 // It copies stdin to stdout a byte at a time, blocking in read(2) when idle.
 // remap-build: musl-gcc -static -Os -o {out} {src}
 #include <unistd.h>

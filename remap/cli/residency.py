@@ -70,7 +70,7 @@ def _term_width() -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     if args.json and not args.pages and not args.png:
         # The JSON shape needs neither PFNs nor the smaps-only fields (swap, VmFlags): written
-        # straight from maps + the page walk (exact; what DESIGN states results in).
+        # straight from maps + the page walk (exact: results are stated in page-walk kB).
         from ..mapjson import document
 
         sys.stdout.write(document(args.pid))

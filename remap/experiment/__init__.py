@@ -2,7 +2,10 @@
 
 Lifecycle: ``load`` (spec: TOML -> Experiment) -> ``run`` (runner: each case x repeat, steps
 from the registry, a measurement after each step) -> records (DIR/NAME.jsonl) -> ``summarize``.
-Other modules add steps with ``@step("name")`` (see remap.experiment.steps for RunContext).
+Steps register with ``@step("name")`` (remap.experiment.steps: the registry, RunContext, the
+built-in steps); those of each subject live here too: steps_irc, steps_fold, steps_layout,
+steps_torture.  Only this package (and the CLI) imports remap.experiment: the libraries it
+drives (fold, layout, profile, torture, residency) know nothing of experiments.
 
 Example::
 

@@ -20,13 +20,18 @@ from typing import Any
 
 from .. import __version__, sources, targets
 from ..errors import ExperimentError, RemapError
+from . import steps_irc  # noqa: F401  (registers the IRC steps)
 from .spec import Case, Experiment, Target
 from .steps import STEPS, RunContext, StepResult, finish
 
-# Modules that register extra steps on import (remap.fold's squeeze, fold-stack, ...,
-# remap.kernels' screen): imported only when an experiment names a step nobody has registered
-# yet, so a provider that is broken or missing never blocks experiments that do not use it.
-STEP_PROVIDERS = ("remap.fold.runsteps", "remap.layout", "remap.kernels.steps", "remap.torture")
+# Modules of this package that register the heavier steps on import (the fold, the layout round
+# trip, the torture storm): imported only when an experiment names a step nobody has registered
+# yet, so that `import remap.experiment` and the plain experiments load no ptrace layer.
+STEP_PROVIDERS = (
+    "remap.experiment.steps_fold",
+    "remap.experiment.steps_layout",
+    "remap.experiment.steps_torture",
+)
 SUMMARY_FIGURES = (
     "final_rss_kb",
     "final_vmrss_kb",
@@ -38,17 +43,9 @@ SUMMARY_FIGURES = (
 
 
 def load_step_providers() -> None:
-    """Import the modules that add steps; one that does not exist (yet) is skipped."""
+    """Import the modules that register the heavier steps (each registers once)."""
     for mod in STEP_PROVIDERS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name is None or not mod.startswith(e.name):
-                raise ExperimentError(f"step provider {mod} cannot be imported: {e}") from None
-        except Exception as e:  # a provider under construction must not crash the runner
-            raise ExperimentError(
-                f"step provider {mod} failed to import: {type(e).__name__}: {e}"
-            ) from None
+        importlib.import_module(mod)
 
 
 def check_steps(exp: Experiment) -> None:

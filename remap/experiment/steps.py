@@ -1,9 +1,11 @@
-"""The step registry and the built-in steps of experiments.
+"""The step registry, the run context, and the built-in steps every experiment uses.
 
-Why a registry: experiments name their steps in TOML; other modules add steps without this
-package knowing them (remap.fold registers "squeeze", "fold-stack", "fold-single-page"; the
-runner imports remap.fold, remap.fold.experiment_steps and remap.fold.steps -- those that
-exist -- when an experiment names a step not registered yet, see runner.STEP_PROVIDERS)::
+Why a registry: experiments name their steps in TOML; each subject's steps live in a module of
+their own in this package and register themselves with ``@step``: IRC (steps_irc: register,
+ping, command, client-join, pong, client-check, screen), fold (steps_fold: squeeze, fold-stack,
+fold-single-page, check-mem, ping-watch), layout (steps_layout: auto-layout, profile-layout) and
+torture (steps_torture).  The runner imports steps_irc with itself and the heavier ones only
+when an experiment names a step not registered yet (runner.STEP_PROVIDERS)::
 
     from remap.experiment import RunContext, StepResult, step
 
@@ -15,7 +17,8 @@ exist -- when an experiment names a step not registered yet, see runner.STEP_PRO
 A step function gets the :class:`RunContext` of the current run and the step's parameters from
 the TOML table (minus ``step``).  Returning None means "measure after me"; returning a
 :class:`StepResult` (usually from ``ctx.measure``) records that instead.  Raise a RemapError
-subclass (UnsafeStep, IrcError...) to fail the run with a one-line reason.
+subclass (UnsafeStep, IrcError...) to fail the run with a one-line reason; a step that needs
+an IRC target asks :meth:`RunContext.need_irc`, so that mistake reads the same everywhere.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ from typing import Any
 from ..errors import ExperimentError, NoSuchProcess, RemapError
 from ..ircd import IrcServer
 from ..launch import Launched, launch
+from ..netns import NetNamespace
+from ..residency import snapshot
 from . import measure as M
+from .mech import launch_energymech
 from .spec import Case, Experiment
 
 StepFn = Callable[["RunContext", dict], "StepResult | None"]
 STEPS: dict[str, StepFn] = {}
-MAX_PINGS = 1_000_000
 MAX_IDLE_S = 60.0
 
 
@@ -107,6 +112,15 @@ class RunContext:
             raise ExperimentError("no target launched yet (the first step must be 'launch')")
         return self.launched.pid
 
+    def need_irc(self, step: str) -> IrcServer:
+        """The IRC server of this run, for the step named STEP.
+
+        Raises ExperimentError when the case has none: the experiment file asked an IRC step
+        of a target without ``target.irc`` (one error, one message for every such step)."""
+        if self.irc is None:
+            raise ExperimentError(f"step {step!r} needs an IRC target (target.irc = true)")
+        return self.irc
+
     def wait_idle(self) -> None:
         """Wait (bounded by measure.idle_timeout) until the target sleeps in a syscall."""
         M.wait_blocked(self.pid, self.case.measure.idle_timeout, self.launched.proc)
@@ -137,9 +151,7 @@ def _launch(ctx: RunContext, params: dict) -> StepResult:
     """Start the target as the case says (ASLR, environment, vdso); with irc, start ircd first."""
     t, lc = ctx.case.target, ctx.case.launch
     if t.bot == "energymech":
-        from ..energymech import launch_step
-
-        launch_step(ctx, params)
+        launch_energymech(ctx, params)
         return ctx.measure("launch")
     argv = [str(ctx.target_path), *t.args]
     if t.irc:
@@ -161,47 +173,9 @@ def _launch(ctx: RunContext, params: dict) -> StepResult:
 
 def _netns(ctx: RunContext):
     """A private network namespace for this run (closed by the runner's finish)."""
-    from ..netns import NetNamespace
-
     ns = NetNamespace()
     ctx.fields.setdefault("_close", []).append(ns.close)
     return ns
-
-
-@step("register")
-def _register(ctx: RunContext, params: dict) -> None:
-    """IRC registration: accept the bot, NICK/USER -> 001 -> JOIN."""
-    _need_irc(ctx).accept_bot()
-
-
-@step("ping")
-def _ping(ctx: RunContext, params: dict) -> StepResult:
-    """Send N PINGs (pipelined in windows) and check every PONG."""
-    n = _int(params, "n", 1, MAX_PINGS)
-    window = _int(params, "window", 1, 4096, default=256)
-    _need_irc(ctx).ping(n, window=window)
-    return ctx.measure("ping", pings=n)
-
-
-@step("command")
-def _command(ctx: RunContext, params: dict) -> StepResult:
-    """Say ``text`` in the channel and record the bot's reply (``expect`` checks it)."""
-    text = params.get("text")
-    if not isinstance(text, str) or not text:
-        raise ExperimentError(f"step 'command' needs text = \"...\" (got {text!r})")
-    srv = _need_irc(ctx)
-    seen: dict[str, Any] = {}
-    check = params.get("check_proc", False)
-    if check:  # the moment the bot reads its own /proc/PID/status: right after it read TEXT
-        before = M.switches(ctx.pid)
-        seen["at"] = lambda: seen.update(status=M.after_wakeup(ctx.pid, before, ctx))
-    reply = srv.command(text, on_sent=seen.get("at"))
-    if "expect" in params and reply != params["expect"]:
-        raise ExperimentError(f"{text}: expected {params['expect']!r}, got {reply!r}")
-    extra: dict[str, Any] = {"reply": reply}  # its latency: the record's timing.replies
-    if check:
-        extra["proc"] = M.compare_mem(text, reply, seen["status"])
-    return ctx.measure(f"command {text}", **extra)
 
 
 @step("idle")
@@ -221,8 +195,6 @@ def _idle(ctx: RunContext, params: dict) -> StepResult:
 def _explain(ctx: RunContext, params: dict) -> StepResult:
     """Measure, and record what ``remap map`` and ``remap explain`` show: each mapping's
     label and resident kB, the seed-style summary, every counter and the notes."""
-    from ..residency import snapshot
-
     ctx.wait_idle()
     snap = snapshot(ctx.pid)
     maps = [
@@ -246,13 +218,8 @@ def _measure(ctx: RunContext, params: dict) -> StepResult:
     return ctx.measure(str(params.get("label", "measure")))
 
 
-def _need_irc(ctx: RunContext) -> IrcServer:
-    if ctx.irc is None:
-        raise ExperimentError("this step needs target.irc = true (an IRC bot target)")
-    return ctx.irc
-
-
-def _int(params: dict, key: str, lo: int, hi: int, default: int | None = None) -> int:
+def int_param(params: dict, key: str, lo: int, hi: int, default: int | None = None) -> int:
+    """PARAMS[KEY] (or DEFAULT), an integer LO..HI: ExperimentError naming it otherwise."""
     v = params.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
         raise ExperimentError(f"step parameter {key} must be an integer {lo}..{hi} (got {v!r})")

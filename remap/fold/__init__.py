@@ -65,7 +65,7 @@ def pageout(pid: int, *, dry_run: bool = False) -> FoldReport:
     from .. import residency
     from ..inject import process_madvise
     from ..kconst import MADV_PAGEOUT
-    from .plan import StepReport, _brief, _settled_snapshot
+    from .plan import StepReport, brief, settled_snapshot
     from .ranges import coalesce
 
     before = residency.snapshot(pid)
@@ -79,9 +79,9 @@ def pageout(pid: int, *, dry_run: bool = False) -> FoldReport:
             process_madvise(pid, a, e - a, MADV_PAGEOUT)
         step.applied, step.syscalls = True, len(ranges)
         step.detail["elapsed_us"] = round((time.monotonic_ns() - t0) / 1e3, 1)
-    after = None if dry_run else _settled_snapshot(pid, 0.0)
+    after = None if dry_run else settled_snapshot(pid, 0.0)
     notes = ["not stopped: PAGEOUT reclaims page-cache pages mapped by this process only"]
-    return FoldReport(pid, "pageout", dry_run, _brief(before), after and _brief(after),
+    return FoldReport(pid, "pageout", dry_run, brief(before), after and brief(after),
                       [step] if pages else [], 0.0, 0, notes)  # fmt: skip
 
 

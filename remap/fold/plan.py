@@ -269,7 +269,8 @@ def stopped_snapshot(pid: int) -> residency.Snapshot:
     return residency.snapshot(pid, smaps=False, pfns=False, counters=False)
 
 
-def _brief(snap: residency.Snapshot) -> dict[str, Any]:
+def brief(snap: residency.Snapshot) -> dict[str, Any]:
+    """What a FoldReport keeps of a snapshot (its ``before``/``after``): RSS, pages, counters."""
     return {
         "rss_kb": snap.rss_kb,
         "present_pages": snap.present_pages,
@@ -405,9 +406,9 @@ def run_plan(
     stopped_us = stopped_before_cure / 1e3 + marks["cure"]
     verified_by["frames"] = sum(f.guarded() for f in proven)
     verified = verified_by["frames"] + verified_by["hashes"]
-    after = None if dry_run else _settled_snapshot(pid, settle_s)
+    after = None if dry_run else settled_snapshot(pid, settle_s)
     return FoldReport(
-        pid, kind, dry_run, _brief(before), after and _brief(after), reports,
+        pid, kind, dry_run, brief(before), after and brief(after), reports,
         stopped_us, verified, notes, {k: round(v, 1) for k, v in marks.items()}, dropped,
         verified_by,
     )  # fmt: skip
@@ -513,7 +514,7 @@ def _dry_run(pid: int, kind: str, planners: list[Planner]) -> FoldReport:
             action.predict(ctx)
         if action.drops:
             ctx.forget(action.drops)
-    return FoldReport(pid, kind, True, _brief(before), None, reports, 0.0, 0,
+    return FoldReport(pid, kind, True, brief(before), None, reports, 0.0, 0,
                       ctx.notes + s.notes, {}, dropped)  # fmt: skip
 
 
@@ -544,9 +545,10 @@ def _scratch_span(s: Any) -> list[tuple[int, int]]:
     return [(base, base + (getattr(s, "_scratch_len", 0) or PAGE_SIZE))] if base else []
 
 
-def _settled_snapshot(pid: int, settle_s: float) -> residency.Snapshot:
-    """Snapshot once the target is asleep again (state S), within a bounded wait."""
+def settled_snapshot(pid: int, settle_s: float) -> residency.Snapshot:
+    """Snapshot once the target is asleep again (state S), within a bounded wait (SETTLE_S + 2 s).
 
+    Raises UnsafeStep when the process has no mappings left."""
     deadline = time.monotonic() + max(settle_s, 0.0) + 2.0
     time.sleep(settle_s)
     while time.monotonic() < deadline:

@@ -1,7 +1,8 @@
 """The fold's steps.  Each planner looks at a stopped snapshot, proves its precondition (or
 raises UnsafeStep with the reason), and returns an Action saying exactly what it will do.
 
-Safety rules (DESIGN section 6) enforced here:
+Safety rules enforced here (README "What a session guarantees"; tests/test_never_harm_fold.py
+checks each on real targets):
 - MADV_DONTNEED only on pages proven clean and file-backed (pagemap bit 61 in a file mapping),
   or on whole stack pages below a stopped thread's rsp - 128 (dead by the ABI: the red zone is
   the only thing a thread may keep below rsp) in a mapping proven to be that thread's stack
@@ -13,6 +14,7 @@ Safety rules (DESIGN section 6) enforced here:
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 from .. import kconst as K
@@ -518,6 +520,29 @@ def _set_mm_map(ctx: FoldContext, changes: dict[str, int], auxv: bytes | None, b
 
 
 # ----------------------------------------------------------------------------- single page
+@dataclass
+class _SinglePage:
+    """What the single-page fold will do, computed while the target is stopped, before any
+    write: the frames [lo, cfa) and the argv strings move by ``moves`` into the reserve."""
+
+    hot: HotPage
+    regs: dict[str, int]
+    frames: int  # frames walked up to the steady-state root
+    lo: int  # lowest live byte (rsp - red zone, aligned)
+    cfa: int  # the root frame's CFA: the top of what moves
+    delta: int
+    strings: bytes
+    str_at: int
+    moves: list[Move]
+    caught: int  # caught signals, blocked for good (a signal frame would not fit)
+    unmap: list[tuple[int, int]]
+    env_end: int  # the top of the old stack's strings: the pages the fold touches end there
+
+    @property
+    def new_lo(self) -> int:
+        return self.lo + self.delta
+
+
 def single_page(ctx: FoldContext) -> Action | None:
     """Fold a hot-page program into its one page: live frames into the page's stack reserve,
     argv strings beside them, every other mapping unmapped.
@@ -529,6 +554,21 @@ def single_page(ctx: FoldContext) -> Action | None:
     the reserve.  Caught signals are blocked for good (a signal frame would not fit); signals at
     their default action push no frame and keep working (SIGTERM still terminates).
     """
+    hot, regs, stack = _single_page_target(ctx)
+    p = _plan_single_page(ctx, hot, regs, stack)
+    return Action(
+        "single-page",
+        f"move {p.cfa - p.lo} B of live frames + {len(p.strings)} B argv into the hot page "
+        f"reserve at {hot.start:#x}, unmap {len(p.unmap)} other mappings",
+        lambda c: _fold_into_page(c, p),
+        touches=set(range(page_floor(p.lo), page_ceil(p.env_end), K.PAGE_SIZE)) | {hot.start},
+        detail={"hot_page": hot.start, "reserve_bytes": hot.reserve},
+    )
+
+
+def _single_page_target(ctx: FoldContext) -> tuple[HotPage, dict[str, int], residency.Vma]:
+    """(hot page, registers, [stack] VMA) of a target the single-page fold may take; UnsafeStep
+    with the reason for any other (no hot page, threads, not idle in its hot code...)."""
     s = ctx.session
     hot = find_hot_page(ctx.pid)
     if hot is None:
@@ -548,6 +588,15 @@ def single_page(ctx: FoldContext) -> Action | None:
     stack = ctx.snap.vma_at(regs["rsp"])
     if stack is None or stack.label != "stack":
         raise UnsafeStep("the main thread's rsp is not in [stack]")
+    return hot, regs, stack
+
+
+def _plan_single_page(
+    ctx: FoldContext, hot: HotPage, regs: dict[str, int], stack: residency.Vma
+) -> _SinglePage:
+    """Where the frames and strings go; UnsafeStep when they do not fit the reserve (or when
+    anonymous memory lives outside the hot page and the stack)."""
+    s = ctx.session
     st = procfs.read_stat(ctx.pid)
     cfa, frames = _steady_root(s, regs, st.start_stack, hot)
     lo = (regs["rsp"] - RED_ZONE) // 16 * 16
@@ -556,82 +605,74 @@ def single_page(ctx: FoldContext) -> Action | None:
     margin = 512
     str_at = hot.stack_hi - len(strings)
     delta = (str_at - cfa) // ALIGN * ALIGN
-    new_lo = lo + delta
     need = cfa - lo + len(strings) + margin
-    if new_lo - margin < hot.stack_lo:
+    if lo + delta - margin < hot.stack_lo:
         raise UnsafeStep(
             f"live stack {cfa - lo} B + argv strings {len(strings)} B + margin {margin} B = "
             f"{need} B does not fit the hot page's {hot.reserve} B stack reserve"
         )
     moves = [Move(lo, cfa, delta), Move(st.arg_start, st.arg_end, str_at - st.arg_start)]
-    writable = hot.writable
-    caught = _caught_signals(ctx.pid)
     unmap = [
         (v.start, v.end)
         for v in ctx.snap.vmas
         if v.start != hot.start and v.label != "vsyscall" and not _scratch_vma(s, v)
     ]
+    caught = _caught_signals(ctx.pid)
+    return _SinglePage(hot, regs, len(frames), lo, cfa, delta, strings, str_at, moves, caught,
+                       unmap, st.env_end)  # fmt: skip
 
-    def run(c: FoldContext) -> dict[str, Any]:
-        c.session.use_gadget(regs["rip"] - 2)
-        frames_old = s.read(lo, cfa - lo)
-        frames_new, fixed = relocate_words(frames_old, moves)
-        rewrites = []
-        for a, e in writable:
-            old = s.read(a, e - a)
-            new, ch = relocate_words(old, moves)
-            if ch:
-                rewrites.append((a, old, new, len(ch)))
-        # The reserve is unused until the registers point into it: writing there is harmless.
-        s.write(new_lo, frames_new)
-        s.write(str_at, strings)
-        if s.read(new_lo, len(frames_new)) != frames_new or s.read(str_at, len(strings)) != strings:
-            raise UnsafeStep("read-back of the hot page's stack reserve differs")
-        _commit_rewrites(s, rewrites)  # the commit point: undone if it fails half-way
-        new_regs = relocate_regs(regs, moves)
-        s.set_resume_regs(None, {k: new_regs[k] for k in new_regs if new_regs[k] != regs[k]})
-        if caught:
-            s.set_resume_sigmask(None, s.sigmask() | caught)
-        note = _set_mm_map(
-            c,
-            {
-                "start_code": hot.start,
-                "end_code": hot.end,
-                "start_data": hot.start,
-                "end_data": hot.end,
-                "start_brk": hot.end,
-                "brk": hot.end,
-                "start_stack": cfa + delta,
-                "arg_start": str_at,
-                "arg_end": hot.stack_hi,
-                "env_start": hot.stack_hi,
-                "env_end": hot.stack_hi,
-            },
-            None,
-            (lo - 1024) & ~15,  # the old stack below the moved frames: unmapped next
-        )
-        for a, e in unmap:
-            c.call("munmap", a, e - a)
-        _make_anonymous(c, hot.start)
-        s.release_scratch()
-        return {
-            "frames": len(frames),
-            "moved_bytes": cfa - lo,
-            "relocated_words": len(fixed) + sum(n for *_, n in rewrites),
-            "unmapped": len(unmap),
-            "blocked_signals": _sig_names(caught),
-            "reserve_free_bytes": new_lo - hot.stack_lo,
-            "mm_map": note,
-        }
 
-    return Action(
-        "single-page",
-        f"move {cfa - lo} B of live frames + {len(strings)} B argv into the hot page reserve "
-        f"at {hot.start:#x}, unmap {len(unmap)} other mappings",
-        run,
-        touches=set(range(page_floor(lo), page_ceil(st.env_end), K.PAGE_SIZE)) | {hot.start},
-        detail={"hot_page": hot.start, "reserve_bytes": hot.reserve},
-    )
+def _fold_into_page(c: FoldContext, p: _SinglePage) -> dict[str, Any]:
+    """The single-page fold's action: copy, relocate, commit, then unmap everything else."""
+    s, regs, hot = c.session, p.regs, p.hot
+    s.use_gadget(regs["rip"] - 2)
+    frames_old = s.read(p.lo, p.cfa - p.lo)
+    frames_new, fixed = relocate_words(frames_old, p.moves)
+    rewrites = []
+    for a, e in hot.writable:
+        old = s.read(a, e - a)
+        new, ch = relocate_words(old, p.moves)
+        if ch:
+            rewrites.append((a, old, new, len(ch)))
+    # The reserve is unused until the registers point into it: writing there is harmless.
+    s.write(p.new_lo, frames_new)
+    s.write(p.str_at, p.strings)
+    back = s.read(p.new_lo, len(frames_new)), s.read(p.str_at, len(p.strings))
+    if back != (frames_new, p.strings):
+        raise UnsafeStep("read-back of the hot page's stack reserve differs")
+    _commit_rewrites(s, rewrites)  # the commit point: undone if it fails half-way
+    new_regs = relocate_regs(regs, p.moves)
+    s.set_resume_regs(None, {k: new_regs[k] for k in new_regs if new_regs[k] != regs[k]})
+    if p.caught:
+        s.set_resume_sigmask(None, s.sigmask() | p.caught)
+    layout = {
+        "start_code": hot.start,
+        "end_code": hot.end,
+        "start_data": hot.start,
+        "end_data": hot.end,
+        "start_brk": hot.end,
+        "brk": hot.end,
+        "start_stack": p.cfa + p.delta,
+        "arg_start": p.str_at,
+        "arg_end": hot.stack_hi,
+        "env_start": hot.stack_hi,
+        "env_end": hot.stack_hi,
+    }
+    # the buffer: the old stack below the moved frames, unmapped next
+    note = _set_mm_map(c, layout, None, (p.lo - 1024) & ~15)
+    for a, e in p.unmap:
+        c.call("munmap", a, e - a)
+    _make_anonymous(c, hot.start)
+    s.release_scratch()
+    return {
+        "frames": p.frames,
+        "moved_bytes": p.cfa - p.lo,
+        "relocated_words": len(fixed) + sum(n for *_, n in rewrites),
+        "unmapped": len(p.unmap),
+        "blocked_signals": _sig_names(p.caught),
+        "reserve_free_bytes": p.new_lo - hot.stack_lo,
+        "mm_map": note,
+    }
 
 
 def _make_anonymous(ctx: FoldContext, page: int) -> None:

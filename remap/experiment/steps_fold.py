@@ -1,17 +1,20 @@
-"""Experiment steps for the fold: ``squeeze``, ``fold-stack`` and ``fold-single-page``.
+"""Experiment steps for the fold: ``squeeze``, ``fold-stack``, ``fold-single-page``, and the
+two checks of a folded bot, ``check-mem`` and ``ping-watch``.
 
-Each runs the plan on the experiment's target and records the idle residency afterwards, with
-how long the target was stopped and what each step did, so a JSONL record shows the whole fold.
+Each fold step runs the plan (remap.fold) on the experiment's target and records the idle
+residency afterwards, with how long the target was stopped and what each step did, so a JSONL
+record shows the whole fold.  Loaded by the runner only when an experiment names one of them
+(runner.STEP_PROVIDERS): remap.fold is not needed to run the plain experiments.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .. import residency
 from ..errors import UnsafeStep
-from ..experiment.steps import RunContext, StepResult, step
-from . import fold, squeeze
-from .plan import FoldReport
+from ..fold import FoldReport, fold, squeeze
+from .steps import RunContext, StepResult, step
 
 
 def _record(ctx: RunContext, name: str, report: FoldReport, params: dict) -> StepResult:
@@ -60,9 +63,7 @@ def _fold_single(ctx: RunContext, params: dict) -> StepResult:
 def _check_mem(ctx: RunContext, params: dict) -> StepResult:
     """Ask the bot for ``!mem`` and check its own VmRSS (and VmSize) against ``rss_kb``
     (``vm_kb``): the seed's line, printed by the folded process about itself."""
-    if ctx.irc is None:
-        raise UnsafeStep("check-mem needs an IRC bot target")
-    mem = ctx.irc.command("!mem")
+    mem = ctx.need_irc("check-mem").command("!mem")
     for key, field in (("rss_kb", "VmRSS"), ("vm_kb", "VmSize")):
         if key in params and mem.get(field) != params[key]:
             raise UnsafeStep(f"!mem: {field} {mem.get(field)} kB, expected {params[key]} kB")
@@ -73,13 +74,10 @@ def _check_mem(ctx: RunContext, params: dict) -> StepResult:
 def _ping_watch(ctx: RunContext, params: dict) -> StepResult:
     """Send ``n`` PINGs in windows of ``window`` and walk the page tables between windows:
     records the largest RSS seen while serving (``max_rss_kb``), not only the idle figure."""
-    from .. import residency
-
-    if ctx.irc is None:
-        raise UnsafeStep("ping-watch needs an IRC bot target")
+    srv = ctx.need_irc("ping-watch")
     n, window = int(params.get("n", 1000)), int(params.get("window", 100))
     seen = []
     for i in range(0, n, window):
-        ctx.irc.ping(min(window, n - i), prefix=f"w{i}-")
+        srv.ping(min(window, n - i), prefix=f"w{i}-")
         seen.append(residency.snapshot(ctx.pid, smaps=False).rss_kb)
     return ctx.measure("ping-watch", pings=n, max_rss_kb=max(seen), samples=len(seen))
