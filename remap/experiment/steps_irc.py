@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import procfs
 from ..errors import ExperimentError
 from ..ircd import MEM_REPLY
+from ..residency import rss_lag_of, snapshot
 from . import measure as M
 from .steps import RunContext, StepResult, int_param, step
 
 MAX_PINGS = 1_000_000
-REPLY_LINES = 8  # screen: the reply is the next channel message; a few other lines may come first
+SCREEN_COMMANDS = {"energymech": "!meminfo"}  # screen: the bot's memory command (default !mem)
 
 
 @step("register")
@@ -50,6 +52,7 @@ def _command(ctx: RunContext, params: dict) -> StepResult:
     seen: dict[str, Any] = {}
     check = params.get("check_proc", False)
     if check:  # the moment the bot reads its own /proc/PID/status: right after it read TEXT
+        seen["before"] = procfs.read_status(ctx.pid)  # with the one after, they enclose it
         before = M.switches(ctx.pid)
         seen["at"] = lambda: seen.update(status=M.after_wakeup(ctx.pid, before, ctx))
     reply = srv.command(text, on_sent=seen.get("at"))
@@ -57,7 +60,7 @@ def _command(ctx: RunContext, params: dict) -> StepResult:
         raise ExperimentError(f"{text}: expected {params['expect']!r}, got {reply!r}")
     extra: dict[str, Any] = {"reply": reply}  # its latency: the record's timing.replies
     if check:
-        extra["proc"] = M.compare_mem(text, reply, seen["status"])
+        extra["proc"] = M.compare_mem(text, reply, seen["status"], seen["before"])
     return ctx.measure(f"command {text}", **extra)
 
 
@@ -97,31 +100,26 @@ def _client_check(ctx: RunContext, params: dict) -> StepResult:
 
 @step("screen")
 def _screen(ctx: RunContext, params: dict) -> StepResult:
-    """Say !mem, keep the bot's reply line as ``screen`` and its RSS as ``screen_rss_kb``.
+    """Ask the bot for its memory line (!mem; EnergyMech's !meminfo), keep the line as
+    ``screen``, its RSS as ``screen_rss_kb``, and the page walk of the same moment beside it.
 
-    Why a step of its own: the ``command`` step parses the !mem reply into numbers; the
-    seed-screen experiment must keep the very line a user saw ("VM 180 kB (Max 180 kB), RSS
-    4 kB [ Code ... ]") beside the page walk taken at the same moment, so that a record shows
-    the screen and the truth together."""
+    Why a step of its own: the ``command`` step parses the reply into numbers; the
+    seed-screen experiments must keep the very line a user saw ("VM 180 kB (Max 180 kB), RSS
+    4 kB [ Code ... ]") beside the page walk, so that a record shows the screen and the truth
+    together.  ``rss_lag`` (remap.rsslag) records why the two differ: each class's counter
+    against the page walk and every thread's fault count."""
     irc = ctx.need_irc("screen")
     if irc.registration is None:
         raise ExperimentError("step 'screen' needs a registered bot (a 'register' step first)")
-    irc.send(f":tester!tester@127.0.0.1 PRIVMSG {irc.channel} :!mem")
-    for _ in range(REPLY_LINES):
-        line = irc.readline()
-        if line.startswith(":"):  # a prefix, if the bot ever sends one
-            line = line.partition(" ")[2]
-        head, sep, text = line.partition(" :")
-        if sep and head.split() == ["PRIVMSG", irc.channel]:
-            break
-    else:
-        raise ExperimentError(f"no !mem reply in {irc.channel}")
-    m = MEM_REPLY.fullmatch(text)
+    text = SCREEN_COMMANDS.get(ctx.case.target.bot or "", "!mem")
+    irc.command(text)
+    line = irc.replies[-1]["reply"]  # word for word, as the bot sent it
+    m = MEM_REPLY.fullmatch(line)
     if m is None:
-        raise ExperimentError(f"malformed !mem reply: {text!r}")
-    irc.commands += 1
-    ctx.fields["screen"] = text
+        raise ExperimentError(f"malformed {text} reply: {line!r}")
+    ctx.fields["screen"] = line
     ctx.fields["screen_rss_kb"] = int(m.group(3))
-    res = ctx.measure("screen", screen=text, screen_rss_kb=int(m.group(3)))
+    res = ctx.measure("screen", screen=line, screen_rss_kb=int(m.group(3)))
     ctx.fields["screen_walk_rss_kb"] = res.rss_kb
+    ctx.fields["rss_lag"] = rss_lag_of(snapshot(ctx.pid)).to_json()
     return res
