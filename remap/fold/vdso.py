@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
+from typing import Any
 
 from .. import kconst as K
-from .. import native
 from ..errors import UnsupportedTarget
 from ..gadget import find as find_gadget
+from ..inject.ptrace import Ptrace
 from ..procfs import read_maps
 
 SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]")
@@ -37,35 +38,31 @@ def _traceme() -> None:  # runs in the child between fork and exec
 
 
 def launch(argv: list[str], **popen_kw) -> subprocess.Popen:
-    """Popen(argv) with the vdso hidden from the program and unmapped before it runs."""
-    lib, ffi = native.load()
+    """Popen(argv) with the vdso hidden from the program and unmapped before it runs.
+
+    Raises UnsupportedTarget when the program cannot be handled so, and the ptrace layer's
+    errors (AccessDenied, NoSuchProcess...) when ptrace refuses or the child dies."""
     proc = subprocess.Popen(argv, preexec_fn=_traceme, **popen_kw)  # noqa: PLW1509
     pid = proc.pid
-    status = ffi.new("int *")
+    pt = Ptrace(pid)
+    status = pt.ffi.new("int *")
     try:
-        lib.rn_wait(pid, status, 0)
+        pt.wait(pid, status, 0)
         st = status[0]
         if not os.WIFSTOPPED(st) or os.WSTOPSIG(st) != K.SIGTRAP:
             raise UnsupportedTarget(f"--no-vdso: {argv[0]} did not stop at exec (status {st:#x})")
-        _check(lib.rn_ptrace(K.PTRACE_SETOPTIONS, pid, 0, K.PTRACE_O_TRACESYSGOOD), "options")
-        saved = ffi.new("struct user_regs_struct *")
-        _check(lib.rn_getregs(pid, saved), "PTRACE_GETREGS")
+        pt.setoptions(pid, K.PTRACE_O_TRACESYSGOOD)
+        saved = pt.getregs(pid)
         auxv = _hide_auxv_entry(pid, saved.rsp)
-        _unmap_special(lib, ffi, pid, saved, auxv)
-        _check(lib.rn_setregs(pid, saved), "PTRACE_SETREGS")
+        _unmap_special(pt, saved, auxv)
+        pt.setregs(pid, saved)
     except BaseException:
         proc.kill()
-        lib.rn_ptrace(K.PTRACE_DETACH, pid, 0, 0)
+        pt.detach(pid)
         proc.wait()
         raise
-    _check(lib.rn_ptrace(K.PTRACE_DETACH, pid, 0, 0), "PTRACE_DETACH")
+    pt.check(pt.detach(pid), "PTRACE_DETACH")
     return proc
-
-
-def _check(r: int, what: str) -> int:
-    if r < 0:
-        raise UnsupportedTarget(f"--no-vdso: {what} failed: {os.strerror(-r)}")
-    return r
 
 
 def _hide_auxv_entry(pid: int, sp: int) -> tuple[int, int]:
@@ -92,28 +89,19 @@ def _hide_auxv_entry(pid: int, sp: int) -> tuple[int, int]:
             p += 16
 
 
-def _unmap_special(lib, ffi, pid: int, saved, auxv: tuple[int, int]) -> None:
+def _unmap_special(pt: Ptrace, saved: Any, auxv: tuple[int, int]) -> None:
     """munmap each special mapping, then PR_SET_MM_AUXV so /proc/PID/auxv agrees (a refusal,
     e.g. without CAP_SYS_RESOURCE, only leaves the kernel's saved copy stale)."""
+    pid = pt.pid
     maps = [m for m in read_maps(pid) if m.path in SPECIAL]
     if not maps:
         return
     g = find_gadget(pid)
     if g is None or g.path == "[vdso]":
         raise UnsupportedTarget("--no-vdso: no `syscall` instruction in the program's own text")
-    call = ffi.new("struct rn_call *")
 
     def inject(nr: int, *args: int) -> int:
-        ffi.buffer(ffi.addressof(call.regs))[:] = ffi.buffer(saved)[:]
-        call.regs.rip = g.addr
-        call.regs.orig_rax = 2**64 - 1
-        call.regs.rax = nr
-        padded = (*args, 0, 0, 0, 0, 0, 0)[:6]  # unused arguments must be 0 (prctl checks)
-        for reg, a in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), padded, strict=True):
-            setattr(call.regs, reg, a)
-        _check(lib.rn_inject(pid, call), f"syscall {K.SYSCALL_NAMES.get(nr, nr)}")
-        res = call.result & (2**64 - 1)
-        return res - 2**64 if res > 2**64 - 4096 else res
+        return pt.call_at(pid, saved, g.addr, nr, *args)
 
     for m in maps:
         r = inject(K.SYSCALLS["munmap"], m.start, m.end - m.start)

@@ -180,6 +180,7 @@ def build_boot_frame(at: int, regs: dict[str, int], mask: int, restorer: int) ->
 
 
 def frame_size(fp: bytes) -> int:
+    """Bytes of a safety frame carrying the XSAVE area FP, rounded to 64 (its alignment)."""
     return (FP_OFF + len(fp) + 63) // 64 * 64
 
 
@@ -208,7 +209,7 @@ def build_frame(at: int, regs: dict[str, int], mask: int, fp: bytes, first: int,
 
 
 def frame_spot(rsp: int, size: int, *, resident_only: bool = False) -> int:
-    """Where a thread's frames go below rsp - 128: inside the page that holds rsp - 128 when
+    """Where a thread's frames go below rsp - RED_ZONE: inside the page holding that address when
     they fit there (that page is resident, and no squeeze drops it), else just below it (which
     may fault in a stack page) -- or 0 with resident_only."""
     top = rsp - K.RED_ZONE
