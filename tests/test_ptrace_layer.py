@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_inject_refusals import _as_nobody  # setpriv to nobody, this checkout importable
 
 from remap import kconst as K
 from remap import procfs
@@ -66,15 +67,7 @@ def test_eperm_is_one_error_with_exit_code_4_for_every_user(spawn, is_root):
         "    except e.RemapError as x:\n"
         "        print(name, type(x).__name__, x.exit_code)\n"
     )
-    res = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", sys.executable]
-        + ["-c", code],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    res = _as_nobody(code)
     lines = res.stdout.split("\n")[:3]
     assert lines == [
         "layer AccessDenied 4",

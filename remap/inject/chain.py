@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .. import gadget as gadget_mod
 from .. import kconst as K
 from .. import native
+from ..errors import RemapError
 from .abi import (
     BOOT_SIZE,
     MASK64,
@@ -89,6 +90,9 @@ class NoChain:
 
     def guard(self, calls: Sequence[Sequence[int]]) -> None:
         """Before calls that unmap or zero memory: nothing to move."""
+
+    def give_up(self, why: str) -> None:
+        """Nothing to give up."""
 
     def clear_for_write(self, addr: int, n: int) -> None:
         """Before a write into the target: no frame in the way."""
@@ -236,16 +240,25 @@ class Chain(NoChain):
             t.call.regs.rip = self.code.syscall_ret
             self.to_slot(t, size)
             return
-        at = at or frame_spot(rsp, size)
         try:
-            orig = s.mem.read(at - BOOT_SIZE, size + BOOT_SIZE)
+            frame = self._stack_frame(at or frame_spot(rsp, size), size)
         except OSError:
             s.unprotect(f"thread {t.tid}: no room for a frame below its stack pointer")
             return
-        t.frame = Frame(at, size, Home.STACK, at - BOOT_SIZE, orig)
-        self.write_frame(t)
         t.call.regs.rip = self.code.syscall_ret
-        t.call.regs.rsp = at
+        self._settle(t, frame)
+
+    def _stack_frame(self, at: int, size: int) -> Frame:
+        """A frame of SIZE at AT on a stack, with the dead bytes it (and the boot frame
+        below it) will cover.  Raises OSError when they cannot be read."""
+        orig = self.s.mem.read(at - BOOT_SIZE, size + BOOT_SIZE)
+        return Frame(at, size, Home.STACK, at - BOOT_SIZE, orig)
+
+    def _settle(self, t: Thread, frame: Frame) -> None:
+        """Make FRAME t's safety frame: written, rsp on it, t parked on it."""
+        t.frame = frame
+        self.write_frame(t)
+        t.call.regs.rsp = frame.at
         self.park(t)
 
     def first_return(self, t: Thread) -> int:
@@ -289,6 +302,26 @@ class Chain(NoChain):
             with contextlib.suppress(OSError):
                 self.s.mem.write(f.orig_at, f.orig)
 
+    def give_up(self, why: str) -> None:
+        """Fall back to NoChain for the rest of the session: each armed thread is parked on
+        its own rewound registers and mask, and its frame's stack bytes are put back."""
+        s = self.s
+        if not self.live:
+            return
+        s.notes.append(f"unprotected: {why}")
+        s._t_unprotected = time.monotonic_ns()
+        s.chain = NoChain(s)
+        for t in s._threads.values():
+            if t.frame is not None:
+                regs = rewound(t.saved.reg_dict())
+                regs["orig_rax"] = MASK64
+                s.pt.setregs(t.tid, s.pt.ffi.new("struct user_regs_struct *", regs))
+                with contextlib.suppress(RemapError):
+                    s.pt.setsigmask(t.tid, t.saved.resume_mask)
+                t.call.regs.rip = s.gadget
+                t.call.regs.rsp = t.saved.regs.rsp
+                self.give_back(t)
+
     # ---- moving frames out of the way
     def guard(self, calls: Sequence[Sequence[int]]) -> None:
         """Before calls that unmap or zero memory: move safety frames out of their way (into
@@ -329,11 +362,7 @@ class Chain(NoChain):
         s, old = self.s, t.frame
         at = frame_spot(t.saved.regs.rsp, old.size, resident_only=True)
         if at and not (at - BOOT_SIZE < hi and lo < at + old.size):
-            orig = s.mem.read(at - BOOT_SIZE, old.size + BOOT_SIZE)
-            t.frame = Frame(at, old.size, Home.STACK, at - BOOT_SIZE, orig)
-            self.write_frame(t)
-            t.call.regs.rsp = at
-            self.park(t)
+            self._settle(t, self._stack_frame(at, old.size))
             with contextlib.suppress(OSError):
                 s.mem.write(old.orig_at, old.orig)
             return
@@ -351,10 +380,8 @@ class Chain(NoChain):
         if not at or not self.live:
             s.unprotect(f"no free scratch slot for thread {t.tid}'s safety frame")
             return
-        old, t.frame = t.frame, Frame(at, size, Home.SLOT)
-        self.write_frame(t)
-        t.call.regs.rsp = at
-        self.park(t)  # it was parked on the old frame, if any
+        old = t.frame
+        self._settle(t, Frame(at, size, Home.SLOT))  # it was parked on the old frame, if any
         if old is not None and old.home is Home.STACK:
             with contextlib.suppress(OSError):
                 s.mem.write(old.orig_at, old.orig)
@@ -365,14 +392,11 @@ class Chain(NoChain):
         s, size, rsp = self.s, t.frame.size, t.saved.regs.rsp
         at = frame_spot(rsp, size, resident_only=True) or frame_spot(rsp, size)
         try:
-            orig = s.mem.read(at - BOOT_SIZE, size + BOOT_SIZE)
+            frame = self._stack_frame(at, size)
         except OSError:
             s.unprotect(f"thread {t.tid}: no stack left for its frame")
             return
-        t.frame = Frame(at, size, Home.STACK, at - BOOT_SIZE, orig)
-        self.write_frame(t)
-        t.call.regs.rsp = at
-        self.park(t)
+        self._settle(t, frame)
 
     # ---- the scratch area's life
     def cleanup_gadget(self) -> int:

@@ -12,6 +12,7 @@ import errno
 import os
 import select
 import struct
+from typing import Any
 
 from .. import kconst as K
 from .. import procfs
@@ -61,6 +62,35 @@ def pidfd_exited(fd: int) -> bool:
     p = select.poll()
     p.register(fd, select.POLLIN)
     return bool(p.poll(0))
+
+
+class PidFd:
+    """A pidfd on PID, opened before preflight: proves the process seized is the one checked
+    (PIDs get reused)."""
+
+    def __init__(self, pid: int, lib: Any):
+        self.pid, self._lib, self.fd = pid, lib, -1
+
+    def open(self) -> None:
+        """Raises NoSuchProcess, ZombieProcess or AccessDenied."""
+        if self.pid <= 0:
+            raise NoSuchProcess(self.pid)
+        fd = self._lib.rn_pidfd_open(self.pid)
+        if fd < 0:
+            raise gone(self.pid, -fd)
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def same_process(self) -> None:
+        """Refuse if the process preflight looked at has exited (its PID may name another)."""
+        if self.fd >= 0 and pidfd_exited(self.fd):
+            if is_zombie(self.pid):
+                raise ZombieProcess(self.pid)
+            raise NoSuchProcess(self.pid, f"process {self.pid} exited before it could be seized")
 
 
 def gone(pid: int, err: int) -> RemapError:

@@ -18,40 +18,29 @@ from .. import kconst as K
 from .. import procfs
 from ..errors import (
     NoSuchProcess,
-    RemapError,
-    Timeout,
     UnsupportedTarget,
     UsageError,
-    ZombieProcess,
 )
-from . import batch
+from . import batch, setup
 from .abi import (
     MASK64,
     REFUSED_SYSCALLS,
     cached_number,
     encode,
-    interrupted,
     refuse_unsafe,
-    rewound,
-    signed,
     syscall_name,
 )
 from .batch import GUARDED
-from .chain import Chain, NoChain, Unbuilt
-from .interrupts import _Interrupts, atomic, interrupt_pending, trap_interrupts
+from .chain import NoChain
+from .interrupts import _Interrupts, atomic, trap_interrupts
 from .memory import Memory
 from .pinning import CpuPin
-from .preflight import gone, is_zombie, pidfd_exited, preflight
-from .ptrace import WAIT_ENDED, Ptrace
+from .preflight import PidFd, gone, preflight
+from .ptrace import Ptrace
 from .scratch import Scratch
+from .setup import INJECT_SIGMASK
 from .threads import Thread, Threads
 
-# Every signal blocked (the kernel ignores SIGKILL/SIGSTOP bits) except the session's batch
-# marker (see Session._marker) and the synchronous fault signals: blocking those would not stop
-# them, only make the kernel reset their handler when it forces them (force_sig_info_to_task).
-_FAULTS = (K.SIGILL, K.SIGBUS, K.SIGFPE, K.SIGSEGV)
-INJECT_SIGMASK = MASK64 & ~sum(1 << (s - 1) for s in _FAULTS)
-MARKERS = (K.SIGURG, K.SIGWINCH, K.SIGCHLD)  # default action: ignore
 TIMEOUT_S = 10.0  # default deadline of every wait for a stop and of every injected call
 _ZERO6 = (0, 0, 0, 0, 0, 0)
 
@@ -82,7 +71,7 @@ class Session:
         self._pin = CpuPin(pid, self._lib, self._ffi)
         self._suspend_seccomp = suspend_seccomp
         self._threads = Threads(pid, self.pt, timeout)
-        self.chain: NoChain = NoChain(self)  # chosen by _plan_chain (see chain.py)
+        self.chain: NoChain = NoChain(self)  # chosen by setup.plan (see chain.py)
         self.scratch = Scratch(self)
         self._gadget: int | None = None
         self._gadget_hint: gadget_mod.Gadget | None = None
@@ -93,7 +82,7 @@ class Session:
         self._closed = False
         self._marker = 0  # batch end signal (0: no ignorable signal, batches run call by call)
         self._mask = INJECT_SIGMASK
-        self._pidfd = -1
+        self._pidfd = PidFd(pid, self._lib)  # the process checked is the one seized
         self.notes: list[str] = []  # why protection was dropped, if it was
         self.windows_ns: dict[str, int] = {}  # measured unprotected / leak windows
         self._t_unprotected = 0
@@ -169,58 +158,13 @@ class Session:
 
     # ---- before the stop
     def _open_pidfd(self) -> None:
-        if self.pid <= 0:
-            raise NoSuchProcess(self.pid)
-        fd = self._lib.rn_pidfd_open(self.pid)
-        if fd < 0:
-            raise gone(self.pid, -fd)
-        self._pidfd = fd
+        self._pidfd.open()
 
     def _close_pidfd(self) -> None:
-        if self._pidfd >= 0:
-            os.close(self._pidfd)
-            self._pidfd = -1
+        self._pidfd.close()
 
     def _same_process(self) -> None:
-        """Refuse if the process preflight looked at has exited (its PID may name another)."""
-        if self._pidfd >= 0 and pidfd_exited(self._pidfd):
-            if is_zombie(self.pid):
-                raise ZombieProcess(self.pid)
-            raise NoSuchProcess(self.pid, f"process {self.pid} exited before it could be seized")
-
-    def _plan_chain(self) -> None:
-        """Choose the safety chain (chain.py), find the gadget and a marker signal (all from
-        files and /proc, before the process is stopped)."""
-        pid = self.pid
-        with contextlib.suppress(OSError, RemapError):
-            maps = gadget_mod.read_maps(pid)
-            self._gadget_hint = gadget_mod.find(pid)
-            st = procfs.read_status(pid)
-            if "shstk" in str(st.get("x86_Thread_features", "")):
-                self.notes.append("unprotected: the target uses a shadow stack")
-            else:
-                code = gadget_mod.find_chain(pid, maps)
-                self.chain = Chain(self, code) if code is not None else Unbuilt(self)
-            cgt = int(st.get("SigCgt", 0))
-            for sig in MARKERS:
-                if not cgt >> (sig - 1) & 1:
-                    self._marker = sig
-                    self._mask = INJECT_SIGMASK & ~(1 << (sig - 1))
-                    break
-        if not self.chain.protected:
-            self._t_unprotected = time.monotonic_ns()
-
-    def _start_guard(self) -> None:
-        """Before the stop: bound every wait by the session's deadline, let SIGINT/SIGTERM
-        abort one, and make sure this driver has its guardian (csrc/native/remap_native.c):
-        the process that ends a blocking injected call if the driver is killed during it."""
-        r = self._lib.rn_set_wait(int(self.timeout * 1e9), 1)
-        if r < 0:
-            self.notes.append(f"no deadline on waits: {os.strerror(-r)}")
-        g = self._lib.rn_guard_start()
-        if g < 0:
-            self.notes.append(f"no guardian for blocking calls: {os.strerror(-g)}")
-        self.guardian = max(g, 0)  # its pid (it lives as long as this driver process)
+        self._pidfd.same_process()
 
     def pin_early(self) -> None:
         """Before the seize: move the tracer to the CPU the main thread last ran on."""
@@ -283,24 +227,9 @@ class Session:
             self.pt.setsigmask(t.tid, self._mask)
 
     def unprotect(self, why: str) -> None:
-        """Give up the chain (a killed driver then leaves a thread in the injected state).
-        Threads already armed are parked on their own rewound registers and mask."""
-        old = self.chain
-        if not isinstance(old, Chain):
-            return
-        self.notes.append(f"unprotected: {why}")
-        self._t_unprotected = time.monotonic_ns()
-        self.chain = NoChain(self)
-        for t in self._threads.values():
-            if t.frame is not None:
-                regs = rewound(t.saved.reg_dict())
-                regs["orig_rax"] = MASK64
-                self.pt.setregs(t.tid, self._ffi.new("struct user_regs_struct *", regs))
-                with contextlib.suppress(RemapError):
-                    self.pt.setsigmask(t.tid, t.saved.resume_mask)
-                t.call.regs.rip = self.gadget
-                t.call.regs.rsp = t.saved.regs.rsp
-                old.give_back(t)
+        """Give up the chain (a killed driver then leaves a thread in the injected state);
+        threads already armed are parked on their own rewound registers and mask."""
+        self.chain.give_up(why)
 
     @atomic
     def syscall(self, name_or_nr: str | int, *args: int, tid: int | None = None) -> int:
@@ -345,39 +274,8 @@ class Session:
         return res
 
     def _unfinished(self, t: Thread, c: Any, r: int, nr: int, again: Any, done_at: int = 0) -> int:
-        """A call whose wait the C side left unfinished (-EINTR: a signal reached the driver;
-        -ETIMEDOUT: the deadline passed).  A signal that is not an interrupt of the driver
-        (its Python handler ran and did not ask to stop) resumes the wait; Ctrl-C, SIGTERM and
-        the deadline abort the call: the thread is interrupted out of it and parked as between
-        calls (the cure then puts it back).
-
-        A call that had already completed when the abort stopped the thread (rip at DONE_AT,
-        just past its `syscall`, not an interrupted call) is not lost: its result is kept
-        (c.result, return 0) and the interrupt is raised when the session operation ends
-        (atomic).  One that had not is abandoned: Timeout, or KeyboardInterrupt -- never an
-        OSError, which a caller could take for the syscall's own failure and carry on."""
-        while r == WAIT_ENDED[0] and not interrupt_pending():
-            r = again()
-        if r not in WAIT_ENDED:
-            return r
-        at = self._ffi.new("struct user_regs_struct *")
-        a = self.pt.abort(t.tid, c, at)
-        self._lib.rn_guard_clear(c.slot)
-        t.ran = True
-        t.signals.extend(c.sigs[0 : c.nsig])
-        if a:
-            self.pt.check(a, f"aborting injected {syscall_name(nr)}", t.tid)
-        self.chain.park(t)
-        if done_at and at.rip == done_at and not interrupted(at.orig_rax, at.rax):
-            c.result = signed(at.rax)
-            if r == WAIT_ENDED[0]:
-                return 0  # completed: the held interrupt is raised at the operation's end
-        if r == WAIT_ENDED[1]:
-            raise Timeout(
-                f"injected {syscall_name(nr)} did not return within {self.timeout:g} s; "
-                f"interrupted it (process {self.pid} is put back as it was)"
-            )
-        raise KeyboardInterrupt(f"interrupted during injected {syscall_name(nr)}")
+        """A call whose wait the C side left unfinished: see Threads.unfinished."""
+        return self._threads.unfinished(t, c, r, nr, again, done_at, self.chain.park)
 
     # typed helpers: thin, so the fold reads like the syscalls it makes
     def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = -1, off: int = 0):
@@ -607,8 +505,8 @@ def attach(
     old = trap_interrupts()
     try:
         preflight(pid, suspend_seccomp=suspend_seccomp)
-        s._plan_chain()  # file reads before the stop, not during
-        s._start_guard()
+        setup.plan(s)  # file reads before the stop, not during
+        setup.start_guard(s)
         s.pin_early()
         s._seize()
         yield s

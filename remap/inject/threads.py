@@ -22,10 +22,11 @@ from typing import Any
 from .. import kconst as K
 from ..errors import InternalError, NoSuchProcess, Timeout, UnsupportedTarget
 from ..native import REGS
+from .abi import interrupted, signed, syscall_name
 from .chain import Frame
 from .interrupts import interrupt_pending
 from .preflight import thread_state, tids
-from .ptrace import Ptrace
+from .ptrace import WAIT_ENDED, Ptrace
 
 _SEIZE_ROUNDS = 1000  # rescans of /proc/PID/task before a thread-spawning target is refused
 
@@ -129,6 +130,44 @@ class Threads(dict[int, Thread]):
                 self[tid].signals.append(os.WSTOPSIG(st))
             pt.cont(tid)
         raise InternalError(f"thread {tid} never reached its interrupt stop")
+
+    def unfinished(
+        self, t: Thread, c: Any, r: int, nr: int, again: Any, done_at: int, park: Any
+    ) -> int:
+        """A call whose wait the C side left unfinished (-EINTR: a signal reached the driver;
+        -ETIMEDOUT: the deadline passed).  A signal that is not an interrupt of the driver
+        (its Python handler ran and did not ask to stop) resumes the wait; Ctrl-C, SIGTERM and
+        the deadline abort the call: the thread is interrupted out of it and parked as between
+        calls (the cure then puts it back).
+
+        A call that had already completed when the abort stopped the thread (rip at DONE_AT,
+        just past its `syscall`, not an interrupted call) is not lost: its result is kept
+        (c.result, return 0) and the interrupt is raised when the session operation ends
+        (atomic).  One that had not is abandoned: Timeout, or KeyboardInterrupt -- never an
+        OSError, which a caller could take for the syscall's own failure and carry on.  PARK puts
+        the thread 'between calls' (the session chain's park)."""
+        while r == WAIT_ENDED[0] and not interrupt_pending():
+            r = again()
+        if r not in WAIT_ENDED:
+            return r
+        at = self.pt.ffi.new("struct user_regs_struct *")
+        a = self.pt.abort(t.tid, c, at)
+        self.pt.lib.rn_guard_clear(c.slot)
+        t.ran = True
+        t.signals.extend(c.sigs[0 : c.nsig])
+        if a:
+            self.pt.check(a, f"aborting injected {syscall_name(nr)}", t.tid)
+        park(t)
+        if done_at and at.rip == done_at and not interrupted(at.orig_rax, at.rax):
+            c.result = signed(at.rax)
+            if r == WAIT_ENDED[0]:
+                return 0  # completed: the held interrupt is raised at the operation's end
+        if r == WAIT_ENDED[1]:
+            raise Timeout(
+                f"injected {syscall_name(nr)} did not return within {self.timeout:g} s; "
+                f"interrupted it (process {self.pid} is put back as it was)"
+            )
+        raise KeyboardInterrupt(f"interrupted during injected {syscall_name(nr)}")
 
     def save(self, t: Thread) -> None:
         mask = self.pt.getsigmask(t.tid)
