@@ -43,11 +43,10 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import ExperimentError, UnsafeStep, UsageError
-from .kconst import PAGE_SIZE
+from .kconst import PAGE_SIZE, RED_ZONE
 from .profile import Profile
 
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
-RED_ZONE = 128
 FOLD_MARGIN = 512  # remap.fold.steps.single_page keeps this free below the moved frames
 ARGV_ALLOWANCE = 128  # the fold moves the argv strings into the reserve too
 DEFAULT_MARGIN = RED_ZONE + FOLD_MARGIN + ARGV_ALLOWANCE + 64  # + 64: frames keep alignment

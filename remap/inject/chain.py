@@ -423,7 +423,7 @@ class Chain(NoChain):
         if maps is None:
             try:
                 maps = gadget_mod.read_maps(s.pid)
-            except OSError:
+            except (OSError, RemapError):
                 return None
         hole = free_gap(maps, size)
         if hole is None:

@@ -16,11 +16,7 @@ from typing import Any
 from .. import gadget as gadget_mod
 from .. import kconst as K
 from .. import procfs
-from ..errors import (
-    NoSuchProcess,
-    UnsupportedTarget,
-    UsageError,
-)
+from ..errors import NoSuchProcess, RemapError, UnsupportedTarget, UsageError
 from . import batch, setup
 from .abi import (
     MASK64,
@@ -133,7 +129,7 @@ class Session:
         g = self._gadget_hint
         if g is None:
             return False
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, RemapError):
             maps = self._maps_unchanged or gadget_mod.read_maps(self.pid)
             self._maps_unchanged = maps  # for the scratch mmap, if no call runs in between
             for m in maps:
