@@ -7,8 +7,8 @@ instruction* makes every libc fall back to real syscalls from the start:
 1. the child asks to be traced (PTRACE_TRACEME) and execs; the kernel stops it right after exec,
    before its first instruction, with its auxiliary vector already on the stack;
 2. we rewrite the AT_SYSINFO_EHDR entry of that vector into AT_IGNORE (type 1, which every libc
-   skips) through /proc/PID/mem, and update the kernel's saved copy (/proc/PID/auxv) with
-   PR_SET_MM_AUXV when the target may (root);
+   skips) in target memory (inject.memory: process_vm_writev, else /proc/PID/mem), and update
+   the kernel's saved copy (/proc/PID/auxv) with PR_SET_MM_MAP when the target may (root);
 3. we inject munmap() of [vdso] and [vvar*] through a `syscall` instruction of the program's own
    text (found in the ELF file on disk), restore the registers exactly, and detach.
 """
@@ -23,6 +23,7 @@ from typing import Any
 from .. import kconst as K
 from ..errors import UnsupportedTarget
 from ..gadget import find as find_gadget
+from ..inject.memory import Memory
 from ..inject.ptrace import Ptrace
 from ..procfs import read_maps
 
@@ -53,8 +54,9 @@ def launch(argv: list[str], **popen_kw) -> subprocess.Popen:
             raise UnsupportedTarget(f"--no-vdso: {argv[0]} did not stop at exec (status {st:#x})")
         pt.setoptions(pid, K.PTRACE_O_TRACESYSGOOD)
         saved = pt.getregs(pid)
-        auxv = _hide_auxv_entry(pid, saved.rsp)
-        _unmap_special(pt, saved, auxv)
+        mem = Memory(pid, pt.lib, pt.ffi)
+        auxv = _hide_auxv_entry(mem, saved.rsp)
+        _unmap_special(pt, mem, saved, auxv)
         pt.setregs(pid, saved)
     except BaseException:
         proc.kill()
@@ -65,31 +67,27 @@ def launch(argv: list[str], **popen_kw) -> subprocess.Popen:
     return proc
 
 
-def _hide_auxv_entry(pid: int, sp: int) -> tuple[int, int]:
+def _hide_auxv_entry(mem: Memory, sp: int) -> tuple[int, int]:
     """Turn AT_SYSINFO_EHDR into AT_IGNORE in the vector exec left at SP (argc, argv, envp,
     auxv: fs/binfmt_elf.c create_elf_tables).  Returns (address, size) of the vector."""
-    with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
-        mem.seek(sp)
-        argc = struct.unpack("<Q", mem.read(8))[0]
-        p = sp + 8 * (argc + 2)  # skip argc, argv[], NULL
-        while True:  # envp[] up to NULL
-            mem.seek(p)
-            p += 8
-            if struct.unpack("<Q", mem.read(8))[0] == 0:
-                break
-        start = p
-        while True:
-            mem.seek(p)
-            t, _v = struct.unpack("<QQ", mem.read(16))
-            if t == K.AT_NULL:
-                return start, p + 16 - start
-            if t == K.AT_SYSINFO_EHDR:
-                mem.seek(p)
-                mem.write(struct.pack("<Q", K.AT_IGNORE))
-            p += 16
+
+    def word(at: int) -> int:
+        return struct.unpack("<Q", mem.read(at, 8))[0]
+
+    p = sp + 8 * (word(sp) + 2)  # skip argc, argv[], NULL
+    while word(p) != 0:  # envp[] up to its NULL
+        p += 8
+    start = p = p + 8  # auxv right after it
+    while True:
+        t = word(p)
+        if t == K.AT_NULL:
+            return start, p + 16 - start
+        if t == K.AT_SYSINFO_EHDR:
+            mem.write(p, struct.pack("<Q", K.AT_IGNORE))
+        p += 16
 
 
-def _unmap_special(pt: Ptrace, saved: Any, auxv: tuple[int, int]) -> None:
+def _unmap_special(pt: Ptrace, mem: Memory, saved: Any, auxv: tuple[int, int]) -> None:
     """munmap each special mapping, then PR_SET_MM_AUXV so /proc/PID/auxv agrees (a refusal,
     e.g. without CAP_SYS_RESOURCE, only leaves the kernel's saved copy stale)."""
     pid = pt.pid
@@ -107,10 +105,10 @@ def _unmap_special(pt: Ptrace, saved: Any, auxv: tuple[int, int]) -> None:
         r = inject(K.SYSCALLS["munmap"], m.start, m.end - m.start)
         if r < 0:
             raise UnsupportedTarget(f"--no-vdso: munmap {m.path}: {os.strerror(-r)}")
-    _update_saved_auxv(pid, saved.rsp, auxv, inject)
+    _update_saved_auxv(mem, saved.rsp, auxv, inject)
 
 
-def _update_saved_auxv(pid: int, sp: int, auxv: tuple[int, int], inject) -> None:
+def _update_saved_auxv(mem: Memory, sp: int, auxv: tuple[int, int], inject) -> None:
     """PR_SET_MM_MAP with the patched vector, so /proc/PID/auxv agrees with the stack.
 
     PR_SET_MM_MAP (not PR_SET_MM_AUXV) because it needs CAP_CHECKPOINT_RESTORE in the target's
@@ -119,15 +117,11 @@ def _update_saved_auxv(pid: int, sp: int, auxv: tuple[int, int], inject) -> None
     from .mmview import MM_MAP_SIZE, read_mm_map
 
     brk = inject(K.SYSCALLS["brk"], 0)
-    blob = read_mm_map(pid, brk).pack(auxv[0], auxv[1])
+    blob = read_mm_map(mem.pid, brk).pack(auxv[0], auxv[1])
     at = (sp - 1024) & ~15
-    with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
-        mem.seek(at)
-        old = mem.read(MM_MAP_SIZE)
-        mem.seek(at)
-        mem.write(blob)
-        try:
-            inject(K.SYSCALLS["prctl"], K.PR_SET_MM, K.PR_SET_MM_MAP, at, MM_MAP_SIZE)
-        finally:
-            mem.seek(at)
-            mem.write(old)
+    old = mem.read(at, MM_MAP_SIZE)
+    mem.write(at, blob)
+    try:
+        inject(K.SYSCALLS["prctl"], K.PR_SET_MM, K.PR_SET_MM_MAP, at, MM_MAP_SIZE)
+    finally:
+        mem.write(at, old)
