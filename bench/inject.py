@@ -63,7 +63,7 @@ def per_call_native(pid: int, n: int) -> float:
     with inject.attach(pid) as s:
         s.syscall("getpid")
         t = s._threads[pid]  # the prepared call template of the main thread
-        call, inj = t.call, s._lib.rn_inject
+        call, inj = t.call, s.pt.inject  # the raw entry point the hot path uses
         call.regs.rax = GETPID
         t0 = time.perf_counter_ns()
         for _ in range(n):

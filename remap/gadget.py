@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 
 from . import procfs
+from .errors import RemapError
 
 SYSCALL_INSN = b"\x0f\x05"
 SYSCALL_RET = b"\x0f\x05\xc3"  # syscall; ret
@@ -43,10 +44,9 @@ class Gadget:
 
 
 def read_maps(pid: int | str) -> list[Mapping]:
-    """/proc/PID/maps parsed.  Raises the plain OSError (gone, not permitted): gadget search
-    and the session's set-up decide themselves what a failure means."""
-    with open(f"/proc/{pid}/maps", "rb") as f:
-        return procfs.parse_maps(f.read())
+    """/proc/PID/maps parsed, through procfs (PID may be "self").  Raises NoSuchProcess or
+    AccessDenied for a process that is gone or not ours to read (procfs.translate)."""
+    return procfs.read_maps(pid)  # type: ignore[arg-type]
 
 
 _SCAN_CACHE: dict[tuple, int] = {}  # (dev/ino/size/mtime of the file, offset, size, pattern)
@@ -117,8 +117,8 @@ def candidates(pid: int, maps: list[Mapping] | None = None) -> list[Gadget]:
     """
     maps = maps if maps is not None else read_maps(pid)
     try:
-        exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
+        exe = procfs.read_exe(pid)
+    except (OSError, RemapError):
         exe = ""
     found: list[tuple[int, Gadget]] = []
     for m in maps:
@@ -141,7 +141,7 @@ def candidates(pid: int, maps: list[Mapping] | None = None) -> list[Gadget]:
 
 @dataclass(frozen=True)
 class Chain:
-    """The two pieces of existing code the injection's safety chain needs (inject.py).
+    """The two pieces of existing code the injection's safety chain needs (inject/chain.py).
 
     `syscall_ret` is a `syscall; ret` sequence: an injected call made there returns into
     whatever the stack holds.  `restorer` is `mov $15, %rax; syscall` (rt_sigreturn), which

@@ -7,6 +7,9 @@ all in one place, next to the header that defines them.
 from __future__ import annotations
 
 PAGE_SIZE = 4096
+# x86-64 SysV ABI (psABI 3.2.2): the 128 bytes below rsp a leaf function may use without
+# moving rsp; memory below rsp - RED_ZONE is dead for the thread
+RED_ZONE = 128
 PAGE_SHIFT = 12
 
 # include/uapi/linux/ptrace.h

@@ -44,13 +44,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ExperimentError, UnsafeStep, UsageError
-from .kconst import PAGE_SIZE
+from .kconst import PAGE_SIZE, RED_ZONE
 
 if TYPE_CHECKING:  # only its attributes are read: importing it would load the ptrace layer
     from .profile import Profile
 
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
-RED_ZONE = 128
 FOLD_MARGIN = 512  # remap.fold.steps.single_page keeps this free below the moved frames
 ARGV_ALLOWANCE = 128  # the fold moves the argv strings into the reserve too
 DEFAULT_MARGIN = RED_ZONE + FOLD_MARGIN + ARGV_ALLOWANCE + 64  # + 64: frames keep alignment

@@ -84,6 +84,10 @@ int rn_setaffinity(int pid, unsigned long size, const unsigned char *mask);
 int rn_tgkill(int tgid, int tid, int sig);
 """
 
+# the helper's own results beside 0 and -errno (CDEF's #defines, for code without a lib)
+RN_EXITED = 1  # the thread exited (or was killed) during the request
+RN_LOST = 2  # endless unexpected stops: gave up
+
 # Entry points and header of the assembled stub (csrc/native/batch_stub.S `.org`s)
 STUB_CLEANUP = 0x100
 STUB_EVICT = 0x180

@@ -557,3 +557,19 @@ def read_max_map_count() -> int:
     mmap, mprotect or madvise split that would pass it with ENOMEM)."""
     with open("/proc/sys/vm/max_map_count") as f:
         return int(f.read())
+
+
+# readers for the inject package
+def read_exe_header(pid: int, n: int = 64) -> bytes:
+    """The first N bytes of PID's executable (/proc/PID/exe: the file itself, even if deleted
+    or outside our mount namespace), e.g. its ELF header."""
+    try:
+        with open(f"/proc/{pid}/exe", "rb") as f:
+            return f.read(n)
+    except OSError as e:
+        raise translate(pid, e, "exe") from None
+
+
+def read_task_status(pid: int, tid: int) -> dict[str, int | str]:
+    """/proc/PID/task/TID/status: one thread's own fields (Seccomp, SigBlk, SigPnd...)."""
+    return parse_status(_read(pid, f"task/{tid}/status"))

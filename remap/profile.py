@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import errno as errno_mod
 import hashlib
 import json
 import os
@@ -46,15 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from . import kconst as K
+from . import procfs
 from .errors import (
-    AccessDenied,
     NoSuchProcess,
     RemapError,
     UnsafeStep,
     UnsupportedTarget,
     UsageError,
 )
-from .inject import preflight
+from .inject.abi import interrupted
+from .inject.preflight import preflight
+from .inject.ptrace import Ptrace
 
 MAX_STEPS = 50_000_000  # a bound on every profile: ~10 min of stepping at ~10 us a step
 SYSCALL_POLL_S = 0.0002  # how often a step over a blocking syscall is polled for completion
@@ -343,38 +344,28 @@ class _Decoder:
 
 # ---------------------------------------------------------------------------- stepping
 class _Stepper:
-    """One seized process, single-stepped from the tracer's (this) thread."""
+    """One seized process, single-stepped from the tracer's (this) thread, through the typed
+    ptrace layer (remap.inject.ptrace: its errors, its exit codes)."""
 
     def __init__(self, pid: int):
-        from . import native
-
         self.pid = pid
-        self.lib, self.ffi = native.load()
+        self.pt = Ptrace(pid)
+        self.lib, self.ffi = self.pt.lib, self.pt.ffi
         self.regs = self.ffi.new("struct user_regs_struct *")
         self.status = self.ffi.new("int *")
         self.attached = False
 
     def seize(self) -> None:
-        r = self.lib.rn_ptrace(K.PTRACE_SEIZE, self.pid, 0, 0)
-        if r == -errno_mod.ESRCH:
+        if not self.pt.seize(self.pid):
             raise NoSuchProcess(self.pid)
-        if r < 0:
-            raise AccessDenied(f"ptrace refused for process {self.pid}: {os.strerror(-r)}")
         self.attached = True
-        self._check(self.lib.rn_ptrace(K.PTRACE_INTERRUPT, self.pid, 0, 0), "PTRACE_INTERRUPT")
+        self.pt.interrupt(self.pid, gone_ok=False)
         self.wait()
         self.getregs()
 
-    def _check(self, r: int, what: str) -> int:
-        if r == -errno_mod.ESRCH:
-            raise NoSuchProcess(self.pid, f"process {self.pid} exited while being profiled")
-        if r < 0:
-            raise RemapError(f"{what} on {self.pid}: {os.strerror(-r)}")
-        return r
-
     def wait(self, nohang: bool = False) -> bool:
         """Wait for the next stop; False when NOHANG and none is there yet."""
-        r = self._check(self.lib.rn_wait(self.pid, self.status, 1 if nohang else 0), "waitpid")
+        r = self.pt.check(self.pt.wait(self.pid, self.status, 1 if nohang else 0), "waitpid")
         if r == 0:
             return False
         st = self.status[0]
@@ -393,10 +384,10 @@ class _Stepper:
         return True
 
     def getregs(self) -> None:
-        self._check(self.lib.rn_getregs(self.pid, self.regs), "PTRACE_GETREGS")
+        self.pt.getregs(self.pid, self.regs)
 
     def step(self, sig: int = 0) -> None:
-        self._check(self.lib.rn_ptrace(K.PTRACE_SINGLESTEP, self.pid, 0, sig), "SINGLESTEP")
+        self.pt.singlestep(self.pid, sig)
 
     def stop_signal(self) -> int:
         """The signal to pass on after this stop: 0 for our own trap and for ptrace events."""
@@ -415,66 +406,46 @@ class _Stepper:
         signal-delivery stop and suppress it there (detach with signal 0)."""
         if not self.attached:
             return
+        pt = self.pt
         try:
             if not stopped:
-                self.lib.rn_ptrace(K.PTRACE_INTERRUPT, self.pid, 0, 0)
+                pt.interrupt(self.pid)
                 self.wait()
             for _ in range(8):
                 if not _trap_pending(self.pid):
                     break
-                self._check(self.lib.rn_ptrace(K.PTRACE_CONT, self.pid, 0, 0), "PTRACE_CONT")
+                pt.cont_checked(self.pid)
                 if not self.wait_for(1.0):  # no trap came after all: stop it again, then leave
-                    self.lib.rn_ptrace(K.PTRACE_INTERRUPT, self.pid, 0, 0)
+                    pt.interrupt(self.pid)
                     self.wait()
         finally:
-            self.lib.rn_ptrace(K.PTRACE_DETACH, self.pid, 0, 0)
+            pt.detach(self.pid)
             self.attached = False
 
 
 def _trap_pending(tid: int) -> bool:
     """SIGTRAP queued for the thread (SigPnd) or the process (ShdPnd)."""
-    with open(f"/proc/{tid}/status") as f:
-        for line in f:
-            if (
-                line.startswith(("SigPnd:", "ShdPnd:"))
-                and int(line.split()[1], 16) >> (K.SIGTRAP - 1) & 1
-            ):
-                return True
-    return False
+    st = procfs.read_status(tid)
+    return any(int(st.get(k, 0)) >> (K.SIGTRAP - 1) & 1 for k in ("SigPnd", "ShdPnd"))
 
 
-def _sigset(line: str) -> list[int]:
-    mask = int(line, 16)
+def _sigset(mask: int) -> list[int]:
     return [i + 1 for i in range(64) if mask >> i & 1]
 
 
 def _signals(pid: int) -> Signals:
-    out: dict[str, list[int]] = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("SigCgt", "SigIgn", "SigBlk"):
-                    out[k] = _sigset(v.strip())
-    except OSError:
-        raise NoSuchProcess(pid) from None
-    return Signals(out.get("SigCgt", []), out.get("SigIgn", []), out.get("SigBlk", []))
+    st = procfs.read_status(pid)
+    cgt, ign, blk = (_sigset(int(st.get(k, 0))) for k in ("SigCgt", "SigIgn", "SigBlk"))
+    return Signals(cgt, ign, blk)
 
 
 def _maps(pid: int) -> list[tuple[int, int, int, str]]:
-    out = []
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            parts = line.split(None, 5)
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            out.append((lo, hi, int(parts[2], 16), parts[5].strip() if len(parts) > 5 else ""))
-    return out
+    return [(m.start, m.end, m.offset, m.path) for m in procfs.read_maps(pid)]
 
 
 def _last_cpu(pid: int) -> int:
     """The CPU the target last ran on (/proc/PID/stat field 39)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[36])
+    return procfs.read_stat(pid).processor
 
 
 @dataclass
@@ -512,27 +483,77 @@ def profile(
       in a syscall again (or at ``seconds``, when given, as a deadline).
     baseline: the same workload, run once *unprofiled* first: its time gives the overhead and
       its return value must equal the profiled one (else UnsafeStep: profiling changed results).
+    Raises UsageError, the preflight's refusals, NoSuchProcess/AccessDenied (ptrace), UnsafeStep.
     """
     if workload is None and seconds is None:
         raise UsageError("profile needs a workload or a duration (--for SECONDS)")
     if seconds is not None and not 0 < seconds <= 600:
         raise UsageError(f"profile duration must be 0..600 s (got {seconds})")
     sigs = _check_target(pid)
-    exe_path = os.readlink(f"/proc/{pid}/exe")
-    exe = _Exe(f"/proc/{pid}/exe")
-    maps = _maps(pid)
-    if exe.pie:
-        exe.base = min(lo - off for lo, _hi, off, path in maps if path == exe_path)
-    stack = next(((lo, hi) for lo, hi, _o, p in maps if p == "[stack]"), (0, 0))
-    dec = _Decoder()
-
+    target = _Target.read(pid)
     results: dict[str, Any] = {}
-    base_s = None
+    base_s = _run_baseline(baseline, results)
+    run = _stepped_run(pid, target, workload, seconds, results, max_steps, trace_every)
     if baseline is not None:
-        t0 = time.monotonic()
-        results["unprofiled"] = baseline()
-        base_s = time.monotonic() - t0
+        if results.get("unprofiled") != results.get("profiled"):
+            raise UnsafeStep(
+                "the target's results differ under profiling: "
+                f"{results.get('unprofiled')!r} vs {results.get('profiled')!r}"
+            )
+        results["unchanged"] = True
+    return _assemble(pid, target, run, sigs, base_s, results)
 
+
+@dataclass
+class _Target:
+    """What is read of the target before it is stopped: its executable and mappings."""
+
+    exe_path: str
+    exe: _Exe
+    maps: list[tuple[int, int, int, str]]
+    stack: tuple[int, int]
+
+    @classmethod
+    def read(cls, pid: int) -> _Target:
+        exe_path = procfs.read_exe(pid)
+        exe = _Exe(f"/proc/{pid}/exe")
+        maps = _maps(pid)
+        if exe.pie:
+            exe.base = min(lo - off for lo, _hi, off, path in maps if path == exe_path)
+        stack = next(((lo, hi) for lo, hi, _o, p in maps if p == "[stack]"), (0, 0))
+        return cls(exe_path, exe, maps, stack)
+
+
+@dataclass
+class _Run:
+    """One stepped run: what was seen, its wall and CPU time."""
+
+    seen: _Seen
+    wall: float
+    cpu: float
+
+
+def _run_baseline(baseline: Callable[[], Any] | None, results: dict[str, Any]) -> float | None:
+    """The baseline mode: run the workload once unprofiled; its duration (None: no baseline)."""
+    if baseline is None:
+        return None
+    t0 = time.monotonic()
+    results["unprofiled"] = baseline()
+    return time.monotonic() - t0
+
+
+def _stepped_run(
+    pid: int,
+    target: _Target,
+    workload: Callable[[], Any] | None,
+    seconds: float | None,
+    results: dict[str, Any],
+    max_steps: int,
+    trace_every: int,
+) -> _Run:
+    """Seize PID and single-step it -- while WORKLOAD runs in a helper thread (workload mode)
+    or until SECONDS pass (duration mode) -- then leave it running as before.  The workload's
+    result goes to results["profiled"]; its exception is raised once the target is released."""
     done = threading.Event()
     err: list[BaseException] = []
 
@@ -548,7 +569,7 @@ def profile(
     seen = _Seen()
     worker = threading.Thread(target=run_workload, daemon=True) if workload else None
     own_cpus = os.sched_getaffinity(0)
-    with contextlib.suppress(OSError):  # same-CPU ptrace stops are ~20x cheaper (DESIGN 5.7)
+    with contextlib.suppress(OSError, RemapError):  # same-CPU stops are ~20x cheaper (DESIGN 5.7)
         os.sched_setaffinity(0, {_last_cpu(pid)})
     cpu0 = time.thread_time()
     t0 = time.monotonic()
@@ -558,8 +579,8 @@ def profile(
         if worker:
             worker.start()
         deadline = t0 + seconds if seconds is not None else None
-        _step_loop(st, exe, dec, seen, stack, done if worker else None, deadline, max_steps,
-                   trace_every)  # fmt: skip
+        _step_loop(st, target.exe, _Decoder(), seen, target.stack, done if worker else None,
+                   deadline, max_steps, trace_every)  # fmt: skip
     finally:
         wall = time.monotonic() - t0
         cpu = time.thread_time() - cpu0
@@ -570,31 +591,37 @@ def profile(
     if err:
         e = err[0]
         raise e if isinstance(e, RemapError) else UnsafeStep(f"workload failed: {e}")
-    if baseline is not None:
-        if results.get("unprofiled") != results.get("profiled"):
-            raise UnsafeStep(
-                "the target's results differ under profiling: "
-                f"{results.get('unprofiled')!r} vs {results.get('profiled')!r}"
-            )
-        results["unchanged"] = True
+    return _Run(seen, wall, cpu)
+
+
+def _assemble(
+    pid: int,
+    target: _Target,
+    run: _Run,
+    sigs: Signals,
+    base_s: float | None,
+    results: dict[str, Any],
+) -> Profile:
+    """The Profile of a run: what it saw attributed to the executable's functions and data."""
+    seen, exe, wall = run.seen, target.exe, run.wall
     n = seen.steps
-    functions, pages, outside = _functions(seen, exe, maps)
+    functions, pages, outside = _functions(seen, exe, target.maps)
     overhead = Overhead(
         n,
         round(wall, 4),
         round(wall / n * 1e6, 2) if n else 0.0,
-        round(cpu, 4),
+        round(run.cpu, 4),
         round(base_s, 4) if base_s is not None else None,
         round(wall / base_s, 1) if base_s else None,
     )
     return Profile(
         pid=pid,
-        exe=exe_path,
+        exe=target.exe_path,
         exe_sha256=exe.sha256,
         reason_stopped=seen.reason,
         functions=functions,
-        data=_data(seen, exe, maps),
-        stack=_stack_use(seen, exe, stack),
+        data=_data(seen, exe, target.maps),
+        stack=_stack_use(seen, exe, target.stack),
         signals=sigs,
         overhead=overhead,
         outside=outside,
@@ -608,7 +635,7 @@ def profile(
 def _check_target(pid: int) -> Signals:
     """Refuse what cannot be single-stepped safely; return the target's signal sets."""
     preflight(pid)
-    nthreads = len(os.listdir(f"/proc/{pid}/task"))
+    nthreads = len(procfs.thread_ids(pid))
     if nthreads != 1:
         raise UnsupportedTarget(
             f"process {pid} has {nthreads} threads; the profiler single-steps one-threaded "
@@ -784,7 +811,7 @@ def _stack_use(seen: _Seen, exe: _Exe, stack: tuple[int, int]) -> StackUse:
 
 def _restarts(regs: Any) -> bool:
     """Stopped inside an interrupted syscall: resuming makes the kernel re-execute it."""
-    return regs.orig_rax < 2**63 and (2**64 - regs.rax) in K.ERESTART_CODES
+    return interrupted(regs.orig_rax, regs.rax)
 
 
 def _wait_syscall(st: _Stepper, done: threading.Event | None, deadline: float | None) -> bool:

@@ -27,9 +27,7 @@ from dataclasses import asdict, dataclass
 
 from . import procfs
 from .errors import UnsupportedTarget
-from .kconst import AT_PLATFORM, AT_RANDOM, PAGE_SIZE, PM_PRESENT
-
-RED_ZONE = 128  # x86-64 SysV ABI: bytes below rsp a leaf function may use
+from .kconst import AT_PLATFORM, AT_RANDOM, PAGE_SIZE, PM_PRESENT, RED_ZONE
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ def test_scratch_mapping_is_never_left_and_windows_are_measured(worker):
     w = worker()
     with inject.attach(w.pid) as s:
         s.syscalls([("getpid",)] * 4)
-        assert s._scratch
+        assert s.scratch_area
         assert s.notes == []  # the chain is in place: protected from the start
     assert s.windows_ns.get("scratch_leak", 0) == 0  # mapped through the boot frame
     assert "unprotected" not in s.windows_ns
@@ -138,7 +138,7 @@ def test_frames_are_invisible_to_reads(worker):
         t = s._threads[w.pid]
         assert t.frame_at and rsp - 8192 < t.frame_at < rsp
         assert s.read(rsp - 8192, 8192) == before
-        assert s._raw_read(t.frame_at, 16) != before[t.frame_at - rsp + 8192 :][:16]
+        assert s.mem.read(t.frame_at, 16) != before[t.frame_at - rsp + 8192 :][:16]
     with open(f"/proc/{w.pid}/mem", "rb") as f:
         f.seek(rsp - 8192)
         assert f.read(8192) == before
@@ -192,7 +192,7 @@ def test_chainless_target_gets_its_chain_from_scratch(worker):
     try:
         with inject.attach(w.pid) as s:
             s.syscall("getpid")
-            assert s._scratch_chain and s._threads[w.pid].frame_at
+            assert s.chain_in_scratch and s._threads[w.pid].frame_at
             assert s.syscalls([("getpid",)] * 3) == [w.pid] * 3
         assert 0 < s.windows_ns["in_flight"] < 50_000_000
         assert torture.health(w) == []  # scratch released on the normal path

@@ -540,9 +540,10 @@ def in_scratch(s: Any, lo: int, hi: int | None = None) -> bool:
 
 
 def _scratch_span(s: Any) -> list[tuple[int, int]]:
-    """[(start, end)] of the session's scratch area, or [] when it has none."""
-    base = getattr(s, "_scratch", 0)
-    return [(base, base + (getattr(s, "_scratch_len", 0) or PAGE_SIZE))] if base else []
+    """[(start, end)] of the session's scratch area, or [] when it has none (a dry run's Peek
+    has none: it maps nothing)."""
+    area = getattr(s, "scratch_area", None)
+    return [(area[0], area[0] + area[1])] if area else []
 
 
 def settled_snapshot(pid: int, settle_s: float) -> residency.Snapshot:

@@ -8,26 +8,13 @@ kernel where each area is (PTRACE_GET_RSEQ_CONFIGURATION, 5.13+) rather than gue
 
 from __future__ import annotations
 
-import struct
-
-from .. import kconst as K
-from .. import native
-
-CONF_SIZE = 24  # struct ptrace_rseq_configuration: u64 pointer, u32 size, u32 sig, flags, pad
+from ..inject.ptrace import Ptrace
 
 
 def rseq_areas(tids: list[int]) -> list[tuple[int, int]]:
-    """[(address, size)] of the registered rseq areas of TIDS (all in a ptrace stop)."""
-    lib, ffi = native.load()
-    buf = ffi.new(f"unsigned char[{CONF_SIZE}]")
-    out = []
-    for tid in tids:
-        r = lib.rn_ptrace(
-            K.PTRACE_GET_RSEQ_CONFIGURATION, tid, CONF_SIZE, int(ffi.cast("uintptr_t", buf))
-        )
-        if r < 0:
-            continue  # older kernel, or not ours to ask: nothing to skip
-        ptr, size = struct.unpack_from("<QI", bytes(ffi.buffer(buf)))
-        if ptr and size:
-            out.append((ptr, size))
-    return out
+    """[(address, size)] of the registered rseq areas of TIDS (all in a ptrace stop); a
+    thread the kernel cannot answer for (older kernel, not ours to ask) has nothing to skip."""
+    if not tids:
+        return []
+    pt = Ptrace(tids[0])
+    return [a for a in map(pt.rseq_configuration, tids) if a is not None]

@@ -27,7 +27,7 @@ from .plan import Action, FoldContext, NeedsStop, in_scratch
 from .ranges import coalesce, page_ceil, page_floor, total
 from .relocate import Move, candidates, relocate_regs, relocate_words, walk_frames
 
-RED_ZONE = 128
+RED_ZONE = K.RED_ZONE
 ALIGN = 64  # moved frames keep their address modulo 64: over-aligned locals stay aligned
 # Syscalls whose restart re-reads only registers (which we relocate): safe to move the stack
 # under.  futex keys and restart_block pointers are held by the kernel: refused.

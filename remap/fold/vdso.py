@@ -7,8 +7,8 @@ instruction* makes every libc fall back to real syscalls from the start:
 1. the child asks to be traced (PTRACE_TRACEME) and execs; the kernel stops it right after exec,
    before its first instruction, with its auxiliary vector already on the stack;
 2. we rewrite the AT_SYSINFO_EHDR entry of that vector into AT_IGNORE (type 1, which every libc
-   skips) through /proc/PID/mem, and update the kernel's saved copy (/proc/PID/auxv) with
-   PR_SET_MM_AUXV when the target may (root);
+   skips) in target memory (inject.memory: process_vm_writev, else /proc/PID/mem), and update
+   the kernel's saved copy (/proc/PID/auxv) with PR_SET_MM_MAP when the target may (root);
 3. we inject munmap() of [vdso] and [vvar*] through a `syscall` instruction of the program's own
    text (found in the ELF file on disk), restore the registers exactly, and detach.
 """
@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
+from typing import Any
 
 from .. import kconst as K
-from .. import native
 from ..errors import UnsupportedTarget
 from ..gadget import find as find_gadget
+from ..inject.memory import Memory
+from ..inject.ptrace import Ptrace
 from ..procfs import read_maps
 
 SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]")
@@ -37,92 +39,76 @@ def _traceme() -> None:  # runs in the child between fork and exec
 
 
 def launch(argv: list[str], **popen_kw) -> subprocess.Popen:
-    """Popen(argv) with the vdso hidden from the program and unmapped before it runs."""
-    lib, ffi = native.load()
+    """Popen(argv) with the vdso hidden from the program and unmapped before it runs.
+
+    Raises UnsupportedTarget when the program cannot be handled so, and the ptrace layer's
+    errors (AccessDenied, NoSuchProcess...) when ptrace refuses or the child dies."""
     proc = subprocess.Popen(argv, preexec_fn=_traceme, **popen_kw)  # noqa: PLW1509
     pid = proc.pid
-    status = ffi.new("int *")
+    pt = Ptrace(pid)
+    status = pt.ffi.new("int *")
     try:
-        lib.rn_wait(pid, status, 0)
+        pt.wait(pid, status, 0)
         st = status[0]
         if not os.WIFSTOPPED(st) or os.WSTOPSIG(st) != K.SIGTRAP:
             raise UnsupportedTarget(f"--no-vdso: {argv[0]} did not stop at exec (status {st:#x})")
-        _check(lib.rn_ptrace(K.PTRACE_SETOPTIONS, pid, 0, K.PTRACE_O_TRACESYSGOOD), "options")
-        saved = ffi.new("struct user_regs_struct *")
-        _check(lib.rn_getregs(pid, saved), "PTRACE_GETREGS")
-        auxv = _hide_auxv_entry(pid, saved.rsp)
-        _unmap_special(lib, ffi, pid, saved, auxv)
-        _check(lib.rn_setregs(pid, saved), "PTRACE_SETREGS")
+        pt.setoptions(pid, K.PTRACE_O_TRACESYSGOOD)
+        saved = pt.getregs(pid)
+        mem = Memory(pid, pt.lib, pt.ffi)
+        auxv = _hide_auxv_entry(mem, saved.rsp)
+        _unmap_special(pt, mem, saved, auxv)
+        pt.setregs(pid, saved)
     except BaseException:
         proc.kill()
-        lib.rn_ptrace(K.PTRACE_DETACH, pid, 0, 0)
+        pt.detach(pid)
         proc.wait()
         raise
-    _check(lib.rn_ptrace(K.PTRACE_DETACH, pid, 0, 0), "PTRACE_DETACH")
+    pt.check(pt.detach(pid), "PTRACE_DETACH")
     return proc
 
 
-def _check(r: int, what: str) -> int:
-    if r < 0:
-        raise UnsupportedTarget(f"--no-vdso: {what} failed: {os.strerror(-r)}")
-    return r
-
-
-def _hide_auxv_entry(pid: int, sp: int) -> tuple[int, int]:
+def _hide_auxv_entry(mem: Memory, sp: int) -> tuple[int, int]:
     """Turn AT_SYSINFO_EHDR into AT_IGNORE in the vector exec left at SP (argc, argv, envp,
     auxv: fs/binfmt_elf.c create_elf_tables).  Returns (address, size) of the vector."""
-    with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
-        mem.seek(sp)
-        argc = struct.unpack("<Q", mem.read(8))[0]
-        p = sp + 8 * (argc + 2)  # skip argc, argv[], NULL
-        while True:  # envp[] up to NULL
-            mem.seek(p)
-            p += 8
-            if struct.unpack("<Q", mem.read(8))[0] == 0:
-                break
-        start = p
-        while True:
-            mem.seek(p)
-            t, _v = struct.unpack("<QQ", mem.read(16))
-            if t == K.AT_NULL:
-                return start, p + 16 - start
-            if t == K.AT_SYSINFO_EHDR:
-                mem.seek(p)
-                mem.write(struct.pack("<Q", K.AT_IGNORE))
-            p += 16
+
+    def word(at: int) -> int:
+        return struct.unpack("<Q", mem.read(at, 8))[0]
+
+    p = sp + 8 * (word(sp) + 2)  # skip argc, argv[], NULL
+    while word(p) != 0:  # envp[] up to its NULL
+        p += 8
+    start = p = p + 8  # auxv right after it
+    while True:
+        t = word(p)
+        if t == K.AT_NULL:
+            return start, p + 16 - start
+        if t == K.AT_SYSINFO_EHDR:
+            mem.write(p, struct.pack("<Q", K.AT_IGNORE))
+        p += 16
 
 
-def _unmap_special(lib, ffi, pid: int, saved, auxv: tuple[int, int]) -> None:
+def _unmap_special(pt: Ptrace, mem: Memory, saved: Any, auxv: tuple[int, int]) -> None:
     """munmap each special mapping, then PR_SET_MM_AUXV so /proc/PID/auxv agrees (a refusal,
     e.g. without CAP_SYS_RESOURCE, only leaves the kernel's saved copy stale)."""
+    pid = pt.pid
     maps = [m for m in read_maps(pid) if m.path in SPECIAL]
     if not maps:
         return
     g = find_gadget(pid)
     if g is None or g.path == "[vdso]":
         raise UnsupportedTarget("--no-vdso: no `syscall` instruction in the program's own text")
-    call = ffi.new("struct rn_call *")
 
     def inject(nr: int, *args: int) -> int:
-        ffi.buffer(ffi.addressof(call.regs))[:] = ffi.buffer(saved)[:]
-        call.regs.rip = g.addr
-        call.regs.orig_rax = 2**64 - 1
-        call.regs.rax = nr
-        padded = (*args, 0, 0, 0, 0, 0, 0)[:6]  # unused arguments must be 0 (prctl checks)
-        for reg, a in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), padded, strict=True):
-            setattr(call.regs, reg, a)
-        _check(lib.rn_inject(pid, call), f"syscall {K.SYSCALL_NAMES.get(nr, nr)}")
-        res = call.result & (2**64 - 1)
-        return res - 2**64 if res > 2**64 - 4096 else res
+        return pt.call_at(pid, saved, g.addr, nr, *args)
 
     for m in maps:
         r = inject(K.SYSCALLS["munmap"], m.start, m.end - m.start)
         if r < 0:
             raise UnsupportedTarget(f"--no-vdso: munmap {m.path}: {os.strerror(-r)}")
-    _update_saved_auxv(pid, saved.rsp, auxv, inject)
+    _update_saved_auxv(mem, saved.rsp, auxv, inject)
 
 
-def _update_saved_auxv(pid: int, sp: int, auxv: tuple[int, int], inject) -> None:
+def _update_saved_auxv(mem: Memory, sp: int, auxv: tuple[int, int], inject) -> None:
     """PR_SET_MM_MAP with the patched vector, so /proc/PID/auxv agrees with the stack.
 
     PR_SET_MM_MAP (not PR_SET_MM_AUXV) because it needs CAP_CHECKPOINT_RESTORE in the target's
@@ -131,15 +117,11 @@ def _update_saved_auxv(pid: int, sp: int, auxv: tuple[int, int], inject) -> None
     from .mmview import MM_MAP_SIZE, read_mm_map
 
     brk = inject(K.SYSCALLS["brk"], 0)
-    blob = read_mm_map(pid, brk).pack(auxv[0], auxv[1])
+    blob = read_mm_map(mem.pid, brk).pack(auxv[0], auxv[1])
     at = (sp - 1024) & ~15
-    with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
-        mem.seek(at)
-        old = mem.read(MM_MAP_SIZE)
-        mem.seek(at)
-        mem.write(blob)
-        try:
-            inject(K.SYSCALLS["prctl"], K.PR_SET_MM, K.PR_SET_MM_MAP, at, MM_MAP_SIZE)
-        finally:
-            mem.seek(at)
-            mem.write(old)
+    old = mem.read(at, MM_MAP_SIZE)
+    mem.write(at, blob)
+    try:
+        inject(K.SYSCALLS["prctl"], K.PR_SET_MM, K.PR_SET_MM_MAP, at, MM_MAP_SIZE)
+    finally:
+        mem.write(at, old)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from .. import pagemap
 from ..errors import UnsafeStep
-from ..kconst import PAGE_SHIFT, PAGE_SIZE, PM_PFN_MASK, PM_PRESENT, PM_SWAP
+from ..kconst import PAGE_SHIFT, PAGE_SIZE, PM_PFN_MASK, PM_PRESENT, PM_SWAP, RED_ZONE
 
 Reader = Callable[[int, int], bytes]
 Holes = list[tuple[int, int]]  # (address, size) ranges the kernel may rewrite (rseq areas)
@@ -214,7 +214,7 @@ def _dead_span(pid: int, tid: int, rsp: int, fs: int, vmas: list, read: Reader):
     if not at:
         return None
     v = vmas[at[0]]
-    end = (rsp - 128) & ~(PAGE_SIZE - 1)
+    end = (rsp - RED_ZONE) & ~(PAGE_SIZE - 1)
     if tid == pid or v.path == "[stack]":
         return (v.start, end) if tid == pid and v.path == "[stack]" else None
     guard = at[0] > 0 and vmas[at[0] - 1].end == v.start and vmas[at[0] - 1].perms[:3] == "---"

@@ -1,0 +1,66 @@
+"""What a session decides before the process is stopped (file and /proc reads only, so the
+stop stays short): which safety chain (chain.py) and gadget to use, the batch marker signal,
+and the waits' deadline and guardian.  Chosen once here, like rr's AutoRemoteSyscalls picks
+its path in its constructor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import TYPE_CHECKING
+
+from .. import gadget as gadget_mod
+from .. import kconst as K
+from .. import procfs
+from ..errors import RemapError
+from .abi import MASK64
+from .chain import Chain, Unbuilt
+
+if TYPE_CHECKING:
+    from .session import Session
+
+# Every signal blocked (the kernel ignores SIGKILL/SIGSTOP bits) except the session's batch
+# marker (see MARKERS) and the synchronous fault signals: blocking those would not stop them,
+# only make the kernel reset their handler when it forces them (force_sig_info_to_task).
+_FAULTS = (K.SIGILL, K.SIGBUS, K.SIGFPE, K.SIGSEGV)
+INJECT_SIGMASK = MASK64 & ~sum(1 << (s - 1) for s in _FAULTS)
+MARKERS = (K.SIGURG, K.SIGWINCH, K.SIGCHLD)  # default action: ignore
+
+
+def plan(s: Session) -> None:
+    """Choose s's safety chain, find the gadget and a marker signal the target ignores.
+    A target that cannot be read keeps NoChain (every call parked at once)."""
+    pid = s.pid
+    with contextlib.suppress(OSError, RemapError):
+        maps = gadget_mod.read_maps(pid)
+        s._gadget_hint = gadget_mod.find(pid)
+        st = procfs.read_status(pid)
+        if "shstk" in str(st.get("x86_Thread_features", "")):
+            s.notes.append("unprotected: the target uses a shadow stack")
+        else:
+            code = gadget_mod.find_chain(pid, maps)
+            s.chain = Chain(s, code) if code is not None else Unbuilt(s)
+        cgt = int(st.get("SigCgt", 0))
+        for sig in MARKERS:
+            if not cgt >> (sig - 1) & 1:
+                s._marker = sig
+                s._mask = INJECT_SIGMASK & ~(1 << (sig - 1))
+                break
+    if not s.chain.protected:
+        s._t_unprotected = time.monotonic_ns()
+
+
+def start_guard(s: Session) -> None:
+    """Bound every wait by s's deadline, let SIGINT/SIGTERM abort one, and make sure this
+    driver has its guardian (csrc/native/remap_native.c): the process that ends a blocking
+    injected call if the driver is killed during it."""
+    lib = s._lib
+    r = lib.rn_set_wait(int(s.timeout * 1e9), 1)
+    if r < 0:
+        s.notes.append(f"no deadline on waits: {os.strerror(-r)}")
+    g = lib.rn_guard_start()
+    if g < 0:
+        s.notes.append(f"no guardian for blocking calls: {os.strerror(-g)}")
+    s.guardian = max(g, 0)  # its pid (it lives as long as this driver process)
