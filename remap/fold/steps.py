@@ -93,7 +93,7 @@ HINT_FLAGS = frozenset({"rr", "sr"})  # VmFlags of a program's own MADV_RANDOM /
 
 
 def fence_fault_around(ctx: FoldContext) -> Action | None:
-    """Split each file mapping into one-page VMAs, so a later fault maps only the page it
+    """Split each private file mapping into one-page VMAs, so a later fault maps only the page it
     touches: MADV_RANDOM on every other page (issue 17, "fault-around, named and contained").
 
     Why: since 3.15 a read fault on a file mapping maps up to fault_around_bytes (64 KiB) of
@@ -117,7 +117,12 @@ def fence_fault_around(ctx: FoldContext) -> Action | None:
     vmas = [
         v
         for v in ctx.snap.vmas
-        if v.is_file and not v.pfnmap and not v.hugetlb and v.end - v.start > K.PAGE_SIZE
+        if v.is_file
+        and v.perms[3] == "p"  # shared mappings (and shmem: nothing of it is dropped) stay whole
+        and v.label != "shmem"
+        and not v.pfnmap
+        and not v.hugetlb
+        and v.end - v.start > K.PAGE_SIZE
     ]
     if not vmas:
         return None
