@@ -197,7 +197,7 @@ def test_watch_sees_written_pages_and_draws_them(spawn, tmp_path):
     fed input while watched, it writes its stack (the byte it reads).  Where the kernel lacks
     soft-dirty (this machine's 6.18 build does), `written` is null and a note says why.  Either
     way the PNG is drawn, with what was touched marked."""
-    from remap.cli.residency import soft_dirty_supported
+    from remap.pagemap import soft_dirty_supported
 
     dirty = soft_dirty_supported()
     t = spawn("echoloop")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import UsageError
+from ..errors import EXIT_FAILED, UsageError
 from ..sources import SourceMissing
 from .common import add_json, int_at_least, path_arg, print_json
 
@@ -180,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"remap: skipped (source missing): {', '.join(skipped)}", file=sys.stderr)
     if failed:
         print(f"remap: {failed} run(s) did not keep the target working", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return 0
 
 
