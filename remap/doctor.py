@@ -27,7 +27,6 @@ from pathlib import Path
 from . import kconst as K
 from . import pagemap, procfs, targets
 
-CAP_SYS_PTRACE = 19  # include/uapi/linux/capability.h
 YAMA = "kernel/yama/ptrace_scope"  # under /proc/sys (security/yama/yama_lsm.c)
 FAULT_AROUND = procfs.FAULT_AROUND_BYTES
 KVM = Path("/dev/kvm")
@@ -85,7 +84,7 @@ def ptrace_scope() -> Check:
         scope = int(procfs.read_sysctl(YAMA) or "")
     except ValueError:
         return Check("ptrace_scope", True, "no Yama LSM (classic ptrace rules)", need)
-    cap = _has_cap(CAP_SYS_PTRACE)
+    cap = _has_cap(K.CAP_SYS_PTRACE)
     meaning = {
         0: "any process of the same user",
         1: "descendants only, unless CAP_SYS_PTRACE",
@@ -101,7 +100,7 @@ def ptrace_scope() -> Check:
 
 
 def cap_sys_ptrace() -> Check:
-    ok = _has_cap(CAP_SYS_PTRACE)
+    ok = _has_cap(K.CAP_SYS_PTRACE)
     found = "in the effective set" if ok else f"missing (uid {os.geteuid()})"
     fix = "run remap as root (sudo remap ...); in a container: docker run --cap-add=SYS_PTRACE"
     return Check(

@@ -370,3 +370,33 @@ def test_elf_cache_is_keyed_by_file_version(tmp_path, monkeypatch):
     assert len(list(cache.iterdir())) == 2
     monkeypatch.setenv("REMAP_ELF_CACHE", "off")
     assert elfmap.cache_dir() is None
+
+
+def test_elf_tables_agree_with_pyelftools(tmp_path):
+    """elfmap.ElfTables (the one struct reader the hot page finder, profiler and layout writer
+    share) against pyelftools on the hot-page demo bot: every section header, every symbol,
+    the hot page's bytes, the ELF class and machine."""
+    from remap import elfmap
+
+    path = str(targets.build("minibot", "hotpage"))
+    t = elfmap.open_elf(path)
+    assert t is not None and t.etype == K.ET_EXEC and t.machine == K.EM_X86_64
+    with open(path, "rb") as f:
+        e = ELFFile(f)
+        assert [(s.name, s["sh_addr"], s["sh_size"], s["sh_flags"]) for s in e.iter_sections()] == [
+            (s.name, s.addr, s.size, s.flags) for s in t.sections
+        ]
+        syms = list(e.get_section_by_name(".symtab").iter_symbols())
+        assert [(s.name, s["st_value"], s["st_size"]) for s in syms] == [
+            (s.name, s.value, s.size) for s in t.symbols
+        ]
+        start = t.symbol_values(["__hot_start"])["__hot_start"]
+        seg = next(s for s in e.iter_segments() if s["p_type"] == "PT_LOAD"
+                   and s["p_vaddr"] <= start < s["p_vaddr"] + s["p_memsz"])  # fmt: skip
+        data = seg.data()[start - seg["p_vaddr"] :][:4096]
+        assert t.bytes_at(start, 4096) == data + bytes(4096 - len(data))
+    with open(path, "rb") as f:
+        assert elfmap.class_and_machine(f.read(20)) == (K.ELFCLASS64, K.EM_X86_64)
+    assert elfmap.class_and_machine(b"#!/bin/sh\n" * 2) is None
+    (tmp_path / "sh").write_bytes(b"#!/bin/sh\n")
+    assert elfmap.open_elf(str(tmp_path / "sh")) is None
