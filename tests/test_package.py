@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from remap import kconst as K
 from remap import native, pagemap, targets
 from remap.errors import KernelError
 from remap.kernels import catalog, fetch, guest
@@ -141,7 +142,7 @@ def test_version_and_doctor(inst):
     assert by["qemu"]["ok"] == (shutil.which(guest.QEMU) is not None)
     assert by["musl-gcc"]["ok"] == (shutil.which("musl-gcc") is not None)
     cap = int(Path("/proc/self/status").read_text().split("CapEff:")[1].split()[0], 16)
-    assert by["CAP_SYS_PTRACE"]["ok"] == bool(cap >> 19 & 1)
+    assert by["CAP_SYS_PTRACE"]["ok"] == bool(cap >> K.CAP_SYS_PTRACE & 1)
     table = inst.remap("doctor").stdout
     assert all(name in table for name in DOCTOR_ITEMS)
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import NOBODY, assert_one_line_error, remap_cli
 from mapping_kinds import reserved_hugepages, smaps_of, start_mappings
 
 import remap
@@ -20,27 +21,14 @@ from remap import inject, native, procfs, targets
 from remap.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 HUGE = 2  # 2 MiB hugetlb pages the mappings target maps and writes
-
-
-def remap_cli(*args: str, prefix: list[str] | None = None, **env: str):
-    """`python -m remap ARGS` in a subprocess (as the user PREFIX switches to, if any)."""
-    full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    full.pop("REMAP_DEBUG", None)
-    return subprocess.run(
-        [*(prefix or []), sys.executable, "-m", "remap", *args],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env=full,
-    )  # fmt: skip
 
 
 def refused(r: subprocess.CompletedProcess, code: int, *words: str) -> None:
     """R failed with exit CODE and one stderr line holding every one of WORDS."""
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("remap: "), r.stderr
+    assert_one_line_error(r, code)
     for w in words:
-        assert w in lines[0], (w, lines[0])
+        assert w in r.stderr, (w, r.stderr)
 
 
 @pytest.fixture
@@ -168,8 +156,9 @@ def test_squeeze_no_stop_as_nobody_is_a_permission_error(is_root):
             assert time.monotonic() < deadline
             time.sleep(0.005)
         r = remap_cli(
-            "squeeze", "--no-stop", str(p.pid), prefix=NOBODY, REMAP_BUILD_DIR=str(path.parents[1])
-        )
+            "squeeze", "--no-stop", str(p.pid), prefix=NOBODY,
+            env={"REMAP_BUILD_DIR": str(path.parents[1])},
+        )  # fmt: skip
         refused(r, 4, "CAP_SYS_NICE", "process_madvise")
         assert p.poll() is None
     finally:
