@@ -463,7 +463,7 @@ class ElfTables:
         >>> t.etype == kconst.ET_DYN, t.symbol_values(["main"])
     """
 
-    __slots__ = ("raw", "etype", "machine", "loads", "sections", "_symbols")
+    __slots__ = ("raw", "etype", "machine", "loads", "interpreter", "sections", "_symbols")
 
     def __init__(self, raw: bytes):
         """Parse RAW (a whole ELF64 little-endian file); raises ValueError for anything else
@@ -478,6 +478,10 @@ class ElfTables:
         self.raw = raw
         self.etype, self.machine = h["e_type"], h["e_machine"]
         self.loads = _loads(ph)
+        interp = next((p for p in ph if p[0] == K.PT_INTERP), None)  # None: statically linked
+        self.interpreter = (
+            None if interp is None else _cstr(raw[interp[2] : interp[2] + interp[5]] + b"\0", 0)
+        )
         self.sections = [
             SectionHeader(i, _cstr(names, x[0]), *x[1:]) for i, x in enumerate(sh)
         ]  # fmt: skip

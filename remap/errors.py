@@ -121,6 +121,9 @@ _DENIED_WHY = {
     ("process_madvise", _errno.EACCES): (
         "the kernel's ptrace read check (PTRACE_MODE_READ) refused access to its memory"
     ),
+    # fs/proc/page.c: /proc/kpageflags and /proc/kpagecount are mode 0400, root's
+    ("/proc/kpageflags", _errno.EACCES): "page frame flags need root (CAP_SYS_ADMIN)",
+    ("/proc/kpagecount", _errno.EACCES): "page frame counts need root (CAP_SYS_ADMIN)",
 }
 
 
@@ -139,9 +142,10 @@ def translate(
         return ZombieProcess(pid) if zombie else NoSuchProcess(pid)
     if exc.errno in DENIED_ERRNOS:
         why = _DENIED_WHY.get((what, exc.errno))
-        if why and pid is not None:
+        if why:
             code = _errno.errorcode[exc.errno]
-            return AccessDenied(f"{what} on process {pid} refused ({code}): {why}")
+            on = "" if pid is None else f" on process {pid}"
+            return AccessDenied(f"{what}{on} refused ({code}): {why}")
         if pid is not None:
             return AccessDenied(f"permission denied reading /proc/{pid}/{what} (try as root)")
         where = what or exc.filename or "operation"

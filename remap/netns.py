@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from . import procfs
-from .errors import AccessDenied, UnsupportedTarget
+from .errors import AccessDenied, UnsupportedTarget, translate
 from .kconst import CLONE_NEWNET, IFF_UP, SIOCGIFFLAGS, SIOCSIFFLAGS
 
 T = TypeVar("T")
@@ -72,8 +72,10 @@ class NetNamespace:
     def _create() -> int:
         if _libc.unshare(CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
-            msg = f"cannot create a network namespace: {os.strerror(err)}"
-            raise (AccessDenied if err == 1 else UnsupportedTarget)(msg)
+            e = translate(OSError(err, os.strerror(err)), what="unshare(CLONE_NEWNET)")
+            if isinstance(e, AccessDenied):
+                raise e
+            raise UnsupportedTarget(f"cannot create a network namespace: {os.strerror(err)}")
         fd = procfs.open_thread_ns(threading.get_native_id(), "net")
         _loopback_up()
         return fd

@@ -31,6 +31,7 @@ from array import array
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from . import errors
 from . import kconst as K
 from .errors import AccessDenied
 from .procfs import open_proc, translate, write_clear_refs
@@ -458,8 +459,8 @@ def _frames(path: str, pfns: Iterable[int]) -> dict[int, int]:
         return out
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except PermissionError:
-        raise AccessDenied(f"{path} needs root (CAP_SYS_ADMIN)") from None
+    except OSError as e:
+        raise errors.translate(e, what=path) from None
     try:
         i = 0
         while i < len(want):

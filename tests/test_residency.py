@@ -381,6 +381,9 @@ def test_elf_tables_agree_with_pyelftools(tmp_path):
     path = str(targets.build("minibot", "hotpage"))
     t = elfmap.open_elf(path)
     assert t is not None and t.etype == K.ET_EXEC and t.machine == K.EM_X86_64
+    assert t.interpreter is None  # musl-gcc -static
+    py = elfmap.open_elf(os.path.realpath(sys.executable))
+    assert py is not None and py.interpreter == "/lib64/ld-linux-x86-64.so.2"
     with open(path, "rb") as f:
         e = ELFFile(f)
         assert [(s.name, s["sh_addr"], s["sh_size"], s["sh_flags"]) for s in e.iter_sections()] == [
