@@ -107,7 +107,7 @@ EXIT_CODES = {
 
 # ------------------------------------------------------------------------- OSError -> remap error
 GONE_ERRNOS = (_errno.ENOENT, _errno.ESRCH)
-DENIED_ERRNOS = (_errno.EACCES, _errno.EPERM)
+DENIED_ERRNOS = (_errno.EACCES, _errno.EPERM, _errno.EROFS)  # EROFS: a write refused too
 
 # Refusals whose cause the kernel documents, by (what was done, errno): the reason shown.
 _DENIED_WHY = {

@@ -45,6 +45,12 @@ def maps_text(pid: int) -> str:
         return f.read()
 
 
+def rollup_kb(pid: int) -> dict[str, int]:
+    """/proc/PID/smaps_rollup as {field: kB} ('Rss', 'Pss', 'Anonymous'...)."""
+    with open(_proc(pid, "smaps_rollup")) as f:
+        return {ln.split(":")[0]: int(ln.split()[1]) for ln in f if ln.endswith(" kB\n")}
+
+
 def syscall_words(pid: int, tid: int | None = None) -> list[str]:
     """/proc/PID/syscall split in words: [nr, args..., sp, pc], ['running'] or ['-1', sp, pc]."""
     with open(_proc(pid, "syscall", tid)) as f:

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from helpers import NOBODY, assert_one_line_error, remap_cli, state, status, wait_until
+from helpers import NOBODY, assert_one_line_error, remap_cli, rollup_kb, state, status, wait_until
 
 import remap
 from remap import targets
@@ -40,9 +40,7 @@ def test_map_json_shape(echoloop, tmp_path, png):
         for p in v["pages"]:
             assert set(p) == {"addr", "backing", "label", "section", "symbol"}
             assert v["start"] <= p["addr"] < v["end"] and p["label"]
-    with open(f"/proc/{echoloop.pid}/smaps_rollup") as f:
-        rollup = next(int(ln.split()[1]) for ln in f if ln.startswith("Rss:"))
-    assert sum(v["rss_kb"] for v in d["vmas"]) == rollup
+    assert sum(v["rss_kb"] for v in d["vmas"]) == rollup_kb(echoloop.pid)["Rss"]
     assert {p["label"] for v in d["vmas"] for p in v["pages"]} >= {"elf-header", "stack"}
     if png:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from helpers import remap_cli, status, syscall_words, wait_until
+from helpers import children, remap_cli, status, syscall_words, wait_until
 
 from remap import inject, targets, torture
 from remap.errors import UnsafeStep
@@ -72,11 +72,10 @@ def test_batches_in_a_pid_namespace_signal_the_target_by_its_own_ids():
 
 def _child_of(ppid: int) -> int | None:
     try:
-        with open(f"/proc/{ppid}/task/{ppid}/children") as f:
-            kids = f.read().split()
+        kids = children(ppid)
     except OSError:
         return None
-    return int(kids[0]) if kids else None
+    return kids[0] if kids else None
 
 
 # ------------------------------------------------------------------------------ many threads

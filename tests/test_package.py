@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import rollup_kb
 
 from remap import kconst as K
 from remap import native, pagemap, targets
@@ -159,8 +160,7 @@ def test_experiments_listed_from_anywhere(inst):
 
 
 def _rollup_rss_kb(pid: int) -> int:
-    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    return int(text.split("\nRss:")[1].split()[0])
+    return rollup_kb(pid)["Rss"]
 
 
 def _echo(t, data: bytes, timeout: float = 5.0) -> bytes:

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import assert_one_line_error, remap_cli
+from helpers import assert_one_line_error, remap_cli, status
 
 from remap.errors import NoSuchProcess, UnsupportedTarget
 from remap.ircd import IrcServer
@@ -19,8 +19,7 @@ pytest.importorskip("capstone")
 
 
 def _tracer(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(ln for ln in f if ln.startswith("TracerPid:")).split()[1])
+    return int(status(pid)["TracerPid"])
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from helpers import rollup_kb, state, wait_until
 
 import remap
 from remap import kconst as K
@@ -30,16 +31,11 @@ FILE_LABELS = ("lib:", "file:")  # lib:NAME an ELF object, file:NAME any other f
 
 def _all_blocked(pid: int, timeout: float = 5.0) -> None:
     """Wait until every thread of PID sleeps (state S): nothing faults while we compare."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = []
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                states.append(f.read().rsplit(")", 1)[1].split()[0])
-        if all(s == "S" for s in states):
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"{pid} did not block within {timeout}s")
+
+    def all_asleep() -> bool:
+        return all(state(pid, int(tid)) == "S" for tid in os.listdir(f"/proc/{pid}/task"))
+
+    wait_until(f"every thread of {pid} blocked", all_asleep, timeout)
 
 
 def _kernel_smaps_rss(pid: int) -> int:
@@ -49,8 +45,7 @@ def _kernel_smaps_rss(pid: int) -> int:
 
 
 def _kernel_rollup_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("Rss:"))
+    return rollup_kb(pid)["Rss"]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import NOBODY, assert_one_line_error, remap_cli
+from helpers import NOBODY, assert_one_line_error, remap_cli, rollup_kb
 from mapping_kinds import reserved_hugepages, smaps_of, start_mappings
 
 import remap
@@ -52,8 +52,7 @@ def test_hugetlb_mapping_counted_like_smaps(spawn, tmp_path, hugepages):
     assert v["label"] == "hugetlb"
     assert len(v["pages"]) == 512 * hugepages  # present in pagemap, 4 kB entries
     assert {p["backing"] for p in v["pages"]} == {"hugetlb"}
-    with open(f"/proc/{t.pid}/smaps_rollup") as f:
-        rollup = int(next(x for x in f if x.startswith("Rss:")).split()[1])
+    rollup = rollup_kb(t.pid)["Rss"]
     assert sum(x["rss_kb"] for x in doc["vmas"]) == rollup
     for smaps in (True, False):  # the model, from smaps and from maps alone
         s = remap.snapshot(t.pid, smaps=smaps)
