@@ -191,15 +191,17 @@ def test_many_vmas_fast_parsers_match_line_parsers():
 def test_thread_files_read_through_procfs_match_the_kernel_text(spawn):
     """status per thread, wchan, children, personality, mem and exe, each read through its one
     procfs reader, against the kernel's own text of the same file."""
-    t = spawn("inject_threads", "default", "spawn", "2")
+    t = spawn("inject_threads", "default", "futex_pi")  # main + one thread, both asleep
     t.wait_blocked()
-    tids = procfs.thread_ids(t.pid)
-    assert len(tids) > 1 and tids[0] == t.pid
+    tids = helpers.wait_until("two threads", lambda: len(procfs.thread_ids(t.pid)) == 2 and
+                              procfs.thread_ids(t.pid))  # fmt: skip
+    assert tids[0] == t.pid
     for tid in tids:
         st = procfs.read_status(t.pid, tid)
         assert st["Pid"] == tid and st["Tgid"] == t.pid
         assert f"{st['SigBlk']:016x}" == helpers.status(t.pid, tid)["SigBlk"]
-    assert procfs.read_wchan(t.pid) not in ("", "0")  # asleep in some kernel function
+    with open(f"/proc/{t.pid}/wchan") as f:  # a kernel function, or '0' (hidden, or running)
+        assert procfs.read_wchan(t.pid) == f.read()
     assert procfs.read_children(os.getpid()) and t.pid in procfs.read_children(os.getpid())
     assert procfs.read_children(t.pid) == []
     assert procfs.read_personality(t.pid) == int(open(f"/proc/{t.pid}/personality").read(), 16)
