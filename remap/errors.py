@@ -2,8 +2,10 @@
 
 Why: psutil's lesson -- raw ``OSError``s from /proc and ptrace mean different things depending
 on whether the process still exists, so they are translated once, near the syscall, into a
-handful of classes.  The CLI maps each class to one line on stderr and one exit code
-(see ``EXIT_CODES``); nothing else in remap prints tracebacks for these.
+handful of classes: :func:`translate` is the one errno -> class table (remap.procfs adds the
+zombie check for /proc files).  The CLI's top level is the only place that turns a class into
+one line on stderr and its exit code (see ``EXIT_CODES``); nothing else in remap prints
+tracebacks for these or picks exit numbers.
 """
 
 from __future__ import annotations

@@ -1,9 +1,17 @@
 """Pure, fast parsers for the /proc files remap reads: one small function per file, no policy.
 
+This is remap's kernel boundary (with remap.pagemap for pagemap, kpageflags and the other
+page-level files): every /proc and /sys file any module reads has its reader here -- per
+process (maps, smaps, status, stat, syscall, auxv, wchan, children, personality, mem, exe...),
+and system-wide (``/proc/sys/...``, the huge page sizes of ``/sys/kernel/mm/hugepages``).
+The few magic links a caller must open itself (``exe``, ``root/...``, ``map_files/A-B``) are
+named by :func:`path` / :func:`map_files_path`.
+
 Why here and only here: a raw ``OSError`` from /proc means different things depending on whether
 the process still exists (psutil's ``wrap_exceptions`` lesson).  Every reader goes through
-:func:`_open_proc` / :func:`_read`, the single point that turns ENOENT/ESRCH into
-:class:`NoSuchProcess` (or :class:`ZombieProcess`), and EACCES/EPERM into :class:`AccessDenied`.
+:func:`translate`, which looks for a zombie before blaming the process and hands the errno to
+:func:`remap.errors.translate`, the one table that turns ENOENT/ESRCH into
+:class:`NoSuchProcess` (or :class:`ZombieProcess`) and EACCES/EPERM into :class:`AccessDenied`.
 
 Example::
 
