@@ -25,11 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import kconst as K
-from . import procfs, targets
+from . import pagemap, procfs, targets
 
-CAP_SYS_PTRACE = 19  # include/uapi/linux/capability.h
-YAMA = Path("/proc/sys/kernel/yama/ptrace_scope")
-IDLE_BITMAP = Path("/sys/kernel/mm/page_idle/bitmap")
+YAMA = "kernel/yama/ptrace_scope"  # under /proc/sys (security/yama/yama_lsm.c)
 FAULT_AROUND = procfs.FAULT_AROUND_BYTES
 KVM = Path("/dev/kvm")
 
@@ -83,10 +81,10 @@ def _has_cap(cap: int) -> bool:
 def ptrace_scope() -> Check:
     need = "syscall, squeeze, fold, profile (attaching to a process)"
     try:
-        scope = int(YAMA.read_text())
-    except (OSError, ValueError):
+        scope = int(procfs.read_sysctl(YAMA) or "")
+    except ValueError:
         return Check("ptrace_scope", True, "no Yama LSM (classic ptrace rules)", need)
-    cap = _has_cap(CAP_SYS_PTRACE)
+    cap = _has_cap(K.CAP_SYS_PTRACE)
     meaning = {
         0: "any process of the same user",
         1: "descendants only, unless CAP_SYS_PTRACE",
@@ -102,7 +100,7 @@ def ptrace_scope() -> Check:
 
 
 def cap_sys_ptrace() -> Check:
-    ok = _has_cap(CAP_SYS_PTRACE)
+    ok = _has_cap(K.CAP_SYS_PTRACE)
     found = "in the effective set" if ok else f"missing (uid {os.geteuid()})"
     fix = "run remap as root (sudo remap ...); in a container: docker run --cap-add=SYS_PTRACE"
     return Check(
@@ -137,10 +135,7 @@ def pagemap_scan() -> Check:
 
 
 def soft_dirty() -> Check:
-    # The probe belongs to `watch`, which uses it (a written page must show pagemap bit 55).
-    from .cli.residency import soft_dirty_supported
-
-    ok = soft_dirty_supported()
+    ok = pagemap.soft_dirty_supported()  # what `watch` asks (a written page shows bit 55)
     found = "pagemap bit 55 set on a written page" if ok else "not kept by this kernel"
     fix = "boot a kernel built with CONFIG_MEM_SOFT_DIRTY=y (watch then reports written pages)"
     return Check("soft-dirty", ok, found, "watch: which pages were written", None if ok else fix)
@@ -148,14 +143,13 @@ def soft_dirty() -> Check:
 
 def idle_page_tracking() -> Check:
     need = "watch: pages touched while watching (else clear_refs/Referenced)"
-    if not IDLE_BITMAP.exists():
+    bitmap, access = pagemap.IDLE_BITMAP, pagemap.idle_bitmap_access()
+    if access == "missing":
         fix = "boot a kernel built with CONFIG_IDLE_PAGE_TRACKING=y"
-        return Check("idle page tracking", False, f"no {IDLE_BITMAP}", need, fix)
-    if not os.access(IDLE_BITMAP, os.R_OK | os.W_OK):
-        return Check(
-            "idle page tracking", False, f"{IDLE_BITMAP}: no access", need, "run remap as root"
-        )
-    return Check("idle page tracking", True, str(IDLE_BITMAP), need)
+        return Check("idle page tracking", False, f"no {bitmap}", need, fix)
+    if access == "denied":
+        return Check("idle page tracking", False, f"{bitmap}: no access", need, "run remap as root")
+    return Check("idle page tracking", True, bitmap, need)
 
 
 def fault_around_bytes() -> Check:

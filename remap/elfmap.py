@@ -24,9 +24,6 @@ from typing import NamedTuple
 
 from . import kconst as K
 
-_SHF_WRITE, _SHF_ALLOC, _SHF_EXECINSTR = 0x1, 0x2, 0x4
-_PF_X, _PF_W = 0x1, 0x2
-_STT_OBJECT, _STT_FUNC = 1, 2
 _PAGE_MASK = ~(K.PAGE_SIZE - 1)
 
 
@@ -133,9 +130,9 @@ class ElfInfo:
         seg = self.segment_at(lo)
         if seg is None:
             return None, section, symbol
-        if seg.flags & _PF_X:
+        if seg.flags & K.PF_X:
             return "code", section, symbol
-        if seg.flags & _PF_W:
+        if seg.flags & K.PF_W:
             past_file = lo >= ((seg.vaddr + seg.filesz + K.PAGE_SIZE - 1) & _PAGE_MASK)
             return ("bss" if past_file else "data"), section, symbol
         return "rodata", section, symbol
@@ -148,11 +145,68 @@ class ElfInfo:
 
 
 def _kind(flags: int, is_nobits: bool) -> str:
-    if flags & _SHF_EXECINSTR:
+    if flags & K.SHF_EXECINSTR:
         return "code"
-    if flags & _SHF_WRITE:
+    if flags & K.SHF_WRITE:
         return "bss" if is_nobits else "data"
     return "rodata"
+
+
+# --------------------------------------------------------------------------- raw ELF64 tables
+# include/uapi/linux/elf.h: Elf64_Ehdr after e_ident, Elf64_Phdr, Elf64_Shdr, Elf64_Sym
+_EHDR = struct.Struct("<HHIQQQIHHHHHH")
+_EHDR_KEYS = ("e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize "
+              "e_phentsize e_phnum e_shentsize e_shnum e_shstrndx").split()  # fmt: skip
+_PHDR = struct.Struct("<IIQQQQQQ")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_SYM = struct.Struct("<IBBHQQ")
+
+
+def class_and_machine(head: bytes) -> tuple[int, int] | None:
+    """(EI_CLASS, e_machine) of any ELF file from its first 20 bytes (ELFCLASS64 and EM_X86_64
+    for the only processes remap injects into); None when HEAD is not an ELF header."""
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    order = "<" if head[5] == K.ELFDATA2LSB else ">"
+    return head[4], struct.unpack_from(f"{order}H", head, 18)[0]
+
+
+def _elf64_header(ident: bytes) -> dict[str, int] | None:
+    """The ELF header fields of a little-endian ELF64 file from its first 64 bytes; None for
+    any other file (not ELF, 32-bit, big-endian)."""
+    if len(ident) < 64 or ident[:4] != b"\x7fELF":
+        return None
+    if ident[4] != K.ELFCLASS64 or ident[5] != K.ELFDATA2LSB:
+        return None
+    return dict(zip(_EHDR_KEYS, _EHDR.unpack_from(ident, 16), strict=True))
+
+
+def _raw_tables(read, h: dict[str, int]) -> tuple[list[tuple], list[tuple], bytes]:
+    """(program headers, section headers, section-name string table) of an ELF64 file whose
+    header is H; READ(offset, n) returns the file's bytes there."""
+    n = h["e_phnum"]
+    ph = list(_PHDR.iter_unpack(read(h["e_phoff"], n * h["e_phentsize"])[: n * _PHDR.size]))
+    n = h["e_shnum"]
+    sh = list(_SHDR.iter_unpack(read(h["e_shoff"], n * h["e_shentsize"])[: n * _SHDR.size]))
+    names = b""
+    if 0 < h["e_shstrndx"] < len(sh):
+        st = sh[h["e_shstrndx"]]
+        names = read(st[4], st[5])
+    return ph, sh, names
+
+
+def _cstr(table: bytes, off: int) -> str:
+    """The NUL-terminated string at OFF of a string table."""
+    return table[off : table.find(b"\0", off)].decode(errors="replace")
+
+
+def _loads(phdrs: list[tuple]) -> list[Segment]:
+    """The PT_LOAD headers among PHDRS (raw Elf64_Phdr tuples)."""
+    return [
+        Segment(p_offset, p_vaddr, p_filesz, p_memsz, p_flags)
+        for p_type, p_flags, p_offset, p_vaddr, _pa, p_filesz, p_memsz, _al in phdrs
+        if p_type == K.PT_LOAD
+    ]
 
 
 def _parse(path: str) -> ElfInfo | None:
@@ -173,11 +227,9 @@ def _parse(path: str) -> ElfInfo | None:
             ident = f.read(64)
             if ident[:4] != b"\x7fELF":
                 return None
-            if ident[4] == 2 and ident[5] == 1 and len(ident) == 64:  # ELFCLASS64, ELFDATA2LSB
-                v = struct.unpack_from("<HHIQQQIHHHHHH", ident, 16)
-                keys = ("e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize "
-                        "e_phentsize e_phnum e_shentsize e_shnum e_shstrndx").split()  # fmt: skip
-                return _parse_raw64(path, f, dict(zip(keys, v, strict=True)))
+            h = _elf64_header(ident)
+            if h is not None:
+                return _parse_raw64(path, f, h)
             from elftools.common.exceptions import ELFError
             from elftools.elf.elffile import ELFFile
 
@@ -189,41 +241,33 @@ def _parse(path: str) -> ElfInfo | None:
             return None
 
 
+def _file_reader(f):
+    """READ(offset, n) over an open file (for :func:`_raw_tables`)."""
+
+    def read(off: int, n: int) -> bytes:
+        f.seek(off)
+        return f.read(n)
+
+    return read
+
+
 def _parse_raw64(path: str, f, h) -> ElfInfo:
-    f.seek(h["e_phoff"])
-    ph = f.read(h["e_phnum"] * h["e_phentsize"])
-    segs = [
-        Segment(p_offset, p_vaddr, p_filesz, p_memsz, p_flags)
-        for p_type, p_flags, p_offset, p_vaddr, _pa, p_filesz, p_memsz, _al in struct.iter_unpack(
-            "<IIQQQQQQ", ph[: h["e_phnum"] * 56]
-        )
-        if p_type == 1  # PT_LOAD
-    ]
-    f.seek(h["e_shoff"])
-    raw = f.read(h["e_shnum"] * h["e_shentsize"])
-    shdrs = list(struct.iter_unpack("<IIQQQQIIQQ", raw[: h["e_shnum"] * 64]))
-    names = b""
-    if 0 < h["e_shstrndx"] < len(shdrs):
-        st = shdrs[h["e_shstrndx"]]
-        f.seek(st[4])
-        names = f.read(st[5])
-
-    def name(off: int) -> str:
-        return names[off : names.find(b"\0", off)].decode(errors="replace")
-
+    ph, shdrs, names = _raw_tables(_file_reader(f), h)
+    segs = _loads(ph)
     secs = []
     symtab = dynsym = None
     for sh in shdrs:
         sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link = sh[:7]
-        if sh_type == 2:
+        if sh_type == K.SHT_SYMTAB:
             symtab = sh
-        elif sh_type == 11:
+        elif sh_type == K.SHT_DYNSYM:
             dynsym = sh
-        if sh_flags & _SHF_ALLOC and sh_addr and sh_size:
-            nobits = sh_type == 8  # SHT_NOBITS
-            if sh_flags & 0x400 and nobits:  # SHF_TLS .tbss takes no address space
+        if sh_flags & K.SHF_ALLOC and sh_addr and sh_size:
+            nobits = sh_type == K.SHT_NOBITS
+            if sh_flags & K.SHF_TLS and nobits:  # .tbss takes no address space
                 continue
-            secs.append(Section(name(sh_name), sh_addr, sh_addr + sh_size, _kind(sh_flags, nobits)))
+            kind = _kind(sh_flags, nobits)
+            secs.append(Section(_cstr(names, sh_name), sh_addr, sh_addr + sh_size, kind))
     secs.sort(key=lambda s: s.addr)
     info = ElfInfo(path, segs, secs)
     tab = symtab if symtab is not None else dynsym
@@ -242,9 +286,9 @@ def _parse_elftools(path: str, f, elf) -> ElfInfo:
     secs = []
     for s in elf.iter_sections():
         h = s.header
-        if h["sh_flags"] & _SHF_ALLOC and h["sh_addr"] and h["sh_size"]:
+        if h["sh_flags"] & K.SHF_ALLOC and h["sh_addr"] and h["sh_size"]:
             nobits = h["sh_type"] == "SHT_NOBITS"
-            if h["sh_flags"] & 0x400 and nobits:
+            if h["sh_flags"] & K.SHF_TLS and nobits:
                 continue
             kind = _kind(h["sh_flags"], nobits)
             secs.append(Section(s.name, h["sh_addr"], h["sh_addr"] + h["sh_size"], kind))
@@ -262,10 +306,10 @@ def _load_symbols(info: ElfInfo, f, tab: tuple[int, int], strtab: tuple[int, int
     # a CPython binary; decoding them all would cost more than the rest of the snapshot)
     syms = sorted(
         (value, value + size, name)
-        for name, info_b, _o, shndx, value, size in struct.iter_unpack(
-            "<IBBHQQ", raw[: len(raw) // 24 * 24]
+        for name, info_b, _o, shndx, value, size in _SYM.iter_unpack(
+            raw[: len(raw) // _SYM.size * _SYM.size]
         )
-        if value and shndx and (info_b & 0xF) in (_STT_FUNC, _STT_OBJECT)
+        if value and shndx and (info_b & 0xF) in (K.STT_FUNC, K.STT_OBJECT)
     )
     info._strs = strs
     info.sym_addr = [s[0] for s in syms]
@@ -374,3 +418,131 @@ def _store_cached(info: ElfInfo, st: os.stat_result) -> None:
 def load_bias(info: ElfInfo, lowest_start: int, lowest_offset: int) -> int:
     """Load bias from the file's lowest mapping (start address and file offset)."""
     return lowest_start - lowest_offset - info.base_vaddr
+
+
+# --------------------------------------------------------------------------- whole tables
+class SectionHeader(NamedTuple):
+    """One section header (any section, allocated or not), its name resolved."""
+
+    index: int
+    name: str
+    type: int  # SHT_*
+    flags: int  # SHF_*
+    addr: int
+    offset: int
+    size: int
+    link: int
+    info: int
+    align: int
+    entsize: int
+
+
+class Symbol(NamedTuple):
+    """One .symtab entry: TYPE is STT_* (kconst), BIND is STB_* (0 local, 1 global, 2 weak),
+    SHNDX the section index (kconst.SHN_UNDEF, SHN_ABS... as the raw numbers)."""
+
+    name: str
+    value: int
+    size: int
+    type: int
+    bind: int
+    shndx: int
+
+
+class ElfTables:
+    """Every load, section header and symbol of one ELF64 little-endian file, from its bytes.
+
+    Why beside :class:`ElfInfo`: the page labeller needs only allocated sections and sorted
+    symbols, read piecemeal and cached; the tools that read a program's own tables (the hot
+    page finder, the profiler, the layout writer) need all of them, their flags and the file's
+    bytes.  Both come from the same struct readers, so remap has one ELF parser.
+
+    Example::
+
+        >>> t = elfmap.open_elf("/proc/self/exe")
+        >>> t.etype == kconst.ET_DYN, t.symbol_values(["main"])
+    """
+
+    __slots__ = ("raw", "etype", "machine", "loads", "interpreter", "sections", "_symbols")
+
+    def __init__(self, raw: bytes):
+        """Parse RAW (a whole ELF64 little-endian file); raises ValueError for anything else
+        (not ELF, 32-bit, big-endian, or truncated)."""
+        h = _elf64_header(raw[:64])
+        if h is None:
+            raise ValueError("not an ELF64 little-endian file")
+        try:
+            ph, sh, names = _raw_tables(lambda off, n: raw[off : off + n], h)
+        except struct.error as e:
+            raise ValueError(f"truncated ELF file: {e}") from None
+        self.raw = raw
+        self.etype, self.machine = h["e_type"], h["e_machine"]
+        self.loads = _loads(ph)
+        interp = next((p for p in ph if p[0] == K.PT_INTERP), None)  # None: statically linked
+        self.interpreter = (
+            None if interp is None else _cstr(raw[interp[2] : interp[2] + interp[5]] + b"\0", 0)
+        )
+        self.sections = [
+            SectionHeader(i, _cstr(names, x[0]), *x[1:]) for i, x in enumerate(sh)
+        ]  # fmt: skip
+        self._symbols: list[Symbol] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"ElfTables(type {self.etype}, {len(self.loads)} loads, {len(self.sections)} sections)"
+        )
+
+    def section(self, name: str) -> SectionHeader | None:
+        """The first section called NAME, or None."""
+        return next((s for s in self.sections if s.name == name), None)
+
+    @property
+    def symbols(self) -> list[Symbol]:
+        """Every entry of .symtab (SHT_SYMTAB) in table order; [] for a stripped file."""
+        if self._symbols is None:
+            out: list[Symbol] = []
+            for tab in self.sections:
+                if tab.type != K.SHT_SYMTAB or tab.link >= len(self.sections):
+                    continue
+                strs = self.sections[tab.link]
+                names = self.raw[strs.offset : strs.offset + strs.size]
+                body = self.raw[tab.offset : tab.offset + tab.size]
+                for name, info, _other, shndx, value, size in _SYM.iter_unpack(
+                    body[: len(body) // _SYM.size * _SYM.size]
+                ):
+                    out.append(
+                        Symbol(_cstr(names, name), value, size, info & 0xF, info >> 4, shndx)
+                    )
+            self._symbols = out
+        return self._symbols
+
+    def symbol_values(self, names) -> dict[str, int]:
+        """{name: st_value} of the first .symtab symbol of each of NAMES the file defines."""
+        want, out = set(names), {}
+        for sym in self.symbols:
+            if sym.name in want and sym.name not in out:
+                out[sym.name] = sym.value
+        return out
+
+    def bytes_at(self, vaddr: int, n: int) -> bytes:
+        """N file bytes of the PT_LOAD covering VADDR, zero past p_filesz (as the kernel maps
+        it); N zero bytes when no load covers VADDR."""
+        for seg in self.loads:
+            if seg.vaddr <= vaddr < seg.vaddr + seg.memsz:
+                off = vaddr - seg.vaddr
+                lo = seg.offset + min(off, seg.filesz)
+                data = self.raw[lo : seg.offset + min(off + n, seg.filesz)]
+                return data + bytes(n - len(data))
+        return bytes(n)
+
+
+def open_elf(path: str) -> ElfTables | None:
+    """The whole tables of the ELF file at PATH (read in one go: meant for one program, not
+    for every mapped library); None when it is not an ELF64 little-endian file.  Raises
+    OSError when PATH cannot be read."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return ElfTables(raw)
+    except ValueError:
+        return None

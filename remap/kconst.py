@@ -101,6 +101,11 @@ PR_GET_SECCOMP = 21
 # include/uapi/linux/personality.h
 ADDR_NO_RANDOMIZE = 0x0040000
 
+# include/uapi/linux/capability.h (bit numbers of CapEff in /proc/PID/status)
+CAP_SYS_PTRACE = 19
+CAP_SYS_ADMIN = 21
+CAP_SYS_NICE = 23
+
 # include/uapi/linux/sched.h, include/uapi/linux/sockios.h, include/uapi/linux/if.h (remap.netns)
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
@@ -236,11 +241,25 @@ PM_SCAN_WP_MATCHING = 1 << 0
 PM_SCAN_CHECK_WPASYNC = 1 << 1
 PM_SCAN_ARG_SIZE = 96  # sizeof(struct pm_scan_arg): twelve __u64
 
-# include/uapi/linux/elf.h, include/uapi/linux/elf-em.h (the ELF header checks of remap.inject)
+# include/uapi/linux/elf.h, include/uapi/linux/elf-em.h (remap.elfmap, the ELF header checks
+# of remap.inject)
 ELFCLASS32 = 1
 ELFCLASS64 = 2
+ELFDATA2LSB = 1
 EM_386 = 3
 EM_X86_64 = 62
+ET_EXEC, ET_DYN = 2, 3  # e_type
+PT_LOAD, PT_INTERP = 1, 3  # p_type
+PF_X, PF_W, PF_R = 0x1, 0x2, 0x4  # p_flags
+SHT_SYMTAB, SHT_NOBITS, SHT_DYNSYM = 2, 8, 11  # sh_type
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR, SHF_TLS = 0x1, 0x2, 0x4, 0x400  # sh_flags
+STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_TLS = 0, 1, 2, 6  # ELF64_ST_TYPE(st_info)
+SHN_UNDEF, SHN_ABS = 0, 0xFFF1  # st_shndx
+
+# remap's own hot-page contract (not the kernel's): remap.fold.steps.single_page keeps this many
+# bytes free below the frames it moves into the page's stack reserve, so remap.layout reserves
+# them when it sizes that reserve.  One number for both sides.
+FOLD_MARGIN = 512
 
 # include/uapi/linux/prctl.h: the child (qemu) gets SIGKILL when its parent thread dies
 PR_SET_PDEATHSIG = 1

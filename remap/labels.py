@@ -77,7 +77,7 @@ def hugetlb_devs() -> frozenset[str]:
     global _hugetlb_devs
     if _hugetlb_devs is None:
         found = set()
-        for size_kb in _huge_page_sizes_kb():
+        for size_kb in procfs.huge_page_sizes_kb():
             flag = os.MFD_HUGETLB | ((size_kb << 10).bit_length() - 1) << os.MFD_HUGE_SHIFT
             try:
                 fd = os.memfd_create("remap-hugetlb-probe", flag | os.MFD_CLOEXEC)
@@ -90,15 +90,6 @@ def hugetlb_devs() -> frozenset[str]:
             found.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}")
         _hugetlb_devs = frozenset(found)
     return _hugetlb_devs
-
-
-def _huge_page_sizes_kb() -> list[int]:
-    """Huge page sizes this kernel supports (/sys/kernel/mm/hugepages/hugepages-NkB)."""
-    try:
-        names = os.listdir("/sys/kernel/mm/hugepages")
-    except OSError:
-        return []
-    return [int(n[10:-2]) for n in names if n.startswith("hugepages-") and n[10:-2].isdecimal()]
 
 
 def is_hugetlb(e, fstypes: dict[str, str] | None) -> bool:
@@ -243,7 +234,7 @@ def _disk_path(e, pid: int | None, root: str = "") -> str:
     mapping (the inode itself, still on disk while mapped)."""
     if pid is None or not e.path.endswith(" (deleted)"):
         return root + e.path
-    return f"/proc/{pid}/map_files/{e.start:x}-{e.end:x}"
+    return procfs.map_files_path(pid, e.start, e.end)
 
 
 def classify(e, view: ElfView | None, exe: str, fstypes, sps: list[int]) -> tuple[str, str, bool]:

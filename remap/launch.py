@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import NoSuchProcess, UnsupportedTarget, UsageError
+from . import procfs
+from .errors import RemapError, UnsupportedTarget, UsageError
 from .kconst import ADDR_NO_RANDOMIZE
 from .netns import NetNamespace
 from .procwait import wait_blocked
@@ -186,10 +187,9 @@ def _wait_exec_done(proc: subprocess.Popen, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            with open(f"/proc/{proc.pid}/auxv", "rb") as f:
-                if f.read(8).strip(b"\0"):
-                    return
-        except OSError:
+            if procfs.read_auxv(proc.pid):
+                return
+        except (OSError, RemapError):
             return
         time.sleep(0.0005)
 
@@ -219,9 +219,9 @@ def _start_isolated(argv: list[str], user: str | None, ns: NetNamespace | None, 
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if os.readlink(f"/proc/{proc.pid}/exe") == want:
+            if procfs.read_exe(proc.pid) == want:
                 return proc
-        except OSError:
+        except (OSError, RemapError):
             pass
         time.sleep(0.002)
     if proc.poll() is not None:
@@ -252,9 +252,6 @@ def _with_personality(aslr: bool, start):
 
 
 def personality(pid: int) -> int:
-    """The persona of a running process (from /proc/PID/personality; needs ptrace access)."""
-    try:
-        with open(f"/proc/{pid}/personality") as f:
-            return int(f.read().strip(), 16)
-    except FileNotFoundError:
-        raise NoSuchProcess(pid) from None
+    """The persona of a running process (from /proc/PID/personality; needs ptrace access).
+    Raises NoSuchProcess when PID is gone, AccessDenied without ptrace access."""
+    return procfs.read_personality(pid)

@@ -28,7 +28,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import AccessDenied, UnsupportedTarget
+from . import procfs
+from .errors import AccessDenied, UnsupportedTarget, translate
 from .kconst import CLONE_NEWNET, IFF_UP, SIOCGIFFLAGS, SIOCSIFFLAGS
 
 T = TypeVar("T")
@@ -71,9 +72,11 @@ class NetNamespace:
     def _create() -> int:
         if _libc.unshare(CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
-            msg = f"cannot create a network namespace: {os.strerror(err)}"
-            raise (AccessDenied if err == 1 else UnsupportedTarget)(msg)
-        fd = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
+            e = translate(OSError(err, os.strerror(err)), what="unshare(CLONE_NEWNET)")
+            if isinstance(e, AccessDenied):
+                raise e
+            raise UnsupportedTarget(f"cannot create a network namespace: {os.strerror(err)}")
+        fd = procfs.open_thread_ns(threading.get_native_id(), "net")
         _loopback_up()
         return fd
 
@@ -104,7 +107,7 @@ class NetNamespace:
 
     def path(self) -> str:
         """A path naming the namespace for a child that inherits :attr:`fd` (pass_fds)."""
-        return f"/proc/self/fd/{self.fd}"
+        return procfs.self_fd_path(self.fd)
 
     def enter_argv(self, argv: list[str], *, uid: int | None = None, gid: int | None = None):
         """ARGV prefixed with nsenter into the namespace (and -S/-G: the user it runs as, with

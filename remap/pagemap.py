@@ -31,9 +31,10 @@ from array import array
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+from . import errors
 from . import kconst as K
 from .errors import AccessDenied
-from .procfs import open_proc, translate
+from .procfs import open_proc, translate, write_clear_refs
 
 _CHUNK_PAGES = 1 << 16  # 512 KiB of entries per pread
 # top byte of an entry >= 0x80 <=> bit 63 (present) set
@@ -458,8 +459,8 @@ def _frames(path: str, pfns: Iterable[int]) -> dict[int, int]:
         return out
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except PermissionError:
-        raise AccessDenied(f"{path} needs root (CAP_SYS_ADMIN)") from None
+    except OSError as e:
+        raise errors.translate(e, what=path) from None
     try:
         i = 0
         while i < len(want):
@@ -475,11 +476,48 @@ def _frames(path: str, pfns: Iterable[int]) -> dict[int, int]:
     return out
 
 
+KPAGEFLAGS = "/proc/kpageflags"  # fs/proc/page.c: u64 KPF_* bits per frame
+KPAGECOUNT = "/proc/kpagecount"  # fs/proc/page.c: u64 map count per frame
+IDLE_BITMAP = "/sys/kernel/mm/page_idle/bitmap"  # mm/page_idle.c (CONFIG_IDLE_PAGE_TRACKING)
+
+
+def idle_bitmap_access() -> str:
+    """Whether idle page tracking can be used here: 'ok', 'missing' (kernel built without
+    CONFIG_IDLE_PAGE_TRACKING) or 'denied' (not root)."""
+    if not os.path.exists(IDLE_BITMAP):
+        return "missing"
+    return "ok" if os.access(IDLE_BITMAP, os.R_OK | os.W_OK) else "denied"
+
+
+def soft_dirty_supported() -> bool:
+    """Does this kernel keep soft-dirty bits (CONFIG_MEM_SOFT_DIRTY)?  Asked of our own
+    process: a page written after clear_refs '4' must show pagemap bit 55.  False when the
+    probe cannot run (never raises)."""
+    m = mmap.mmap(-1, K.PAGE_SIZE)
+    try:
+        m[0:1] = b"x"
+        buf = ctypes.c_char.from_buffer(m)
+        addr = ctypes.addressof(buf)
+        del buf
+        write_clear_refs(os.getpid(), "4")
+        m[0:1] = b"y"
+        fd = open_proc(os.getpid(), "pagemap")
+        try:
+            entry = read_entries(fd, addr, addr + K.PAGE_SIZE)[0]
+        finally:
+            os.close(fd)
+        return bool(entry & K.PM_SOFT_DIRTY)
+    except (OSError, IndexError, AccessDenied):
+        return False
+    finally:
+        m.close()
+
+
 def kpageflags(pfns: Iterable[int]) -> dict[int, int]:
     """{pfn: KPF_* bit set} from /proc/kpageflags (root only; PFN 0 = 'no PFN' is skipped)."""
-    return _frames("/proc/kpageflags", pfns)
+    return _frames(KPAGEFLAGS, pfns)
 
 
 def kpagecount(pfns: Iterable[int]) -> dict[int, int]:
     """{pfn: number of mappings} from /proc/kpagecount (root only)."""
-    return _frames("/proc/kpagecount", pfns)
+    return _frames(KPAGECOUNT, pfns)

@@ -1,9 +1,17 @@
 """Pure, fast parsers for the /proc files remap reads: one small function per file, no policy.
 
+This is remap's kernel boundary (with remap.pagemap for pagemap, kpageflags and the other
+page-level files): every /proc and /sys file any module reads has its reader here -- per
+process (maps, smaps, status, stat, syscall, auxv, wchan, children, personality, mem, exe...),
+and system-wide (``/proc/sys/...``, the huge page sizes of ``/sys/kernel/mm/hugepages``).
+The few magic links a caller must open itself (``exe``, ``root/...``, ``map_files/A-B``) are
+named by :func:`path` / :func:`map_files_path`.
+
 Why here and only here: a raw ``OSError`` from /proc means different things depending on whether
 the process still exists (psutil's ``wrap_exceptions`` lesson).  Every reader goes through
-:func:`_open_proc` / :func:`_read`, the single point that turns ENOENT/ESRCH into
-:class:`NoSuchProcess` (or :class:`ZombieProcess`), and EACCES/EPERM into :class:`AccessDenied`.
+:func:`translate`, which looks for a zombie before blaming the process and hands the errno to
+:func:`remap.errors.translate`, the one table that turns ENOENT/ESRCH into
+:class:`NoSuchProcess` (or :class:`ZombieProcess`) and EACCES/EPERM into :class:`AccessDenied`.
 
 Example::
 
@@ -21,11 +29,9 @@ import re
 import struct
 from typing import NamedTuple
 
-from .errors import AccessDenied, NoSuchProcess, UnsupportedTarget, ZombieProcess
+from . import errors
+from .errors import GONE_ERRNOS, UnsupportedTarget, ZombieProcess
 from .kconst import PF_KTHREAD
-
-_GONE = (errno.ENOENT, errno.ESRCH)
-_DENIED = (errno.EACCES, errno.EPERM)
 
 
 # --------------------------------------------------------------------------- error translation
@@ -40,37 +46,14 @@ def _state_or_none(pid: int) -> str | None:
 
 
 def translate(pid: int, e: OSError, what: str) -> Exception:
-    """Turn a raw OSError from reading /proc/PID/WHAT into remap's error vocabulary.
+    """Turn a raw OSError from reading /proc/PID/WHAT (or a call on PID) into remap's error
+    vocabulary (:func:`remap.errors.translate`, the one errno table).
 
     Checks whether the process still exists before blaming it (a zombie looks like ENOENT or
     ESRCH for many files; a process that exited mid-read as well).
     """
-    if e.errno in _GONE:
-        if _state_or_none(pid) == "Z":
-            return ZombieProcess(pid)
-        return NoSuchProcess(pid)
-    if e.errno in _DENIED:
-        why = _DENIED_WHY.get((what, e.errno))
-        if why:
-            code = errno.errorcode[e.errno]
-            return AccessDenied(f"{what} on process {pid} refused ({code}): {why}")
-        return AccessDenied(f"permission denied reading /proc/{pid}/{what} (try as root)")
-    return e
-
-
-# Syscalls whose refusals are translated here too, with the kernel's own rule as the reason.
-_DENIED_WHY = {
-    # mm/madvise.c, process_madvise(): after mm_access(PTRACE_MODE_READ), "if (mm !=
-    # current->mm && !capable(CAP_SYS_NICE)) return -EPERM" -- any process but the caller
-    # itself needs CAP_SYS_NICE in the initial user namespace, even one the user owns
-    ("process_madvise", errno.EPERM): (
-        "advising another process's memory needs CAP_SYS_NICE, even for a process you own "
-        "(mm/madvise.c); run as root, or without --no-stop (ptrace)"
-    ),
-    ("process_madvise", errno.EACCES): (
-        "the kernel's ptrace read check (PTRACE_MODE_READ) refused access to its memory"
-    ),
-}
+    zombie = e.errno in GONE_ERRNOS and _state_or_none(pid) == "Z"
+    return errors.translate(e, pid=pid, what=what, zombie=zombie)
 
 
 def _read(pid: int, what: str) -> bytes:
@@ -348,9 +331,10 @@ def parse_status(data: bytes) -> dict[str, int | str]:
     return out
 
 
-def read_status(pid: int) -> dict[str, int | str]:
-    """/proc/PID/status; e.g. ``read_status(pid)["VmRSS"]`` is the RSS counter in kB."""
-    return parse_status(_read(pid, "status"))
+def read_status(pid: int, tid: int | None = None) -> dict[str, int | str]:
+    """/proc/PID/status (or /proc/PID/task/TID/status); e.g. ``read_status(pid)["VmRSS"]`` is
+    the RSS counter in kB, ``["SigBlk"]`` the blocked-signal mask as an int."""
+    return parse_status(_read(pid, "status" if tid is None else f"task/{tid}/status"))
 
 
 class Statm(NamedTuple):
@@ -535,6 +519,121 @@ def read_mount_fstypes(pid: int) -> dict[str, str]:
         if len(parts) > 2:
             out.setdefault(parts[2], right.split()[0])
     return out
+
+
+# --------------------------------------------------------------------------- more per-process files
+def path(pid: int, what: str) -> str:
+    """The path of /proc/PID/WHAT, for the few callers that must hand a path on instead of
+    reading it here: a magic link opened through the kernel (``exe``, ``root/...``,
+    ``map_files/A-B``: the very file mapped, even when replaced or deleted), or a file a
+    library reads itself (pyelftools on ``exe``)."""
+    return f"/proc/{pid}/{what}"
+
+
+def map_files_path(pid: int, start: int, end: int) -> str:
+    """/proc/PID/map_files/START-END: the inode the mapping maps (root only; it stays valid
+    for a deleted or replaced file)."""
+    return path(pid, f"map_files/{start:x}-{end:x}")
+
+
+def stat_exe(pid: int) -> os.stat_result:
+    """os.stat of the file PID executes (through /proc/PID/exe: the mapped inode itself)."""
+    try:
+        return os.stat(path(pid, "exe"))
+    except OSError as e:
+        raise translate(pid, e, "exe") from None
+
+
+def read_exe_head(pid: int, n: int = 64) -> bytes:
+    """The first N bytes of the file PID executes (through /proc/PID/exe), e.g. its ELF header
+    for :func:`remap.elfmap.class_and_machine`."""
+    try:
+        with open(path(pid, "exe"), "rb") as f:
+            return f.read(n)
+    except OSError as e:
+        raise translate(pid, e, "exe") from None
+
+
+def read_wchan(pid: int) -> str:
+    """/proc/PID/wchan: the kernel function PID sleeps in ('0' while it runs)."""
+    return _read(pid, "wchan").decode(errors="replace")
+
+
+def read_children(pid: int, tid: int | None = None) -> list[int]:
+    """PIDs of the children of thread TID of PID (/proc/PID/task/TID/children); with TID None
+    the children of every thread of PID."""
+    tids = thread_ids(pid) if tid is None else [tid]
+    return [int(k) for t in tids for k in _read(pid, f"task/{t}/children").split()]
+
+
+def read_personality(pid: int) -> int:
+    """The persona of PID (/proc/PID/personality, hex; needs ptrace access)."""
+    return int(_read(pid, "personality").strip(), 16)
+
+
+def read_mem(pid: int, addr: int, n: int) -> bytes:
+    """N bytes of PID's memory at ADDR through /proc/PID/mem (ptrace access needed).  Reading
+    faults the pages in, like the process touching them: only for pages known resident."""
+    fd = open_mem(pid)
+    try:
+        return os.pread(fd, n, addr)
+    except OSError as e:
+        raise translate(pid, e, "mem") from None
+    finally:
+        os.close(fd)
+
+
+def open_mem(pid: int, *, write: bool = False) -> int:
+    """os.open /proc/PID/mem (read-write with WRITE), translating errors; the caller closes
+    the fd and uses os.pread/os.pwrite at target addresses."""
+    try:
+        return os.open(path(pid, "mem"), (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC)
+    except OSError as e:
+        raise translate(pid, e, "mem") from None
+
+
+def write_clear_refs(pid: int, what: str) -> None:
+    """Write WHAT to /proc/PID/clear_refs: '1' clears the referenced bits of every page, '4'
+    the soft-dirty bits (fs/proc/task_mmu.c)."""
+    try:
+        with open(path(pid, "clear_refs"), "w") as f:
+            f.write(what)
+    except OSError as e:
+        raise translate(pid, e, "clear_refs") from None
+
+
+def open_thread_ns(tid: int, kind: str) -> int:
+    """os.open /proc/self/task/TID/ns/KIND (a namespace of one of our own threads: a thread
+    that unshared holds it alone); the caller closes the fd."""
+    return os.open(f"/proc/self/task/{tid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def self_fd_path(fd: int) -> str:
+    """/proc/self/fd/FD: a path naming our open FD, for a child that inherits it."""
+    return f"/proc/self/fd/{fd}"
+
+
+# --------------------------------------------------------------------------- system-wide files
+def read_sysctl(name: str) -> str | None:
+    """/proc/sys/NAME (e.g. 'kernel/yama/ptrace_scope') stripped; None when this kernel has no
+    such knob or it cannot be read."""
+    try:
+        with open(f"/proc/sys/{name}") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+HUGEPAGES_DIR = "/sys/kernel/mm/hugepages"  # one hugepages-NkB folder per supported size
+
+
+def huge_page_sizes_kb() -> list[int]:
+    """Huge page sizes this kernel supports (/sys/kernel/mm/hugepages/hugepages-NkB)."""
+    try:
+        names = os.listdir(HUGEPAGES_DIR)
+    except OSError:
+        return []
+    return [int(n[10:-2]) for n in names if n.startswith("hugepages-") and n[10:-2].isdecimal()]
 
 
 # --------------------------------------------------------------------------- target check

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import inject
+from . import inject, procfs
 from . import kconst as K
 from .errors import RemapError, UnsafeStep
 
@@ -121,43 +121,39 @@ def _ticks(answer: str) -> int:
 
 
 def buffer_hash(w: Worker) -> str:
-    with open(f"/proc/{w.pid}/mem", "rb", buffering=0) as f:
-        f.seek(w.buf)
-        return hashlib.sha256(f.read(w.buflen)).hexdigest()
+    return hashlib.sha256(procfs.read_mem(w.pid, w.buf, w.buflen)).hexdigest()
 
 
-def _status(path: str) -> dict[str, str]:
-    with open(path) as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+# What a vanished thread or process raises when its /proc files are read (remap.procfs).
+_GONE = (OSError, RemapError)
 
 
-def _thread_field(pid: int, name: str, main_only: bool = False) -> dict[int, str]:
-    tids = [pid] if main_only else [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+def _thread_field(pid: int, name: str, main_only: bool = False) -> dict[int, int | str]:
+    tids = [pid] if main_only else procfs.thread_ids(pid)
     out = {}
     for tid in tids:
-        with contextlib.suppress(OSError):
-            out[tid] = _status(f"/proc/{pid}/task/{tid}/status").get(name, "")
+        with contextlib.suppress(*_GONE):
+            out[tid] = procfs.read_status(pid, tid).get(name, "")
     return out
 
 
 def _mask(pid: int) -> int:
     """The main thread's blocked signals, without SIGALRM (blocked while its handler runs)."""
-    blk = int(_status(f"/proc/{pid}/status").get("SigBlk", "0"), 16)
+    blk = int(procfs.read_status(pid).get("SigBlk", 0))
     return blk & ~(1 << (K.SIGALRM - 1))
 
 
 def _state(pid: int, tid: int) -> str:
-    with open(f"/proc/{pid}/task/{tid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
+    return procfs.read_stat(pid, tid).state
 
 
 def _wait_sleeping(pid: int, timeout: float) -> None:
     """Wait until the main thread sleeps and nobody traces the process (bounded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, IndexError):
-            st = _status(f"/proc/{pid}/status")
-            if st.get("TracerPid") == "0" and _state(pid, pid) == "S":
+        with contextlib.suppress(*_GONE, IndexError):
+            st = procfs.read_status(pid)
+            if st.get("TracerPid") == 0 and _state(pid, pid) == "S":
                 return
         time.sleep(0.001)
 
@@ -170,11 +166,10 @@ def health(w: Worker, *, full: bool = True, leak_ok: bool = False) -> list[str]:
         return [f"worker exited with status {w.proc.returncode}"]
     _wait_sleeping(w.pid, CHECK_TIMEOUT_S)
     try:
-        tids = [int(t) for t in os.listdir(f"/proc/{w.pid}/task")]
-        for tid in tids:
-            with contextlib.suppress(OSError):  # short-lived threads come and go
-                st = _status(f"/proc/{w.pid}/task/{tid}/status")
-                if st.get("TracerPid", "0") != "0":
+        for tid in procfs.thread_ids(w.pid):
+            with contextlib.suppress(*_GONE):  # short-lived threads come and go
+                st = procfs.read_status(w.pid, tid)
+                if st.get("TracerPid", 0) != 0:
                     bad.append(f"thread {tid} still traced by {st['TracerPid']}")
                 state = _state(w.pid, tid)
                 if state in ("T", "t", "Z"):
@@ -183,14 +178,12 @@ def health(w: Worker, *, full: bool = True, leak_ok: bool = False) -> list[str]:
             bad.append(f"signal mask changed: {_mask(w.pid):#x}")
         if _thread_field(w.pid, "Cpus_allowed_list", main_only=True) != w.baseline["cpus"]:
             bad.append("CPU affinity left pinned")
-        with open(f"/proc/{w.pid}/maps") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 5 and "x" in parts[1] and not leak_ok:
-                    bad.append(f"scratch mapping left: {parts[0]} {parts[1]}")
+        for m in procfs.read_maps(w.pid):
+            if not m.path and "x" in m.perms and not leak_ok:
+                bad.append(f"scratch mapping left: {m.start:x}-{m.end:x} {m.perms}")
         if full and buffer_hash(w) != w.baseline["hash"]:
             bad.append("anonymous buffer changed")
-    except OSError as e:
+    except _GONE as e:
         bad.append(f"cannot inspect worker: {e}")
     n = QUERIES[w.asked % len(QUERIES)]
     ans, want = _stable(w.ask(n)), w.baseline["answers"][n]
@@ -288,12 +281,14 @@ def _reap(child: int, timeout: float, diag: dict | None = None) -> int:
             return status
         time.sleep(0.001)
     if diag is not None:
-        with contextlib.suppress(OSError):
-            st = dict(ln.split(":", 1) for ln in open(f"/proc/{child}/status").read().splitlines())
+        with contextlib.suppress(*_GONE):
+            st = procfs.read_status(child)
+            sc = procfs.read_syscall(child)
             diag.update(
-                wchan=open(f"/proc/{child}/wchan").read(),
-                syscall=open(f"/proc/{child}/syscall").read().split()[0],
-                **{k: st[k].strip() for k in ("State", "SigPnd", "ShdPnd", "SigBlk", "SigCgt")},
+                wchan=procfs.read_wchan(child),
+                syscall="running" if sc.running else str(sc.nr),
+                State=st["State"],
+                **{k: f"{st[k]:016x}" for k in ("SigPnd", "ShdPnd", "SigBlk", "SigCgt")},
             )
     os.kill(child, signal.SIGKILL)
     os.waitpid(child, 0)
@@ -303,10 +298,7 @@ def _reap(child: int, timeout: float, diag: dict | None = None) -> int:
 def guardian_of(driver: int) -> int:
     """The guardian a remap driver process started: its only child (see inject.guardian_pid).
     Tests that kill a driver wait for it (wait_gone) before judging the target's health."""
-    kids = []
-    for tid in os.listdir(f"/proc/{driver}/task"):
-        with open(f"/proc/{driver}/task/{tid}/children") as f:
-            kids += [int(k) for k in f.read().split()]
+    kids = procfs.read_children(driver)
     if len(kids) != 1:
         raise RemapError(f"driver {driver} has children {kids}, want one guardian")
     return kids[0]
@@ -319,7 +311,7 @@ def wait_gone(pid: int, timeout: float) -> None:
         try:
             if _state(pid, pid) in ("Z", "X"):
                 return
-        except (OSError, IndexError):
+        except (*_GONE, IndexError):
             return
         time.sleep(0.001)
 

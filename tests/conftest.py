@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import helpers
 import pytest
 
 from remap import targets
@@ -23,19 +23,12 @@ class Target:
 
     def state(self) -> str:
         """The one-letter state from /proc/PID/stat (R, S, T, t, Z...)."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
+        return helpers.state(self.pid)
 
     def wait_blocked(self, timeout: float = 5.0) -> None:
-        """Wait until the target sleeps in the kernel (state S), i.e. it reached its idle loop."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"target {self.path.name} exited with {self.proc.returncode}")
-            if self.state() == "S":
-                return
-            time.sleep(0.005)
-        raise AssertionError(f"target {self.path.name} did not block within {timeout}s")
+        """Wait until the target sleeps in the kernel (state S), i.e. it reached its idle loop;
+        AssertionError if it exits first or does not block within TIMEOUT."""
+        helpers.wait_blocked(self.pid, timeout, self.proc)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -29,14 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import children, status, wait_until  # noqa: F401 (children: for the suite)
 
+from remap import kconst as K
 from remap import procfs
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ROOT / "csrc" / "targets"
 OP_TIMEOUT = 30.0  # seconds one remap operation may take before it counts as a hang
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
-CLONE_NEWNET = 0x40000000  # include/uapi/linux/sched.h
 
 
 def need(*programs: str) -> None:
@@ -87,25 +88,7 @@ def started(argv: list[str], log: Path, *, piped: bool = False) -> Iterator[subp
 def wait_for(what: str, probe, timeout: float = 20.0, proc: subprocess.Popen | None = None):
     """Call PROBE until it returns something true (OSError counts as "not yet") and return that;
     AssertionError naming WHAT when TIMEOUT passes or PROC exits first."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: the process exited with {proc.returncode}")
-        try:
-            got = probe()
-            if got:
-                return got
-        except OSError as e:
-            last = e
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
-
-
-def children(pid: int) -> list[int]:
-    """PIDs of PID's children (the kernel's own list, /proc/PID/task/PID/children)."""
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(c) for c in f.read().split()]
+    return wait_until(what, probe, timeout, proc, interval=0.05)
 
 
 def nspid(pid: int) -> int:
@@ -118,11 +101,10 @@ def thread_states(pid: int) -> dict[int, tuple[int, str]]:
     out = {}
     for tid in procfs.thread_ids(pid):
         try:
-            with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
-                st = procfs.parse_status(f.read())
+            st = status(pid, tid)
         except FileNotFoundError:
             continue  # a thread that exited since the listing
-        out[tid] = (int(st["TracerPid"]), str(st["State"])[0])
+        out[tid] = (int(st["TracerPid"]), st["State"][0])
     return out
 
 
@@ -293,7 +275,7 @@ def connect_in_netns(pid: int, port: int, timeout: float = 10.0) -> socket.socke
             libc = ctypes.CDLL(None, use_errno=True)
             fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
             try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
+                if libc.setns(fd, K.CLONE_NEWNET) != 0:
                     e = ctypes.get_errno()
                     raise OSError(e, f"setns(net of {pid}): {os.strerror(e)}")
             finally:

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-
-def run_remap(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "remap", *args], capture_output=True, text=True, timeout=60
-    )
+import pytest
+from helpers import NOBODY, assert_one_line_error
+from helpers import remap_cli as run_remap
 
 
 def test_unknown_command_is_one_line_usage_error():
-    r = run_remap("no-such-command")
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in r.stderr
+    assert_one_line_error(run_remap("no-such-command"), 2)
 
 
 def test_version():
@@ -68,3 +60,26 @@ def test_one_command_parses_like_the_full_parser():
 
     argv = ["map", "123", "--pages", "--json"]
     assert vars(build_parser("map").parse_args(argv)) == vars(build_parser().parse_args(argv))
+
+
+def test_a_refusal_no_lower_layer_named_exits_4_not_70(is_root):
+    """`remap report` on a records file only root may read, run as nobody: the PermissionError
+    reaches the CLI's top level, which sends it through errors.translate (one line, exit 4;
+    it used to print 'internal error: PermissionError' and exit 70)."""
+    import os
+    import shutil
+    import tempfile
+
+    if not is_root:
+        pytest.skip("needs root to drop to nobody")
+    d = tempfile.mkdtemp(prefix="remap-denied-")
+    try:
+        os.chmod(d, 0o755)
+        with open(os.path.join(d, "x.jsonl"), "w") as f:
+            f.write("{}\n")
+        os.chmod(os.path.join(d, "x.jsonl"), 0o600)
+        r = run_remap("report", d, prefix=NOBODY)
+        assert_one_line_error(r, 4)
+        assert "permission denied" in r.stderr and "x.jsonl" in r.stderr
+    finally:
+        shutil.rmtree(d)

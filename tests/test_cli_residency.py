@@ -9,27 +9,10 @@ import sys
 import time
 
 import pytest
+from helpers import NOBODY, assert_one_line_error, remap_cli, rollup_kb, state, status, wait_until
 
 import remap
 from remap import targets
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
-def remap_cli(*args: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    env.pop("REMAP_DEBUG", None)
-    return subprocess.run(
-        [*(prefix or []), sys.executable, "-m", "remap", *args],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
-    )  # fmt: skip
-
-
-def one_line_error(r: subprocess.CompletedProcess) -> None:
-    assert r.returncode != 0
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "Traceback" not in r.stderr and r.stderr.startswith("remap: ")
 
 
 @pytest.fixture
@@ -57,9 +40,7 @@ def test_map_json_shape(echoloop, tmp_path, png):
         for p in v["pages"]:
             assert set(p) == {"addr", "backing", "label", "section", "symbol"}
             assert v["start"] <= p["addr"] < v["end"] and p["label"]
-    with open(f"/proc/{echoloop.pid}/smaps_rollup") as f:
-        rollup = next(int(ln.split()[1]) for ln in f if ln.startswith("Rss:"))
-    assert sum(v["rss_kb"] for v in d["vmas"]) == rollup
+    assert sum(v["rss_kb"] for v in d["vmas"]) == rollup_kb(echoloop.pid)["Rss"]
     assert {p["label"] for v in d["vmas"] for p in v["pages"]} >= {"elf-header", "stack"}
     if png:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -117,14 +98,11 @@ def test_unprivileged_user_on_own_process_gets_a_note(is_root):
     path = targets.build("echoloop")
     p = subprocess.Popen([*NOBODY, str(path)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 5
-        while True:  # setpriv execs the target in place: same PID
-            with open(f"/proc/{p.pid}/stat") as f:
-                st = f.read()
-            if "(echoloop) S" in st:
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+
+        def asleep() -> bool:  # setpriv execs the target in place: same PID
+            return status(p.pid)["Name"] == "echoloop" and state(p.pid) == "S"
+
+        wait_until("echoloop asleep as nobody", asleep, 5)
         r = remap_cli("explain", str(p.pid), "--json", prefix=NOBODY)
         assert r.returncode == 0, r.stderr
         d = json.loads(r.stdout)
@@ -143,23 +121,17 @@ def test_no_such_pid():
     p.wait(timeout=5)
     for cmd in (["map"], ["map", "--json"], ["explain"], ["watch"]):
         r = remap_cli(*cmd, str(p.pid))
-        one_line_error(r)
+        assert_one_line_error(r)
         assert r.returncode == 3 and "no such process" in r.stderr
 
 
 def test_zombie():
     p = subprocess.Popen(["true"])
     try:
-        deadline = time.monotonic() + 5
-        while True:
-            with open(f"/proc/{p.pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    break
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_until("a zombie", lambda: state(p.pid) == "Z", 5)
         for extra in ([], ["--json"]):  # the table path and the streaming JSON path
             r = remap_cli("map", str(p.pid), *extra)
-            one_line_error(r)
+            assert_one_line_error(r)
             assert "zombie" in r.stderr
     finally:
         p.wait(timeout=5)
@@ -168,7 +140,7 @@ def test_zombie():
 def test_kernel_thread():
     for cmd in (["explain"], ["map", "--json"]):
         r = remap_cli(*cmd, "2")
-        one_line_error(r)
+        assert_one_line_error(r)
         assert r.returncode == 5 and "kernel thread" in r.stderr
 
 
@@ -177,7 +149,7 @@ def test_permission_denied(echoloop, is_root):
         pytest.skip("needs root to drop to nobody")
     for extra in ([], ["--json"]):
         r = remap_cli("map", str(echoloop.pid), *extra, prefix=NOBODY)
-        one_line_error(r)
+        assert_one_line_error(r)
         assert r.returncode == 4 and "permission denied" in r.stderr
 
 
@@ -196,7 +168,7 @@ def test_permission_denied(echoloop, is_root):
 )
 def test_garbage_arguments(args):
     r = remap_cli(*args)
-    one_line_error(r)
+    assert_one_line_error(r)
     assert r.returncode == 2
 
 
@@ -205,7 +177,7 @@ def test_watch_sees_written_pages_and_draws_them(spawn, tmp_path):
     fed input while watched, it writes its stack (the byte it reads).  Where the kernel lacks
     soft-dirty (this machine's 6.18 build does), `written` is null and a note says why.  Either
     way the PNG is drawn, with what was touched marked."""
-    from remap.cli.residency import soft_dirty_supported
+    from remap.pagemap import soft_dirty_supported
 
     dirty = soft_dirty_supported()
     t = spawn("echoloop")

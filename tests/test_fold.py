@@ -13,10 +13,10 @@ import os
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import maps_text, wait_blocked
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,11 +46,6 @@ def bot():
 
 def _cmdline(pid: int) -> bytes:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read()
-
-
-def _maps(pid: int) -> str:
-    with open(f"/proc/{pid}/maps") as f:
         return f.read()
 
 
@@ -85,13 +80,6 @@ def _ask(proc: subprocess.Popen, line: bytes) -> bytes:
     proc.stdin.write(line)
     proc.stdin.flush()
     return proc.stdout.readline()
-
-
-def _wait_blocked(pid: int) -> None:
-    deadline = time.monotonic() + 5
-    while procfs.read_stat(pid).state != "S":
-        assert time.monotonic() < deadline, "target did not go back to sleep"
-        time.sleep(0.002)
 
 
 def test_squeeze_bot_keeps_serving(bot):
@@ -147,7 +135,7 @@ def test_stack_fold_bot_is_8k_and_ps_still_right(bot):
     assert srv.ping(1000) == 1000
     mem = srv.command("!mem")
     assert mem["VmRSS"] == 8
-    _wait_blocked(lb.pid)
+    wait_blocked(lb.pid)
     assert residency.snapshot(lb.pid).rss_kb == 8
 
 
@@ -157,7 +145,7 @@ def test_single_page_fold_bot_is_one_page(bot):
     r = F.fold(lb.pid)
     assert r.kind == "single-page"
     assert r.after["rss_kb"] == 4
-    maps = [ln for ln in _maps(lb.pid).splitlines() if "[vsyscall]" not in ln]
+    maps = [ln for ln in maps_text(lb.pid).splitlines() if "[vsyscall]" not in ln]
     assert len(maps) == 1 and maps[0].startswith("00600000-00601000 rwxp"), maps
     assert _cmdline(lb.pid) == cmdline
     for _ in range(10):
@@ -171,10 +159,10 @@ def test_single_page_fold_bot_is_one_page(bot):
 def test_single_page_refused_without_hot_page_and_target_untouched(spawn):
     t = spawn("echoloop")
     t.wait_blocked()
-    maps, hashes = _maps(t.pid), _anon_hashes(t.pid)
+    maps, hashes = maps_text(t.pid), _anon_hashes(t.pid)
     with pytest.raises(UnsafeStep, match="no hot page"):
         F.fold(t.pid, single_page=True)
-    assert _maps(t.pid) == maps and _anon_hashes(t.pid) == hashes
+    assert maps_text(t.pid) == maps and _anon_hashes(t.pid) == hashes
     t.proc.stdin.write(b"x")
     t.proc.stdin.flush()
     assert t.proc.stdout.read(1) == b"x"
@@ -183,19 +171,19 @@ def test_single_page_refused_without_hot_page_and_target_untouched(spawn):
 def test_stack_fold_refuses_threads_and_leaves_process_as_it_was(spawn):
     t = spawn("fold_workers")
     want = _ask(t.proc, b"sum\n")
-    _wait_blocked(t.pid)
-    maps, hashes = _maps(t.pid), _anon_hashes(t.pid, 4096)
+    wait_blocked(t.pid)
+    maps, hashes = maps_text(t.pid), _anon_hashes(t.pid, 4096)
     assert len(hashes) >= 1024
     with pytest.raises(UnsafeStep, match="single-threaded"):
         F.fold(t.pid, single_page=False)
-    assert _maps(t.pid) == maps and _anon_hashes(t.pid, 4096) == hashes
+    assert maps_text(t.pid) == maps and _anon_hashes(t.pid, 4096) == hashes
     assert _ask(t.proc, b"sum\n") == want
 
 
 def test_squeeze_glibc_threads_4mib_same_results(spawn):
     t = spawn("fold_workers")
     want = _ask(t.proc, b"sum\n")
-    _wait_blocked(t.pid)
+    wait_blocked(t.pid)
     before = residency.snapshot(t.pid)
     hashes = _anon_hashes(t.pid, 4096)
     assert len(hashes) >= 1024
@@ -227,7 +215,7 @@ def test_squeeze_cpython_same_results():
                          stdout=subprocess.PIPE)  # fmt: skip
     try:
         want = _ask(p, b"3\n")
-        _wait_blocked(p.pid)
+        wait_blocked(p.pid)
         before = residency.snapshot(p.pid)
         r = F.squeeze(p.pid)
         assert r.after["rss_kb"] < before.rss_kb
@@ -240,12 +228,12 @@ def test_squeeze_cpython_same_results():
 
 def test_dry_run_changes_nothing(bot, capsys):
     lb, _ = bot
-    maps, hashes = _maps(lb.pid), _anon_hashes(lb.pid)
+    maps, hashes = maps_text(lb.pid), _anon_hashes(lb.pid)
     rss = residency.snapshot(lb.pid).rss_kb
     assert remap_main(["fold", str(lb.pid), "--dry-run", "--json"]) == 0
     out = capsys.readouterr().out
     assert '"dry_run":true' in out and '"single-page"' in out
-    assert _maps(lb.pid) == maps and _anon_hashes(lb.pid) == hashes
+    assert maps_text(lb.pid) == maps and _anon_hashes(lb.pid) == hashes
     assert residency.snapshot(lb.pid).rss_kb == rss
 
 
@@ -361,7 +349,7 @@ def test_squeeze_fences_fault_around(spawn, tmp_path, fence):
         ready = t.proc.stdout.readline().split()
         assert ready[0] == b"ready" and int(ready[1]) == 64
         base = int(ready[2], 16)
-        _wait_blocked(t.pid)
+        wait_blocked(t.pid)
         r = F.squeeze(t.pid, fence=fence)
         names = [s.name for s in r.steps]
         assert ("fence-fault-around" in names) == fence
@@ -370,7 +358,7 @@ def test_squeeze_fences_fault_around(spawn, tmp_path, fence):
         back = _present(t.pid, base, 64)
         if fence:
             assert back == [37]
-            file_vmas = [ln for ln in _maps(t.pid).splitlines() if ln.endswith(path.name)]
+            file_vmas = [ln for ln in maps_text(t.pid).splitlines() if ln.endswith(path.name)]
             assert len(file_vmas) == 64
         else:
             assert 37 in back and len(back) > 1, back  # fault-around (or a large folio)

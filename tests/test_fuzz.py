@@ -10,10 +10,10 @@ import io
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_line_error, state, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,10 +44,7 @@ SAFE_COMMANDS = [
 def zombie() -> int:
     """A child that has exited and is not reaped: a zombie for the whole module."""
     p = subprocess.Popen(["/bin/true"])
-    deadline = time.monotonic() + 5
-    while open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_until("a zombie", lambda: state(p.pid) == "Z", 5)
     yield p.pid
     p.wait()
 
@@ -63,8 +60,7 @@ def assert_refusal(rc: int, err: str, argv: list[str]) -> None:
     assert "Traceback" not in err, (argv, err)
     assert rc in REFUSALS | {0}, (argv, rc, err)  # never 70: an internal error is a bug
     if rc:
-        lines = err.strip("\n").split("\n")
-        assert len(lines) == 1 and lines[0].startswith("remap: "), (argv, err)
+        assert_one_line_error(subprocess.CompletedProcess(argv, rc, "", err))
 
 
 def _options() -> dict[str, list[str]]:

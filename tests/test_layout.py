@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
+from helpers import remap_cli
 
 from remap import fold, residency
 from remap.errors import UnsafeStep, UsageError
@@ -119,14 +118,8 @@ def test_layout_names_functions_missing_from_the_inputs(prof):
 
 def _layout_cli(prof_json, obj, out, *extra: str, **env: str) -> subprocess.CompletedProcess:
     """`remap layout PROFILE --inputs OBJ --musl -o OUT EXTRA...` in a subprocess."""
-    cmd = [sys.executable, "-m", "remap", "layout", str(prof_json), "--inputs", str(obj)]
-    return subprocess.run(
-        [*cmd, "--musl", "-o", str(out), *extra],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **env},
-    )
+    return remap_cli("layout", str(prof_json), "--inputs", str(obj), "--musl", "-o", str(out),
+                     *extra, env=env)  # fmt: skip
 
 
 def test_cli_layout(prof, obj, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from helpers import remap_cli, status, wait_blocked
 
 import remap.fold as F
 from remap import procfs, residency
@@ -186,9 +187,8 @@ def _switches(pid: int) -> dict[int, tuple[str, str]]:
     never change, and a ptrace stop (seize + interrupt) wakes it, which changes them."""
     out = {}
     for tid in procfs.thread_ids(pid):
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
-            kv = dict(line.split(":", 1) for line in f if "ctxt_switches" in line)
-        out[tid] = (kv["voluntary_ctxt_switches"].strip(), kv["nonvoluntary_ctxt_switches"].strip())
+        kv = status(pid, tid)
+        out[tid] = (kv["voluntary_ctxt_switches"], kv["nonvoluntary_ctxt_switches"])
     return out
 
 
@@ -216,10 +216,8 @@ class _TracerWatch:
 
 def _dry_run_cli(pid: int) -> dict:
     import json
-    import sys
 
-    out = subprocess.run([sys.executable, "-m", "remap", "squeeze", str(pid), "--dry-run",
-                          "--json"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = remap_cli("squeeze", str(pid), "--dry-run", "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -353,10 +351,7 @@ def _get(url: str) -> bytes:
 def _wait_sleeping(pid: int) -> None:
     import time
 
-    deadline = time.monotonic() + 5
-    while procfs.read_stat(pid).state != "S":
-        assert time.monotonic() < deadline, "target did not go back to sleep"
-        time.sleep(0.005)
+    wait_blocked(pid)
     time.sleep(0.05)
 
 

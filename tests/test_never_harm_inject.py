@@ -16,40 +16,12 @@ import sys
 import time
 
 import pytest
+from helpers import children, remap_cli, status, syscall_words, wait_until
 
 from remap import inject, targets, torture
 from remap.errors import UnsafeStep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def remap(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "remap", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-
-
-def status(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-
-
-def syscall_line(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/syscall") as f:
-        return f.read().split()
-
-
-def wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.002)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def echo_ok(t, byte: bytes = b"q") -> bool:
@@ -73,7 +45,7 @@ def test_batches_in_a_pid_namespace_signal_the_target_by_its_own_ids():
         stdout=subprocess.PIPE,
     )
     try:
-        wait_for(lambda: _child_of(ns.pid) is not None, what="the namespace's init")
+        wait_until("the namespace's init", lambda: _child_of(ns.pid) is not None)
         pid = _child_of(ns.pid)
         assert status(pid)["NSpid"].split() == [str(pid), "1"]
         code = (
@@ -88,7 +60,7 @@ def test_batches_in_a_pid_namespace_signal_the_target_by_its_own_ids():
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout) == [1, [1] * 5, [1] * 5]
         assert status(pid)["TracerPid"] == "0"
-        r = remap("squeeze", str(pid), "--json", timeout=30)
+        r = remap_cli("squeeze", str(pid), "--json", timeout=30)
         assert r.returncode == 0, r.stderr
         ns.stdin.write(b"z")
         ns.stdin.flush()
@@ -100,11 +72,10 @@ def test_batches_in_a_pid_namespace_signal_the_target_by_its_own_ids():
 
 def _child_of(ppid: int) -> int | None:
     try:
-        with open(f"/proc/{ppid}/task/{ppid}/children") as f:
-            kids = f.read().split()
+        kids = children(ppid)
     except OSError:
         return None
-    return int(kids[0]) if kids else None
+    return kids[0] if kids else None
 
 
 # ------------------------------------------------------------------------------ many threads
@@ -116,7 +87,7 @@ def test_many_threads_are_squeezed_again_and_again(spawn):
     assert t.proc.stdout.readline().split() == [b"ready", b"12"]
     counts0 = _counts(t)
     for _ in range(4):
-        r = remap("squeeze", str(t.pid), "--json", timeout=60)
+        r = remap_cli("squeeze", str(t.pid), "--json", timeout=60)
         assert r.returncode == 0, r.stderr
         report = json.loads(r.stdout)
         assert not any("unprotected" in n for n in report["notes"]), report["notes"]
@@ -147,7 +118,7 @@ def test_calls_that_would_harm_are_refused_before_the_stop(spawn, name):
     t = spawn("echoloop")
     t.wait_blocked()
     switches = status(t.pid)["voluntary_ctxt_switches"]
-    r = remap("syscall", str(t.pid), name)
+    r = remap_cli("syscall", str(t.pid), name)
     assert r.returncode == 6, r.stderr
     assert r.stderr.count("\n") == 1 and f"refusing to inject {name}" in r.stderr
     assert status(t.pid)["voluntary_ctxt_switches"] == switches  # never even woken
@@ -172,15 +143,15 @@ def test_a_call_that_never_returns_times_out_and_the_target_is_put_back(spawn):
     t.wait_blocked()
     mask = status(t.pid)["SigBlk"]
     t0 = time.monotonic()
-    r = remap("syscall", str(t.pid), "read", "0", "0", "1", "--timeout", "0.5")
+    r = remap_cli("syscall", str(t.pid), "read", "0", "0", "1", "--timeout", "0.5")
     assert r.returncode == 9, r.stderr
     assert time.monotonic() - t0 < 5
     assert "did not return within 0.5 s" in r.stderr and r.stderr.count("\n") == 1
     assert status(t.pid)["SigBlk"] == mask and status(t.pid)["TracerPid"] == "0"
-    assert syscall_line(t.pid)[0] == "0"  # back in its own read
+    assert syscall_words(t.pid)[0] == "0"  # back in its own read
     assert echo_ok(t)  # the injected read took no byte of its input
     for bad in ("0", "-1", "nan"):
-        assert remap("syscall", str(t.pid), "getpid", "--timeout", bad).returncode == 2
+        assert remap_cli("syscall", str(t.pid), "getpid", "--timeout", bad).returncode == 2
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -195,7 +166,7 @@ def test_ctrl_c_or_sigterm_aborts_a_blocking_call(spawn, sig):
         text=True,
     )
     try:
-        wait_for(lambda: _in_injected_read(t.pid, drv.pid), what="the injected read")
+        wait_until("the injected read", lambda: _in_injected_read(t.pid, drv.pid))
         t0 = time.monotonic()
         drv.send_signal(sig)
         rc = drv.wait(timeout=5)
@@ -213,7 +184,7 @@ def test_ctrl_c_or_sigterm_aborts_a_blocking_call(spawn, sig):
 def _in_injected_read(pid: int, tracer: int) -> bool:
     try:
         traced = status(pid)["TracerPid"] == str(tracer)
-        line = syscall_line(pid)
+        line = syscall_words(pid)
     except (OSError, KeyError):
         return False
     return traced and line[:4] == ["0", "0x0", "0x0", "0x1"]
@@ -233,13 +204,13 @@ def test_driver_killed_inside_a_blocking_call(variant):
                 cwd=ROOT,
                 stderr=subprocess.DEVNULL,
             )
-            wait_for(lambda d=drv: _in_injected_read(w.pid, d.pid), what="the injected read")
+            wait_until("the injected read", lambda d=drv: _in_injected_read(w.pid, d.pid))
             guardian = torture.guardian_of(drv.pid)
             drv.kill()
             drv.wait(timeout=5)
             torture.wait_gone(guardian, 5.0)  # it ends the blocked call, then exits
             assert torture.health(w, leak_ok=variant == "bare") == []
-            wait_for(lambda: syscall_line(w.pid)[0] == "0", what="its own read again")
+            wait_until("its own read again", lambda: syscall_words(w.pid)[0] == "0")
     finally:
         w.stop()
 
@@ -271,15 +242,15 @@ def test_a_process_in_another_mount_namespace_is_read_through_its_own_root(tmp_p
     try:
         assert p.stdout.readline().startswith(b"ready")
         assert not (mnt / "prog").exists()  # not in our namespace
-        r = remap("map", str(p.pid), "--json")
+        r = remap_cli("map", str(p.pid), "--json")
         assert r.returncode == 0, r.stderr
         exe = [v for v in json.loads(r.stdout)["vmas"] if v.get("path") == f"{mnt}/prog"]
         assert {"code", "rodata"} <= {v["label"] for v in exe}, exe
-        r = remap("squeeze", str(p.pid), "--json")
+        r = remap_cli("squeeze", str(p.pid), "--json")
         assert r.returncode == 0, r.stderr
         p.stdin.write(b"x\n")  # it reads on, back in its own read, alive
         p.stdin.flush()
-        wait_for(lambda: syscall_line(p.pid)[0] == "0", what="its read")
+        wait_until("its read", lambda: syscall_words(p.pid)[0] == "0")
         assert p.poll() is None and status(p.pid)["TracerPid"] == "0"
     finally:
         p.kill()

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import rollup_kb
 
+from remap import kconst as K
 from remap import native, pagemap, targets
 from remap.errors import KernelError
 from remap.kernels import catalog, fetch, guest
@@ -141,7 +143,7 @@ def test_version_and_doctor(inst):
     assert by["qemu"]["ok"] == (shutil.which(guest.QEMU) is not None)
     assert by["musl-gcc"]["ok"] == (shutil.which("musl-gcc") is not None)
     cap = int(Path("/proc/self/status").read_text().split("CapEff:")[1].split()[0], 16)
-    assert by["CAP_SYS_PTRACE"]["ok"] == bool(cap >> 19 & 1)
+    assert by["CAP_SYS_PTRACE"]["ok"] == bool(cap >> K.CAP_SYS_PTRACE & 1)
     table = inst.remap("doctor").stdout
     assert all(name in table for name in DOCTOR_ITEMS)
 
@@ -158,8 +160,7 @@ def test_experiments_listed_from_anywhere(inst):
 
 
 def _rollup_rss_kb(pid: int) -> int:
-    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    return int(text.split("\nRss:")[1].split()[0])
+    return rollup_kb(pid)["Rss"]
 
 
 def _echo(t, data: bytes, timeout: float = 5.0) -> bytes:

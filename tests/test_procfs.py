@@ -7,12 +7,13 @@ import subprocess
 import sys
 import time
 
+import helpers
 import pytest
+from helpers import NOBODY
 
 from remap import pagemap, procfs
 from remap.errors import AccessDenied, NoSuchProcess, UnsupportedTarget, ZombieProcess
 
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -184,3 +185,60 @@ def test_many_vmas_fast_parsers_match_line_parsers():
         p.wait(timeout=5)
         p.stdin.close()
         p.stdout.close()
+
+
+# ---------------------------------------------------------------------------- the other readers
+def test_thread_files_read_through_procfs_match_the_kernel_text(spawn):
+    """status per thread, wchan, children, personality, mem and exe, each read through its one
+    procfs reader, against the kernel's own text of the same file."""
+    t = spawn("inject_threads", "default", "futex_pi")  # main + one thread, both asleep
+    t.wait_blocked()
+    tids = helpers.wait_until("two threads", lambda: len(procfs.thread_ids(t.pid)) == 2 and
+                              procfs.thread_ids(t.pid))  # fmt: skip
+    assert tids[0] == t.pid
+    for tid in tids:
+        st = procfs.read_status(t.pid, tid)
+        assert st["Pid"] == tid and st["Tgid"] == t.pid
+        assert f"{st['SigBlk']:016x}" == helpers.status(t.pid, tid)["SigBlk"]
+    with open(f"/proc/{t.pid}/wchan") as f:  # a kernel function, or '0' (hidden, or running)
+        assert procfs.read_wchan(t.pid) == f.read()
+    assert procfs.read_children(os.getpid()) and t.pid in procfs.read_children(os.getpid())
+    assert procfs.read_children(t.pid) == []
+    assert procfs.read_personality(t.pid) == int(open(f"/proc/{t.pid}/personality").read(), 16)
+    stack = next(m for m in procfs.read_maps(t.pid) if m.path == "[stack]")
+    top = stack.end - 4096  # the page holding argv and env: always resident
+    with open(f"/proc/{t.pid}/mem", "rb") as f:
+        f.seek(top)
+        assert procfs.read_mem(t.pid, top, 4096) == f.read(4096)
+    assert procfs.stat_exe(t.pid).st_ino == os.stat(t.path).st_ino
+    with pytest.raises(NoSuchProcess):
+        procfs.read_wchan(_dead_pid())
+
+
+def test_system_files():
+    scope = procfs.read_sysctl("kernel/yama/ptrace_scope")
+    assert scope is None or scope.isdigit()
+    assert procfs.read_sysctl("kernel/osrelease") == os.uname().release
+    assert procfs.read_sysctl("no/such/knob") is None
+    sizes = procfs.huge_page_sizes_kb()
+    listed = os.listdir("/sys/kernel/mm/hugepages") if os.path.isdir(procfs.HUGEPAGES_DIR) else []
+    assert sorted(f"hugepages-{kb}kB" for kb in sizes) == sorted(listed)
+
+
+def test_one_errno_table_for_real_refusals():
+    """errors.translate on OSErrors the kernel really raised: a read-only sysctl opened for
+    writing (EACCES even for root), a vanished PID's file (ENOENT), something else (ENOTDIR)."""
+    from remap.errors import translate
+
+    with pytest.raises(OSError) as denied:
+        open("/proc/sys/kernel/osrelease", "w")
+    assert isinstance(translate(denied.value, what="sysctl"), AccessDenied)
+    pid = _dead_pid()
+    with pytest.raises(OSError) as gone:
+        open(f"/proc/{pid}/status")
+    e = translate(gone.value, pid=pid, what="status")
+    assert isinstance(e, NoSuchProcess) and not isinstance(e, ZombieProcess)
+    assert isinstance(procfs.translate(pid, gone.value, "status"), NoSuchProcess)
+    with pytest.raises(OSError) as other:
+        open("/proc/self/status/x")
+    assert translate(other.value, what="x") is other.value  # not a refusal: left to the caller

@@ -6,10 +6,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+from helpers import assert_one_line_error, remap_cli, status
 
 from remap.errors import NoSuchProcess, UnsupportedTarget
 from remap.ircd import IrcServer
@@ -19,8 +19,7 @@ pytest.importorskip("capstone")
 
 
 def _tracer(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(ln for ln in f if ln.startswith("TracerPid:")).split()[1])
+    return int(status(pid)["TracerPid"])
 
 
 @pytest.fixture
@@ -108,23 +107,7 @@ def test_profile_no_such_process():
 def test_cli_profile_json(bot, tmp_path):
     t, srv = bot
     out = tmp_path / "p.json"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "remap",
-            "profile",
-            str(t.pid),
-            "--for",
-            "0.2",
-            "--json",
-            "-o",
-            str(out),
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = remap_cli("profile", str(t.pid), "--for", "0.2", "--json", "-o", str(out))
     assert res.returncode == 0, res.stderr
     d = json.loads(res.stdout)
     assert d["pid"] == t.pid and d["exe"].endswith("minibot-auto")
@@ -134,15 +117,9 @@ def test_cli_profile_json(bot, tmp_path):
 
 
 def test_cli_profile_errors_are_one_line():
-    res = subprocess.run(
-        [sys.executable, "-m", "remap", "profile", str(2**22 - 3), "--for", "1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "REMAP_DEBUG": ""},
-    )
-    assert res.returncode == 3
-    assert res.stderr.count("\n") == 1 and "no such process" in res.stderr
+    res = remap_cli("profile", str(2**22 - 3), "--for", "1")
+    assert_one_line_error(res, 3)
+    assert "no such process" in res.stderr
 
 
 def test_profile_refuses_threads(spawn):

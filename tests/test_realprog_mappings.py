@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from helpers import wait_blocked
 from mapping_kinds import reserved_hugepages, self_check, smaps_of, start_mappings
 
 import remap
@@ -87,13 +88,7 @@ class Sqlite:
         return out.decode().replace(f"{self.MARK}\n", "").strip()
 
     def wait_blocked(self, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "S":
-                    return
-            assert time.monotonic() < deadline, "sqlite3 did not block"
-            time.sleep(0.005)
+        wait_blocked(self.proc.pid, timeout, self.proc)
 
     def close(self) -> int:
         self.proc.stdin.close()

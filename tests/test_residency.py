@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from helpers import rollup_kb, state, wait_until
 
 import remap
 from remap import kconst as K
@@ -30,16 +31,11 @@ FILE_LABELS = ("lib:", "file:")  # lib:NAME an ELF object, file:NAME any other f
 
 def _all_blocked(pid: int, timeout: float = 5.0) -> None:
     """Wait until every thread of PID sleeps (state S): nothing faults while we compare."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = []
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                states.append(f.read().rsplit(")", 1)[1].split()[0])
-        if all(s == "S" for s in states):
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"{pid} did not block within {timeout}s")
+
+    def all_asleep() -> bool:
+        return all(state(pid, int(tid)) == "S" for tid in os.listdir(f"/proc/{pid}/task"))
+
+    wait_until(f"every thread of {pid} blocked", all_asleep, timeout)
 
 
 def _kernel_smaps_rss(pid: int) -> int:
@@ -49,8 +45,7 @@ def _kernel_smaps_rss(pid: int) -> int:
 
 
 def _kernel_rollup_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("Rss:"))
+    return rollup_kb(pid)["Rss"]
 
 
 @pytest.fixture
@@ -370,3 +365,36 @@ def test_elf_cache_is_keyed_by_file_version(tmp_path, monkeypatch):
     assert len(list(cache.iterdir())) == 2
     monkeypatch.setenv("REMAP_ELF_CACHE", "off")
     assert elfmap.cache_dir() is None
+
+
+def test_elf_tables_agree_with_pyelftools(tmp_path):
+    """elfmap.ElfTables (the one struct reader the hot page finder, profiler and layout writer
+    share) against pyelftools on the hot-page demo bot: every section header, every symbol,
+    the hot page's bytes, the ELF class and machine."""
+    from remap import elfmap
+
+    path = str(targets.build("minibot", "hotpage"))
+    t = elfmap.open_elf(path)
+    assert t is not None and t.etype == K.ET_EXEC and t.machine == K.EM_X86_64
+    assert t.interpreter is None  # musl-gcc -static
+    py = elfmap.open_elf(os.path.realpath(sys.executable))
+    assert py is not None and py.interpreter == "/lib64/ld-linux-x86-64.so.2"
+    with open(path, "rb") as f:
+        e = ELFFile(f)
+        assert [(s.name, s["sh_addr"], s["sh_size"], s["sh_flags"]) for s in e.iter_sections()] == [
+            (s.name, s.addr, s.size, s.flags) for s in t.sections
+        ]
+        syms = list(e.get_section_by_name(".symtab").iter_symbols())
+        assert [(s.name, s["st_value"], s["st_size"]) for s in syms] == [
+            (s.name, s.value, s.size) for s in t.symbols
+        ]
+        start = t.symbol_values(["__hot_start"])["__hot_start"]
+        seg = next(s for s in e.iter_segments() if s["p_type"] == "PT_LOAD"
+                   and s["p_vaddr"] <= start < s["p_vaddr"] + s["p_memsz"])  # fmt: skip
+        data = seg.data()[start - seg["p_vaddr"] :][:4096]
+        assert t.bytes_at(start, 4096) == data + bytes(4096 - len(data))
+    with open(path, "rb") as f:
+        assert elfmap.class_and_machine(f.read(20)) == (K.ELFCLASS64, K.EM_X86_64)
+    assert elfmap.class_and_machine(b"#!/bin/sh\n" * 2) is None
+    (tmp_path / "sh").write_bytes(b"#!/bin/sh\n")
+    assert elfmap.open_elf(str(tmp_path / "sh")) is None

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import NOBODY, assert_one_line_error, remap_cli, rollup_kb
 from mapping_kinds import reserved_hugepages, smaps_of, start_mappings
 
 import remap
@@ -20,27 +21,14 @@ from remap import inject, native, procfs, targets
 from remap.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 HUGE = 2  # 2 MiB hugetlb pages the mappings target maps and writes
-
-
-def remap_cli(*args: str, prefix: list[str] | None = None, **env: str):
-    """`python -m remap ARGS` in a subprocess (as the user PREFIX switches to, if any)."""
-    full = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    full.pop("REMAP_DEBUG", None)
-    return subprocess.run(
-        [*(prefix or []), sys.executable, "-m", "remap", *args],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env=full,
-    )  # fmt: skip
 
 
 def refused(r: subprocess.CompletedProcess, code: int, *words: str) -> None:
     """R failed with exit CODE and one stderr line holding every one of WORDS."""
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("remap: "), r.stderr
+    assert_one_line_error(r, code)
     for w in words:
-        assert w in lines[0], (w, lines[0])
+        assert w in r.stderr, (w, r.stderr)
 
 
 @pytest.fixture
@@ -64,8 +52,7 @@ def test_hugetlb_mapping_counted_like_smaps(spawn, tmp_path, hugepages):
     assert v["label"] == "hugetlb"
     assert len(v["pages"]) == 512 * hugepages  # present in pagemap, 4 kB entries
     assert {p["backing"] for p in v["pages"]} == {"hugetlb"}
-    with open(f"/proc/{t.pid}/smaps_rollup") as f:
-        rollup = int(next(x for x in f if x.startswith("Rss:")).split()[1])
+    rollup = rollup_kb(t.pid)["Rss"]
     assert sum(x["rss_kb"] for x in doc["vmas"]) == rollup
     for smaps in (True, False):  # the model, from smaps and from maps alone
         s = remap.snapshot(t.pid, smaps=smaps)
@@ -168,8 +155,9 @@ def test_squeeze_no_stop_as_nobody_is_a_permission_error(is_root):
             assert time.monotonic() < deadline
             time.sleep(0.005)
         r = remap_cli(
-            "squeeze", "--no-stop", str(p.pid), prefix=NOBODY, REMAP_BUILD_DIR=str(path.parents[1])
-        )
+            "squeeze", "--no-stop", str(p.pid), prefix=NOBODY,
+            env={"REMAP_BUILD_DIR": str(path.parents[1])},
+        )  # fmt: skip
         refused(r, 4, "CAP_SYS_NICE", "process_madvise")
         assert p.poll() is None
     finally:

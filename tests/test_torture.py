@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from helpers import maps_text, state, status, wait_until
 
 from remap import inject, targets, torture
 from remap.errors import AlreadyTraced, NoSuchProcess, ZombieProcess
@@ -84,8 +85,7 @@ def test_stop_and_cont_from_outside_during_sessions(worker):
 
 def test_seccomp_target_with_the_filter_suspended(worker):
     w = worker("seccomp")
-    with open(f"/proc/{w.pid}/status") as f:
-        assert "Seccomp:\t2" in f.read()
+    assert status(w.pid)["Seccomp"] == "2"
     no_failures(torture.storm(w, 20, signal.SIGKILL, seed=4))
 
 
@@ -110,10 +110,10 @@ def test_batches_without_an_ignorable_marker_run_call_by_call(worker):
     """A target that catches SIGURG, SIGWINCH and SIGCHLD offers no marker for the stub: the
     batch runs one call at a time and no scratch area is mapped."""
     w = worker("catchall")
-    maps0 = open(f"/proc/{w.pid}/maps").read()
+    maps0 = maps_text(w.pid)
     with inject.attach(w.pid) as s:
         assert s.syscalls([("getpid",)] * 3) == [w.pid] * 3
-        assert open(f"/proc/{w.pid}/maps").read() == maps0
+        assert maps_text(w.pid) == maps0
     assert torture.health(w) == []
 
 
@@ -152,10 +152,7 @@ def test_already_traced_by_strace(worker):
         ["/usr/bin/strace", "-p", str(w.pid), "-o", "/dev/null"], stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 5
-        while "TracerPid:\t0" in open(f"/proc/{w.pid}/status").read():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until("strace attached", lambda: status(w.pid)["TracerPid"] != "0", 5)
         with pytest.raises(AlreadyTraced):
             with inject.attach(w.pid):
                 pass
@@ -174,10 +171,7 @@ def test_process_gone_between_check_and_seize(worker):
     try:
         s._same_process()
         w.proc.kill()
-        deadline = time.monotonic() + 5
-        while open(f"/proc/{w.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_until("a zombie", lambda: state(w.pid) == "Z", 5)
         with pytest.raises(ZombieProcess):
             s._same_process()
     finally:

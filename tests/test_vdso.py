@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+from helpers import maps_text
+
 from remap import procfs, targets
 from remap.kconst import AT_SYSINFO_EHDR
 from remap.launch import launch
@@ -30,7 +32,7 @@ def test_no_vdso_static_musl_runs_without_vdso():
 def test_with_vdso_is_untouched():
     lb = launch([str(targets.build("echoloop"))], stdin=subprocess.PIPE)
     try:
-        maps = open(f"/proc/{lb.pid}/maps").read()
+        maps = maps_text(lb.pid)
         assert "[vdso]" in _specials(lb.pid), maps
         assert AT_SYSINFO_EHDR in dict(procfs.read_auxv(lb.pid))
     finally:

@@ -14,7 +14,7 @@ import re
 import sys
 
 from .. import __version__
-from ..errors import RemapError, UsageError
+from ..errors import InternalError, RemapError, UsageError, translate
 
 # Each module defines register(subparsers) and sets func=handler(args) -> int on its parsers.
 COMMAND_MODULES = ["residency", "inject", "experiment", "fold", "kernels", "profile", "doctor"]
@@ -63,22 +63,37 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
         return int(rc or 0)
     except RemapError as e:
-        print(f"remap: {_one_line(str(e))}", file=sys.stderr)
-        return e.exit_code
+        return _refuse(e)
+    except OSError as e:  # a refusal no lower layer named (EPERM...): the one errno table
+        err = translate(e)
+        if not isinstance(err, RemapError):
+            return _internal(e)
+        return _refuse(err)
     except KeyboardInterrupt:
         print("remap: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
     except Exception as e:  # the one place a bug is turned into one line
-        if os.environ.get("REMAP_DEBUG"):
-            raise
-        print(
-            f"remap: internal error: {type(e).__name__}: {_one_line(str(e))} "
-            "(set REMAP_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        return 70
+        return _internal(e)
+
+
+def _refuse(e: RemapError) -> int:
+    """One line on stderr; the exit code of E's class (remap.errors)."""
+    print(f"remap: {_one_line(str(e))}", file=sys.stderr)
+    return e.exit_code
+
+
+def _internal(e: Exception) -> int:
+    """A bug: one line (a traceback with REMAP_DEBUG=1), exit 70."""
+    if os.environ.get("REMAP_DEBUG"):
+        raise e
+    print(
+        f"remap: internal error: {type(e).__name__}: {_one_line(str(e))} "
+        "(set REMAP_DEBUG=1 for a traceback)",
+        file=sys.stderr,
+    )
+    return InternalError.exit_code
 
 
 def _one_line(msg: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import UsageError
+from ..errors import EXIT_FAILED, UsageError
 from ..sources import SourceMissing
 from .common import add_json, int_at_least, path_arg, print_json
 
@@ -180,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"remap: skipped (source missing): {', '.join(skipped)}", file=sys.stderr)
     if failed:
         print(f"remap: {failed} run(s) did not keep the target working", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return 0
 
 
@@ -355,10 +355,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _check_writable(d) -> None:
     """Refuse a results folder remap cannot write before anything runs (not after the runs,
     with the records lost): permission (exit 4) or a path that cannot be a folder (exit 2)."""
-    import errno
     import os
 
-    from ..errors import AccessDenied
+    from ..errors import AccessDenied, translate
 
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -367,6 +366,6 @@ def _check_writable(d) -> None:
         probe.unlink()
     except (OSError, ValueError) as e:
         why = getattr(e, "strerror", None) or str(e)
-        if getattr(e, "errno", None) in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if isinstance(e, OSError) and isinstance(translate(e), AccessDenied):
             raise AccessDenied(f"results folder {d}: not writable ({why})") from None
         raise UsageError(f"results folder {d}: cannot be used ({why})") from None

@@ -15,7 +15,7 @@ import argparse
 import errno
 import os
 
-from ..errors import UsageError
+from ..errors import EXIT_FAILED, UsageError
 from .common import add_json, pid_arg, print_json
 
 
@@ -95,7 +95,7 @@ def cmd_syscall(args: argparse.Namespace) -> int:
         print(f"-1 {ename} ({os.strerror(err)})")
     else:
         print(hex(result) if result > 0xFFFF and syscall_name(nr) in _ADDR_RESULTS else result)
-    return 1 if err else 0
+    return EXIT_FAILED if err else 0
 
 
 _ADDR_RESULTS = {"mmap", "mremap", "brk"}

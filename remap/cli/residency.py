@@ -136,22 +136,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _clear_refs(pid: int, what: str = "1") -> None:
     """Write WHAT to clear_refs: '1' clears the referenced bits of every page, '4' the
     soft-dirty bits (fs/proc/task_mmu.c), so the next interval shows what was touched."""
-    from ..procfs import translate
+    from ..procfs import write_clear_refs
 
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write(what)
-    except OSError as e:
-        raise translate(pid, e, "clear_refs") from None
+    write_clear_refs(pid, what)
 
 
 def _written_pages(pid: int, snap) -> list[int]:
     """Present pages whose soft-dirty bit (pagemap bit 55) is set: written since the last
     clear_refs '4'.  Per page, where smaps' Referenced is only a per-mapping sum."""
-    import struct
-
-    from ..kconst import PAGE_SHIFT, PM_PRESENT, PM_SOFT_DIRTY
-    from ..procfs import open_proc
+    from ..kconst import PAGE_SHIFT, PAGE_SIZE, PM_PRESENT, PM_SOFT_DIRTY
+    from ..pagemap import read_entries
+    from ..procfs import open_proc, translate
 
     out = []
     fd = open_proc(pid, "pagemap")
@@ -159,9 +154,12 @@ def _written_pages(pid: int, snap) -> list[int]:
         for v in snap.vmas:
             if not v.pages:
                 continue
-            lo, hi = v.pages[0].addr, v.pages[-1].addr + 4096
-            raw = os.pread(fd, (hi - lo) >> PAGE_SHIFT << 3, (lo >> PAGE_SHIFT) << 3)
-            for i, e in enumerate(struct.unpack(f"<{len(raw) // 8}Q", raw)):
+            lo, hi = v.pages[0].addr, v.pages[-1].addr + PAGE_SIZE
+            try:
+                entries = read_entries(fd, lo, hi)
+            except OSError as e:
+                raise translate(pid, e, "pagemap") from None
+            for i, e in enumerate(entries):
                 if e & PM_PRESENT and e & PM_SOFT_DIRTY:
                     out.append(lo + (i << PAGE_SHIFT))
     finally:
@@ -169,40 +167,8 @@ def _written_pages(pid: int, snap) -> list[int]:
     return out
 
 
-IDLE_BITMAP = "/sys/kernel/mm/page_idle/bitmap"
-
-
-def soft_dirty_supported() -> bool:
-    """Does this kernel keep soft-dirty bits (CONFIG_MEM_SOFT_DIRTY)?  Asked of our own
-    process: a page written after clear_refs '4' must show pagemap bit 55."""
-    import ctypes
-    import mmap
-    import struct
-
-    from ..kconst import PAGE_SHIFT, PM_SOFT_DIRTY
-
-    m = mmap.mmap(-1, 4096)
-    try:
-        m[0:1] = b"x"
-        buf = ctypes.c_char.from_buffer(m)
-        addr = ctypes.addressof(buf)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("4")
-        m[0:1] = b"y"
-        fd = os.open("/proc/self/pagemap", os.O_RDONLY)
-        try:
-            entry = struct.unpack("<Q", os.pread(fd, 8, (addr >> PAGE_SHIFT) << 3))[0]
-        finally:
-            os.close(fd)
-        del buf
-        return bool(entry & PM_SOFT_DIRTY)
-    except OSError:
-        return False
-    finally:
-        m.close()
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
+    from ..pagemap import IDLE_BITMAP, idle_bitmap_access, soft_dirty_supported
     from ..render import label_totals
     from ..residency import snapshot
 
@@ -222,7 +188,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             "soft-dirty bits unavailable (kernel built without CONFIG_MEM_SOFT_DIRTY): "
             "written pages cannot be told apart; 'written' is null"
         )
-    if not os.path.exists(IDLE_BITMAP):
+    if idle_bitmap_access() == "missing":
         notes.append(
             f"idle page tracking unavailable ({IDLE_BITMAP} missing: kernel built without "
             "CONFIG_IDLE_PAGE_TRACKING); touched pages come from clear_refs: Referenced per "
