@@ -484,6 +484,13 @@ def thread_ids(pid: int) -> list[int]:
         raise translate(pid, e, "task") from None
 
 
+def read_children(pid: int, tid: int | None = None) -> list[int]:
+    """PIDs of the children thread TID (default: the main thread) of PID started, from
+    /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN), sorted."""
+    data = _read(pid, f"task/{pid if tid is None else tid}/children")
+    return sorted(int(c) for c in data.split())
+
+
 def kernel_release() -> str:
     """The running kernel's release string, e.g. '6.18.44-...'."""
     return os.uname().release

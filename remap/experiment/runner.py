@@ -27,6 +27,7 @@ from .steps import STEPS, RunContext, StepResult, finish
 # remap.kernels' screen): imported only when an experiment names a step nobody has registered
 # yet, so a provider that is broken or missing never blocks experiments that do not use it.
 STEP_PROVIDERS = ("remap.fold.runsteps", "remap.layout", "remap.kernels.steps", "remap.torture")
+STEP_PROVIDERS += ("remap.experiment.steps_getty",)  # launch-agetty, launch-init (issue 17)
 SUMMARY_FIGURES = (
     "final_rss_kb",
     "final_vmrss_kb",
