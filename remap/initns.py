@@ -27,6 +27,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from .launch import Launched, launch
 CHILD_ARGS = ("sleep", "86400")
 START_TIMEOUT_S = 10.0
 RESPAWN_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 5.0
 # Run inside the new namespaces by the host's sh: hide /etc behind our folder, become init.
 _ENTER = 'mount --bind "$1" /etc && exec "$2" init'
 
@@ -116,7 +118,8 @@ def stop(run: InitRun) -> None:
         if run.launched.pid != run.launched.proc.pid and run.launched.alive():
             try:
                 os.kill(run.launched.pid, signal.SIGKILL)
-            except ProcessLookupError:
+                run.launched.proc.wait(timeout=STOP_TIMEOUT_S)  # unshare reaps init, then exits
+            except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         run.launched.stop()
     finally:
