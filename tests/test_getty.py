@@ -88,6 +88,39 @@ def test_recipe_names_either_a_debian_package_or_a_source():
         sources.recipe("p", table={"debian": "busybox", "binary": "b", "prepare": ["x.sh"]})
 
 
+def test_prepare_scripts_run_in_the_tree_and_their_bytes_key_the_cache(tmp_path, monkeypatch):
+    """A recipe's prepare step is a csrc/recipes script run with sh in the build tree before
+    make; editing the script (not the recipe) makes a new build."""
+    monkeypatch.setenv("REMAP_BUILD_DIR", str(tmp_path / "build"))
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    monkeypatch.setattr(sources, "RECIPES_DIR", recipes)
+    tree = tmp_path / "src"
+    tree.mkdir()
+    (tree / "hello.c").write_text(
+        '#include <stdio.h>\n#include "word.h"\nint main(void){puts(WORD);return 0;}\n'
+    )
+    (tree / "Makefile").write_text("hello: hello.c\n\tmusl-gcc -static -o $@ $<\n")
+    script = recipes / "word.sh"
+    table = {"source": str(tree), "binary": "hello", "make": [], "linkage": "static",
+             "prepare": [["word.sh", "one"]]}  # fmt: skip
+
+    def built_word() -> tuple[Path, str]:
+        b = sources.build(sources.recipe("hello", table=table))
+        return b, subprocess.run([b], capture_output=True, text=True, timeout=10).stdout
+
+    script.write_text('printf \'#define WORD "%s"\\n\' "$1" > word.h\n')
+    first, out = built_word()
+    assert out == "one\n" and not (tree / "word.h").exists()  # ran in the scratch copy
+    assert built_word() == (first, "one\n")  # cached
+    script.write_text('printf \'#define WORD "%s-%s"\\n\' "$1" "$1" > word.h\n')
+    second, out = built_word()
+    assert second != first and out == "one-one\n"
+    table["prepare"] = [["missing.sh"]]
+    with pytest.raises(ExperimentError, match="prepare script .*missing.sh not found"):
+        sources.build(sources.recipe("hello", table=table))
+
+
 def test_unknown_debian_package_is_reported_skipped_with_what_was_looked_for(tmp_path):
     """A Debian source package that cannot be had is a skip naming it, never a pass."""
     exp = tmp_path / "nosuch.toml"
