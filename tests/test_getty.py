@@ -143,11 +143,16 @@ def test_unknown_debian_package_is_reported_skipped_with_what_was_looked_for(tmp
 
 
 # ---------------------------------------------------------------------------- agetty on a pty
+def _short_hostname() -> str:
+    """What agetty prints before "login: " (without --long-hostname): up to the first dot."""
+    return os.uname().nodename.split(".")[0]
+
+
 def test_agetty_prompts_on_its_pty_only_and_accepts_a_login_name(agetty):
     run = getty.start(agetty)
     try:
         pid = run.launched.pid
-        assert run.prompt.endswith("login: ") and run.prompt == f"{os.uname().nodename} login: "
+        assert run.prompt.endswith("login: ") and run.prompt == f"{_short_hostname()} login: "
         fds = {os.readlink(f"/proc/{pid}/fd/{n}") for n in (0, 1, 2)}
         assert fds == {f"/dev/{run.tty}"}  # its terminal is our pty slave, nothing else
         assert procfs.read_stat(pid).state == "S"  # waiting for a name
