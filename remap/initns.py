@@ -94,8 +94,13 @@ def start(binary: Path, *, aslr: bool = True, timeout: float = START_TIMEOUT_S) 
 
 
 def child(run: InitRun) -> int | None:
-    """The PID of init's live respawned child (None: none right now)."""
-    return _child_running(run.launched.pid, run.binary)
+    """The PID of init's live respawned child once it runs ``busybox sleep`` (None: none
+    right now; a child forked but not yet exec'd still runs init's image, "busybox init")."""
+    c = _child_running(run.launched.pid, run.binary)
+    try:
+        return c if c is not None and procfs.read_cmdline(c)[1:] == list(CHILD_ARGS) else None
+    except NoSuchProcess:
+        return None
 
 
 def respawn(run: InitRun, timeout: float = RESPAWN_TIMEOUT_S) -> tuple[int, int]:

@@ -491,6 +491,11 @@ def read_children(pid: int, tid: int | None = None) -> list[int]:
     return sorted(int(c) for c in data.split())
 
 
+def read_cmdline(pid: int) -> list[str]:
+    """PID's argument vector from /proc/PID/cmdline ([] for a kernel thread or a zombie)."""
+    return [a.decode(errors="replace") for a in _read(pid, "cmdline").split(b"\0")[:-1]]
+
+
 def kernel_release() -> str:
     """The running kernel's release string, e.g. '6.18.44-...'."""
     return os.uname().release
