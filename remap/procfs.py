@@ -468,6 +468,11 @@ def thread_ids(pid: int) -> list[int]:
         raise translate(pid, e, "task") from None
 
 
+def read_cmdline(pid: int) -> list[str]:
+    """PID's argument vector from /proc/PID/cmdline ([] for a kernel thread or a zombie)."""
+    return [a.decode(errors="replace") for a in _read(pid, "cmdline").split(b"\0")[:-1]]
+
+
 def kernel_release() -> str:
     """The running kernel's release string, e.g. '6.18.44-...'."""
     return os.uname().release

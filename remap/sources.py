@@ -14,6 +14,9 @@ TOML table, either a file ``csrc/recipes/NAME.toml`` or inline in an experiment
     make = ["-j2"]                         # make FLAGS
     env = { CC = "musl-gcc" }              # extra environment for configure and make
     default = "dynamic"                    # the variant used when none is named
+    debian = "util-linux"                  # instead of source: Debian's source package (debsrc)
+    prepare = [["musl-kernel-headers.sh"]] # csrc/recipes/SCRIPT ARGS, run with sh in the tree
+                                           # before configure (their bytes are in the hash)
     [variants.static]
     linkage = "static"                     # checked on the result (PT_INTERP absent)
     append = { "src/Makefile" = { LDSCRIPT = "-static" } }  # VAR = ... gets " -static"
@@ -52,7 +55,7 @@ THIRD_PARTY_ENV = "REMAP_THIRD_PARTY"
 BUILD_TIMEOUT_S = 600  # configure + make of one tree; a hung build is an error, not a hang
 _RECIPE_KEYS = {
     "description", "source", "sha256", "binary", "libc", "configure", "make", "env",
-    "default", "variants", "linkage", "append",
+    "default", "variants", "linkage", "append", "debian", "prepare",
 }  # fmt: skip
 _VARIANT_KEYS = {"linkage", "append", "configure", "make", "env"}
 _SKIP_DIRS = {".git", ".hg", ".svn"}
@@ -61,11 +64,10 @@ _SKIP_DIRS = {".git", ".hg", ".svn"}
 class SourceMissing(ExperimentError):
     """The tarball or folder a recipe names is not on this machine (``path``: where we looked)."""
 
-    def __init__(self, name: str, path: Path):
+    def __init__(self, name: str, path: Path, hint: str | None = None):
         self.path = path
-        super().__init__(
-            f"source of target {name!r} not found: {path} (set ${THIRD_PARTY_ENV} to its folder)"
-        )
+        hint = hint or f"set ${THIRD_PARTY_ENV} to its folder"
+        super().__init__(f"source of target {name!r} not found: {path} ({hint})")
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,17 @@ class Recipe:
     linkage: str | None = None  # "static" / "dynamic": checked on the result
     libc: str | None = None
     sha256: str | None = None
+    debian: str | None = None  # Debian's source package instead of ``source`` (remap.debsrc)
+    prepare: tuple[tuple[str, ...], ...] = ()  # csrc/recipes scripts run before configure
 
     def to_json(self) -> dict[str, Any]:
-        """Every field (records and the cache key hash it: json.dumps sorts the keys)."""
-        return dataclasses.asdict(self)
+        """Every field (records and the cache key hash it: json.dumps sorts the keys); the
+        debian/prepare fields only when set, so older recipes keep their cache keys."""
+        d = dataclasses.asdict(self)
+        for key in ("debian", "prepare"):
+            if not d[key]:
+                del d[key]
+        return d
 
 
 def third_party_dir() -> Path:
@@ -132,9 +141,17 @@ def _parse(name: str, variant: str, t: dict, where: str) -> Recipe:
     unknown = sorted(set(t) - _RECIPE_KEYS)
     if unknown:
         raise bad(f"unknown key(s) {', '.join(unknown)} (allowed: {sorted(_RECIPE_KEYS)})")
-    for key in ("source", "binary"):
+    debian = t.get("debian")
+    if debian is not None and (not isinstance(debian, str) or not debian or "source" in t):
+        raise bad("'debian' (a source package name) replaces 'source': give one of them")
+    for key in ("binary",) if debian else ("source", "binary"):
         if not isinstance(t.get(key), str) or not t[key]:
             raise bad(f"'{key}' (a non-empty string) is required")
+    prepare = t.get("prepare", [])
+    if not isinstance(prepare, list) or not all(
+        isinstance(c, list) and c and all(isinstance(x, str) for x in c) for c in prepare
+    ):
+        raise bad('prepare must look like [["SCRIPT.sh", "ARG", ...], ...]')
     variants = t.get("variants", {})
     if not isinstance(variants, dict):
         raise bad("'variants' must be a table of tables")
@@ -166,9 +183,11 @@ def _parse(name: str, variant: str, t: dict, where: str) -> Recipe:
         raise bad("libc must be a string (e.g. 'musl')")
     if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
         raise bad("sha256 must be 64 lowercase hex digits")
+    source = f"debian:{debian}" if debian else t["source"]
     return Recipe(
-        name, chosen, t["source"], t["binary"], conf, make, env, append, linkage, libc, digest
-    )
+        name, chosen, source, t["binary"], conf, make, env, append, linkage, libc, digest,
+        debian, tuple(tuple(c) for c in prepare),
+    )  # fmt: skip
 
 
 def _strings(v, key: str, bad) -> tuple[str, ...] | None:
@@ -186,13 +205,37 @@ def _str_table(v, key: str, bad) -> dict[str, str]:
 
 
 def source_path(r: Recipe) -> Path:
-    """Where R's source is (absolute, or under :func:`third_party_dir`); SourceMissing if absent."""
+    """Where R's source is (absolute, or under :func:`third_party_dir`; a Debian source
+    package: its unpacked tree, fetched once); SourceMissing if absent."""
+    if r.debian:
+        return _debian_tree(r)
     p = Path(os.path.expanduser(r.source))
     if not p.is_absolute():
         p = third_party_dir() / p
     if not p.exists():
         raise SourceMissing(r.name, p)
     return p
+
+
+def _debian_tree(r: Recipe) -> Path:
+    from . import debsrc
+
+    try:
+        return debsrc.unpacked(r.debian, third_party_dir())
+    except debsrc.FetchFailed as e:
+        where = f"Debian source package {r.debian} (deb-src of /etc/apt, or {r.debian}_*.dsc"
+        raise SourceMissing(r.name, Path(f"{where} in {third_party_dir()})"), str(e)) from None
+
+
+def _prepare_scripts(r: Recipe) -> list[Path]:
+    """The csrc/recipes scripts R's prepare commands run (ExperimentError if one is missing)."""
+    out = []
+    for cmd in r.prepare:
+        p = RECIPES_DIR / cmd[0]
+        if "/" in cmd[0] or not p.is_file():
+            raise ExperimentError(f"recipe of {r.name!r}: prepare script {p} not found")
+        out.append(p)
+    return out
 
 
 def source_digest(path: Path) -> str:
@@ -219,9 +262,10 @@ def build(r: Recipe) -> Path:
     digest = source_digest(src)
     if r.sha256 and src.is_file() and digest != r.sha256:
         raise ExperimentError(f"{src}: sha256 {digest}, the recipe of {r.name!r} wants {r.sha256}")
-    key = hashlib.sha256(
-        json.dumps({"recipe": r.to_json(), "source": digest}, sort_keys=True).encode()
-    ).hexdigest()[:16]
+    keyed: dict[str, Any] = {"recipe": r.to_json(), "source": digest}
+    if r.prepare:
+        keyed["prepare"] = [sha256_file(p) for p in _prepare_scripts(r)]
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
     out_dir = build_dir() / "sources" / f"{r.name}-{r.variant}-{key}"
     out = out_dir / Path(r.binary).name
     if out.is_file():
@@ -270,6 +314,8 @@ def _unpack(src: Path, tmp: Path) -> Path:
 
 def _run_build(r: Recipe, tree: Path) -> None:
     env = {**os.environ, **r.env}
+    for cmd, script in zip(r.prepare, _prepare_scripts(r), strict=True):
+        _run(r, ["sh", str(script), *cmd[1:]], tree, env)
     if r.configure is not None:
         _run(r, ["./configure", *r.configure], tree, env)
     for rel, assigns in r.append.items():

@@ -8,10 +8,11 @@ SUDO=""
 # The real-program suite (tests/test_realprog_*.py) runs programs nobody here wrote: redis
 # (redis-server, redis-tools' redis-cli and redis-benchmark), Debian's Go webhook, a JVM (javac
 # compiles its tiny program at test time), the sqlite3 shell, and unshare/nsenter/setpriv from
-# util-linux.
+# util-linux.  dpkg-dev's dpkg-source unpacks Debian source packages (remap.debsrc: agetty,
+# busybox) and linux-libc-dev has the kernel headers musl-gcc is shown for them.
 pkgs=(gcc make musl-tools procps smem gdb strace python3 python3-venv python3-dev libffi-dev
       busybox-static qemu-system-x86 iproute2 util-linux redis-server redis-tools webhook
-      default-jdk-headless sqlite3)
+      default-jdk-headless sqlite3 dpkg-dev linux-libc-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

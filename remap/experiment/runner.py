@@ -25,12 +25,13 @@ from .spec import Case, Experiment, Target
 from .steps import STEPS, RunContext, StepResult, finish
 
 # Modules of this package that register the heavier steps on import (the fold, the layout round
-# trip, the torture storm): imported only when an experiment names a step nobody has registered
-# yet, so that `import remap.experiment` and the plain experiments load no ptrace layer.
+# trip, the torture storm, agetty and init): imported only when an experiment names a step
+# nobody has registered yet, so `import remap.experiment` and plain experiments load no ptrace.
 STEP_PROVIDERS = (
     "remap.experiment.steps_fold",
     "remap.experiment.steps_layout",
     "remap.experiment.steps_torture",
+    "remap.experiment.steps_getty",
 )
 SUMMARY_FIGURES = (
     "final_rss_kb",

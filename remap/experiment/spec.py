@@ -258,6 +258,6 @@ def _steps(raw, where: str, bad) -> tuple[Step, ...]:
             raise bad(f'{where}: steps[{i}] must be a table with step = "NAME"')
         params = {k: v for k, v in s.items() if k != "step"}
         out.append(Step(s["step"], params))
-    if out[0].name != "launch":
-        raise bad(f'{where}: the first step must be "launch" (got {out[0].name!r})')
+    if out[0].name != "launch" and not out[0].name.startswith("launch-"):  # launch-agetty...
+        raise bad(f'{where}: the first step must be "launch" or "launch-..." (got {out[0].name!r})')
     return tuple(out)
