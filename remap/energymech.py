@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import shutil
@@ -33,6 +34,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .adopt import adopt_daemon
 from .errors import UsageError
 from .ircd import ENERGYMECH, Dialect, IrcError, IrcServer
 from .launch import DEFAULT_ENV, Launched, launch
@@ -41,6 +43,7 @@ from .netns import NetNamespace
 UNPRIVILEGED = "nobody"
 CONFIG, USERFILE = "mech.conf", "mech.users"
 SESSION = "mech.session"
+PIDFILE = "mech.pid"  # where the daemonized bot writes its PID (src/main.c)
 STOP_TIMEOUT_S = 10.0
 
 
@@ -85,9 +88,14 @@ def start(
     user: str | None = UNPRIVILEGED,
     isolate: bool = True,
     dialect: Dialect = ENERGYMECH,
+    daemon: bool = False,
 ) -> MechRun:
     """Write a config, start the bot as USER (inside a fresh network namespace when ISOLATE)
     in the foreground, and return it; the caller then calls ``run.server.accept_bot()``.
+
+    DAEMON: start it the way its users do, without MECHRESET: it forks, the parent exits and
+    the child (named in mech.pid) is the bot; remap adopts it (remap.adopt), so
+    ``run.launched`` is the child and is waited for like a Popen.
 
     Raises UsageError (no such user; or no user while remap runs as root: the bot refuses
     root), AccessDenied/UnsupportedTarget (no namespace), IrcError.
@@ -109,11 +117,22 @@ def start(
         if user is not None:
             pw = pwd.getpwnam(user)
             os.chown(workdir, pw.pw_uid, pw.pw_gid)
-        env = {**DEFAULT_ENV, "MECHRESET": ""}  # set (even empty): stay in the foreground
+        # MECHRESET set (even empty): the bot stays in the foreground; unset, it daemonizes
+        env = {**DEFAULT_ENV} if daemon else {**DEFAULT_ENV, "MECHRESET": ""}
         quiet = dict.fromkeys(("stdin", "stdout", "stderr"), subprocess.DEVNULL)
         argv = [str(binary), "-f", CONFIG]
         kw = dict(aslr=aslr, env=env, env_size=env_size, cwd=workdir, user=user, netns=ns)
-        lt = launch(argv, **kw, **quiet)
+        if daemon:
+            started: list[Launched] = []
+
+            def parent() -> subprocess.Popen:
+                started.append(launch(argv, **kw, **quiet, daemonizes=True))
+                return started[0].proc
+
+            _, child = adopt_daemon(parent, workdir / PIDFILE)
+            lt = dataclasses.replace(started[0], proc=child, pid=child.pid)
+        else:
+            lt = launch(argv, **kw, **quiet)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         if ns:

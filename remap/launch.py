@@ -131,8 +131,12 @@ def launch(
     new_session: bool = False,
     user: str | None = None,
     netns: NetNamespace | None = None,
+    daemonizes: bool = False,
 ) -> Launched:
     """Start ARGV and return a :class:`Launched` (no tracer attached; it just runs).
+
+    DAEMONIZES: ARGV forks and its parent exits 0 at once (remap.adopt keeps the child); that
+    exit is then expected, not a failure to start.
 
     aslr=False: the child execs with ADDR_NO_RANDOMIZE, so stack, vdso and mmap bases repeat.
     vdso=False: delegated to remap.fold.vdso (ptrace injection hides AT_SYSINFO_EHDR and unmaps
@@ -160,7 +164,8 @@ def launch(
     if (user or netns) and not vdso:
         raise UsageError("launch: --no-vdso does not combine with --user or --netns")
     if user or netns:
-        proc = _with_personality(aslr, lambda: _start_isolated(argv, user, netns, popen_kw))
+        start = lambda: _start_isolated(argv, user, netns, popen_kw, daemonizes)  # noqa: E731
+        proc = _with_personality(aslr, start)
     elif not vdso:
         # imported here: it loads remap.fold (~90 ms), which launches keeping the vdso never need
         from .fold import vdso as hider
@@ -194,7 +199,9 @@ def _wait_exec_done(proc: subprocess.Popen, timeout: float = 5.0) -> None:
         time.sleep(0.0005)
 
 
-def _start_isolated(argv: list[str], user: str | None, ns: NetNamespace | None, popen_kw):
+def _start_isolated(
+    argv: list[str], user: str | None, ns: NetNamespace | None, popen_kw, daemonizes: bool = False
+):
     """Popen ARGV as USER and/or inside NS, and wait (bounded) until the PID runs ARGV[0].
 
     Why wait: with a namespace the child first runs nsenter, which execs ARGV in place; a
@@ -225,6 +232,8 @@ def _start_isolated(argv: list[str], user: str | None, ns: NetNamespace | None, 
             pass
         time.sleep(0.002)
     if proc.poll() is not None:
+        if daemonizes and proc.returncode == 0:
+            return proc  # its parent's work is done: the child carries on
         raise UsageError(f"launch: {argv[0]} exited at once with status {proc.returncode}")
     proc.kill()
     proc.wait(timeout=5)

@@ -25,8 +25,12 @@ counters are per-CPU (percpu_counter) and this mechanism is gone
 
 Measured (experiments/energymech-seed-screen.toml, Debian 6.1 guest): EnergyMech in the
 foreground, connected, after !meminfo and 1,000 PINGs, answers ``RSS 4 kB`` while the page walk
-reads 240-244 kB (static) and 744-856 kB (dynamic): RssAnon 4 kB, RssFile 0; right after a
-squeeze status equals the page walk (100 and 120 kB).
+reads 240-248 kB (static) and 748-860 kB (dynamic), 20/20: RssAnon 4 kB, RssFile 0; right after
+a squeeze status equals the page walk.  Daemonized (no MECHRESET: fork, the parent exits) it
+prints ``RSS 44 kB``: fork counted the copied anonymous pages (32 kB, exact) and 3 file pages
+into the child's mm, and the child's own 12 faults never folded.  The 4 kB reading is the
+bot's state after an exec without a fork -- EnergyMech's own reset re-executes it with
+MECHRESET set (src/main.c) -- and lasts while it makes fewer than 65 faults.
 """
 
 from __future__ import annotations

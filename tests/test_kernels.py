@@ -239,14 +239,18 @@ def test_energymech_screen_reads_4kb_on_61(image, tmp_path, capsys):
     by = {d["kernel"]: d["runs"] for d in doc}
     for r in by[KERNEL]:
         assert r["target_ok"], r.get("error")
-        assert "RSS 4 kB" in r["screen"] and r["screen_rss_kb"] == 4, r["screen"]
         assert r["screen_walk_rss_kb"] >= 100, "the page walk sees the bot's real pages"
         lag = r["rss_lag"]
-        assert lag["split"] and lag["counted_kb"]["file"] == 0 and lag["lag_kb"] >= 96
         squeezed = next(s for s in r["steps"] if s["name"] == "squeezed")
         assert squeezed["vmrss_kb"] == squeezed["rss_kb"], "its own madvise folded the cache"
+        if r["case"].endswith("daemon"):  # fork's copy is counted into the child's mm directly
+            assert lag["counted_kb"]["anon"] == lag["walked_kb"]["anon"] > 4
+            assert 4 < r["screen_rss_kb"] < r["screen_walk_rss_kb"] - 96, r["screen"]
+            continue
+        assert "RSS 4 kB" in r["screen"] and r["screen_rss_kb"] == 4, r["screen"]
+        assert lag["split"] and lag["counted_kb"]["file"] == 0 and lag["lag_kb"] >= 96
     for r in by["host"]:
         assert r["target_ok"], r.get("error")
         assert abs(r["screen_rss_kb"] - r["screen_walk_rss_kb"]) <= 4
         assert not r["rss_lag"]["split"]
-    assert {r["case"] for r in by[KERNEL]} == {"static", "dynamic"}
+    assert {r["case"] for r in by[KERNEL]} == {"static", "dynamic", "static-daemon"}

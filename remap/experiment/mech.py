@@ -29,10 +29,12 @@ def launch_energymech(ctx: RunContext, params: dict) -> None:
         env_size=lc.env_size,
         user=lc.user,
         isolate=lc.netns,
+        daemon=lc.daemon,
     )
     ctx.irc, ctx.launched = run.server, run.launched
     ctx.fields["env_size"] = run.launched.env_size
     ctx.fields["isolation"] = {"user": lc.user, "netns": lc.netns}
+    ctx.fields["daemon"] = lc.daemon
     ctx.finisher = lambda c: finish_run(c, run)
 
 

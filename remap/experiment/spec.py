@@ -31,7 +31,7 @@ from ..targets import EXPERIMENTS_DIR  # the checkout's experiments/, or the bun
 
 _TOP_KEYS = {"description", "repeat", "target", "launch", "measure", "steps", "cases"}
 _TARGET_KEYS = {"name", "variant", "args", "irc", "exit_status", "source", "recipe"}
-_LAUNCH_KEYS = {"aslr", "env_size", "vdso", "user", "netns"}
+_LAUNCH_KEYS = {"aslr", "env_size", "vdso", "user", "netns", "daemon"}
 BOTS = ("minibot", "energymech")  # irc = true means "minibot": HOST PORT NICK CHANNEL args
 _MEASURE_KEYS = {"pages", "stack", "idle_timeout"}
 _CASE_KEYS = {"name", "target", "launch", "measure", "steps"}
@@ -57,6 +57,7 @@ class Launch:
     vdso: bool = True
     user: str | None = None  # run as this unprivileged user
     netns: bool = False  # inside a private network namespace holding only loopback
+    daemon: bool = False  # let a real bot daemonize (EnergyMech: no MECHRESET), adopt the child
 
 
 @dataclass(frozen=True)
@@ -233,9 +234,10 @@ def _launch(d: dict, where: str, bad) -> Launch:
     user, netns = d.get("user"), d.get("netns", False)
     if user is not None and (not isinstance(user, str) or not user):
         raise bad(f"{where}: launch.user must be a user name")
-    if not isinstance(netns, bool):
-        raise bad(f"{where}: launch.netns must be true or false")
-    return Launch(aslr, env_size, vdso, user, netns)
+    daemon = d.get("daemon", False)
+    if not isinstance(netns, bool) or not isinstance(daemon, bool):
+        raise bad(f"{where}: launch.netns and launch.daemon must be true or false")
+    return Launch(aslr, env_size, vdso, user, netns, daemon)
 
 
 def _measure(d: dict, where: str, bad) -> Measure:
