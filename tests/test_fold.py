@@ -88,7 +88,7 @@ def test_squeeze_bot_keeps_serving(bot):
     cmdline = _cmdline(lb.pid)
     r = F.squeeze(lb.pid)
     names = [s.name for s in r.steps]
-    assert names[-1] == "fence-fault-around" and all(s.applied for s in r.steps)
+    assert names[-1] == "drop-clean-file" and all(s.applied for s in r.steps)
     assert set(names) <= {
         "relocate-stack", "drop-dead-stack", "drop-clean-file", "fence-fault-around",
     }  # fmt: skip
@@ -108,7 +108,7 @@ def test_squeeze_no_move_only_drops(bot, capsys):
     stack_before = [p.addr for v in before.vmas if v.label == "stack" for p in v.pages]
     assert remap_main(["squeeze", str(lb.pid), "--no-move", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert [s["name"] for s in r["steps"]] == ["drop-clean-file", "fence-fault-around"]
+    assert [s["name"] for s in r["steps"]] == ["fence-fault-around", "drop-clean-file"]
     assert r["after"]["rss_kb"] <= 16  # hot page + the 1-3 pages the live stack straddles
     # nothing moved: the same anonymous pages at the same places
     assert r["after"]["counters_kb"]["status_rss_anon"] == before.counters_kb["status_rss_anon"]

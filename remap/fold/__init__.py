@@ -46,9 +46,9 @@ def squeeze(
     plan = [steps.use_own_syscall]
     if move:
         plan.append(steps.optional(steps.close_stack_gap, "relocate-stack"))
-    plan += [steps.drop_dead_stack, steps.drop_clean_file]
-    if fence:
+    if fence:  # first: the drops' own calls and the cure refault the chain's pages, one each
         plan.append(steps.fence_fault_around)
+    plan += [steps.drop_dead_stack, steps.drop_clean_file]
     return run_plan(pid, "squeeze", plan, dry_run=dry_run)
 
 
