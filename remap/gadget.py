@@ -152,10 +152,20 @@ class Chain:
     paths: tuple[str, str]
 
 
-def find_chain(pid: int, maps: list[Mapping] | None = None) -> Chain | None:
-    """A `syscall; ret` and an rt_sigreturn restorer in PID's executable mappings, or None."""
+def find_chain(
+    pid: int, maps: list[Mapping] | None = None, prefer: set[int] | frozenset[int] = frozenset()
+) -> Chain | None:
+    """A `syscall; ret` and an rt_sigreturn restorer in PID's executable mappings, or None.
+
+    PREFER: pages (addresses) that stay resident whatever the session does -- e.g. the page of
+    the `syscall` a thread is blocked in, which the squeeze keeps because resuming the call
+    faults it back anyway.  A `syscall; ret` there is taken first: every injected call runs
+    through the chain's instruction, and one on a page the squeeze drops is faulted straight
+    back by the session's own last calls (issue 17: agetty's 0x40d885, one page every squeeze,
+    while musl's blocked `syscall; ret` sat on the kept page).
+    """
     maps = maps if maps is not None else read_maps(pid)
-    sret: tuple[int, str] | None = None
+    sret: tuple[int, str] | None = _in_pages(pid, maps, prefer, SYSCALL_RET)
     rest: tuple[int, str] | None = None
     for m in maps:
         if "x" not in m.perms or (sret and rest):
@@ -182,6 +192,22 @@ def find_chain(pid: int, maps: list[Mapping] | None = None) -> Chain | None:
     if sret is None or rest is None:
         return None
     return Chain(sret[0], rest[0], (sret[1], rest[1]))
+
+
+def _in_pages(
+    pid: int, maps: list[Mapping], pages: set[int] | frozenset[int], pat: bytes
+) -> tuple[int, str] | None:
+    """(address, path) of PAT lying wholly inside one of PAGES of an executable file mapping."""
+    for page in sorted(pages):
+        m = next((m for m in maps if m.start <= page < m.end and "x" in m.perms), None)
+        data = _file_bytes(pid, m) if m is not None else None
+        if m is None or data is None:
+            continue
+        off = page - m.start
+        i = data[off : off + 4096].find(pat)
+        if i >= 0 and i + len(pat) <= 4096:
+            return m.start + off + i, m.path
+    return None
 
 
 def find(pid: int) -> Gadget | None:

@@ -40,7 +40,7 @@ def plan(s: Session) -> None:
         if "shstk" in str(st.get("x86_Thread_features", "")):
             s.notes.append("unprotected: the target uses a shadow stack")
         else:
-            code = gadget_mod.find_chain(pid, maps)
+            code = gadget_mod.find_chain(pid, maps, prefer=_blocked_pages(pid))
             s.chain = Chain(s, code) if code is not None else Unbuilt(s)
         cgt = int(st.get("SigCgt", 0))
         for sig in MARKERS:
@@ -50,6 +50,18 @@ def plan(s: Session) -> None:
                 break
     if not s.chain.protected:
         s._t_unprotected = time.monotonic_ns()
+
+
+def _blocked_pages(pid: int) -> set[int]:
+    """The pages of the `syscall` instructions PID's threads are blocked in (read before the
+    stop from /proc/PID/task/TID/syscall): pages that come back when the calls resume."""
+    out = set()
+    for tid in procfs.thread_ids(pid):
+        with contextlib.suppress(RemapError):
+            sc = procfs.read_syscall(pid, tid)
+            if not sc.running and sc.nr is not None and sc.nr >= 0 and sc.pc:
+                out.add((sc.pc - 2) & ~(K.PAGE_SIZE - 1))
+    return out
 
 
 def start_guard(s: Session) -> None:
