@@ -57,7 +57,7 @@ def _scan(pid: int, m: Mapping, pattern: bytes) -> int:
     identity: a driver running session after session must not re-read libc every time."""
     key = None
     with contextlib.suppress(OSError):
-        st = os.stat(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}")
+        st = os.stat(procfs.map_files_path(pid, m.start, m.end))
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, m.offset, m.end - m.start, pattern)
         if key in _SCAN_CACHE:
             return _SCAN_CACHE[key]
@@ -75,7 +75,7 @@ def _file_bytes(pid: int, m: Mapping) -> bytes | None:
     size = m.end - m.start
     # map_files is the mapped file itself (root); /proc/PID/root resolves the path in the
     # target's own mount namespace (a container's /usr/lib is not ours); our own path last.
-    names = (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", f"/proc/{pid}/root{m.path}", m.path)
+    names = (procfs.map_files_path(pid, m.start, m.end), procfs.path(pid, "root") + m.path, m.path)
     for name in names:
         try:
             with open(name, "rb") as f:
@@ -103,9 +103,7 @@ def _own_vdso() -> bytes | None:
     """Our own vdso image (identical in every 64-bit process of this kernel)."""
     for m in read_maps("self"):
         if m.path == "[vdso]":
-            with open("/proc/self/mem", "rb") as f:
-                f.seek(m.start)
-                return f.read(m.end - m.start)
+            return procfs.read_mem("self", m.start, m.end - m.start)  # type: ignore[arg-type]
     return None
 
 
