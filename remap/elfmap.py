@@ -448,6 +448,12 @@ class Symbol(NamedTuple):
     bind: int
     shndx: int
 
+    @property
+    def in_section(self) -> bool:
+        """Defined inside one of the file's sections (not undefined, absolute or common):
+        SHNDX then indexes :attr:`ElfTables.sections`."""
+        return self.shndx not in (K.SHN_UNDEF, K.SHN_ABS, K.SHN_COMMON)
+
 
 class ElfTables:
     """Every load, section header and symbol of one ELF64 little-endian file, from its bytes.

@@ -21,12 +21,11 @@ from typing import Any
 
 from .. import native, pagemap, procfs
 from ..errors import NoSuchProcess
-from ..kconst import ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTSYS, PAGE_SIZE
+from ..kconst import ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTSYS, MASK64, PAGE_SIZE
 from ..residency import Snapshot
 from .plan import NeedsStop
 from .ranges import page_floor
 
-MASK64 = 2**64 - 1
 TCB_SCAN = 16 * PAGE_SIZE  # glibc and musl put struct pthread in the top pages of the stack
 EINTR = errno.EINTR
 # What rax holds when a stop interrupts a thread blocked in these (measured on 6.18 with

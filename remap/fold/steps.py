@@ -605,7 +605,7 @@ def _plan_single_page(
     lo = (regs["rsp"] - RED_ZONE) // 16 * 16
     _refuse_foreign_anon(ctx, hot, stack)
     strings = s.read(st.arg_start, st.arg_end - st.arg_start)
-    margin = 512
+    margin = K.FOLD_MARGIN
     str_at = hot.stack_hi - len(strings)
     delta = (str_at - cfa) // ALIGN * ALIGN
     need = cfa - lo + len(strings) + margin

@@ -18,8 +18,7 @@ from typing import Any
 
 from .. import kconst as K
 from ..errors import UnsafeStep, UsageError
-
-MASK64 = (1 << 64) - 1
+from ..kconst import MASK64
 
 STUB_ENTRY = 64  # bytes per batch table entry: nr, 6 args, result
 TABLE_PAGES = 16  # one trip runs up to TABLE_PAGES * 4096 / 64 = 1024 calls
