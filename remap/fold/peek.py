@@ -8,7 +8,7 @@ Two things cannot, and :class:`NeedsStop` says so where they are asked for: the 
 thread that is running at that instant, and an answer only an injected call gives.
 
 Peek has the subset of remap.inject.Session the planners use (threads, regs, read,
-set_resume_regs, use_gadget), with the same meaning, so a dry run runs the very
+set_resume_regs, use_gadget, scratch_area), with the same meaning, so a dry run runs the very
 planners the real run does.
 """
 
@@ -64,6 +64,9 @@ class _Regs(dict):
 
 class Peek:
     """The running process PID, seen from outside (see the module docstring)."""
+
+    # Session.scratch_area's answer for a look that maps nothing (fold.plan.in_scratch)
+    scratch_area: tuple[int, int] | None = None
 
     def __init__(self, pid: int, snap: Snapshot):
         self.pid = pid
