@@ -1,11 +1,12 @@
 """Find a `syscall` instruction (0f 05) that already exists in an executable mapping of a target.
 
 Why from disk: remap never patches bytes in the target (a patched private page turns into an
-anonymous copy, DESIGN 5.4), and reading the target's memory would fault its pages in.  The
-bytes of a private file mapping are, page for page, the bytes of the file at the mapping's
-offset, so we search the file (through /proc/PID/map_files when we may, which is the exact file
-even if the path was replaced) and translate the hit into the target's address.  The vdso has no
-file: every 64-bit process on this kernel maps the same image, so we search our own copy.
+anonymous copy; tests/test_inject.py checks that no byte changes), and reading the target's
+memory would fault its pages in.  The bytes of a private file mapping are, page for page, the
+bytes of the file at the mapping's offset, so we search the file (through /proc/PID/map_files
+when we may, which is the exact file even if the path was replaced) and translate the hit into
+the target's address.  The vdso has no file: every 64-bit process on this kernel maps the same
+image, so we search our own copy.
 
 Any 0f 05 pair works, even one in the middle of a longer instruction: the CPU decodes from
 wherever rip points, and setting rip through ptrace is not an indirect branch (no IBT check).
@@ -111,7 +112,8 @@ def candidates(pid: int, maps: list[Mapping] | None = None) -> list[Gadget]:
     """Every mapping's first `syscall` instruction, best first.
 
     Order: the target's own executable, then libc, then other files, then the vdso (touching a
-    vdso page makes it count in RSS, DESIGN 4).  One per mapping is enough.
+    vdso page makes it count in RSS: it is an ordinary page once touched, unlike vvar).  One
+    per mapping is enough.
     """
     maps = maps if maps is not None else read_maps(pid)
     try:

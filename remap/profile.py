@@ -16,9 +16,10 @@ The steady-state root is the function running at the highest rsp seen (for the d
 ``hot_main``): it never returns, everything the workload triggers runs below its frame.
 
 Preconditions: a 64-bit x86_64 process, not traced by anyone else, whose SIGTRAP is neither
-blocked nor ignored (a single-step trap on a blocked SIGTRAP makes the kernel reset its handler,
-DESIGN 5.5: refused).  Stepping stops only when the target waits in a syscall again (or the time
-is up), so the last request is fully handled; detaching lets the kernel restart the blocked call.
+blocked nor ignored (a single-step trap on a blocked SIGTRAP makes the kernel reset its handler:
+refused, tests/test_profile.py).  Stepping stops only when the target waits in a syscall again
+(or the time is up), so the last request is fully handled; detaching lets the kernel restart the
+blocked call.
 
 Example::
 
@@ -572,7 +573,8 @@ def _stepped_run(
     seen = _Seen()
     worker = threading.Thread(target=run_workload, daemon=True) if workload else None
     own_cpus = os.sched_getaffinity(0)
-    with contextlib.suppress(OSError, RemapError):  # same-CPU stops are ~20x cheaper (DESIGN 5.7)
+    # same-CPU stops are ~20x cheaper (remap/inject/pinning.py)
+    with contextlib.suppress(OSError, RemapError):
         os.sched_setaffinity(0, {_last_cpu(pid)})
     cpu0 = time.thread_time()
     t0 = time.monotonic()
