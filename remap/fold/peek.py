@@ -137,7 +137,7 @@ class Peek:
         buf = self._ffi.new("char[]", n)
         if self._lib.rn_vm_read(self.pid, buf, addr, n) == n:
             return bytes(self._ffi.buffer(buf, n))
-        fd = procfs.open_proc(self.pid, "mem")
+        fd = procfs.open_mem(self.pid)
         try:
             return os.pread(fd, n, addr)
         finally:
