@@ -1,8 +1,9 @@
 """Which ELF section, symbol and label each page of a file mapping holds -- from the file on disk.
 
 Why from disk: reading the target's memory to label it would fault its pages in and change the
-very residency we measure (DESIGN §5.6).  The mapped file is opened by path, checked against the
-inode in /proc/PID/maps, parsed once with pyelftools and cached by (path, inode, mtime).
+very residency we measure (a read through /proc/PID/mem faults a page in as a touch does).  The
+mapped file is opened by path, checked against the inode in /proc/PID/maps, parsed once (struct
+readers, pyelftools for what they do not handle) and cached by (path, inode, mtime).
 
 Addresses: a file mapped at load bias B puts ELF virtual address v at B + v.  :func:`load_bias`
 finds B from the lowest mapping of the file (file offset 0 holds the first PT_LOAD), which stays
@@ -447,6 +448,12 @@ class Symbol(NamedTuple):
     type: int
     bind: int
     shndx: int
+
+    @property
+    def in_section(self) -> bool:
+        """Defined inside one of the file's sections (not undefined, absolute or common):
+        SHNDX then indexes :attr:`ElfTables.sections`."""
+        return self.shndx not in (K.SHN_UNDEF, K.SHN_ABS, K.SHN_COMMON)
 
 
 class ElfTables:

@@ -1,11 +1,12 @@
 """Find a `syscall` instruction (0f 05) that already exists in an executable mapping of a target.
 
 Why from disk: remap never patches bytes in the target (a patched private page turns into an
-anonymous copy, DESIGN 5.4), and reading the target's memory would fault its pages in.  The
-bytes of a private file mapping are, page for page, the bytes of the file at the mapping's
-offset, so we search the file (through /proc/PID/map_files when we may, which is the exact file
-even if the path was replaced) and translate the hit into the target's address.  The vdso has no
-file: every 64-bit process on this kernel maps the same image, so we search our own copy.
+anonymous copy; tests/test_inject.py checks that no byte changes), and reading the target's
+memory would fault its pages in.  The bytes of a private file mapping are, page for page, the
+bytes of the file at the mapping's offset, so we search the file (through /proc/PID/map_files
+when we may, which is the exact file even if the path was replaced) and translate the hit into
+the target's address.  The vdso has no file: every 64-bit process on this kernel maps the same
+image, so we search our own copy.
 
 Any 0f 05 pair works, even one in the middle of a longer instruction: the CPU decodes from
 wherever rip points, and setting rip through ptrace is not an indirect branch (no IBT check).
@@ -57,7 +58,7 @@ def _scan(pid: int, m: Mapping, pattern: bytes) -> int:
     identity: a driver running session after session must not re-read libc every time."""
     key = None
     with contextlib.suppress(OSError):
-        st = os.stat(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}")
+        st = os.stat(procfs.map_files_path(pid, m.start, m.end))
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, m.offset, m.end - m.start, pattern)
         if key in _SCAN_CACHE:
             return _SCAN_CACHE[key]
@@ -75,7 +76,7 @@ def _file_bytes(pid: int, m: Mapping) -> bytes | None:
     size = m.end - m.start
     # map_files is the mapped file itself (root); /proc/PID/root resolves the path in the
     # target's own mount namespace (a container's /usr/lib is not ours); our own path last.
-    names = (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", f"/proc/{pid}/root{m.path}", m.path)
+    names = (procfs.map_files_path(pid, m.start, m.end), procfs.path(pid, "root") + m.path, m.path)
     for name in names:
         try:
             with open(name, "rb") as f:
@@ -103,9 +104,7 @@ def _own_vdso() -> bytes | None:
     """Our own vdso image (identical in every 64-bit process of this kernel)."""
     for m in read_maps("self"):
         if m.path == "[vdso]":
-            with open("/proc/self/mem", "rb") as f:
-                f.seek(m.start)
-                return f.read(m.end - m.start)
+            return procfs.read_mem("self", m.start, m.end - m.start)  # type: ignore[arg-type]
     return None
 
 
@@ -113,7 +112,8 @@ def candidates(pid: int, maps: list[Mapping] | None = None) -> list[Gadget]:
     """Every mapping's first `syscall` instruction, best first.
 
     Order: the target's own executable, then libc, then other files, then the vdso (touching a
-    vdso page makes it count in RSS, DESIGN 4).  One per mapping is enough.
+    vdso page makes it count in RSS: it is an ordinary page once touched, unlike vvar).  One
+    per mapping is enough.
     """
     maps = maps if maps is not None else read_maps(pid)
     try:

@@ -7,6 +7,8 @@ all in one place, next to the header that defines them.
 from __future__ import annotations
 
 PAGE_SIZE = 4096
+# x86-64: a general register is 64 bits; -1 in orig_rax ("not in a syscall") is MASK64
+MASK64 = (1 << 64) - 1
 # x86-64 SysV ABI (psABI 3.2.2): the 128 bytes below rsp a leaf function may use without
 # moving rsp; memory below rsp - RED_ZONE is dead for the thread
 RED_ZONE = 128
@@ -254,7 +256,8 @@ PF_X, PF_W, PF_R = 0x1, 0x2, 0x4  # p_flags
 SHT_SYMTAB, SHT_NOBITS, SHT_DYNSYM = 2, 8, 11  # sh_type
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR, SHF_TLS = 0x1, 0x2, 0x4, 0x400  # sh_flags
 STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_TLS = 0, 1, 2, 6  # ELF64_ST_TYPE(st_info)
-SHN_UNDEF, SHN_ABS = 0, 0xFFF1  # st_shndx
+STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2  # ELF64_ST_BIND(st_info)
+SHN_UNDEF, SHN_ABS, SHN_COMMON = 0, 0xFFF1, 0xFFF2  # st_shndx
 
 # remap's own hot-page contract (not the kernel's): remap.fold.steps.single_page keeps this many
 # bytes free below the frames it moves into the page's stack reserve, so remap.layout reserves

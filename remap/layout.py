@@ -36,23 +36,23 @@ import io
 import os
 import shlex
 import shutil
-import struct
 import subprocess
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import elfmap
+from . import kconst as K
 from .errors import ExperimentError, UnsafeStep, UsageError
-from .kconst import PAGE_SIZE, RED_ZONE
+from .kconst import PAGE_SIZE
 
 if TYPE_CHECKING:  # only its attributes are read: importing it would load the ptrace layer
     from .profile import Profile
 
-SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
-FOLD_MARGIN = 512  # remap.fold.steps.single_page keeps this free below the moved frames
 ARGV_ALLOWANCE = 128  # the fold moves the argv strings into the reserve too
-DEFAULT_MARGIN = RED_ZONE + FOLD_MARGIN + ARGV_ALLOWANCE + 64  # + 64: frames keep alignment
+# + 64: frames keep alignment; K.FOLD_MARGIN: what remap.fold.steps.single_page keeps free
+DEFAULT_MARGIN = K.RED_ZONE + K.FOLD_MARGIN + ARGV_ALLOWANCE + 64
 COLD_TEXT = ".text.unlikely .text.*_unlikely .text.unlikely.* .text.startup .text.startup.*"
 
 
@@ -82,48 +82,56 @@ class InputSection:
 
 
 class ObjectFile:
-    """A relocatable object (a .o, or one member of a .a), parsed lazily with pyelftools."""
+    """A relocatable object (a .o, or one member of a .a): its sections and symbols read with
+    :class:`remap.elfmap.ElfTables`, its relocations (which ElfTables does not read) parsed
+    lazily with pyelftools."""
 
     def __init__(self, file: str, member: str | None, data: bytes):
         self.file, self.member, self.data = file, member, data
 
     @cached_property
     def elf(self):
+        """The pyelftools view, for relocations only."""
         from elftools.elf.elffile import ELFFile
 
         return ELFFile(io.BytesIO(self.data))
 
     @cached_property
-    def sections(self) -> list[InputSection]:
-        return [
-            InputSection(
-                self.file, self.member, i, s.name, s["sh_size"], s["sh_addralign"], s["sh_flags"]
-            )  # fmt: skip
-            for i, s in enumerate(self.elf.iter_sections())
-        ]
+    def tables(self) -> elfmap.ElfTables | None:
+        """Section headers and .symtab (None: not an ELF64 little-endian file)."""
+        try:
+            return elfmap.ElfTables(self.data)
+        except ValueError:
+            return None
 
     @cached_property
-    def symbols(self) -> list[tuple[str, str, str, int | str]]:
-        """(name, type, bind, section index or 'SHN_UNDEF'...) of every symbol.
+    def sections(self) -> list[InputSection]:
+        return [
+            InputSection(self.file, self.member, s.index, s.name, s.size, s.align, s.flags)
+            for s in (self.tables.sections if self.tables else [])
+        ]
 
-        Read with struct, not pyelftools: finding one static function means reading the
-        symbol tables of all ~1,300 members of libc.a, ~40x faster this way."""
-        return _raw_symbols(self.data)
+    @property
+    def symbols(self) -> list[elfmap.Symbol]:
+        """Every .symtab entry ([] for a file that is not ELF64).
+
+        Read with struct (elfmap), not pyelftools: finding one static function means reading
+        the symbol tables of all ~1,300 members of libc.a, ~40x faster this way."""
+        return self.tables.symbols if self.tables else []
 
     def defines(self, name: str, *, local_ok: bool = True) -> InputSection | None:
-        for n, typ, bind, shndx in self.symbols:
-            if n == name and isinstance(shndx, int) and typ in ("STT_FUNC", "STT_OBJECT",
-                                                                 "STT_NOTYPE"):  # fmt: skip
-                if bind == "STB_LOCAL" and not local_ok:
+        for sym in self.symbols:
+            if sym.name == name and sym.in_section and sym.type in _DEFINING:
+                if sym.bind == K.STB_LOCAL and not local_ok:
                     continue
-                return self.sections[shndx]
+                return self.sections[sym.shndx]
         return None
 
     def name_in(self, sec: InputSection) -> str:
         """The first function or object defined in SEC (for comments), else its name."""
-        for n, typ, _b, shndx in self.symbols:
-            if shndx == sec.index and n and typ in ("STT_FUNC", "STT_OBJECT"):
-                return n
+        for sym in self.symbols:
+            if sym.shndx == sec.index and sym.name and sym.type in (K.STT_FUNC, K.STT_OBJECT):
+                return sym.name
         return sec.name
 
     def relocation_targets(self, sec: InputSection) -> list[tuple[InputSection | None, str]]:
@@ -141,36 +149,7 @@ class ObjectFile:
         return out
 
 
-_STT_NAMES = {0: "STT_NOTYPE", 1: "STT_OBJECT", 2: "STT_FUNC", 3: "STT_SECTION", 4: "STT_FILE",
-              6: "STT_TLS"}  # fmt: skip
-_STB_NAMES = {0: "STB_LOCAL", 1: "STB_GLOBAL", 2: "STB_WEAK"}
-_SHN_NAMES = {0: "SHN_UNDEF", 0xFFF1: "SHN_ABS", 0xFFF2: "SHN_COMMON"}
-
-
-def _raw_symbols(data: bytes) -> list[tuple[str, str, str, int | str]]:
-    """Symbols of a little-endian ELF64 relocatable object (the .symtab), parsed with struct."""
-    if data[:4] != b"\x7fELF" or data[4] != 2:
-        return []
-    shoff = struct.unpack_from("<Q", data, 0x28)[0]
-    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
-    out: list[tuple[str, str, str, int | str]] = []
-    for i in range(shnum):
-        _n, typ, _f, _a, off, size, link, _i, _al, entsize = struct.unpack_from(
-            "<IIQQQQIIQQ", data, shoff + i * shentsize
-        )
-        if typ != 2:  # SHT_SYMTAB
-            continue
-        stroff = struct.unpack_from("<Q", data, shoff + link * shentsize + 0x18)[0]
-        for k in range(size // (entsize or 24)):
-            name, info, _other, shndx = struct.unpack_from("<IBBH", data, off + k * 24)
-            end = data.index(b"\0", stroff + name)
-            out.append((
-                data[stroff + name : end].decode(errors="replace"),
-                _STT_NAMES.get(info & 0xF, "STT_OTHER"),
-                _STB_NAMES.get(info >> 4, "STB_OTHER"),
-                _SHN_NAMES.get(shndx, shndx),
-            ))  # fmt: skip
-    return out
+_DEFINING = (K.STT_FUNC, K.STT_OBJECT, K.STT_NOTYPE)  # symbol types a script can place
 
 
 def read_archive(path: str) -> list[ObjectFile]:
@@ -217,9 +196,9 @@ class LinkInputs:
         if self._global is None:
             self._global = {}
             for o in self.archives:
-                for n, _t, bind, shndx in o.symbols:
-                    if bind != "STB_LOCAL" and isinstance(shndx, int) and shndx:
-                        self._global.setdefault(n, o)
+                for sym in o.symbols:
+                    if sym.bind != K.STB_LOCAL and sym.in_section:
+                        self._global.setdefault(sym.name, o)
         return self._global
 
     def find(self, name: str, near: ObjectFile | None = None) -> tuple[ObjectFile, InputSection]:
@@ -277,11 +256,13 @@ class Layout:
 
 
 def _is_code(s: InputSection) -> bool:
-    return bool(s.flags & SHF_EXECINSTR) and bool(s.flags & SHF_ALLOC)
+    return bool(s.flags & K.SHF_EXECINSTR) and bool(s.flags & K.SHF_ALLOC)
 
 
 def _is_rodata(s: InputSection) -> bool:
-    return bool(s.flags & SHF_ALLOC) and not s.flags & (SHF_WRITE | SHF_EXECINSTR) and s.size > 0
+    return (
+        bool(s.flags & K.SHF_ALLOC) and not s.flags & (K.SHF_WRITE | K.SHF_EXECINSTR) and s.size > 0
+    )
 
 
 def _placed(entries: list[Entry], at: int) -> int:
@@ -315,7 +296,7 @@ def plan_layout(
     data_sections = {
         n: (v[1], v[3] if len(v) > 3 else 8)  # (size, alignment)
         for n, v in sorted(prof.sections.items())
-        if v[2] & SHF_WRITE and not n.startswith(".hot.stack")
+        if v[2] & K.SHF_WRITE and not n.startswith(".hot.stack")
     }
     data_bytes = sum(v[0] for v in data_sections.values())
     stack_min = (prof.stack.peak_depth + margin + 15) // 16 * 16
@@ -368,7 +349,7 @@ def _take_executed(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
 def _take_touched_rodata(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
     """The named read-only objects the profile saw read (writable data is taken whole)."""
     for d in prof.data:
-        if d.section not in prof.sections or prof.sections[d.section][2] & SHF_WRITE:
+        if d.section not in prof.sections or prof.sections[d.section][2] & K.SHF_WRITE:
             continue  # writable data is taken whole; the stack is not data
         if d.name.endswith(" (unnamed)"):
             continue  # unnamed bytes: covered by the relocation closure of the code touching it
@@ -606,31 +587,20 @@ def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
 
 
 def elf_symbols(path: Path, names: tuple[str, ...]) -> dict[str, int]:
-    """Values of NAMES in PATH's symbol table (a quick check of a generated binary)."""
-    from elftools.elf.elffile import ELFFile
-
-    with open(path, "rb") as f:
-        tab = ELFFile(f).get_section_by_name(".symtab")
-        out = {}
-        for n in names:
-            s = tab.get_symbol_by_name(n) if tab else None
-            if s:
-                out[n] = s[0]["st_value"]
-        return out
+    """Values of NAMES in PATH's symbol table (a quick check of a generated binary); raises
+    OSError when PATH cannot be read."""
+    elf = elfmap.open_elf(str(path))
+    return elf.symbol_values(names) if elf else {}
 
 
 def writable_objects(path: Path, top: int = 8) -> list[list]:
-    """The TOP largest objects in writable sections of PATH: [name, bytes, section]."""
-    from elftools.elf.elffile import ELFFile
-
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        secs = list(elf.iter_sections())
-        tab = elf.get_section_by_name(".symtab")
-        out = []
-        for sym in tab.iter_symbols() if tab else []:
-            i = sym["st_shndx"]
-            if sym["st_info"]["type"] == "STT_OBJECT" and isinstance(i, int) and sym["st_size"]:
-                if secs[i]["sh_flags"] & SHF_WRITE:
-                    out.append([sym.name, sym["st_size"], secs[i].name])
+    """The TOP largest objects in writable sections of PATH: [name, bytes, section]; raises
+    OSError when PATH cannot be read."""
+    elf = elfmap.open_elf(str(path))
+    out = []
+    for sym in elf.symbols if elf else []:
+        if sym.type == K.STT_OBJECT and sym.in_section and sym.size:
+            sec = elf.sections[sym.shndx]  # type: ignore[union-attr]
+            if sec.flags & K.SHF_WRITE:
+                out.append([sym.name, sym.size, sec.name])
     return sorted(out, key=lambda x: (-x[1], x[0]))[:top]

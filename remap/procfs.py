@@ -549,16 +549,6 @@ def stat_exe(pid: int) -> os.stat_result:
         raise translate(pid, e, "exe") from None
 
 
-def read_exe_head(pid: int, n: int = 64) -> bytes:
-    """The first N bytes of the file PID executes (through /proc/PID/exe), e.g. its ELF header
-    for :func:`remap.elfmap.class_and_machine`."""
-    try:
-        with open(path(pid, "exe"), "rb") as f:
-            return f.read(n)
-    except OSError as e:
-        raise translate(pid, e, "exe") from None
-
-
 def read_wchan(pid: int) -> str:
     """/proc/PID/wchan: the kernel function PID sleeps in ('0' while it runs)."""
     return _read(pid, "wchan").decode(errors="replace")

@@ -6,7 +6,7 @@ misses rare paths (the bot's !mem handler runs once in a thousand lines), single
 not.  We seize the process (PTRACE_SEIZE, no SIGSTOP), single-step it while a workload drives
 it, and for each instruction record:
 
-- its address, mapped to a function symbol of the executable read *from disk* (pyelftools);
+- its address, mapped to a function symbol of the executable read *from disk* (remap.elfmap);
 - its memory operands, decoded with capstone and evaluated against the registers of that very
   stop (rip-relative, base + index * scale + disp, fs/gs bases), mapped to data symbols or, when
   no symbol covers them, to section + offset;
@@ -16,9 +16,10 @@ The steady-state root is the function running at the highest rsp seen (for the d
 ``hot_main``): it never returns, everything the workload triggers runs below its frame.
 
 Preconditions: a 64-bit x86_64 process, not traced by anyone else, whose SIGTRAP is neither
-blocked nor ignored (a single-step trap on a blocked SIGTRAP makes the kernel reset its handler,
-DESIGN 5.5: refused).  Stepping stops only when the target waits in a syscall again (or the time
-is up), so the last request is fully handled; detaching lets the kernel restart the blocked call.
+blocked nor ignored (a single-step trap on a blocked SIGTRAP makes the kernel reset its handler:
+refused, tests/test_profile.py).  Stepping stops only when the target waits in a syscall again
+(or the time is up), so the last request is fully handled; detaching lets the kernel restart the
+blocked call.
 
 Example::
 
@@ -44,8 +45,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import elfmap, procfs
 from . import kconst as K
-from . import procfs
 from .errors import (
     NoSuchProcess,
     RemapError,
@@ -65,7 +66,7 @@ _OP_MEM = 3
 _AC_READ, _AC_WRITE = 1, 2
 _NO_ACCESS = {"lea", "nop", "prefetch", "prefetcht0", "prefetcht1", "prefetcht2", "prefetchw",
               "endbr64", "clflush", "clflushopt"}  # fmt: skip
-_STT = {"STT_FUNC": "func", "STT_OBJECT": "object", "STT_TLS": "tls"}
+_STT = {K.STT_FUNC: "func", K.STT_OBJECT: "object", K.STT_TLS: "tls"}
 
 
 # ---------------------------------------------------------------------------- result types
@@ -183,53 +184,23 @@ class _Sym:
 
 
 class _Exe:
-    """Symbols, sections and code bytes of the executable, from the file on disk."""
+    """Symbols, sections and code bytes of the executable, from the file on disk (read with
+    :class:`remap.elfmap.ElfTables`, the one ELF reader)."""
 
     def __init__(self, path: str):
-        from elftools.elf.elffile import ELFFile
-
-        with open(path, "rb") as f:
-            raw = f.read()
-        self.sha256 = hashlib.sha256(raw).hexdigest()
-        import io
-
-        elf = ELFFile(io.BytesIO(raw))
-        if elf["e_machine"] != "EM_X86_64":
+        """Read the executable at PATH; raises UnsupportedTarget for anything but an x86_64
+        ELF64 file and OSError when PATH cannot be read."""
+        elf = elfmap.open_elf(path)
+        if elf is None or elf.machine != K.EM_X86_64:
             raise UnsupportedTarget(f"{path}: not an x86_64 executable")
-        self.pie = elf["e_type"] == "ET_DYN"
-        self.segments = [
-            (s["p_vaddr"], s["p_memsz"], s["p_offset"], s["p_filesz"])
-            for s in elf.iter_segments()
-            if s["p_type"] == "PT_LOAD"
-        ]
-        self.raw = raw
-        secs = [s for s in elf.iter_sections() if s["sh_flags"] & 2 and s["sh_size"]]  # ALLOC
-        self.sections = {
-            s.name: [s["sh_addr"], s["sh_size"], s["sh_flags"], s["sh_addralign"]] for s in secs
-        }
+        self.raw = elf.raw
+        self.sha256 = hashlib.sha256(elf.raw).hexdigest()
+        self.pie = elf.etype == K.ET_DYN
+        self.segments = [(s.vaddr, s.memsz, s.offset, s.filesz) for s in elf.loads]
+        secs = [s for s in elf.sections if s.flags & K.SHF_ALLOC and s.size]
+        self.sections = {s.name: [s.addr, s.size, s.flags, s.align] for s in secs}
         self._sec_sorted = sorted((v[0], v[1], k) for k, v in self.sections.items())
-        index_name = {i: s.name for i, s in enumerate(elf.iter_sections())}
-        funcs: list[_Sym] = []
-        objs: list[_Sym] = []
-        tab = elf.get_section_by_name(".symtab")
-        labels: list[tuple[int, str, str]] = []  # size-0 code symbols (musl's assembly)
-        for sym in tab.iter_symbols() if tab is not None else []:
-            kind = _STT.get(sym["st_info"]["type"])
-            shndx = sym["st_shndx"]
-            if not isinstance(shndx, int) or not shndx or kind == "tls":
-                continue
-            sec = index_name.get(shndx, "?")
-            if not sym["st_size"]:
-                if kind in ("func", None) and sym.name and self.sections.get(sec, [0, 0, 0])[2] & 4:
-                    labels.append((sym["st_value"], sym.name, sec))
-                continue
-            if kind is None:
-                continue
-            s = _Sym(sym["st_value"], sym["st_size"], sym.name, kind, sec)
-            (funcs if kind == "func" else objs).append(s)
-        funcs += _sized_labels(labels, funcs, self.sections)
-        self.funcs = _dedup(funcs)
-        self.objs = _dedup(objs)
+        self.funcs, self.objs = _symbols(elf, self.sections)
         self._fa = [s.addr for s in self.funcs]
         self._oa = [s.addr for s in self.objs]
         self.base = 0  # load bias, set once the mapping is known (PIE)
@@ -254,6 +225,36 @@ class _Exe:
                 k = vaddr - va
                 return self.raw[off + k : off + min(filesz, k + n)]
         return None
+
+
+def _symbols(
+    elf: elfmap.ElfTables, sections: dict[str, list[int]]
+) -> tuple[list[_Sym], list[_Sym]]:
+    """(functions, data objects) of ELF's .symtab, sorted and one per address; size-0 code
+    labels get the bytes up to the next symbol.  Undefined, absolute and common symbols, and
+    TLS ones (their value is an offset, not an address), are left out."""
+    funcs: list[_Sym] = []
+    objs: list[_Sym] = []
+    labels: list[tuple[int, str, str]] = []  # size-0 code symbols (musl's assembly)
+    for sym in elf.symbols:
+        kind = _STT.get(sym.type)
+        if not sym.in_section or kind == "tls":
+            continue
+        sec = elf.sections[sym.shndx].name if sym.shndx < len(elf.sections) else "?"
+        if not sym.size:
+            if (
+                kind in ("func", None)
+                and sym.name
+                and sections.get(sec, [0, 0, 0])[2] & K.SHF_EXECINSTR
+            ):
+                labels.append((sym.value, sym.name, sec))
+            continue
+        if kind is None:
+            continue
+        s = _Sym(sym.value, sym.size, sym.name, kind, sec)
+        (funcs if kind == "func" else objs).append(s)
+    funcs += _sized_labels(labels, funcs, sections)
+    return _dedup(funcs), _dedup(objs)
 
 
 def _sized_labels(
@@ -516,7 +517,10 @@ class _Target:
     @classmethod
     def read(cls, pid: int) -> _Target:
         exe_path = procfs.read_exe(pid)
-        exe = _Exe(f"/proc/{pid}/exe")
+        try:
+            exe = _Exe(procfs.path(pid, "exe"))
+        except OSError as e:
+            raise procfs.translate(pid, e, "exe") from None
         maps = _maps(pid)
         if exe.pie:
             exe.base = min(lo - off for lo, _hi, off, path in maps if path == exe_path)
@@ -569,7 +573,8 @@ def _stepped_run(
     seen = _Seen()
     worker = threading.Thread(target=run_workload, daemon=True) if workload else None
     own_cpus = os.sched_getaffinity(0)
-    with contextlib.suppress(OSError, RemapError):  # same-CPU stops are ~20x cheaper (DESIGN 5.7)
+    # same-CPU stops are ~20x cheaper (remap/inject/pinning.py)
+    with contextlib.suppress(OSError, RemapError):
         os.sched_setaffinity(0, {_last_cpu(pid)})
     cpu0 = time.thread_time()
     t0 = time.monotonic()

@@ -15,6 +15,7 @@ import socket
 import time
 
 import pytest
+from helpers import maps_text, status, syscall_words, wait_until
 
 from remap import gadget, inject
 from remap import kconst as K
@@ -48,18 +49,17 @@ def readline(t, timeout: float = 5.0) -> str:
 
 
 def syscall_file(pid: int, tid: int | None = None) -> str:
-    with open(f"/proc/{pid}/task/{tid or pid}/syscall") as f:
-        return f.read().strip()
+    """/proc/PID/task/TID/syscall as one line of words (the main thread's without TID)."""
+    return " ".join(syscall_words(pid, tid))
 
 
 def wait_syscall(pid: int, tid: int | None = None, timeout: float = 2.0) -> str:
     """/proc/.../syscall once the thread is blocked in a syscall again (not "running")."""
-    deadline = time.monotonic() + timeout
-    while True:
-        s = syscall_file(pid, tid)
-        if s != "running" or time.monotonic() > deadline:
-            return s
-        time.sleep(0.002)
+    return wait_until(
+        f"thread {tid or pid} blocked in a syscall",
+        lambda: (line := syscall_file(pid, tid)) != "running" and line,
+        timeout,
+    )
 
 
 def same_blocked_call(before: str, after: str, code: int) -> bool:
@@ -79,15 +79,9 @@ def signal_state(pid: int) -> dict[int, dict[str, str]]:
     keys = ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")  # SigQ is per user, not ours
     out = {}
     for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
-            st = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        st = status(pid, tid)
         out[tid] = {k: st[k] for k in keys}
     return out
-
-
-def maps_text(pid: int) -> str:
-    with open(f"/proc/{pid}/maps") as f:
-        return f.read()
 
 
 def mapping_hashes(pid: int) -> dict[str, str]:
@@ -165,10 +159,8 @@ def test_blocked_syscall_continues_exactly(spawn, mode, inject_calls):
 def test_futex_pi_erestartnointr_in_a_thread(spawn):
     t = spawn("inject_threads", "default", "futex_pi")
     tid = int(readline(t).split()[1])
-    deadline = time.monotonic() + 3
-    while syscall_file(t.pid, tid).split()[0] != str(K.SYSCALLS["futex"]):
-        assert time.monotonic() < deadline, "waiter never blocked in futex"
-        time.sleep(0.005)
+    futex = str(K.SYSCALLS["futex"])
+    wait_until("waiter blocked in futex", lambda: syscall_words(t.pid, tid)[0] == futex, 3)
     time.sleep(0.02)
     before = syscall_file(t.pid, tid)
     with inject.attach(t.pid) as s:
@@ -269,8 +261,7 @@ def test_exception_in_block_restores_and_detaches(spawn):
         raise KeyboardInterrupt
     assert maps_text(t.pid) == maps0
     assert wait_syscall(t.pid) == sys0
-    with open(f"/proc/{t.pid}/status") as f:
-        assert "TracerPid:\t0\n" in f.read()
+    assert status(t.pid)["TracerPid"] == "0"
     assert finish_blocked(t, "read", 0).startswith("read ret=1 ")
 
 

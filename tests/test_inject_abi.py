@@ -2,8 +2,10 @@
 
 These functions take ints, bytes and dicts and return the same: frames are checked field by
 field against the kernel's struct layouts (arch/x86/include/uapi/asm/sigcontext.h, ucontext.h),
-rewinding against DESIGN 5.3, the batch table against the stub's 64-byte entries.  The live
-behaviour of the same bytes (a thread rt_sigreturning through a frame) is tests/test_torture.py.
+rewinding against the kernel's restart rule (rax = orig_rax, rip -= 2 for each of the four
+-ERESTART* codes, arch/x86/kernel/signal.c), the batch table against the stub's 64-byte entries.
+The live behaviour of the same bytes (a thread rt_sigreturning through a frame) is
+tests/test_torture.py.
 """
 
 from __future__ import annotations

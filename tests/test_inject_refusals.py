@@ -6,10 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
+from helpers import NOBODY, ROOT, state, status, wait_until
 
 from remap import inject, targets
 from remap.errors import (
@@ -19,18 +18,14 @@ from remap.errors import (
     ZombieProcess,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def status(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-
 
 def untouched(pid: int, before: dict[str, str]) -> None:
-    deadline = time.monotonic() + 2  # a restarted call may be running for an instant
-    while (now := status(pid))["State"] != before["State"] and time.monotonic() < deadline:
-        time.sleep(0.002)
+    # a restarted call may be running for an instant
+    now = wait_until(
+        f"process {pid} back in state {before['State']}",
+        lambda: (st := status(pid))["State"] == before["State"] and st,
+        2,
+    )
     for k in ("State", "TracerPid", "SigBlk", "SigIgn", "SigCgt", "SigPnd", "ShdPnd"):
         assert now[k] == before[k], k
 
@@ -51,10 +46,7 @@ def test_no_such_process():
 
 def test_zombie():
     p = subprocess.Popen(["true"])
-    deadline = time.monotonic() + 5
-    while status(p.pid)["State"][0] != "Z":
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_until(f"process {p.pid} a zombie", lambda: state(p.pid) == "Z", 5)
     try:
         with pytest.raises(ZombieProcess) as e, inject.attach(p.pid):
             pass
@@ -80,10 +72,7 @@ def test_already_traced(spawn):
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 5
-        while status(t.pid)["TracerPid"] == "0":
-            assert time.monotonic() < deadline, "strace did not attach"
-            time.sleep(0.01)
+        wait_until("strace attached", lambda: status(t.pid)["TracerPid"] != "0", 5)
         before = status(t.pid)
         with pytest.raises(AlreadyTraced) as e, inject.attach(t.pid):
             pass
@@ -97,8 +86,7 @@ def test_already_traced(spawn):
 def _as_nobody(code: str, **env: str) -> subprocess.CompletedProcess:
     """Run CODE in a Python as user nobody (setpriv), with this checkout importable."""
     return subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", sys.executable]
-        + ["-c", code],
+        [*NOBODY, "--", sys.executable, "-c", code],
         capture_output=True,
         text=True,
         cwd=ROOT,

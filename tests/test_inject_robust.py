@@ -8,24 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from helpers import ROOT, maps_text, status
 
 from remap import inject, torture
 from remap.errors import NoSuchProcess
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def status(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-
-
-def maps(pid: int) -> str:
-    with open(f"/proc/{pid}/maps") as f:
-        return f.read()
 
 
 def blocked_reader(spawn):
@@ -37,7 +25,7 @@ def blocked_reader(spawn):
 
 def test_sigterm_to_the_driver_restores_and_detaches(spawn):
     t = blocked_reader(spawn)
-    maps0 = maps(t.pid)
+    maps0 = maps_text(t.pid)
     code = (
         "import sys, time, remap\n"
         f"with remap.attach({t.pid}) as s:\n"
@@ -50,7 +38,7 @@ def test_sigterm_to_the_driver_restores_and_detaches(spawn):
     )
     try:
         assert drv.stdout.readline() == b"in\n"
-        assert maps(t.pid) != maps0
+        assert maps_text(t.pid) != maps0
         drv.send_signal(signal.SIGTERM)
         drv.wait(timeout=10)
     finally:
@@ -61,7 +49,7 @@ def test_sigterm_to_the_driver_restores_and_detaches(spawn):
         drv.stderr.close()
     st = status(t.pid)
     assert st["TracerPid"] == "0" and st["State"].startswith("S")
-    assert maps(t.pid) == maps0
+    assert maps_text(t.pid) == maps0
     t.proc.stdin.write(b"k")
     t.proc.stdin.flush()
     assert t.proc.stdout.readline().startswith(b"read ret=1 ")

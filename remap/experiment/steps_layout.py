@@ -15,9 +15,9 @@ from itertools import count
 from pathlib import Path
 
 from ..errors import UnsafeStep, UsageError
+from ..kconst import SHF_WRITE
 from ..layout import (
     DEFAULT_MARGIN,
-    SHF_WRITE,
     compile_target,
     link,
     musl_libc,

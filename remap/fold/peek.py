@@ -8,7 +8,7 @@ Two things cannot, and :class:`NeedsStop` says so where they are asked for: the 
 thread that is running at that instant, and an answer only an injected call gives.
 
 Peek has the subset of remap.inject.Session the planners use (threads, regs, read,
-set_resume_regs, use_gadget), with the same meaning, so a dry run runs the very
+set_resume_regs, use_gadget, scratch_area), with the same meaning, so a dry run runs the very
 planners the real run does.
 """
 
@@ -21,12 +21,11 @@ from typing import Any
 
 from .. import native, pagemap, procfs
 from ..errors import NoSuchProcess
-from ..kconst import ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTSYS, PAGE_SIZE
+from ..kconst import ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTSYS, MASK64, PAGE_SIZE
 from ..residency import Snapshot
 from .plan import NeedsStop
 from .ranges import page_floor
 
-MASK64 = 2**64 - 1
 TCB_SCAN = 16 * PAGE_SIZE  # glibc and musl put struct pthread in the top pages of the stack
 EINTR = errno.EINTR
 # What rax holds when a stop interrupts a thread blocked in these (measured on 6.18 with
@@ -65,6 +64,9 @@ class _Regs(dict):
 
 class Peek:
     """The running process PID, seen from outside (see the module docstring)."""
+
+    # Session.scratch_area's answer for a look that maps nothing (fold.plan.in_scratch)
+    scratch_area: tuple[int, int] | None = None
 
     def __init__(self, pid: int, snap: Snapshot):
         self.pid = pid
@@ -135,7 +137,7 @@ class Peek:
         buf = self._ffi.new("char[]", n)
         if self._lib.rn_vm_read(self.pid, buf, addr, n) == n:
             return bytes(self._ffi.buffer(buf, n))
-        fd = procfs.open_proc(self.pid, "mem")
+        fd = procfs.open_mem(self.pid)
         try:
             return os.pread(fd, n, addr)
         finally:

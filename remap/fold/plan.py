@@ -542,7 +542,7 @@ def in_scratch(s: Any, lo: int, hi: int | None = None) -> bool:
 def _scratch_span(s: Any) -> list[tuple[int, int]]:
     """[(start, end)] of the session's scratch area, or [] when it has none (a dry run's Peek
     has none: it maps nothing)."""
-    area = getattr(s, "scratch_area", None)
+    area = s.scratch_area
     return [(area[0], area[0] + area[1])] if area else []
 
 

@@ -422,13 +422,11 @@ def _end_of_tables(pid: int, st: procfs.Stat) -> int:
     if K.AT_RANDOM in auxv:
         ends.append(auxv[K.AT_RANDOM] + 16)
     if K.AT_PLATFORM in auxv:
-        with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
-            f.seek(auxv[K.AT_PLATFORM])
-            ends.append(auxv[K.AT_PLATFORM] + f.read(64).index(b"\0") + 1)
-    # the tables themselves: argc, argv[], NULL, envp[], NULL, auxv pairs, AT_NULL
-    with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
-        f.seek(st.start_stack)
-        raw = f.read((st.arg_start - st.start_stack) // 8 * 8)  # the tables lie below the strings
+        platform = procfs.read_mem(pid, auxv[K.AT_PLATFORM], 64)
+        ends.append(auxv[K.AT_PLATFORM] + platform.index(b"\0") + 1)
+    # the tables themselves (they lie below the strings): argc, argv[], NULL, envp[], NULL,
+    # auxv pairs, AT_NULL
+    raw = procfs.read_mem(pid, st.start_stack, (st.arg_start - st.start_stack) // 8 * 8)
     words = struct.unpack(f"<{len(raw) // 8}Q", raw)
     i = 1 + words[0] + 1  # argc, argv..., NULL
     while words[i]:
@@ -607,7 +605,7 @@ def _plan_single_page(
     lo = (regs["rsp"] - RED_ZONE) // 16 * 16
     _refuse_foreign_anon(ctx, hot, stack)
     strings = s.read(st.arg_start, st.arg_end - st.arg_start)
-    margin = 512
+    margin = K.FOLD_MARGIN
     str_at = hot.stack_hi - len(strings)
     delta = (str_at - cfa) // ALIGN * ALIGN
     need = cfa - lo + len(strings) + margin

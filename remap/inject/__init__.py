@@ -8,7 +8,8 @@ The lifecycle reads in the names: preflight -> seize -> inject -> cure (restore 
         s.munmap(addr, 4096)
         s.syscalls([("getpid",), ("gettid",)])     # one trip through the batch stub
 
-Preconditions and guarantees (DESIGN 5):
+Preconditions and guarantees (tests/test_inject.py, tests/test_never_harm_inject.py and
+tests/test_torture.py check them on real targets):
 - every thread is stopped with PTRACE_SEIZE + PTRACE_INTERRUPT (no SIGSTOP) before the first
   injected call; /proc/PID/task is rescanned until no new thread appears; a pidfd opened before
   preflight proves the process seized is the one checked (PIDs get reused);

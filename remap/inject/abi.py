@@ -1,10 +1,11 @@
 """The x86_64 ABI of an injection, as pure functions of plain values: no process, no ptrace.
 
 What lives here: the syscall table lookups and the batch stub's table encoding, the calls that
-are refused outright, the rewinding of a thread interrupted in a syscall (DESIGN 5.3), and the
-layout of a safety frame (an rt_sigframe the thread can rt_sigreturn through by itself) with
-where it may be placed below a thread's stack pointer.  Every function takes and returns
-ints, bytes and dicts, so tests/test_inject_abi.py checks them with plain values.
+are refused outright, the rewinding of a thread interrupted in a syscall (the package
+docstring's restart semantics), and the layout of a safety frame (an rt_sigframe the thread can
+rt_sigreturn through by itself) with where it may be placed below a thread's stack pointer.
+Every function takes and returns ints, bytes and dicts, so tests/test_inject_abi.py checks them
+with plain values.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from typing import Any
 
 from .. import kconst as K
 from ..errors import UnsafeStep, UsageError
-
-MASK64 = (1 << 64) - 1
+from ..kconst import MASK64
 
 STUB_ENTRY = 64  # bytes per batch table entry: nr, 6 args, result
 TABLE_PAGES = 16  # one trip runs up to TABLE_PAGES * 4096 / 64 = 1024 calls

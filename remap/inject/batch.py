@@ -1,4 +1,4 @@
-"""Many calls in one trip (DESIGN 5.8): the batch stub in the scratch area walks a table of
+"""Many calls in one trip: the batch stub (csrc/native/) in the scratch area walks a table of
 (nr, 6 args, result) entries and ends with tgkill(self, marker) -- a signal the target
 ignores, so that a dead tracer's is dropped and the stub `ret`s into the chain.  Without such
 a marker the calls run one by one.

@@ -1,5 +1,5 @@
-"""Raw access to a stopped target's memory (DESIGN 5.6): process_vm_readv/writev, and
-/proc/PID/mem for what those cannot reach (read-only pages: the scratch code page).
+"""Raw access to a stopped target's memory: process_vm_readv/writev, and /proc/PID/mem
+(remap.procfs.open_mem) for what those cannot reach (read-only pages: the scratch code page).
 
 Raw means: no knowledge of safety frames.  Session.read/write add that (they hide the frames
 and move them out of the way).
@@ -36,7 +36,7 @@ class Memory:
 
     def mem_read(self, addr: int, n: int) -> bytes:
         """Through /proc/PID/mem (reads pages process_vm_readv cannot)."""
-        fd = procfs.open_proc(self.pid, "mem")
+        fd = procfs.open_mem(self.pid)
         try:
             out = os.pread(fd, n, addr)
         finally:
@@ -47,10 +47,7 @@ class Memory:
 
     def mem_write(self, addr: int, data: bytes) -> None:
         """Through /proc/PID/mem, which may write a read-only private page (FOLL_FORCE)."""
-        try:
-            fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise procfs.translate(self.pid, e, "mem") from None
+        fd = procfs.open_mem(self.pid, write=True)
         try:
             if os.pwrite(fd, data, addr) != len(data):
                 raise OSError(errno.EFAULT, f"short write at {addr:#x}")

@@ -1,4 +1,4 @@
-"""CPU pinning while injecting (DESIGN 5.7): a ptrace round trip within one CPU is several
+"""CPU pinning while injecting: a ptrace round trip within one CPU is several
 times cheaper than one between two, and an unpinned thread woken from its stop lands on
 either (bench/inject.py measures both).
 

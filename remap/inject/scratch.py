@@ -1,5 +1,6 @@
-"""The scratch area (DESIGN 5.6, 5.8): a private mapping in the target for the batch stub,
-its tables and evicted safety frames; mapped on first use, unmapped before any measurement.
+"""The scratch area: a private mapping in the target for the batch stub, its tables and
+evicted safety frames (never the stack being folded); mapped on first use, unmapped before any
+measurement (tests/test_torture.py checks that none is ever left behind).
 
 Layout: 1 code page (the stub, read-only + executable: never RWX), TABLE_PAGES for batch
 tables and caller data, then pages of frame slots (chain.Home.SLOT).  How it is mapped and

@@ -88,7 +88,7 @@ class Session:
     # ---- public views
     def __repr__(self) -> str:
         state = "detached" if self._closed else f"stopped {self.stopped_ns / 1e6:.1f} ms"
-        return f"<remap.Session pid={self.pid} threads={len(self._threads)} {state}>"
+        return f"<remap.inject.Session pid={self.pid} threads={len(self._threads)} {state}>"
 
     @property
     def threads(self) -> list[int]:

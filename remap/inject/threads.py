@@ -1,4 +1,5 @@
-"""Stopping every thread, saving what it had, and putting it back (DESIGN 5.1-5.3).
+"""Stopping every thread, saving what it had, and putting it back (the seize and restart
+rules of the package docstring, remap/inject/__init__.py).
 
 Two kinds of state per thread, kept apart as in CRIU's compel (saved thread state vs the
 infection's control):
