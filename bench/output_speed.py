@@ -48,33 +48,37 @@ def main() -> int:
     ap.add_argument("--mb", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=7)
     a = ap.parse_args()
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(a.mb)], stdout=subprocess.PIPE)
-    try:
-        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
-        pid = str(child.pid)
-        with open(f"/proc/{pid}/status") as f:
-            rss = next(ln.split()[1] for ln in f if ln.startswith("VmRSS:"))
-        png = os.path.join(tempfile.mkdtemp(prefix="remap-bench-"), "map.png")
-        floor = _median_s([sys.executable, "-c", "pass"], a.repeat)
-        pmap = _median_s(["pmap", "-XX", pid], a.repeat)
-        rows = [
-            ("map --json", [REMAP, "map", pid, "--json"], floor + 2 * pmap),
-            ("map", [REMAP, "map", pid], floor + 2 * pmap),
-            ("map --pages", [REMAP, "map", pid, "--pages"], floor + 0.2),
-            ("map --png", [REMAP, "map", pid, "--png", png], floor + 0.2),
-            ("explain", [REMAP, "explain", pid], None),
-        ]
-        print(f"process: {rss} kB RSS; floor (python -c pass) {floor * 1e3:.0f} ms, "
-              f"pmap -XX {pmap * 1e3:.0f} ms; median of {a.repeat}")  # fmt: skip
-        print(f"{'command':<14}{'ms':>8}{'x floor':>9}{'goal ms':>9}  met")
-        for name, argv, goal in rows:
-            t = _median_s(argv, a.repeat)
-            g = f"{goal * 1e3:9.0f}  {'yes' if t <= goal else 'no'}" if goal else f"{'-':>9}  -"
-            print(f"{name:<14}{t * 1e3:8.0f}{t / floor:9.1f}{g}")
-    finally:
-        child.kill()
-        child.wait(timeout=10)
+    argv = [sys.executable, "-c", CHILD, str(a.mb)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE) as child:  # waited for on the way out
+        try:
+            assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+            _report(str(child.pid), a.repeat)
+        finally:
+            child.kill()
     return 0
+
+
+def _report(pid: str, repeat: int) -> None:
+    """Time every command on PID and print the table with the goals."""
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(ln.split()[1] for ln in f if ln.startswith("VmRSS:"))
+    png = os.path.join(tempfile.mkdtemp(prefix="remap-bench-"), "map.png")
+    floor = _median_s([sys.executable, "-c", "pass"], repeat)
+    pmap = _median_s(["pmap", "-XX", pid], repeat)
+    rows = [
+        ("map --json", [REMAP, "map", pid, "--json"], floor + 2 * pmap),
+        ("map", [REMAP, "map", pid], floor + 2 * pmap),
+        ("map --pages", [REMAP, "map", pid, "--pages"], floor + 0.2),
+        ("map --png", [REMAP, "map", pid, "--png", png], floor + 0.2),
+        ("explain", [REMAP, "explain", pid], None),
+    ]
+    print(f"process: {rss} kB RSS; floor (python -c pass) {floor * 1e3:.0f} ms, "
+          f"pmap -XX {pmap * 1e3:.0f} ms; median of {repeat}")  # fmt: skip
+    print(f"{'command':<14}{'ms':>8}{'x floor':>9}{'goal ms':>9}  met")
+    for name, cmd, goal in rows:
+        t = _median_s(cmd, repeat)
+        g = f"{goal * 1e3:9.0f}  {'yes' if t <= goal else 'no'}" if goal else f"{'-':>9}  -"
+        print(f"{name:<14}{t * 1e3:8.0f}{t / floor:9.1f}{g}")
 
 
 if __name__ == "__main__":
