@@ -24,7 +24,7 @@ from .. import targets
 from ..errors import KernelError
 from ..experiment import load
 from ..experiment.runner import ENV_ACCEL, ENV_KERNEL_NAME, build_target, check_steps, plan
-from ..sources import SourceMissing
+from ..sources import THIRD_PARTY_ENV, SourceMissing, third_party_dir
 from ..targets import ROOT
 from . import fetch, guest
 from .initramfs import IO_DIR
@@ -52,8 +52,14 @@ def records_path(out: Path, experiment: str, kernel: str) -> Path:
 
 
 def job_script(kernel: str, accel: str) -> str:
-    """The sh script the guest runs in its chroot (the host's /, read-only)."""
+    """The sh script the guest runs in its chroot (the host's /, read-only).
+
+    The bring-your-own sources folder is passed resolved ($REMAP_THIRD_PARTY) and shared by
+    run_in_guest: a checkout's ``../shared`` may be a symlink in a folder the guest does not
+    see (CI clones into /tmp, which the guest has its own of).
+    """
     env = {
+        THIRD_PARTY_ENV: str(third_party_dir().resolve()),
         ENV_KERNEL_NAME: kernel,
         ENV_ACCEL: accel,
         "REMAP_BUILD_DIR": str(targets.build_dir()),
@@ -113,6 +119,8 @@ def run_in_guest(
         progress(f"booting {img.release} ({acc}) for {runs} run(s)")
     files = {"job.json": json.dumps(job)}
     dirs = [e.path.resolve().parent for e in exps]  # an experiment file may live anywhere
+    if third_party_dir().resolve().is_dir():  # bring-your-own sources, wherever they live
+        dirs.append(third_party_dir().resolve())
     res = guest.run(img, script, files=files, timeout=limit, accel=acc, serial_log=log, share=dirs)
     try:
         if res.rc != 0:
