@@ -53,17 +53,19 @@ def read_maps(pid: int | str) -> list[Mapping]:
 _SCAN_CACHE: dict[tuple, int] = {}  # (dev/ino/size/mtime of the file, offset, size, pattern)
 
 
-def _scan(pid: int, m: Mapping, pattern: bytes) -> int:
-    """Offset of pattern in mapping m's file bytes (-1: none or unreadable), memoised per file
-    identity: a driver running session after session must not re-read libc every time."""
+def _scan(pid: int, m: Mapping, pattern: bytes, lo: int = 0, hi: int | None = None) -> int:
+    """Offset of pattern in mapping m's file bytes, wholly inside [LO, HI) if given (-1: none
+    or unreadable), memoised per file identity: a driver running session after session must
+    not re-read libc every time."""
     key = None
     with contextlib.suppress(OSError):
         st = os.stat(procfs.map_files_path(pid, m.start, m.end))
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, m.offset, m.end - m.start, pattern)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, m.offset, m.end - m.start,
+               pattern, lo, hi)  # fmt: skip
         if key in _SCAN_CACHE:
             return _SCAN_CACHE[key]
     data = _file_bytes(pid, m)
-    i = data.find(pattern) if data is not None else -1
+    i = data.find(pattern, lo, hi) if data is not None else -1
     if key is not None and data is not None and len(_SCAN_CACHE) < 4096:
         _SCAN_CACHE[key] = i
     return i
@@ -200,13 +202,8 @@ def _in_pages(
     """(address, path) of PAT lying wholly inside one of PAGES of an executable file mapping."""
     for page in sorted(pages):
         m = next((m for m in maps if m.start <= page < m.end and "x" in m.perms), None)
-        data = _file_bytes(pid, m) if m is not None else None
-        if m is None or data is None:
-            continue
-        off = page - m.start
-        i = data[off : off + 4096].find(pat)
-        if i >= 0 and i + len(pat) <= 4096:
-            return m.start + off + i, m.path
+        if m is not None and (i := _scan(pid, m, pat, page - m.start, page - m.start + 4096)) >= 0:
+            return m.start + i, m.path
     return None
 
 

@@ -199,6 +199,11 @@ def _version(release: str) -> tuple[int, int, int]:
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
+def split_rss_counting(kernel_release: str) -> bool:
+    """Does this release keep per-thread RSS caches (SPLIT_RSS_COUNTING, 2.6.34 to 6.1)?"""
+    return (2, 6, 34) <= _version(kernel_release) < (6, 2, 0)
+
+
 def mechanism_for(kernel_release: str) -> str:
     """How status/statm RSS counters are kept on this kernel release (one sentence).
 
@@ -210,7 +215,7 @@ def mechanism_for(kernel_release: str) -> str:
             f"Linux {kernel_release}: mm RSS counters are updated atomically at every fault, "
             "so status/statm match the page walk"
         )
-    if v < (6, 2, 0):
+    if split_rss_counting(kernel_release):
         return (
             f"Linux {kernel_release}: split RSS counting (SPLIT_RSS_COUNTING, 2.6.34-6.1): each "
             "thread caches its RSS deltas and folds them into the mm counters only every 64 "
@@ -241,8 +246,7 @@ def rss_lag_of(snap: Snapshot) -> RssLag:
         "file": sum(v.file_kb for v in snap.vmas),
         "shmem": sum(v.shmem_kb for v in snap.vmas),
     }
-    split = (2, 6, 34) <= _version(snap.kernel) < (6, 2, 0)
-    return rss_lag(snap.pid, split, counted, walked)
+    return rss_lag(snap.pid, split_rss_counting(snap.kernel), counted, walked)
 
 
 @dataclass

@@ -75,7 +75,7 @@ def compare_mem(text: str, reply: Any, status: dict, before: dict | None = None)
     diff = {
         k: (reply.get(k), first[k], proc[k])
         for k in MEM_STATUS_KEYS
-        if not min(first[k], proc[k]) <= (reply.get(k) or -1) <= max(first[k], proc[k])
+        if not min(first[k], proc[k]) <= reply.get(k, -1) <= max(first[k], proc[k])
     }
     if diff:
         shown = ", ".join(
