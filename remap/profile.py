@@ -104,6 +104,7 @@ class StackUse:
     min_rsp: int
     min_touched: int  # lowest stack address any instruction accessed (red zone included)
     peak_depth: int  # root_cfa - min(min_rsp, min_touched)
+    deepest: str = ""  # function running at min_rsp (the deepest frame seen)
 
 
 @dataclass
@@ -145,6 +146,10 @@ class Profile:
     pages: dict[str, int]  # executable pages (hex address) -> steps executed there
     results: dict[str, Any] = field(default_factory=dict)  # workload results, checked
     trace: list[int] = field(default_factory=list)  # sampled rips in order (for the picture)
+    # every page of every mapping (hex address in the target) -> [instructions executed there,
+    # reads, writes]: what remap.floor needs (an instruction or operand that straddles a page
+    # counts on both; the main stack is summarised in ``stack`` instead)
+    page_use: dict[str, list[int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -459,11 +464,13 @@ class _Seen:
     # (address, size) -> [reads, writes, rip of the first instruction that touched it]
     trace: list[int] = field(default_factory=list)
     min_rsp: int = 1 << 64
+    min_rsp_rip: int = 0
     max_rsp: int = 0
     max_rsp_rbp: int = 0
     max_rsp_rip: int = 0
     min_touch: int = 1 << 64  # lowest stack address accessed by an operand
     steps: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)  # rip -> instruction length
     reason: str = "idle"
     stopped: bool = False  # the target sits in a ptrace stop (else: running/blocked)
 
@@ -578,17 +585,19 @@ def _stepped_run(
         os.sched_setaffinity(0, {_last_cpu(pid)})
     cpu0 = time.thread_time()
     t0 = time.monotonic()
+    dec = _Decoder()
     try:
         st.seize()
         seen.stopped = True
         if worker:
             worker.start()
         deadline = t0 + seconds if seconds is not None else None
-        _step_loop(st, target.exe, _Decoder(), seen, target.stack, done if worker else None,
+        _step_loop(st, target.exe, dec, seen, target.stack, done if worker else None,
                    deadline, max_steps, trace_every)  # fmt: skip
     finally:
         wall = time.monotonic() - t0
         cpu = time.thread_time() - cpu0
+        seen.sizes = {rip: ins.size for rip, ins in dec.cache.items()}
         st.interrupt_and_detach(seen.stopped)
         os.sched_setaffinity(0, own_cpus)
         if worker:
@@ -634,7 +643,29 @@ def _assemble(
         pages=pages,
         results=_jsonable(results),
         trace=[r - exe.base for r in seen.trace],
+        page_use=_page_use(seen),
     )
+
+
+def _page_use(seen: _Seen) -> dict[str, list[int]]:
+    """Executed and accessed bytes -> their pages, in any mapping: {page: [steps, reads,
+    writes]}, sorted by address.  An instruction or operand crossing a page boundary counts on
+    each page it covers (the kernel faults both in)."""
+    use: dict[int, list[int]] = {}
+    mask = ~(K.PAGE_SIZE - 1)
+
+    def add(lo: int, n: int, k: int, c: int) -> None:
+        for pg in {lo & mask, (lo + max(n, 1) - 1) & mask}:
+            use.setdefault(pg, [0, 0, 0])[k] += c
+
+    for rip, c in seen.counts.items():
+        add(rip, seen.sizes.get(rip, 1), 0, c)
+    for (ea, size), (r, w, _rip) in seen.touched.items():
+        if r:
+            add(ea, size, 1, r)
+        if w:
+            add(ea, size, 2, w)
+    return {f"{pg:#x}": v for pg, v in sorted(use.items())}
 
 
 def _check_target(pid: int) -> Signals:
@@ -683,7 +714,7 @@ def _step_loop(
         if n % trace_every == 0:
             trace.append(rip)
         if rsp < seen.min_rsp:
-            seen.min_rsp = rsp
+            seen.min_rsp, seen.min_rsp_rip = rsp, rip
         if rsp >= seen.max_rsp:
             seen.max_rsp, seen.max_rsp_rbp, seen.max_rsp_rip = rsp, regs.rbp, rip
         ins = cache.get(rip)
@@ -811,7 +842,9 @@ def _stack_use(seen: _Seen, exe: _Exe, stack: tuple[int, int]) -> StackUse:
     touched = seen.min_touch if seen.min_touch < 1 << 64 else seen.min_rsp
     low = min(seen.min_rsp, touched)
     root = root_fn.name if root_fn else f"{seen.max_rsp_rip:#x}"
-    return StackUse(root, cfa, seen.min_rsp, touched, cfa - low)
+    deep = exe.func_at(seen.min_rsp_rip - exe.base)
+    deepest = deep.name if deep else (f"{seen.min_rsp_rip:#x}" if seen.min_rsp_rip else "")
+    return StackUse(root, cfa, seen.min_rsp, touched, cfa - low, deepest)
 
 
 def _restarts(regs: Any) -> bool:
