@@ -32,6 +32,7 @@ STEP_PROVIDERS = (
     "remap.experiment.steps_layout",
     "remap.experiment.steps_torture",
     "remap.experiment.steps_getty",
+    "remap.experiment.steps_floor",
 )
 SUMMARY_FIGURES = (
     "final_rss_kb",

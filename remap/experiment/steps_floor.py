@@ -1,0 +1,135 @@
+"""Experiment steps for the page budget (issue 17): ``floor`` and ``check-floor``.
+
+``floor`` runs remap.floor on the target before anything reshapes it: a profile of ``seconds``
+(default remap.floor.DEFAULT_SECONDS, one tick of EnergyMech's 5 s timer) while, for an IRC
+bot, the experiment's own work is driven -- ``command`` (e.g. "!meminfo") then ``pings``
+PINGs, then the bot's own lines answered until ``seconds`` have passed -- so the budget covers
+what the run later makes the program do.  It records the floor and every needed page.
+
+``check-floor``, after the squeeze and the idle, walks the page tables and compares: the
+present pages must number the floor within ``pages`` (default 1); every page present and not
+in the budget, or in the budget and absent, is recorded with its label, section and symbol,
+and each present file page in a mapping wider than one page is flagged as one fault-around
+could have brought (after the squeeze's fence every private file mapping is one page wide).
+Out of tolerance, the run fails with those pages named (its record is kept)::
+
+    [[steps]] step = "floor"        # before the squeeze
+    [[steps]] step = "squeeze"
+    [[steps]] step = "idle"  seconds = 60
+    [[steps]] step = "check-floor"
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from .. import floor as F
+from .. import kconst as K
+from ..errors import ExperimentError, UnsafeStep
+from ..profile import PROFILED_REPLY_S
+from ..residency import snapshot
+from .steps import RunContext, StepResult, int_param, step
+
+MAX_FLOOR_S = 120.0
+
+
+@step("floor")
+def _floor(ctx: RunContext, params: dict) -> StepResult:
+    """The page budget of the target now (remap floor), with the run's work driven meanwhile."""
+    s = params.get("seconds", F.DEFAULT_SECONDS)
+    if not isinstance(s, int | float) or isinstance(s, bool) or not 0 < s <= MAX_FLOOR_S:
+        raise ExperimentError(f"step 'floor': seconds must be 0..{MAX_FLOOR_S:g} (got {s!r})")
+    text = params.get("command")
+    pings = int_param(params, "pings", 0, 10_000, default=0)
+    ctx.wait_idle()
+    work = None
+    if text or pings:
+        work = _irc_work(ctx, str(text or ""), pings, float(s))
+    fl = F.floor(ctx.pid, seconds=None if work else float(s), workload=work)
+    ctx.fields["floor"] = {
+        "floor_kb": fl.floor_kb,
+        "floor_pages": fl.floor_pages,
+        "by_class": fl.by_class(),
+        "rss_kb": fl.rss_kb,
+        "needed": [[p.addr, p.cls] for p in fl.pages if p.needed],
+        "stack": asdict(fl.stack) if fl.stack else None,
+        "workload": fl.workload,
+        "seconds": s,
+    }
+    return ctx.measure("floor", floor_kb=fl.floor_kb, by_class=fl.by_class(), notes=fl.notes)
+
+
+def _irc_work(ctx: RunContext, text: str, pings: int, seconds: float):
+    """The profiled workload: TEXT said in the channel, PINGS pings, then the bot's own lines
+    answered until SECONDS have passed since the start (its timers run meanwhile)."""
+    srv = ctx.need_irc("floor")
+
+    def run() -> dict[str, Any]:
+        t0 = time.monotonic()
+        was, srv.timeout = srv.timeout, max(srv.timeout, PROFILED_REPLY_S)
+        out: dict[str, Any] = {}
+        try:
+            if text:
+                r = srv.command(text)
+                out[text] = sorted(r) if isinstance(r, dict) else r
+            if pings:
+                out["pings"] = srv.ping(pings, prefix="floor")
+            left = seconds - (time.monotonic() - t0)
+            if left > 0:
+                out["lines_answered"] = srv.serve_for(left)
+        finally:
+            srv.timeout = was
+        return out
+
+    return run
+
+
+@step("check-floor")
+def _check_floor(ctx: RunContext, params: dict) -> StepResult:
+    """Steady state against the floor recorded by the 'floor' step (see the module docstring)."""
+    fl = ctx.fields.get("floor")
+    if fl is None:
+        raise ExperimentError("step 'check-floor' needs a 'floor' step before it")
+    tol = int_param(params, "pages", 0, 64, default=1)
+    ctx.wait_idle()
+    snap = snapshot(ctx.pid)
+    present = {p.addr: (v, p) for v in snap.vmas if not v.pfnmap and not v.hugetlb
+               for p in v.pages}  # fmt: skip
+    need = {a: c for a, c in fl["needed"]}
+
+    def describe(a: int) -> dict[str, Any]:
+        d: dict[str, Any] = {"addr": f"{a:#x}", "class": need.get(a)}
+        if a in present:
+            v, p = present[a]
+            d.update(label=p.label, backing=p.backing, section=p.section, symbol=p.symbol,
+                     mapping=v.path or "anon")  # fmt: skip
+            if p.backing == "file" and v.is_file and v.end - v.start > K.PAGE_SIZE:
+                d["fault_around_possible"] = True
+        return d
+
+    extra = [describe(a) for a in sorted(set(present) - set(need))]
+    missing = [describe(a) for a in sorted(set(need) - set(present))]
+    wide = sum(1 for d in extra if d.get("fault_around_possible"))
+    diff = len(present) - fl["floor_pages"]
+    check = {
+        "ok": abs(diff) <= tol,
+        "floor_pages": fl["floor_pages"],
+        "present_pages": len(present),
+        "diff_pages": diff,
+        "tolerance_pages": tol,
+        "extra": extra,
+        "missing": missing,
+        "fault_around_possible": wide,
+    }
+    ctx.fields["floor_check"] = check
+    res = ctx.measure("check-floor", floor_check=check)
+    if not check["ok"]:
+        ctx.records.append(res)  # kept in the record: the run fails with the pages named
+        what = ", ".join(f"{d['addr']} {d.get('label', d['class'])}" for d in (extra + missing)[:6])
+        raise UnsafeStep(
+            f"steady state {len(present)} pages is not the floor {fl['floor_pages']} "
+            f"(±{tol}): {len(extra)} extra, {len(missing)} missing ({what})"
+        )
+    return res

@@ -1,0 +1,157 @@
+"""remap floor: the page budget of a live process (issue 17, part 3), on real programs.
+
+floorprobe (csrc/targets/floorprobe.c) knows its own budget: N heap pages it wrote, K hot
+functions each alone in a page it calls every 200 ms, a cold one in a page never called.  The
+floor must list exactly those heap pages as heap, the K hot pages as code and never the cold
+or the uncalled ones; a squeeze, then the program's own work, must leave the floor (±1 page)
+with the program still correct (it checks every heap page at exit).  agetty and busybox init
+(Debian's sources, tests/test_getty.py) run their shipped experiments, whose check-floor step
+compares the steady state after the squeeze with the floor recorded before it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+from helpers import assert_one_line_error, remap_cli, status, wait_until
+
+from remap import floor as F
+from remap import sources
+from remap.errors import NoSuchProcess, UnsupportedTarget
+from remap.experiment import runner, spec
+from remap.fold import squeeze
+from remap.residency import snapshot
+from remap.targets import EXPERIMENTS_DIR
+
+N_HEAP, K_HOT = 5, 3
+PROFILE_S = 1.5  # seven of floorprobe's 200 ms wake-ups
+
+
+@pytest.fixture
+def probe(spawn):
+    """floorprobe N_HEAP K_HOT, ready: (target, heap range, hot pages, cold page)."""
+    t = spawn("floorprobe", "default", str(N_HEAP), str(K_HOT))
+    words = t.proc.stdout.readline().decode().split()
+    assert words[0] == "ready", words
+    lo, hi, *hot, cold = (int(w, 16) for w in words[1:])
+    return t, (lo, hi), hot, cold
+
+
+def _healthy(t) -> None:
+    """floorprobe checks every heap page against its loop count at EOF: exit 0."""
+    t.proc.stdin.close()
+    assert t.proc.wait(timeout=5) == 0
+
+
+def test_floor_lists_exactly_the_pages_the_program_uses(probe):
+    t, (lo, hi), hot, cold = probe
+    fl = F.floor(t.pid, seconds=PROFILE_S)
+    cls = {p.addr: p for p in fl.pages}
+    heap = sorted(p.addr for p in fl.pages if p.cls == "heap")
+    assert heap == list(range(lo, hi, 4096))  # exactly the N pages it wrote
+    for a in hot[:K_HOT]:
+        assert cls[a].cls == "code" and cls[a].needed and cls[a].use[0] > 0, cls[a]
+    for a in [*hot[K_HOT:], cold]:  # never called: droppable when fault-around mapped them
+        assert a not in cls or (cls[a].cls == "droppable" and not cls[a].needed)
+    assert fl.floor_kb == 4 * sum(1 for p in fl.pages if p.needed)
+    assert fl.rss_kb == snapshot(t.pid).rss_kb  # nothing was dropped by the floor
+    assert fl.stack is not None and fl.stack.pages == fl.by_class()["stack"]
+    assert status(t.pid)["TracerPid"] == "0"
+    # the squeeze then the program's own work reach the floor, and it still works
+    squeeze(t.pid)
+    time.sleep(1.0)
+    wait_until("floorprobe blocked", lambda: open(f"/proc/{t.pid}/syscall").read()[0] != "r", 5)
+    now = snapshot(t.pid)
+    assert abs(now.present_pages - fl.floor_pages) <= 1, (now.present_pages, fl.floor_pages)
+    assert {p.addr for p in now.pages() if p.backing != "file" or p.label != "stack"} >= {
+        p.addr for p in fl.pages if p.cls == "heap"
+    }
+    _healthy(t)
+
+
+def test_cli_floor_json_schema_and_png(probe, tmp_path):
+    t, (lo, hi), _hot, _cold = probe
+    png = tmp_path / "floor.png"
+    r = remap_cli("floor", str(t.pid), "--seconds", "0.5", "--json", "--png", str(png))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert {"pid", "exe", "rss_kb", "floor_kb", "floor_pages", "by_class", "pages", "stack",
+            "largest", "notes", "profiled"} <= set(d)  # fmt: skip
+    assert d["pid"] == t.pid and d["profiled"] is True
+    for p in d["pages"]:
+        assert set(p) == {"addr", "cls", "needed", "reason", "label", "section", "symbol",
+                          "present", "use"}  # fmt: skip
+        assert p["cls"] in F.CLASSES and p["reason"] and p["needed"] == (p["cls"] != "droppable")
+    assert d["floor_pages"] == sum(p["needed"] for p in d["pages"]) == sum(d["by_class"].values())
+    assert d["floor_kb"] == 4 * d["floor_pages"]
+    assert d["by_class"]["heap"] == (hi - lo) // 4096
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = remap_cli("floor", str(t.pid), "--seconds", "0.3")
+    assert text.returncode == 0 and "floor" in text.stdout and "RSS now" in text.stdout
+    _healthy(t)
+
+
+def test_no_profile_counts_every_present_file_page(probe):
+    t, *_ = probe
+    fl = F.floor(t.pid, use_profile=False)
+    assert not fl.profiled and any("--no-profile" in n for n in fl.notes)
+    assert not [p for p in fl.pages if p.cls == "droppable" and p.label != "stack"]
+    _healthy(t)
+
+
+def test_floor_refusals_are_one_line():
+    r = remap_cli("floor", str(2**22 - 3), "--seconds", "1")
+    assert_one_line_error(r, 3)
+    with pytest.raises(NoSuchProcess):
+        F.floor(2**22 - 3, seconds=0.1)
+    r = remap_cli("floor", "1", "--seconds", "0")
+    assert_one_line_error(r, 2)
+
+    def block_trap():
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTRAP])
+
+    p = subprocess.Popen(["sleep", "30"], preexec_fn=block_trap)
+    try:
+        with pytest.raises(UnsupportedTarget, match="SIGTRAP.*--no-profile"):
+            F.floor(p.pid, seconds=0.1)
+        r = remap_cli("floor", str(p.pid), "--seconds", "0.1")
+        assert_one_line_error(r, 5)
+        assert "--no-profile" in r.stderr
+        assert remap_cli("floor", str(p.pid), "--no-profile").returncode == 0
+        assert p.poll() is None and status(p.pid)["TracerPid"] == "0"
+    finally:
+        p.kill()
+        p.wait(timeout=5)
+
+
+# ---------------------------------------------------------------------------- floor vs squeeze
+def _short(tmp_path, name: str) -> spec.Experiment:
+    """The shipped experiment NAME once, with a 2 s idle instead of 60."""
+    text = (EXPERIMENTS_DIR / f"{name}.toml").read_text()
+    assert "seconds = 60" in text and 'step = "floor"' in text and 'step = "check-floor"' in text
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        text.replace("seconds = 60", "seconds = 2").replace("repeat = 5", "repeat = 1")
+    )
+    return spec.load(str(path))
+
+
+@pytest.mark.parametrize("name,source", [("agetty-squeeze", "agetty"),
+                                         ("init-squeeze", "busybox")])  # fmt: skip
+def test_floor_agrees_with_the_squeeze(tmp_path, name, source):
+    try:
+        sources.build(sources.recipe(source))
+    except sources.SourceMissing as e:
+        pytest.skip(f"Debian source of {source} not available here: {e}")
+    (rec,) = runner.run(_short(tmp_path, name), out=tmp_path)
+    assert rec["target_ok"], rec["error"]
+    chk = rec["floor_check"]
+    assert chk["ok"] and abs(chk["diff_pages"]) <= 1, chk
+    assert chk["fault_around_possible"] == 0, chk["extra"]
+    steps = {s["name"]: s for s in rec["steps"]}
+    assert steps["floor"]["floor_kb"] == rec["floor"]["floor_kb"] > 0
+    assert abs(steps["squeeze"]["present_pages"] - rec["floor"]["floor_pages"]) <= 1
