@@ -351,8 +351,10 @@ def _largest(fl: Floor, snap: residency.Snapshot, prof: Profile | None) -> dict[
             h = heap.setdefault(key, [0, 0])
             h[0] += 1
             h[1] += 1 if p.use and p.use[2] else 0
-    out["heap"] = [{"mapping": k, "pages": n, "written_in_profile": w}
-                   for k, (n, w) in sorted(heap.items(), key=lambda kv: -kv[1][0])][:TOP]  # fmt: skip
+    out["heap"] = [
+        {"mapping": k, "pages": n, "written_in_profile": w}
+        for k, (n, w) in sorted(heap.items(), key=lambda kv: -kv[1][0])
+    ][:TOP]
     if prof is not None:
         fs = sorted(prof.functions, key=lambda f: (-f.size, f.name))[:TOP]
         out["code"] = [{"name": f.name, "size": f.size, "steps": f.steps, "section": f.section}
@@ -429,8 +431,10 @@ def table(fl: Floor) -> str:
         reasons = "; ".join(f"{k} ({v})" for k, v in sorted(why.get(c, {}).items(),
                                                              key=lambda kv: -kv[1]))  # fmt: skip
         lines.append(f"{c:<10} {n:>6} {n * 4:>7}  {reasons}")
-    lines.append(f"{'floor':<10} {fl.floor_pages:>6} {fl.floor_kb:>7}  pages needed at steady state")
-    lines.append(f"{'RSS now':<10} {fl.rss_kb // 4:>6} {fl.rss_kb:>7}  page walk (after the profile)")
+    lines.append(f"{'floor':<10} {fl.floor_pages:>6} {fl.floor_kb:>7}  needed at steady state")
+    lines.append(
+        f"{'RSS now':<10} {fl.rss_kb // 4:>6} {fl.rss_kb:>7}  page walk, after the profile"
+    )
     if fl.stack is not None:
         s = fl.stack
         lines.append(f"stack figure: {s.pages} pages from the working low end {s.work_lo:#x}"

@@ -134,9 +134,7 @@ def _short(tmp_path, name: str) -> spec.Experiment:
     text = (EXPERIMENTS_DIR / f"{name}.toml").read_text()
     assert "seconds = 60" in text and 'step = "floor"' in text and 'step = "check-floor"' in text
     path = tmp_path / f"{name}.toml"
-    path.write_text(
-        text.replace("seconds = 60", "seconds = 2").replace("repeat = 5", "repeat = 1")
-    )
+    path.write_text(text.replace("seconds = 60", "seconds = 2").replace("repeat = 5", "repeat = 1"))
     return spec.load(str(path))
 
 

@@ -18,6 +18,8 @@
 	{ __asm__ volatile("" : "+r"(x)); return x * 3 + n; }
 HOT(0) HOT(1) HOT(2) HOT(3) HOT(4) HOT(5) HOT(6) HOT(7)
 __attribute__((noinline, aligned(4096))) static long cold(long x) { return x ^ 0x55; }
+// the code after cold starts a page further (cold's page holds nothing else)
+__attribute__((used, noinline, aligned(4096))) void floorprobe_fence(void) {}
 
 static long (*const hot[])(long) = {hot0, hot1, hot2, hot3, hot4, hot5, hot6, hot7};
 

@@ -17,7 +17,9 @@ from .. import __version__
 from ..errors import InternalError, RemapError, UsageError, translate
 
 # Each module defines register(subparsers) and sets func=handler(args) -> int on its parsers.
-COMMAND_MODULES = ["residency", "inject", "experiment", "fold", "kernels", "profile", "floor", "doctor"]
+COMMAND_MODULES = [
+    "residency", "inject", "experiment", "fold", "kernels", "profile", "floor", "doctor",
+]  # fmt: skip
 # Which module registers each subcommand: `remap map ...` then imports and builds only that
 # module's parsers (every import is paid by every run; tests/test_cli_basics.py checks the map).
 COMMANDS = {

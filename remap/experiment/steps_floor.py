@@ -53,7 +53,7 @@ def _floor(ctx: RunContext, params: dict) -> StepResult:
         "floor_pages": fl.floor_pages,
         "by_class": fl.by_class(),
         "rss_kb": fl.rss_kb,
-        "needed": [[p.addr, p.cls] for p in fl.pages if p.needed],
+        "needed": [[p.addr, p.cls, p.symbol] for p in fl.pages if p.needed],
         "stack": asdict(fl.stack) if fl.stack else None,
         "workload": fl.workload,
         "seconds": s,
@@ -97,7 +97,7 @@ def _check_floor(ctx: RunContext, params: dict) -> StepResult:
     snap = snapshot(ctx.pid)
     present = {p.addr: (v, p) for v in snap.vmas if not v.pfnmap and not v.hugetlb
                for p in v.pages}  # fmt: skip
-    need = {a: c for a, c in fl["needed"]}
+    need = {a: c for a, c, *_ in fl["needed"]}
 
     def describe(a: int) -> dict[str, Any]:
         d: dict[str, Any] = {"addr": f"{a:#x}", "class": need.get(a)}
