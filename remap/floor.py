@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import kconst as K
-from . import labels, procfs, residency
+from . import elfmap, labels, procfs, residency
 from .errors import UnsupportedTarget, UsageError
 from .profile import Profile, profile
 
@@ -67,6 +67,8 @@ class PageNeed:
     symbol: str | None = None
     present: bool = True  # False: a page the stack move will write (not present yet)
     use: list[int] | None = None  # [instructions executed, reads, writes] in the profile
+    what: list[str] = field(default_factory=list)  # the executable's functions run / objects
+    # read on this page in the profile (what to move or rewrite to save it)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -204,6 +206,8 @@ def floor(
         workload=prof.results.get("profiled") if prof and workload else {},
     )
     fl.floor_kb = fl.floor_pages * K.PAGE_SIZE // 1024
+    if prof is not None:
+        _name_contents(fl, snap, prof)
     fl.largest = _largest(fl, snap, prof)
     if prof is not None:
         fl.notes.append(
@@ -334,6 +338,28 @@ def _move(
     if delta <= 0 or then >= now:
         return tables, 0, f"exec's gap ({max(delta, 0)} bytes) frees no page: no move"
     return tables, delta, f"the squeeze closes exec's gap: the live stack moves up {delta} bytes"
+
+
+def _name_contents(fl: Floor, snap: residency.Snapshot, prof: Profile) -> None:
+    """Fill PageNeed.what for the executable's code and rodata pages: the functions the
+    profile ran and the objects it read that overlap each page (addresses in the profile are
+    the ELF file's, shifted here by the executable's load bias)."""
+    exe = [v for v in snap.vmas if v.path == snap.exe]
+    info = elfmap.load(snap.exe) if exe else None
+    if info is None or not info.segments:
+        return
+    low = min(exe, key=lambda v: v.start)
+    bias = elfmap.load_bias(info, low.start, low.offset)
+    spans = [(f.addr, f.addr + max(f.size, 1), f"{f.name} ({f.steps} steps)")
+             for f in prof.functions]  # fmt: skip
+    spans += [(d.addr, d.addr + max(d.size, 1), f"{d.name} ({d.reads} reads)")
+              for d in prof.data if not d.writes]  # fmt: skip
+    spans.sort()
+    for p in fl.pages:
+        if p.cls not in ("code", "rodata") or not any(v.contains(p.addr) for v in exe):
+            continue
+        lo = p.addr - bias
+        p.what = [n for a, e, n in spans if a < lo + K.PAGE_SIZE and e > lo][:12]
 
 
 # ---------------------------------------------------------------------------- largest objects

@@ -84,7 +84,7 @@ def test_cli_floor_json_schema_and_png(probe, tmp_path):
     assert d["pid"] == t.pid and d["profiled"] is True
     for p in d["pages"]:
         assert set(p) == {"addr", "cls", "needed", "reason", "label", "section", "symbol",
-                          "present", "use"}  # fmt: skip
+                          "present", "use", "what"}  # fmt: skip
         assert p["cls"] in F.CLASSES and p["reason"] and p["needed"] == (p["cls"] != "droppable")
     assert d["floor_pages"] == sum(p["needed"] for p in d["pages"]) == sum(d["by_class"].values())
     assert d["floor_kb"] == 4 * d["floor_pages"]

@@ -4,7 +4,10 @@
 (default remap.floor.DEFAULT_SECONDS, one tick of EnergyMech's 5 s timer) while, for an IRC
 bot, the experiment's own work is driven -- ``command`` (e.g. "!meminfo") then ``pings``
 PINGs, then the bot's own lines answered until ``seconds`` have passed -- so the budget covers
-what the run later makes the program do.  It records the floor and every needed page.
+what the run later makes the program do.  ``settle`` seconds first answer the bot's own lines
+unprofiled: the replies to what it asks once after joining (WHO, MODE: its channel-user
+bookkeeping) are one-time work, not its steady state.  It records the floor and every needed
+page (with the functions and objects the profile saw on it).
 
 ``check-floor``, after the squeeze and the idle, walks the page tables and compares: the
 present pages must number the floor within ``pages`` (default 1); every page present and not
@@ -43,6 +46,9 @@ def _floor(ctx: RunContext, params: dict) -> StepResult:
         raise ExperimentError(f"step 'floor': seconds must be 0..{MAX_FLOOR_S:g} (got {s!r})")
     text = params.get("command")
     pings = int_param(params, "pings", 0, 10_000, default=0)
+    settle = int_param(params, "settle", 0, 60, default=0)
+    if settle:  # unprofiled: the bot's one-time work after it joined (WHO, MODE) is answered
+        ctx.fields["floor_settle_lines"] = ctx.need_irc("floor").serve_for(settle)
     ctx.wait_idle()
     work = None
     if text or pings:
@@ -53,7 +59,7 @@ def _floor(ctx: RunContext, params: dict) -> StepResult:
         "floor_pages": fl.floor_pages,
         "by_class": fl.by_class(),
         "rss_kb": fl.rss_kb,
-        "needed": [[p.addr, p.cls, p.symbol] for p in fl.pages if p.needed],
+        "needed": [[p.addr, p.cls, p.what or p.reason] for p in fl.pages if p.needed],
         "stack": asdict(fl.stack) if fl.stack else None,
         "workload": fl.workload,
         "seconds": s,
