@@ -41,8 +41,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import kconst as K
 from . import elfmap, labels, procfs, residency
+from . import kconst as K
 from .errors import UnsupportedTarget, UsageError
 from .profile import Profile, profile
 
@@ -163,8 +163,8 @@ def floor(
     if use_profile:
         try:
             prof = profile(pid, seconds=seconds, workload=workload)
-        except UnsupportedTarget as e:
-            raise UnsupportedTarget(
+        except UnsupportedTarget as e:  # AlreadyTraced too: the same class, with the way out
+            raise type(e)(
                 f"{e} (remap floor --no-profile counts every present file page instead)"
             ) from None
         if prof.reason_stopped != "idle" and workload is not None:
