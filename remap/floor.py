@@ -153,8 +153,9 @@ def floor(
 
     use_profile False (``--no-profile``): nothing is stepped and every present file page is
     counted as needed (said in ``notes``): for programs the profiler refuses.
-    Raises UsageError (bad duration), the profiler's refusals (UnsupportedTarget: SIGTRAP
-    blocked or ignored, threads, foreign arch; AccessDenied: already traced...), NoSuchProcess.
+    Raises UsageError (bad duration), the profiler's refusals with the --no-profile way out
+    named (UnsupportedTarget: SIGTRAP blocked or ignored, threads, foreign arch; AlreadyTraced),
+    AccessDenied, NoSuchProcess.  The target is only stepped (remap.profile restores it).
     """
     if seconds is not None and not 0 < seconds <= 600:
         raise UsageError(f"floor: --seconds must be 0..600 (got {seconds})")
