@@ -255,7 +255,8 @@ def _classify(
         return mk("special", True, f"{what}: remap never drops it")
     written = f", written {u[2]} times in the profile" if u and u[2] else ""
     if p.cow or (not v.path and (p.label == "bss" or p.label.startswith("lib:"))):
-        what = f"copy-on-written page of {name}" if p.cow else f".bss of {p.label}"
+        owner = "the executable" if p.label == "bss" else p.label.removeprefix("lib:")
+        what = f"copy-on-written page of {name}" if p.cow else f".bss of {owner}"
         return mk("data", True, f"written data ({what}){written}")
     if v.label == "thread-stack":
         return mk("stack", True, "a thread's stack (anonymous: kept)")
