@@ -37,6 +37,7 @@ SAFE_COMMANDS = [
     "fold",
     "profile",
     "layout",
+    "floor",
 ]  # fmt: skip  (launch runs programs and `kernels fetch` downloads: tested on their own below)
 
 

@@ -203,11 +203,18 @@ def test_busybox_init_is_pid_1_of_its_namespace_and_respawns_a_killed_child(busy
 def _check_squeezed(rec: dict, launch_prompt: bool) -> None:
     assert rec["target_ok"], rec["error"]
     names = [s["name"] for s in rec["steps"]]
-    assert names == ["launch", "squeeze", "idle"]
-    launch, squeezed, idle = rec["steps"]
+    assert names == ["launch", "floor", "squeeze", "idle", "check-floor"]
+    launch, floor, squeezed, idle, checked = rec["steps"]
     assert squeezed["rss_kb"] < launch["rss_kb"]  # the squeeze dropped something
     assert idle["seconds"] == 1
     assert all(len(s["pages"]) == s["present_pages"] for s in rec["steps"])
+    # remap floor agrees with what the squeeze reaches, and with the idle after it (issue 17:
+    # +-1 page; the one page today is the squeeze's own safety frame below the live stack)
+    chk = rec["floor_check"]
+    assert chk["ok"] and chk["fault_around_possible"] == 0, chk
+    assert floor["floor_kb"] == rec["floor"]["floor_kb"] > 0
+    for s in (squeezed, checked):
+        assert abs(s["present_pages"] - rec["floor"]["floor_pages"]) <= 1, (s["name"], chk)
     if launch_prompt:
         assert launch["prompt"].endswith("login: ")
 
