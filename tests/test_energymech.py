@@ -145,6 +145,9 @@ def test_bot_runs_unprivileged_in_a_namespace_with_no_route_out(mech_bins, motd)
 
 
 # ---------------------------------------------------------------------------- experiments
+FLOOR_PINGS = 20  # the PINGs energymech-squeeze's floor step sends while it profiles
+
+
 def _run_experiment(name: str, tmp_path: Path) -> list[dict]:
     res = subprocess.run(
         [*REMAP, "run", name, "--repeat", "1", "--out", str(tmp_path), "--json"],
@@ -179,8 +182,15 @@ def test_energymech_baseline(mech_bins, tmp_path):
 
 def test_energymech_squeeze(mech_bins, tmp_path):
     runs = _run_experiment("energymech-squeeze", tmp_path)
-    _check_runs(runs, 1000)
+    _check_runs(runs, 1000 + FLOOR_PINGS)
     for r in runs:
         rss = {s["name"]: s["rss_kb"] for s in r["steps"]}
         assert rss["squeeze"] < rss["connected"]  # clean file pages dropped
-        assert r["steps"][-1]["name"] == "idle" and r["steps"][-1]["seconds"] == 60
+        idle = next(s for s in r["steps"] if s["name"] == "idle")
+        assert idle["seconds"] == 60
+        # issue 17: the steady state after serving and a minute equals remap floor's budget,
+        # recorded before the squeeze, within one page -- and no page came by fault-around
+        chk = r["floor_check"]
+        assert r["steps"][-1]["name"] == "check-floor" and chk["ok"], chk
+        assert abs(chk["diff_pages"]) <= 1 and chk["fault_around_possible"] == 0, chk
+        assert r["floor"]["workload"]["pings"] == FLOOR_PINGS
