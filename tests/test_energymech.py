@@ -180,6 +180,7 @@ def test_energymech_baseline(mech_bins, tmp_path):
     assert 0 < by["static"]["final_rss_kb"] < by["dynamic"]["final_rss_kb"]
 
 
+@pytest.mark.timeout(420)  # two cases of ~2 min each: the floor's settle and profile add ~25 s
 def test_energymech_squeeze(mech_bins, tmp_path):
     runs = _run_experiment("energymech-squeeze", tmp_path)
     _check_runs(runs, 1000 + FLOOR_PINGS)
