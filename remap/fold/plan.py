@@ -14,6 +14,7 @@ pure drop's evidence is 8 bytes of pagemap a page, read by the kernel (bench/sto
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import os
@@ -56,6 +57,10 @@ class Action:
     # present), applied to the context by a dry run instead of running it: the dry run then
     # plans the next steps on the process as the real run would find it.
     predict: Callable[[FoldContext], None] | None = None
+    # Set when the action is exactly these remote syscalls, in order (its run batches them):
+    # consecutive pure drops planned ahead (planners marked plans_ahead) then run in one trip
+    # of the batch stub, proven together by one reading of frames before and one after.
+    calls: list[tuple] | None = None
 
 
 @dataclass
@@ -89,6 +94,9 @@ class FoldContext:
     _snap: residency.Snapshot | None = None
     # taken before the stop (Prior): the first look inside it reuses it if nothing changed
     prior: Prior | None = None
+    # VmFlags by VMA key (_vma_keys), from smaps read before the stop: a planner that needs
+    # them for a VMA still listed identically does not read smaps inside it (vmflags_for)
+    vmflags: dict[tuple, frozenset[str]] | None = None
 
     @property
     def snap(self) -> residency.Snapshot:
@@ -114,6 +122,18 @@ class FoldContext:
     def invalidate(self) -> None:
         """A step changed the address space: the next look at .snap re-reads it."""
         self._snap = None
+
+    def vmflags_for(self, vmas: list) -> list[frozenset[str]]:
+        """VmFlags of each of VMAS: from the smaps read before the stop when every one of them
+        is listed there with the same maps line, else from smaps read now (which walks every
+        page table of the process: ~18 ms for 1 GB, inside the stop).  A flag a program sets
+        on a whole VMA between that read and the stop leaves its maps line as it was; what
+        reads the flags here is a readahead hint (steps.fence_fault_around), not a safety proof."""
+        known = self.vmflags
+        keys = _vma_keys(vmas)
+        if known is None or any(k not in known for k in keys):
+            known = {_vma_keys([e])[0]: e.vmflags for e in procfs.read_smaps(self.pid)}
+        return [known.get(k, frozenset()) for k in keys]
 
     def rewalked(self, starts: list[int]) -> bool:
         """After an action that changed presence only inside the anonymous VMAs at STARTS:
@@ -144,6 +164,7 @@ class FoldContext:
                 if not r.zero
                 for a in range(r.start, r.end, PAGE_SIZE)
             ]
+            v.anon_kb = v.rss_kb = 4 * len(v.pages)  # what _kept_spans looks at
         return True
 
     def dropped(self, ranges: list[tuple[int, int]]) -> bool:
@@ -159,11 +180,20 @@ class FoldContext:
         return True
 
     def forget(self, ranges: list[tuple[int, int]]) -> None:
-        """Take the pages in RANGES out of the snapshot (they were, or would be, dropped)."""
-        for v in self.snap.vmas:
-            cut = [(lo, hi) for lo, hi in ranges if lo < v.end and v.start < hi]
-            if cut:
-                v.pages = [p for p in v.pages if not any(lo <= p.addr < hi for lo, hi in cut)]
+        """Take the pages in RANGES out of the snapshot (they were, or would be, dropped).
+        Pages are sorted by address: each range is cut out by bisection, no per-page work."""
+        vmas = self.snap.vmas
+        starts = [v.start for v in vmas]
+        for lo, hi in ranges:
+            i = max(bisect.bisect_right(starts, lo) - 1, 0)
+            while i < len(vmas) and vmas[i].start < hi:
+                pages = vmas[i].pages
+                if pages and vmas[i].end > lo:
+                    a = bisect.bisect_left(pages, lo, key=_addr)
+                    b = bisect.bisect_left(pages, hi, key=_addr)
+                    if a < b:
+                        del pages[a:b]
+                i += 1
 
     def proven_dead(self, action: Action) -> int:
         """verify.check_drops on ACTION's drops, from this snapshot and the threads' registers
@@ -255,6 +285,15 @@ class Prior:
                 runs.append((i, lo, hi, anon))
             runs.append((i, "zero", zero))
         return self.snap if runs == self.layout[1] else None
+
+
+def _flags_of(snap: residency.Snapshot) -> dict[tuple, frozenset[str]]:
+    """VmFlags by VMA key from a snapshot read with smaps (FoldContext.vmflags)."""
+    return dict(zip(_vma_keys(snap.vmas), (v.vmflags for v in snap.vmas), strict=True))
+
+
+def _addr(p: residency.Page) -> int:
+    return p.addr
 
 
 def _vma_keys(vmas: list) -> list[tuple]:
@@ -352,14 +391,35 @@ def run_plan(
     proven: list[verify.Frames] = []  # every pure drop's frames, checked
     with _no_gc_pauses(), attach(pid) as s:
         marks["seize"] = s.stopped_ns / 1e3
-        ctx = FoldContext(pid, s, dry_run, prior=prior)
+        ctx = FoldContext(pid, s, dry_run, prior=prior, vmflags=_flags_of(before))
         s.known_maps(ctx.snap.vmas)  # read now, while stopped: the plan's first view
         holes = rseq_areas(s.threads)
         marks["snapshot"] = s.stopped_ns / 1e3 - marks["seize"]
+        ahead: list[tuple[Action, StepReport]] = []  # pure drops planned ahead (_run_ahead)
+
+        def run_ahead() -> None:
+            nonlocal last, verify_us
+            if ahead:
+                acts = list(ahead)
+                ahead.clear()
+                last, us = _run_ahead(ctx, acts, last)
+                proven.append(last)
+                verify_us += us
+
         for i, planner in enumerate(planners):
+            if ahead and not getattr(planner, "plans_ahead", False):
+                run_ahead()  # a planner that must see the process as it is now
             action = _plan_step(ctx, planner, reports)
             if action is None:
                 continue
+            if by_frames and action.drops is not None and getattr(planner, "plans_ahead", False):
+                dropped += ctx.proven_dead(action)  # proven on the state it will meet
+                ctx.forget(action.drops)  # what the next planner sees: as after this drop
+                report = StepReport(action.name, action.text, False, 0, dict(action.detail))
+                reports.append(report)  # in plan order; applied once it has run
+                ahead.append((action, report))
+                continue
+            run_ahead()
             # Proven unchanged: every anonymous page but the ones the step changes on purpose;
             # for a drop, exactly the pages it drops (re-proven dead first), whatever it claims.
             skip = action.touches if action.drops is None else _pages_in(action.drops)
@@ -396,6 +456,7 @@ def run_plan(
                 StepReport(action.name, action.text, True, ctx.calls - calls0,
                            {**action.detail, **(detail or {})})
             )  # fmt: skip
+        run_ahead()
         notes = notes0 + ctx.notes
         stopped_before_cure = s.stopped_ns
         marks["steps"] = stopped_before_cure / 1e3 - marks["seize"] - marks["snapshot"]
@@ -413,6 +474,41 @@ def run_plan(
         verified_by,
     )  # fmt: skip
 
+
+def _run_ahead(
+    ctx: FoldContext, ahead: list[tuple[Action, StepReport]], last: verify.Frames | None
+) -> tuple[verify.Frames, float]:
+    """Run the actions of AHEAD -- consecutive pure drops, each proven droppable (proven_dead)
+    on the state it meets, planned ahead on the snapshot with the earlier ones' drops
+    forgotten -- and prove that together they lost nothing else: one reading of the kept
+    anonymous pages' frames before the first call, one after the last (remap.fold.verify),
+    instead of a pair per step (a reading is ~13 ms for 1 GB).  When every action is a list of
+    calls (Action.calls) they run in one trip of the batch stub (inject.batch), in plan order.
+    A page lost by any of them is named, and the plan stops there, before any step that
+    writes.  Each action's report is marked applied with its calls.
+    Returns (the frames as checked, microseconds spent reading and checking them)."""
+    acts = [a for a, _ in ahead]
+    drops = sorted(r for a in acts for r in a.drops or ())
+    t0 = time.monotonic_ns()
+    frames = verify.read_frames(ctx.pid, _kept_spans(ctx, drops), last)
+    us = (time.monotonic_ns() - t0) / 1e3
+    if all(a.calls is not None for a in acts):
+        ctx.batch([c for a in acts for c in a.calls or ()])
+        done = [(len(a.calls or ()), {}) for a in acts]
+    else:
+        done = []
+        for a in acts:
+            n0 = ctx.calls
+            d = a.run(ctx) or {}
+            done.append((ctx.calls - n0, d))
+    ctx.dropped(drops)  # the snapshot learns what came back, if anything did
+    t0 = time.monotonic_ns()
+    verify.check_frames(frames)
+    us += (time.monotonic_ns() - t0) / 1e3
+    for (_, report), (n, d) in zip(ahead, done, strict=True):
+        report.applied, report.syscalls = True, n
+        report.detail.update(d)
+    return frames, us
 
 def _evidence_kind(evidence: str) -> tuple[bool, list[str]]:
     """(prove pure drops by pagemap frames?, notes for the report), decided before the stop."""
@@ -437,7 +533,7 @@ def _kept_spans(ctx: FoldContext, drops: list[tuple[int, int]]) -> list[tuple[in
     for v in ctx.snap.vmas:
         if not v.pages or v.pfnmap or v.hugetlb or v.start >= 1 << 63:
             continue
-        if v.anon_kb or any(p.backing == "anon" for p in v.pages):
+        if v.anon_kb:  # from the page walk (stopped snapshots), kept by rewalked
             spans.append((v.pages[0].addr, v.pages[-1].addr + PAGE_SIZE))
     cut = sorted([*drops, *_scratch_span(ctx.session)])
     out = []
@@ -494,7 +590,7 @@ def _dry_run(pid: int, kind: str, planners: list[Planner]) -> FoldReport:
     before = residency.snapshot(pid)
     snap = stopped_snapshot(pid)
     s = Peek(pid, snap)
-    ctx = FoldContext(pid, s, True, _snap=snap)
+    ctx = FoldContext(pid, s, True, _snap=snap, vmflags=_flags_of(before))
     reports: list[StepReport] = []
     dropped = 0
     for planner in planners:

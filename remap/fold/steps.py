@@ -87,6 +87,12 @@ def drop_clean_file(ctx: FoldContext) -> Action | None:
     return _dontneed("drop-clean-file", text, ranges, set())
 
 
+# Planners marked plans_ahead look only at the snapshot and the registers and return pure drops
+# (or the fence): the runner may plan one before the pure drop ahead of it has run, on the
+# snapshot with that drop's pages forgotten, and run them together (plan._run_ahead).
+drop_clean_file.plans_ahead = True  # type: ignore[attr-defined]
+
+
 FENCE_MAX_PAGES = 8192  # pages of file mappings one squeeze fences (half as many madvise calls)
 FENCE_MAP_HEADROOM = 4096  # VMAs left free below vm.max_map_count after the fence
 HINT_FLAGS = frozenset({"rr", "sr"})  # VmFlags of a program's own MADV_RANDOM / SEQUENTIAL
@@ -113,6 +119,13 @@ def fence_fault_around(ctx: FoldContext) -> Action | None:
     of kernel memory) per page and a fault per page touched instead of one per window.
     Bounded: at most FENCE_MAX_PAGES pages, and never within FENCE_MAP_HEADROOM VMAs of
     vm.max_map_count (noted and skipped beyond).
+
+    Planned before it runs, in one batch with the drops after it (plan._run_ahead); the
+    snapshot is not re-read afterwards (~200 ms for 1 GB): the split changes which VMAs
+    exist, not which pages are present nor their backing, so the model keeps the unsplit
+    VMAs; a step that compares VMAs with /proc/PID/maps (FoldContext.rewalked) sees the
+    difference and re-reads.  The program's own hints come from smaps read before the stop
+    (FoldContext.vmflags_for).
     """
     vmas = [
         v
@@ -126,8 +139,7 @@ def fence_fault_around(ctx: FoldContext) -> Action | None:
     ]
     if not vmas:
         return None
-    hinted = {e.start for e in procfs.read_smaps(ctx.pid) if e.vmflags & HINT_FLAGS}
-    vmas = [v for v in vmas if v.start not in hinted]
+    vmas = [v for v, f in zip(vmas, ctx.vmflags_for(vmas), strict=True) if not f & HINT_FLAGS]
     pages = sum((v.end - v.start) // K.PAGE_SIZE for v in vmas)
     room = procfs.read_max_map_count() - len(ctx.snap.vmas) - FENCE_MAP_HEADROOM
     if pages > min(FENCE_MAX_PAGES, room):
@@ -142,18 +154,21 @@ def fence_fault_around(ctx: FoldContext) -> Action | None:
     if not odd:
         return None
 
+    calls = [("madvise", a, K.PAGE_SIZE, K.MADV_RANDOM) for a in odd]
+
     def run(c: FoldContext) -> dict[str, Any]:
-        res = c.batch([("madvise", a, K.PAGE_SIZE, K.MADV_RANDOM) for a in odd])
-        c.invalidate()  # the VMAs were split: the next look re-reads the maps
-        failed = sum(1 for r in res if r < 0 or r >= 2**63)
-        return {"failed": failed} if failed else {}
+        c.batch(calls)  # raises BatchError at the first call that fails
+        return {}
 
     text = (
         f"madvise(RANDOM) {len(odd)} pages: {len(vmas)} file mappings split into {pages} "
         "one-page VMAs (a fault maps only its page)"
     )
     detail = {"mappings": len(vmas), "vmas_after": pages, "calls": len(odd)}
-    return Action("fence-fault-around", text, run, detail=detail, drops=[])
+    return Action("fence-fault-around", text, run, detail=detail, drops=[], calls=calls)
+
+
+fence_fault_around.plans_ahead = True  # type: ignore[attr-defined]
 
 
 def _known_regs(ctx: FoldContext) -> list[dict[str, int]]:
@@ -171,12 +186,15 @@ def _known_regs(ctx: FoldContext) -> list[dict[str, int]]:
 def _dontneed(name: str, text: str, ranges: list[tuple[int, int]], touches: set[int]) -> Action:
     """An action that MADV_DONTNEEDs RANGES (pages proven droppable by the caller)."""
 
+    calls = [("madvise", s, e - s, K.MADV_DONTNEED) for s, e in ranges]
+
     def run(c: FoldContext) -> dict[str, Any]:
-        c.batch([("madvise", s, e - s, K.MADV_DONTNEED) for s, e in ranges])
+        c.batch(calls)
         return {}
 
     detail = {"pages": total(ranges) // K.PAGE_SIZE, "ranges": [[s, e] for s, e in ranges]}
-    return Action(name, text, run, touches=touches, detail=detail, drops=list(ranges))
+    return Action(name, text, run, touches=touches, detail=detail, drops=list(ranges),
+                  calls=calls)  # fmt: skip
 
 
 def drop_dead_stack(ctx: FoldContext) -> Action | None:
@@ -202,6 +220,9 @@ def drop_dead_stack(ctx: FoldContext) -> Action | None:
     touched = {a for s, e in targets for a in range(s, e, K.PAGE_SIZE)}
     text = f"madvise(DONTNEED) {len(touched)} dead stack pages below rsp-128"
     return _dontneed("drop-dead-stack", text, targets, touched)
+
+
+drop_dead_stack.plans_ahead = True  # type: ignore[attr-defined]
 
 
 def proven_stack(ctx: FoldContext, tid: int, regs: dict[str, int]) -> tuple[Any, str]:
@@ -288,6 +309,7 @@ def optional(planner, name: str):
 
     plan.__name__ = planner.__name__
     plan.step_name = name  # type: ignore[attr-defined]
+    plan.plans_ahead = getattr(planner, "plans_ahead", False)  # type: ignore[attr-defined]
     return plan
 
 
