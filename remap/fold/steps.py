@@ -314,7 +314,20 @@ def optional(planner, name: str):
 
 
 # ----------------------------------------------------------------------------- stack fold
-def close_stack_gap(ctx: FoldContext) -> Action | None:
+MOVE_SCAN_MAX_PAGES = 16384  # writable pages the stack move scans for pointers, at most
+# ... when the move is the squeeze's optional first step: the scan runs inside the stop at
+# ~2 ms per MB (process_vm_readv, then relocate.candidates), to free one stack page; past
+# 4 MB of writable memory the squeeze skips the move (with this reason) to keep its stop short
+SQUEEZE_MOVE_SCAN_MAX_PAGES = 1024
+
+
+def squeeze_stack_gap(ctx: FoldContext) -> Action | None:
+    """close_stack_gap as the squeeze's optional step: the same move, refused (and so skipped)
+    when more than SQUEEZE_MOVE_SCAN_MAX_PAGES writable pages would have to be scanned."""
+    return close_stack_gap(ctx, max_scan_pages=SQUEEZE_MOVE_SCAN_MAX_PAGES)
+
+
+def close_stack_gap(ctx: FoldContext, max_scan_pages: int = MOVE_SCAN_MAX_PAGES) -> Action | None:
     """Move the live frames and the argc/argv/envp/auxv tables up against the argument strings.
 
     exec leaves a random gap (arch_align_stack, up to 8 KiB) between the strings at the top of
@@ -348,7 +361,7 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
         return None  # closing the gap would not free a page: nothing worth the risk
     move = Move(lo, top_of_tables, delta)
     new_lo, new_hi = lo + delta, top_of_tables + delta
-    writable = _writable_pages(ctx, exclude=stack)
+    writable = _writable_pages(ctx, stack, max_scan_pages)
     # after the cheap refusals: smaps_rollup walks every page table (~20 ms for 1 GB, stopped)
     _refuse_swapped(ctx.pid)
     dead_buf = (new_lo - RED_ZONE - 1024) & ~15  # PR_SET_MM_MAP's struct: dropped after use
@@ -460,19 +473,20 @@ def _end_of_tables(pid: int, st: procfs.Stat) -> int:
     return (max(ends) + 15) // 16 * 16
 
 
-def _writable_pages(ctx: FoldContext, exclude) -> list[int]:
+def _writable_pages(ctx: FoldContext, exclude, max_pages: int = MOVE_SCAN_MAX_PAGES) -> list[int]:
     """Present pages of every writable private mapping except EXCLUDE: where libc keeps its
-    saved copies of argv/environ/auxv pointers (.data, .bss, TLS, heap)."""
+    saved copies of argv/environ/auxv pointers (.data, .bss, TLS, heap).  UnsafeStep when
+    there are more than MAX_PAGES (the scan is inside the stop)."""
     vmas = [
         v
         for v in ctx.snap.vmas
         if v is not exclude and "w" in v.perms and not v.pfnmap and v.label not in ("vvar", "vdso")
     ]
     n = sum(len(v.pages) for v in vmas)  # refused before any per-page work: it is in the stop
-    if n > 16384:
+    if n > max_pages:
         raise UnsafeStep(
-            f"{n * 4} kB of writable memory to scan for stack pointers; refusing "
-            "(stack relocation is meant for small processes)"
+            f"{n * 4} kB of writable memory to scan for stack pointers (over {max_pages * 4} "
+            "kB); refusing (stack relocation is meant for small processes)"
         )
     return [p.addr for v in vmas for p in v.pages]
 
