@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import gc
 import os
 import time
@@ -240,6 +241,11 @@ class Prior:
     maps_text: bytes | None = None  # /proc/PID/maps the model was built from, when known
     at_stop: verify.Frames | None = None  # entries read by reuse(frames=True)
 
+    @functools.cached_property
+    def _plain(self) -> list[bool]:
+        """Per VMA: neither a PFN map nor hugetlb (its pages count as anonymous or file)."""
+        return [not (v.pfnmap or v.hugetlb) for v in self.snap.vmas]
+
     @classmethod
     def take(cls, pid: int) -> Prior:
         """Snapshot PID (running) and derive its layout from the model itself."""
@@ -263,7 +269,9 @@ class Prior:
             if lo >= 0:
                 runs.append((i, lo, hi, anon))
             runs.append((i, "zero", v.zero_pages))
-        return cls(snap, threads, (_vma_keys(snap.vmas), runs), text)
+        prior = cls(snap, threads, (_vma_keys(snap.vmas), runs), text)
+        prior._plans, prior._plain  # noqa: B018 -- computed now, not inside the stop
+        return prior
 
     def reuse(self, session: Any, *, frames: bool = False) -> residency.Snapshot | None:
         """The prior model if the stopped process still has its layout, else None.
@@ -285,11 +293,9 @@ class Prior:
             maps = [m for m in maps if not in_scratch(session, m.start, m.end)]
             if _vma_keys(maps) != self.layout[0]:
                 return None
-        vmas = self.snap.vmas
         walked = self._walk(frames)
         runs = []
-        for i, (v, rs) in enumerate(zip(vmas, walked, strict=True)):
-            plain = not (v.pfnmap or v.hugetlb)
+        for i, (plain, rs) in enumerate(zip(self._plain, walked, strict=True)):
             zero, lo, hi, anon = 0, -1, -1, False
             for r in rs:
                 if r.zero:
@@ -311,44 +317,71 @@ class Prior:
         return self.snap
 
     def _walk(self, frames: bool) -> list[list[pagemap.Present]]:
-        """Present runs of each VMA of the model, as they are now (see reuse)."""
+        """Present runs of each VMA of the model, as they are now (see reuse), read as
+        _walk_plan decided before the stop."""
         pid, vmas = self.snap.pid, self.snap.vmas
-        pfnmap = [i for i, v in enumerate(vmas) if v.pfnmap]
-        whole = [(v.start, v.end) for v in vmas]
-        if not frames:
-            return pagemap.walk(pid, whole, pfnmap)[0]
-        spans = _anon_spans(vmas)  # [(vma index, (start, end))]
-        # Big spans' presence comes from their entries; everything else is scanned, in walks
-        # that stop at each big span (one ioctl walk over it would cost as much as the read).
-        big = {i: sp for i, sp in spans if sp[1] - sp[0] >= _BIG_SPAN}
-        pieces: list[tuple[int, int, int]] = []  # (vma index, start, end), address order
-        cuts = [0]  # where a new walk starts in pieces: after each big span
-        for i, v in enumerate(vmas):
-            lo, hi = big.get(i, (v.end, v.end))
-            if v.start < lo:
-                pieces.append((i, v.start, lo))
-            if i in big:
-                cuts.append(len(pieces))
-            if hi < v.end:
-                pieces.append((i, hi, v.end))
+        plan = self._plans[frames]
         out: list[list[pagemap.Present]] = [[] for _ in vmas]
-        for c0, c1 in zip(cuts, [*cuts[1:], len(pieces)], strict=True):
-            part = pieces[c0:c1]
-            if not part:
-                continue
-            pf = [k for k, (i, _, _) in enumerate(part) if vmas[i].pfnmap]
-            scanned = pagemap.walk(pid, [(lo, hi) for _, lo, hi in part], pf)[0]
-            for (i, _, _), rs in zip(part, scanned, strict=True):
+        for idx, ranges, pf in plan.walks:
+            for i, rs in zip(idx, pagemap.walk(pid, ranges, pf)[0], strict=True):
                 out[i].extend(rs)
-        entries = pagemap.entries_for(pid, [sp for _, sp in spans])
+        if not frames:
+            return out
+        entries = pagemap.entries_for(pid, plan.spans)
         zpfn = pagemap.zero_pfn()
-        self.at_stop = verify.Frames(pid, [sp for _, sp in spans], entries, zpfn, now=entries)
-        for (i, (lo, _)), data in zip(spans, entries, strict=True):
-            if i in big:
+        self.at_stop = verify.Frames(pid, plan.spans, entries, zpfn, now=entries)
+        for i, (lo, _), data in zip(plan.span_vma, plan.spans, entries, strict=True):
+            if i in plan.big:
                 out[i].extend(pagemap.runs_of_entries(lo, data, zpfn))
-        for rs in out:
-            rs.sort()
+                out[i].sort()
         return out
+
+    @functools.cached_property
+    def _plans(self) -> dict[bool, _WalkPlan]:
+        """What reuse reads, by FRAMES, computed from the model before the stop."""
+        return {False: _walk_plan(self.snap.vmas, False), True: _walk_plan(self.snap.vmas, True)}
+
+
+@dataclass
+class _WalkPlan:
+    """How Prior.reuse reads the present pages: WALKS, each (VMA index per range, ranges,
+    positions of PFN-map ranges) for pagemap.walk; with frames, SPANS (and their VMAs) whose
+    entries are read, BIG the VMAs whose span's presence comes from those entries."""
+
+    walks: list[tuple[list[int], list[tuple[int, int]], list[int]]]
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    span_vma: list[int] = field(default_factory=list)
+    big: set[int] = field(default_factory=set)
+
+
+def _walk_plan(vmas: list[residency.Vma], frames: bool) -> _WalkPlan:
+    """Without FRAMES: one walk over every VMA.  With: the anonymous spans (_anon_spans) are
+    read as entries; big spans' presence comes from them, and everything else is scanned in
+    walks that stop at each big span (one ioctl walk across it would cost as much as the read
+    it saves)."""
+    pfnmap = {i for i, v in enumerate(vmas) if v.pfnmap}
+    if not frames:
+        return _WalkPlan([(list(range(len(vmas))), [(v.start, v.end) for v in vmas],
+                           sorted(pfnmap))])  # fmt: skip
+    spans = _anon_spans(vmas)  # [(vma index, (start, end))]
+    big = {i: sp for i, sp in spans if sp[1] - sp[0] >= _BIG_SPAN}
+    pieces: list[tuple[int, int, int]] = []  # (vma index, start, end), address order
+    cuts = [0]  # where a new walk starts in pieces: after each big span
+    for i, v in enumerate(vmas):
+        lo, hi = big.get(i, (v.end, v.end))
+        if v.start < lo:
+            pieces.append((i, v.start, lo))
+        if i in big:
+            cuts.append(len(pieces))
+        if hi < v.end:
+            pieces.append((i, hi, v.end))
+    walks = []
+    for c0, c1 in zip(cuts, [*cuts[1:], len(pieces)], strict=True):
+        part = pieces[c0:c1]
+        if part:
+            pf = [k for k, (i, _, _) in enumerate(part) if i in pfnmap]
+            walks.append(([i for i, _, _ in part], [(lo, hi) for _, lo, hi in part], pf))
+    return _WalkPlan(walks, [sp for _, sp in spans], [i for i, _ in spans], set(big))
 
 
 def _flags_of(snap: residency.Snapshot) -> dict[tuple, frozenset[str]]:
@@ -451,6 +484,7 @@ def run_plan(
     verified_by = {"frames": 0, "hashes": 0}
     marks: dict[str, float] = {}
     verify_us = 0.0  # part of "steps": proving the kept pages unchanged
+    calls_us = 0.0  # part of "steps": the actions themselves (their injected calls, writes)
     last: verify.Frames | None = None  # the last pure drop's frames, as its check found them
     proven: list[verify.Frames] = []  # every pure drop's frames, checked
     with _no_gc_pauses(), attach(pid) as s:
@@ -464,13 +498,14 @@ def run_plan(
         ahead: list[tuple[Action, StepReport]] = []  # pure drops planned ahead (_run_ahead)
 
         def run_ahead() -> None:
-            nonlocal last, verify_us
+            nonlocal last, verify_us, calls_us
             if ahead:
                 acts = list(ahead)
                 ahead.clear()
-                last, us = _run_ahead(ctx, acts, last)
+                last, us, run_us = _run_ahead(ctx, acts, last)
                 proven.append(last)
                 verify_us += us
+                calls_us += run_us
 
         for i, planner in enumerate(planners):
             if ahead and not getattr(planner, "plans_ahead", False):
@@ -499,7 +534,9 @@ def run_plan(
                 hashes = verify.hash_pages(s.read, _kept(ctx, skip), holes)
             verify_us += (time.monotonic_ns() - t0) / 1e3
             calls0 = ctx.calls
+            t0 = time.monotonic_ns()
             detail = action.run(ctx)
+            calls_us += (time.monotonic_ns() - t0) / 1e3
             if action.drops is not None and ctx.dropped(action.drops):
                 still = hashes  # madvise unmaps nothing: every hashed page is still mapped
             elif action.rewalk is not None and ctx.rewalked(action.rewalk):
@@ -527,6 +564,7 @@ def run_plan(
         stopped_before_cure = s.stopped_ns
         marks["steps"] = stopped_before_cure / 1e3 - marks["seize"] - marks["snapshot"]
         marks["verify"] = verify_us
+        marks["calls"] = calls_us
         t_cure = time.monotonic_ns()
     # until the last thread was let go (the tracer's own clean-up after that is not a stop)
     marks["cure"] = ((s.released_ns or time.monotonic_ns()) - t_cure) / 1e3
@@ -543,7 +581,7 @@ def run_plan(
 
 def _run_ahead(
     ctx: FoldContext, ahead: list[tuple[Action, StepReport]], last: verify.Frames | None
-) -> tuple[verify.Frames, float]:
+) -> tuple[verify.Frames, float, float]:
     """Run the actions of AHEAD -- consecutive pure drops, each proven droppable (proven_dead)
     on the state it meets, planned ahead on the snapshot with the earlier ones' drops
     forgotten -- and prove that together they lost nothing else: one reading of the kept
@@ -552,12 +590,14 @@ def _run_ahead(
     calls (Action.calls) they run in one trip of the batch stub (inject.batch), in plan order.
     A page lost by any of them is named, and the plan stops there, before any step that
     writes.  Each action's report is marked applied with its calls.
-    Returns (the frames as checked, microseconds spent reading and checking them)."""
+    Returns (the frames as checked, microseconds spent reading and checking them,
+    microseconds spent running the actions)."""
     acts = [a for a, _ in ahead]
     drops = sorted(r for a in acts for r in a.drops or ())
     t0 = time.monotonic_ns()
     frames = verify.read_frames(ctx.pid, _kept_spans(ctx, drops), last)
     us = (time.monotonic_ns() - t0) / 1e3
+    t0 = time.monotonic_ns()
     if all(a.calls is not None for a in acts):
         ctx.batch([c for a in acts for c in a.calls or ()])
         done = [(len(a.calls or ()), {}) for a in acts]
@@ -567,6 +607,7 @@ def _run_ahead(
             n0 = ctx.calls
             d = a.run(ctx) or {}
             done.append((ctx.calls - n0, d))
+    run_us = (time.monotonic_ns() - t0) / 1e3
     ctx.dropped(drops)  # the snapshot learns what came back, if anything did
     t0 = time.monotonic_ns()
     verify.check_frames(frames)
@@ -574,7 +615,7 @@ def _run_ahead(
     for (_, report), (n, d) in zip(ahead, done, strict=True):
         report.applied, report.syscalls = True, n
         report.detail.update(d)
-    return frames, us
+    return frames, us, run_us
 
 
 def _evidence_kind(evidence: str) -> tuple[bool, list[str]]:
@@ -599,13 +640,17 @@ def _kept_spans(ctx: FoldContext, drops: list[tuple[int, int]]) -> list[tuple[in
     spans = [sp for _, sp in _anon_spans(ctx.snap.vmas)]
     cut = sorted([*drops, *_scratch_span(ctx.session)])
     out = []
+    j = 0  # both sorted: the first cut that may still overlap a span
     for lo, hi in spans:
-        for c_lo, c_hi in cut:
-            if c_hi <= lo or hi <= c_lo:
-                continue
+        while j < len(cut) and cut[j][1] <= lo:
+            j += 1
+        k = j
+        while k < len(cut) and cut[k][0] < hi:
+            c_lo, c_hi = cut[k]
             if lo < c_lo:
                 out.append((lo, c_lo))
             lo = max(lo, c_hi)
+            k += 1
         if lo < hi:
             out.append((lo, hi))
     return out

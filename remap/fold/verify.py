@@ -201,7 +201,7 @@ def check_drops(
     ``[stack]`` (the main thread, pid == tid, and only there) or, for another thread, in a
     private anonymous rw mapping with its self-pointing TCB above rsp and a PROT_NONE mapping
     right below."""
-    clean = {p.addr for v in vmas if v.is_file for p in v.pages if p.clean_file}
+    clean = _clean_file_pages(vmas, drops)
     dead = [
         span
         for tid, (rsp, fs) in stacks.items()
@@ -219,6 +219,30 @@ def check_drops(
                 )
             anon += PAGE_SIZE
     return anon
+
+
+def _clean_file_pages(vmas: list, ranges: list[tuple[int, int]]) -> set[int]:
+    """Addresses of the present clean file pages (pagemap bit 61 in a file mapping) of VMAS
+    inside RANGES: only the VMAs and pages the ranges overlap are looked at (bisection on
+    sorted starts and addresses), not every page of the process."""
+    starts = [v.start for v in vmas]
+    out: set[int] = set()
+    for lo, hi in ranges:
+        i = max(bisect.bisect_right(starts, lo) - 1, 0)
+        while i < len(vmas) and vmas[i].start < hi:
+            v = vmas[i]
+            i += 1
+            if not v.is_file or v.end <= lo:
+                continue
+            pages = v.pages
+            a = bisect.bisect_left(pages, lo, key=_addr)
+            b = bisect.bisect_left(pages, hi, key=_addr)
+            out.update(p.addr for p in pages[a:b] if p.clean_file)
+    return out
+
+
+def _addr(p) -> int:
+    return p.addr
 
 
 def _dead_span(pid: int, tid: int, rsp: int, fs: int, vmas: list, read: Reader):
