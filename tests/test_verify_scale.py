@@ -58,6 +58,14 @@ def _check(p: subprocess.Popen) -> bytes:
     return _line(p).split()[0]
 
 
+def _poke(p: subprocess.Popen, answer: bytes) -> None:
+    """One line to the target, which changes its memory and says ANSWER; wait until it sleeps."""
+    p.stdin.write(b"\n")
+    p.stdin.flush()
+    assert _line(p).strip() == answer
+    _wait_sleeping(p.pid)
+
+
 def _stop(p: subprocess.Popen) -> None:
     p.kill()
     p.wait(timeout=5)
@@ -273,10 +281,7 @@ def test_the_stop_reuses_the_prior_model_only_while_it_holds():
         assert reused is prior.snap
         assert layout(reused) == layout(fresh)
         prior = Prior.take(p.pid)
-        p.stdin.write(b"\n")
-        p.stdin.flush()
-        assert _line(p).strip() == b"grown"
-        _wait_sleeping(p.pid)
+        _poke(p, b"grown")
         with attach(p.pid) as s:
             assert prior.reuse(s) is None
     finally:
@@ -393,10 +398,7 @@ def test_prior_frames_at_the_stop_are_the_pages_as_they_are():
         assert prior.at_stop.entries == fresh.entries
         assert any(hi - lo >= 8 << 20 for lo, hi in prior.at_stop.spans)
         prior = Prior.take(p.pid)
-        p.stdin.write(b"\n")
-        p.stdin.flush()
-        assert _line(p).strip() == b"dropped"
-        _wait_sleeping(p.pid)
+        _poke(p, b"dropped")
         with attach(p.pid) as s:
             assert prior.reuse(s, frames=True) is None
             assert prior.at_stop is None
