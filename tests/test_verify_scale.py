@@ -443,3 +443,34 @@ def test_runs_of_entries_equal_the_page_by_page_reading():
             assert (False, True) in kinds  # zero-page mappings
     finally:
         _stop(p)
+
+
+def test_drop_proof_by_runs_names_the_first_page_that_may_not_go():
+    """verify.check_drops walks a drop range a run at a time: every clean file page of a real
+    process passes; a range reaching into a copy-on-written page of the same file mapping
+    (written .data) or a page not present is refused, naming exactly that page."""
+    from remap.fold.plan import stopped_snapshot
+    from remap.fold.verify import check_drops
+
+    p = _start([sys.executable, "-c", GROWER])
+    try:
+        vmas = stopped_snapshot(p.pid).vmas
+        clean = [(q.addr, q.addr + K.PAGE_SIZE) for v in vmas if v.is_file for q in v.pages
+                 if q.clean_file]  # fmt: skip
+        assert len(clean) > 100 and check_drops("t", clean, p.pid, vmas, {}, None) == 0
+        # a file mapping holding both: a run of clean pages, then its first anonymous page
+        v = next(v for v in vmas if v.is_file and {"file", "anon"} <= {q.backing for q in v.pages})
+        cow = next(q.addr for q in v.pages if q.backing == "anon")
+        lo, files = cow, {q.addr for q in v.pages if q.clean_file}
+        while lo - K.PAGE_SIZE in files:  # the run of clean pages right below it
+            lo -= K.PAGE_SIZE
+        with pytest.raises(UnsafeStep, match=f"would drop page {cow:#x}, which is neither"):
+            check_drops("t", [(lo, cow + K.PAGE_SIZE)], p.pid, vmas, {}, None)
+        assert check_drops("t", [(cow, cow)], p.pid, vmas, {}, None) == 0
+        have = {q.addr for w in vmas for q in w.pages}
+        hole = next(a for w in vmas if w.is_file for a in range(w.start, w.end, K.PAGE_SIZE)
+                    if a not in have)  # fmt: skip
+        with pytest.raises(UnsafeStep, match=f"would drop page {hole:#x}"):
+            check_drops("t", [(hole, hole + K.PAGE_SIZE)], p.pid, vmas, {}, None)
+    finally:
+        _stop(p)

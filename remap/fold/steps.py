@@ -76,17 +76,24 @@ def drop_clean_file(ctx: FoldContext) -> Action | None:
     # The page holding a blocked thread's `syscall` comes straight back when the call
     # restarts on resume: dropping it would only cost a fault, so it is kept.
     keep = {page_floor(r["rip"] - 2) for r in _known_regs(ctx) if _in_syscall(r)}
-    pages = [
-        p.addr
-        for v in ctx.snap.vmas
-        if v.is_file
-        for p in v.pages
-        if p.clean_file and p.addr not in keep
-    ]
-    if not pages:
+    ranges: list[tuple[int, int]] = []  # built in one pass: pages are in address order
+    lo = hi = n = 0
+    for v in ctx.snap.vmas:
+        if not v.is_file:
+            continue
+        for p in v.pages:
+            if p.backing != "file" or p.addr in keep:  # backing "file": Page.clean_file
+                continue
+            n += 1
+            if p.addr != hi:
+                if hi:
+                    ranges.append((lo, hi))
+                lo = p.addr
+            hi = p.addr + K.PAGE_SIZE
+    if not n:
         return None
-    ranges = coalesce(pages)
-    text = f"madvise(DONTNEED) {len(pages)} clean file pages in {len(ranges)} ranges"
+    ranges.append((lo, hi))
+    text = f"madvise(DONTNEED) {n} clean file pages in {len(ranges)} ranges"
     return _dontneed("drop-clean-file", text, ranges, set())
 
 

@@ -205,44 +205,49 @@ def check_drops(
     ``[stack]`` (the main thread, pid == tid, and only there) or, for another thread, in a
     private anonymous rw mapping with its self-pointing TCB above rsp and a PROT_NONE mapping
     right below."""
-    clean = _clean_file_pages(vmas, drops)
     dead = [
         span
         for tid, (rsp, fs) in stacks.items()
         if (span := _dead_span(pid, tid, rsp, fs, vmas, read))
     ]
+    starts = [v.start for v in vmas]
     anon = 0
     for lo, hi in drops:
-        for a in range(lo, hi, PAGE_SIZE):
-            if a in clean:
+        a = lo
+        while a < hi:  # a run at a time: a run of clean file pages, or one dead span's part
+            n = _clean_run(vmas, starts, a, hi)
+            if n:
+                a += n
                 continue
-            if not any(s <= a and a + PAGE_SIZE <= e for s, e in dead):
+            span = next(((s, e) for s, e in dead if s <= a and a + PAGE_SIZE <= e), None)
+            if span is None:
                 raise UnsafeStep(
                     f"{name} would drop page {a:#x}, which is neither a clean file page nor "
                     "proven dead stack; refused before anything was done"
                 )
-            anon += PAGE_SIZE
+            end = min(hi, span[1])
+            anon += end - a
+            a = end
     return anon
 
 
-def _clean_file_pages(vmas: list, ranges: list[tuple[int, int]]) -> set[int]:
-    """Addresses of the present clean file pages (pagemap bit 61 in a file mapping) of VMAS
-    inside RANGES: only the VMAs and pages the ranges overlap are looked at (bisection on
-    sorted starts and addresses), not every page of the process."""
-    starts = [v.start for v in vmas]
-    out: set[int] = set()
-    for lo, hi in ranges:
-        i = max(bisect.bisect_right(starts, lo) - 1, 0)
-        while i < len(vmas) and vmas[i].start < hi:
-            v = vmas[i]
-            i += 1
-            if not v.is_file or v.end <= lo:
-                continue
-            pages = v.pages
-            a = bisect.bisect_left(pages, lo, key=_addr)
-            b = bisect.bisect_left(pages, hi, key=_addr)
-            out.update(p.addr for p in pages[a:b] if p.clean_file)
-    return out
+def _clean_run(vmas: list, starts: list[int], a: int, hi: int) -> int:
+    """Bytes of consecutive present clean file pages (pagemap bit 61 in a file mapping) from
+    page A, below HI and within A's VMA; 0 when A is not one.  Bisection finds the VMA and the
+    page; no set of every clean page of the process is built."""
+    i = bisect.bisect_right(starts, a) - 1
+    if i < 0 or not vmas[i].is_file or vmas[i].end <= a:
+        return 0
+    pages = vmas[i].pages
+    j = bisect.bisect_left(pages, a, key=_addr)
+    cand = pages[j : j + ((min(hi, vmas[i].end) - a) >> PAGE_SHIFT)]
+    # sorted, distinct addresses: cand[m] is page a + m pages exactly while no page is missing
+    # before it, so the present prefix is found by bisection
+    n = bisect.bisect_right(range(len(cand)), 0, key=lambda m: cand[m].addr - a - m * PAGE_SIZE)
+    backs = [p.backing for p in cand[:n]]
+    if backs.count("file") != n:  # backing "file" is Page.clean_file; stop at the first other
+        n = next(m for m, b in enumerate(backs) if b != "file")
+    return n * PAGE_SIZE
 
 
 def _addr(p) -> int:
