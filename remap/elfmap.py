@@ -21,16 +21,18 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-from typing import NamedTuple
+from array import array
+from collections import namedtuple
 
 from . import kconst as K
 
 _PAGE_MASK = ~(K.PAGE_SIZE - 1)
 
 
-class Segment(NamedTuple):
+class Segment(namedtuple("Segment", "offset vaddr filesz memsz flags")):
     """A PT_LOAD program header."""
 
+    __slots__ = ()
     offset: int
     vaddr: int
     filesz: int
@@ -38,9 +40,10 @@ class Segment(NamedTuple):
     flags: int
 
 
-class Section(NamedTuple):
+class Section(namedtuple("Section", "name addr end kind")):
     """An allocated section with the label its pages get (code, rodata, data, bss)."""
 
+    __slots__ = ()
     name: str
     addr: int
     end: int
@@ -51,14 +54,17 @@ class ElfInfo:
     """What remap needs from one ELF file: loads, allocated sections, sorted symbols."""
 
     __slots__ = ("path", "segments", "sections", "sym_addr", "sym_end", "sym_name", "_strs")
-    __slots__ += ("_sec_addr",)
+    __slots__ += ("_sec_addr", "_base")
 
     def __init__(self, path: str, segments: list[Segment], sections: list[Section]):
         self.path, self.segments, self.sections = path, segments, sections
         self._sec_addr = [s.addr for s in sections]
-        self.sym_addr: list[int] = []
-        self.sym_end: list[int] = []
-        self.sym_name: list[int] = []  # offsets into _strs, decoded on demand
+        self._base = min(s.vaddr for s in segments) & _PAGE_MASK if segments else 0
+        # sorted symbol starts, ends and name offsets into _strs (decoded on demand): arrays, so
+        # that the on-disk cache loads them as three memory copies instead of 40,000 ints
+        self.sym_addr = array("Q")
+        self.sym_end = array("Q")
+        self.sym_name = array("Q")
         self._strs = b""
 
     def __repr__(self) -> str:
@@ -70,7 +76,7 @@ class ElfInfo:
     @property
     def base_vaddr(self) -> int:
         """Page-aligned vaddr of the first PT_LOAD (the one holding the ELF header)."""
-        return min(s.vaddr for s in self.segments) & _PAGE_MASK if self.segments else 0
+        return self._base
 
     @property
     def end_vaddr(self) -> int:
@@ -115,19 +121,20 @@ class ElfInfo:
         lo, hi = vaddr, vaddr + K.PAGE_SIZE
         secs = self.section_at(lo, hi)
         section = None
+        best = 4  # index into _PRECEDENCE of the best kind seen in the page
         for s in secs:
-            if s.addr <= lo < s.end:
+            if section is None and s.addr <= lo < s.end:
                 section = s.name
-                break
+            rank = _PRECEDENCE.get(s.kind, 4)
+            if rank < best:
+                best = rank
         if section is None and secs:
             section = secs[0].name
         symbol = self.symbol_at(lo, hi)
-        if lo == self.base_vaddr:
+        if lo == self._base:
             return "elf-header", section, symbol
-        kinds = {s.kind for s in secs}
-        for k in ("code", "data", "rodata", "bss"):
-            if k in kinds:
-                return k, section, symbol
+        if best < 4:
+            return _KINDS[best], section, symbol
         seg = self.segment_at(lo)
         if seg is None:
             return None, section, symbol
@@ -143,6 +150,10 @@ class ElfInfo:
             if (s.vaddr & _PAGE_MASK) <= vaddr < s.vaddr + s.memsz:
                 return s
         return None
+
+
+_KINDS = ("code", "data", "rodata", "bss")  # a page's label when sections of several kinds share it
+_PRECEDENCE = {k: i for i, k in enumerate(_KINDS)}
 
 
 def _kind(flags: int, is_nobits: bool) -> str:
@@ -306,16 +317,16 @@ def _load_symbols(info: ElfInfo, f, tab: tuple[int, int], strtab: tuple[int, int
     # names stay offsets into the string table until a page asks for one (~18,000 symbols in
     # a CPython binary; decoding them all would cost more than the rest of the snapshot)
     syms = sorted(
-        (value, value + size, name)
+        (value, min(value + size, K.MASK64), name)  # an end past 2**64: a malformed file
         for name, info_b, _o, shndx, value, size in _SYM.iter_unpack(
             raw[: len(raw) // _SYM.size * _SYM.size]
         )
         if value and shndx and (info_b & 0xF) in (K.STT_FUNC, K.STT_OBJECT)
     )
     info._strs = strs
-    info.sym_addr = [s[0] for s in syms]
-    info.sym_end = [s[1] for s in syms]
-    info.sym_name = [s[2] for s in syms]
+    info.sym_addr = array("Q", [s[0] for s in syms])
+    info.sym_end = array("Q", [s[1] for s in syms])
+    info.sym_name = array("Q", [s[2] for s in syms])
 
 
 _cache: dict[tuple[str, int, int], ElfInfo | None] = {}
@@ -348,7 +359,7 @@ def load(path: str, inode: int | None = None) -> ElfInfo | None:
 # one marshal file per file version: named by device, inode, size, mtime and ctime, so a
 # rewritten, replaced or touched file is parsed again.  A cache that cannot be read or written
 # is ignored: it only ever saves time.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: the symbol columns are array("Q") bytes (1: lists of ints)
 
 
 def cache_dir() -> str | None:
@@ -366,7 +377,9 @@ def _cache_file(st: os.stat_result) -> str | None:
     d = cache_dir()
     if d is None:
         return None
-    name = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}-{st.st_ctime_ns:x}"
+    # the format leads the name: two remap versions sharing a cache keep their own entries
+    name = f"v{_CACHE_FORMAT}-{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}"
+    name += f"-{st.st_mtime_ns:x}-{st.st_ctime_ns:x}"
     return os.path.join(d, name)
 
 
@@ -388,7 +401,18 @@ def _load_cached(path: str, st: os.stat_result) -> ElfInfo | None:
     if fmt != _CACHE_FORMAT or cpath != path:  # another format, or a hard link's other name
         return None
     info = ElfInfo(path, [Segment(*s) for s in segs], [Section(*s) for s in secs])
-    info.sym_addr, info.sym_end, info.sym_name, info._strs = sym_addr, sym_end, sym_name, strs
+    try:
+        for col, raw in (
+            (info.sym_addr, sym_addr),
+            (info.sym_end, sym_end),
+            (info.sym_name, sym_name),
+        ):
+            col.frombytes(raw)
+    except (TypeError, ValueError):  # not bytes, or not whole 8-byte words: not our file
+        return None
+    if not len(info.sym_addr) == len(info.sym_end) == len(info.sym_name):
+        return None
+    info._strs = strs
     return info
 
 
@@ -400,8 +424,8 @@ def _store_cached(info: ElfInfo, st: os.stat_result) -> None:
         return
     rec = (
         _CACHE_FORMAT, info.path, [tuple(s) for s in info.segments],
-        [tuple(s) for s in info.sections], info.sym_addr, info.sym_end, info.sym_name,
-        info._strs,
+        [tuple(s) for s in info.sections], info.sym_addr.tobytes(), info.sym_end.tobytes(),
+        info.sym_name.tobytes(), info._strs,
     )  # fmt: skip
     tmp = f"{fn}.{os.getpid()}.tmp"
     try:
@@ -422,9 +446,12 @@ def load_bias(info: ElfInfo, lowest_start: int, lowest_offset: int) -> int:
 
 
 # --------------------------------------------------------------------------- whole tables
-class SectionHeader(NamedTuple):
+class SectionHeader(
+    namedtuple("SectionHeader", "index name type flags addr offset size link info align entsize")
+):
     """One section header (any section, allocated or not), its name resolved."""
 
+    __slots__ = ()
     index: int
     name: str
     type: int  # SHT_*
@@ -438,10 +465,11 @@ class SectionHeader(NamedTuple):
     entsize: int
 
 
-class Symbol(NamedTuple):
+class Symbol(namedtuple("Symbol", "name value size type bind shndx")):
     """One .symtab entry: TYPE is STT_* (kconst), BIND is STB_* (0 local, 1 global, 2 weak),
     SHNDX the section index (kconst.SHN_UNDEF, SHN_ABS... as the raw numbers)."""
 
+    __slots__ = ()
     name: str
     value: int
     size: int

@@ -14,7 +14,10 @@ size, and every import is paid by each run.
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring_ascii as _enc
+try:  # the json package's C escaper, without importing json (and re) around it
+    from _json import encode_basestring_ascii as _enc
+except ImportError:  # an interpreter without the C accelerator
+    from json.encoder import encode_basestring_ascii as _enc
 
 from . import kconst as K
 from . import labels, pagemap, procfs

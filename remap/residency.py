@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from . import kconst as K
 from . import labels, pagemap, procfs
 from .rsslag import RssLag, rss_lag
+from .seedline import seed_summary
 
 
 @dataclass(slots=True)
@@ -510,16 +511,6 @@ def _counters_kb(got: _Instant, vmas: list[Vma], present_kb: int, smaps: bool) -
         "smaps_rollup_rss": int(rollup.get("Rss", 0)),
         "pagemap_present": present_kb,
     }
-
-
-def seed_summary(status: dict) -> str:
-    """The seed bot's one-line summary, built from /proc/PID/status."""
-    g = lambda k: int(status.get(k, 0))  # noqa: E731
-    return (
-        f"VM {g('VmSize')} kB (Max {g('VmPeak')} kB), RSS {g('VmRSS')} kB "
-        f"[ Code {g('VmExe')} kB, Data {g('VmData')} kB, Libs {g('VmLib')} kB, "
-        f"Stack {g('VmStk')} kB ]"
-    )
 
 
 def _reconcile(
