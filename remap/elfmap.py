@@ -112,6 +112,43 @@ class ElfInfo:
         off = self.sym_name[i]
         return self._strs[off : self._strs.find(b"\0", off)].decode(errors="replace")
 
+    def describe_pages(self, lo: int, hi: int) -> list[tuple[str | None, str | None, str | None]]:
+        """:meth:`describe` of every page in [LO, HI) (page-aligned ELF vaddrs), in one pass.
+
+        Why: a run of present pages in a big library is hundreds of pages; walking the sorted
+        sections and symbols alongside them costs a fraction of one bisect per page and table.
+        Equal to ``[describe(a) for a in range(lo, hi, PAGE_SIZE)]`` (tests check it on real
+        files)."""
+        out = []
+        secs, sec_addr, nsec = self.sections, self._sec_addr, len(self.sections)
+        a, ends, nsym = self.sym_addr, self.sym_end, len(self.sym_addr)
+        i = bisect.bisect_right(a, lo) - 1  # the last symbol starting at or before the page
+        for page in range(lo, hi, K.PAGE_SIZE):
+            top = page + K.PAGE_SIZE
+            while i + 1 < nsym and a[i + 1] <= page:
+                i += 1
+            symbol = None
+            j = i
+            while j >= 0 and j > i - 8:  # as symbol_at: a few back for one containing the page
+                if ends[j] > page:
+                    symbol = self._name(j)
+                    break
+                j -= 1
+            if symbol is None and i + 1 < nsym and a[i + 1] < top:
+                symbol = self._name(i + 1)
+            k = max(0, bisect.bisect_right(sec_addr, page) - 1)
+            if k + 1 >= nsec or sec_addr[k + 1] >= top:  # at most one section starts in the page
+                s0 = secs[k] if k < nsec else None
+                if s0 is not None and s0.addr <= page and top <= s0.end:  # wholly inside it
+                    if page == self._base:
+                        out.append(("elf-header", s0.name, symbol))
+                    else:
+                        out.append((s0.kind, s0.name, symbol))
+                    continue
+            label, section, _ = self.describe(page)
+            out.append((label, section, symbol))
+        return out
+
     def describe(self, vaddr: int) -> tuple[str | None, str | None, str | None]:
         """(label, section, symbol) of the page at ELF vaddr VADDR (page-aligned).
 

@@ -75,8 +75,9 @@ def document(pid: int, *, method: str = "auto") -> str:
                     + tail
                 )
                 continue
-            for a in range(r.start, r.end, K.PAGE_SIZE):
-                pl, sec, sym = view.describe(a)
+            for a, (pl, sec, sym) in zip(
+                range(r.start, r.end, K.PAGE_SIZE), view.describe_pages(r.start, r.end), strict=True
+            ):
                 if not (is_exe_part and pl):
                     pl = label
                 if is_exe_part:

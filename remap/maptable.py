@@ -15,7 +15,6 @@ AccessDenied, UnsupportedTarget).
 
 from __future__ import annotations
 
-from . import kconst as K
 from . import labels, pagemap, procfs
 from .render import vma_table
 from .seedline import seed_summary
@@ -55,9 +54,6 @@ def _exe_label(e, view, label: str, runs: list) -> str | None:
     """The label of one of the executable's file mappings: the most common label of its present
     pages (as the model labels them: the page's ELF label, else the mapping's)."""
     page_labels = [
-        view.describe(a)[0] or label
-        for r in runs
-        if not r.zero
-        for a in range(r.start, r.end, K.PAGE_SIZE)
+        d[0] or label for r in runs if not r.zero for d in view.describe_pages(r.start, r.end)
     ]
     return labels.exe_vma_label(e, view, page_labels)

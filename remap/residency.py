@@ -487,10 +487,11 @@ def _fill_pages(v: Vma, rs: list, view, kind: str, is_exe_part: bool,
                 ]
             )
             continue
-        for a in range(r.start, r.end, K.PAGE_SIZE):
+        described = view.describe_pages(r.start, r.end) if view is not None else None
+        for n, a in enumerate(range(r.start, r.end, K.PAGE_SIZE)):
             pl, sec, sym = label, None, None
-            if view is not None:
-                pl2, sec, sym = view.describe(a)
+            if described is not None:
+                pl2, sec, sym = described[n]
                 if is_exe_part and pl2:
                     pl = pl2
             pfn = frames.get(a)
