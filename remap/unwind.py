@@ -90,10 +90,15 @@ class Module:
     def __init__(self, path: str, tables: elfmap.ElfTables):
         self.path, self.tables = path, tables
         self.entry = tables.entry
-        self._fdes = sorted(
-            (f.header["initial_location"], f.header["initial_location"] + f.header["address_range"], i, f)
-            for i, f in enumerate(tables.eh_frame_fdes())
-        )  # fmt: skip
+        try:
+            fdes = tables.eh_frame_fdes()
+        except ValueError as e:
+            raise CannotUnwind(f"{path}: {e}") from None
+        self._fdes = []
+        for i, f in enumerate(fdes):
+            lo = f.header["initial_location"]
+            self._fdes.append((lo, lo + f.header["address_range"], i, f))
+        self._fdes.sort()
         self._fde_lo = [x[0] for x in self._fdes]
         funcs = sorted(
             (s.value, s.size, s.name)
