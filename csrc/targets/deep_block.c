@@ -2,7 +2,9 @@
 //
 //   deep_block MODE     MODE: read (read(0) in musl's read, no CFI), select (select(2) on
 //                       stdin, as EnergyMech idles), own (an inline `syscall` in a function of
-//                       this file, which has CFI)
+//                       this file, which has CFI), aligned (read from a frame that realigns
+//                       its stack to 64 bytes: an `and` on rsp, CFA from rbp), signal (read
+//                       inside a SIGUSR1 handler: a signal frame between it and main)
 //
 // main -> outer -> middle -> inner -> (read | select | own syscall), each frame with locals
 // kept live across the call (noinline, so every frame exists; the checksum uses them after
@@ -14,6 +16,7 @@
 // remap-build: musl-gcc -static -no-pie -O2 -fomit-frame-pointer -fasynchronous-unwind-tables -o {out} {src}
 // remap-build[fp]: musl-gcc -static -no-pie -O2 -fno-omit-frame-pointer -fasynchronous-unwind-tables -o {out} {src}
 // remap-build[nocfi]: musl-gcc -static -no-pie -O2 -fomit-frame-pointer -fno-asynchronous-unwind-tables -fno-unwind-tables -o {out} {src}
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/select.h>
@@ -30,6 +33,24 @@ __attribute__((noinline)) static long own_read(int fd, char *buf, long n)
 	return ret;
 }
 
+__attribute__((noinline)) static long aligned(volatile char *loc)
+{
+	char buf[64] __attribute__((aligned(64)));
+	memset(buf, 0, sizeof buf);
+	__asm__ volatile("" : : "r"(buf) : "memory");
+	return read(0, buf, sizeof buf) + loc[0] + 11;
+}
+
+static volatile long in_handler;
+
+static void on_usr1(int sig)
+{
+	char buf[16];
+	puts("ready");
+	fflush(stdout);
+	in_handler = read(0, buf, sizeof buf) + sig - SIGUSR1;
+}
+
 __attribute__((noinline)) static long inner(volatile char *loc)
 {
 	char buf[64];
@@ -41,6 +62,13 @@ __attribute__((noinline)) static long inner(volatile char *loc)
 		if (select(1, &r, 0, 0, 0) < 0)
 			return -1;
 		return read(0, buf, sizeof buf) + loc[0] + 11;
+	}
+	if (!strcmp(mode, "aligned"))
+		return aligned(loc);
+	if (!strcmp(mode, "signal")) {
+		signal(SIGUSR1, on_usr1);
+		raise(SIGUSR1);
+		return in_handler + loc[0] + 11;
 	}
 	if (!strcmp(mode, "own"))
 		return own_read(0, buf, sizeof buf) + loc[0] + 11;
@@ -65,8 +93,10 @@ __attribute__((noinline)) static long outer(int k)
 int main(int argc, char **argv)
 {
 	mode = argc > 1 ? argv[1] : "read";
-	puts("ready");
-	fflush(stdout);
+	if (strcmp(mode, "signal")) {
+		puts("ready");
+		fflush(stdout);
+	}
 	long s = outer(90);
 	printf("sum %ld\n", s);
 	return 0;
