@@ -100,7 +100,7 @@ class StackUse:
     """Peak live stack: from the steady-state root's CFA down to the lowest byte touched."""
 
     root: str  # function running at the highest rsp (the steady-state loop)
-    root_cfa: int  # its canonical frame address (rbp + 16 with frame pointers, else max rsp)
+    root_cfa: int  # its canonical frame address (its unwind rule; else rbp + 16, or max rsp)
     min_rsp: int
     min_touched: int  # lowest stack address any instruction accessed (red zone included)
     peak_depth: int  # root_cfa - min(min_rsp, min_touched)

@@ -250,3 +250,26 @@ def test_single_page_fold_without_frame_pointers():
     finally:
         lb.stop()
         srv.close()
+
+
+def test_profile_root_cfa_without_frame_pointers():
+    """The profiler's steady-state root on the no-frame-pointer bot: its CFA from the unwind
+    rule at the pc seen at the highest rsp while single-stepping equals the CFA the walk of
+    the idle bot finds for the same function (rbp is no frame pointer here: rbp + 16 is not)."""
+    from remap.profile import irc_workload, profile
+
+    srv = IrcServer()
+    lb = launch([str(targets.build("minibot", "hotpage-nofp")), *srv.bot_args()], aslr=True)
+    try:
+        srv.accept_bot()
+        lb.wait_blocked()
+        prof = profile(lb.pid, workload=irc_workload(srv, 10))
+        lb.wait_blocked()
+        frames, why = Stopped(lb.pid).walk()
+        assert prof.stack.root == "hot_main"
+        root = next(f for f in frames if f.function == "hot_main")
+        assert prof.stack.root_cfa == root.cfa, (hex(prof.stack.root_cfa), hex(root.cfa), why)
+        assert srv.command("!ping") == "pong"
+    finally:
+        lb.stop()
+        srv.close()
