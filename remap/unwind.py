@@ -43,7 +43,9 @@ CALLEE_SAVED = ("rbx", "rbp", "r12", "r13", "r14", "r15")  # kept across calls (
 # mov $15,%eax / mov $15,%rax; syscall: the rt_sigreturn trampolines (musl __restore_rt, glibc)
 SIGRETURN_CODE = (b"\xb8\x0f\x00\x00\x00\x0f\x05", b"\x48\xc7\xc0\x0f\x00\x00\x00\x0f\x05")
 
-Mapping = tuple[int, int, int, str]  # start, end, file offset, path (as /proc/PID/maps says)
+# start, end, file offset, path (as /proc/PID/maps says), and optionally the inode: when given,
+# a file replaced on disk since it was mapped is refused rather than read
+Mapping = tuple  # (int, int, int, str) or (int, int, int, str, int)
 
 
 class CannotUnwind(UnsafeStep):
@@ -87,8 +89,8 @@ class Frame:
 class Module:
     """The unwind tables of one ELF file: its FDE ranges (decoded on demand) and functions."""
 
-    def __init__(self, path: str, tables: elfmap.ElfTables):
-        self.path, self.tables = path, tables
+    def __init__(self, path: str, tables: elfmap.ElfTables, inode: int = 0):
+        self.path, self.tables, self.inode = path, tables, inode
         self.entry = tables.entry
         try:
             fdes = tables.eh_frame_fdes()
@@ -134,6 +136,16 @@ class Module:
             return None
         return None
 
+    def follows_call(self, vaddr: int) -> bool:
+        """Is VADDR the address just after a call instruction (as every return address is)?"""
+        cs = _disassembler()
+        for k in (5, 2, 3, 6, 7, 4, 8, 9):  # e8 rel32 first, then the ff /2 forms
+            code = self.tables.bytes_at(vaddr - k, k)
+            ins = next(cs.disasm(code, vaddr - k, 1), None)
+            if ins is not None and ins.size == k and ins.mnemonic == "call":
+                return True
+        return False
+
     def rule_at(self, vaddr: int, caller: bool) -> Rule:
         """The unwind rule at VADDR (a return address when CALLER: looked up at vaddr - 1, the
         call instruction, so a call to a noreturn function at the very end still matches)."""
@@ -153,6 +165,11 @@ class Module:
                 f"no CFI (no .eh_frame FDE) and no function symbol at {vaddr:#x} in {self.path}"
             )
         lo, hi, name = fn
+        if ".cold" in name:  # gcc's split-off cold block: entered by a jump mid-frame
+            raise CannotUnwind(
+                f"no CFI at {vaddr:#x} in {name} ({self.path}), a cold part split off its "
+                "function: its stack depth on entry is its parent's, unknown here"
+            )
         code = self.tables.bytes_at(lo, max(hi, vaddr + 1) - lo)
         return code_rule(code, lo, hi, vaddr, f"{name} ({self.path})")
 
@@ -170,7 +187,7 @@ def module(path: str) -> Module:
             tables = elfmap.open_elf(path)
             if tables is None:
                 raise CannotUnwind(f"{path} is not an ELF64 file: no unwind tables")
-            _modules[key] = Module(path, tables)
+            _modules[key] = Module(path, tables, st.st_ino)
         return _modules[key]
     except OSError as e:
         raise CannotUnwind(f"cannot read {path} for its unwind tables: {e.strerror}") from None
@@ -181,11 +198,13 @@ def _locate(pc: int, maps: list[Mapping]) -> tuple[Module, int]:
     m = next((m for m in maps if m[0] <= pc < m[1]), None)
     if m is None:
         raise CannotUnwind(f"pc {pc:#x} is in no mapping")
-    start, _end, off, path = m
+    start, _end, off, path = m[:4]
     if not path.startswith("/") or path.endswith(" (deleted)"):
         what = path or "anonymous memory"
         raise CannotUnwind(f"pc {pc:#x} is in {what}: no ELF file on disk to read its CFI from")
     mod = module(path)
+    if len(m) > 4 and m[4] and m[4] != mod.inode:
+        raise CannotUnwind(f"{path} on disk is no longer the file mapped at {start:#x}")
     fileoff = pc - start + off
     for seg in mod.tables.loads:
         if seg.offset <= fileoff < seg.offset + seg.filesz:
@@ -409,8 +428,6 @@ def frames(
     for _ in range(max_frames):
         pc = known["rip"]
         mod, vaddr = _locate(pc, maps)
-        if caller and mod.tables.bytes_at(vaddr, 9).startswith(SIGRETURN_CODE):
-            raise CannotUnwind(f"signal frame: {pc:#x} is an rt_sigreturn trampoline, not crossed")
         rule = mod.rule_at(vaddr, caller)
         fn = mod.function_at(vaddr - caller)
         if rule.cfa_reg not in known:
@@ -433,6 +450,13 @@ def frames(
         ra = read_word(saved["rip"])
         yield Frame(pc, cfa, name, mod.path, ra, saved, rule.source)
         caller_mod, caller_vaddr = _locate(ra, maps)
+        if caller_mod.tables.bytes_at(caller_vaddr, 9).startswith(SIGRETURN_CODE):
+            raise CannotUnwind(f"signal frame: {ra:#x} is an rt_sigreturn trampoline, not crossed")
+        if not caller_mod.follows_call(caller_vaddr):
+            raise CannotUnwind(
+                f"the return address {ra:#x} read at {saved['rip']:#x} (frame of {pc:#x}) "
+                "does not follow a call instruction"
+            )
         if caller_mod.entry is not None and _same_function(
             caller_mod, caller_vaddr - 1, caller_mod.entry
         ):

@@ -743,7 +743,7 @@ def _steady_root(
 def _cfi_root(regs, word, stack, hot: HotPage, pid: int) -> tuple[int | None, list, str]:
     """(CFA of the first frame whose caller is not hot, frames walked, "") by the CFI walk,
     or (None, frames, the reason it stopped)."""
-    maps = [(m.start, m.end, m.offset, m.path) for m in procfs.read_maps(pid)]
+    maps = [(m.start, m.end, m.offset, m.path, m.inode) for m in procfs.read_maps(pid)]
     walked: list = []
     try:
         for f in unwind.frames(regs, word, maps, stack):
