@@ -472,6 +472,16 @@ def frames(
     raise CannotUnwind(f"more than {max_frames} frames")
 
 
+def follows_call(addr: int, maps: list[Mapping]) -> bool:
+    """Does ADDR follow a call instruction in the file mapped there (as a return address
+    must)?  False when no ELF file on disk holds ADDR."""
+    try:
+        mod, vaddr = _locate(addr, maps)
+    except CannotUnwind:
+        return False
+    return mod.follows_call(vaddr)
+
+
 def _same_function(mod: Module, a: int, b: int) -> bool:
     fa, fb = mod.function_at(a), mod.function_at(b)
     return fa is not None and fa == fb

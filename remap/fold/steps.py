@@ -551,11 +551,12 @@ def single_page(ctx: FoldContext) -> Action | None:
     argv strings beside them, every other mapping unmapped.
 
     Preconditions (each refused with its reason): a hot page in the executable; one thread;
-    blocked in a restartable syscall *inside* the hot page; the rbp chain reaches a frame whose
-    caller is outside the hot code (the steady-state root, which by the contract never returns);
-    no anonymous memory outside the hot page and the stack; moved frames + strings + a margin fit
-    the reserve.  Caught signals are blocked for good (a signal frame would not fit); signals at
-    their default action push no frame and keep working (SIGTERM still terminates).
+    blocked in a restartable syscall *inside* the hot page; the frame walk (CFI, else the rbp
+    chain) reaches a frame whose caller is outside the hot code (the steady-state root, which by
+    the contract never returns); no anonymous memory outside the hot page and the stack; moved
+    frames + strings + a margin fit the reserve.  Caught signals are blocked for good (a signal
+    frame would not fit); signals at their default action push no frame and keep working
+    (SIGTERM still terminates).
     """
     hot, regs, stack = _single_page_target(ctx)
     p = _plan_single_page(ctx, hot, regs, stack)
@@ -722,7 +723,8 @@ def _steady_root(
             raise unwind.CannotUnwind(f"stack word {a:#x} is outside [rsp, start_stack]")
         return struct.unpack_from("<Q", buf, a - buf_lo)[0]
 
-    cfi_cfa, cfi_frames, why = _cfi_root(regs, word, (buf_lo, buf_hi), hot, pid)
+    maps = [(m.start, m.end, m.offset, m.path, m.inode) for m in procfs.read_maps(pid)]
+    cfi_cfa, cfi_frames, why = _cfi_root(regs, word, (buf_lo, buf_hi), hot, maps)
     cfa, frames = walk_frames(word, regs["rbp"], buf_lo, buf_hi, hot.contains)
     if cfi_cfa is not None:
         if cfa is not None and cfa != cfi_cfa and _fp_frames(frames, cfi_frames):
@@ -731,6 +733,12 @@ def _steady_root(
                 "not guessing which is right"
             )
         return cfi_cfa, cfi_frames
+    bad = next((ret for _fp, ret in frames if not unwind.follows_call(ret, maps)), None)
+    if cfa is not None and bad is not None:  # rbp was no frame pointer: its "chain" is noise
+        raise UnsafeStep(
+            f"cannot find where the hot frames end: the CFI walk stopped ({why}), and the "
+            f"rbp chain holds {bad:#x}, which follows no call instruction"
+        )
     if cfa is None:
         raise UnsafeStep(
             f"cannot find where the hot frames end: the CFI walk stopped ({why}), and the "
@@ -740,10 +748,9 @@ def _steady_root(
     return cfa, frames
 
 
-def _cfi_root(regs, word, stack, hot: HotPage, pid: int) -> tuple[int | None, list, str]:
+def _cfi_root(regs, word, stack, hot: HotPage, maps: list) -> tuple[int | None, list, str]:
     """(CFA of the first frame whose caller is not hot, frames walked, "") by the CFI walk,
     or (None, frames, the reason it stopped)."""
-    maps = [(m.start, m.end, m.offset, m.path, m.inode) for m in procfs.read_maps(pid)]
     walked: list = []
     try:
         for f in unwind.frames(regs, word, maps, stack):
