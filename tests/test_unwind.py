@@ -273,3 +273,22 @@ def test_profile_root_cfa_without_frame_pointers():
     finally:
         lb.stop()
         srv.close()
+
+
+def test_fold_root_refused_with_both_reasons_when_nothing_proves_it(deep):
+    """The fold's root finder on a frame it cannot prove (no CFI, rsp realigned, no frame
+    pointers): refused, naming why the CFI walk stopped and why the rbp chain is no proof.
+    (deep_block has no hot page: its whole text stands in for one, so every frame is "hot".)"""
+    from remap.errors import UnsafeStep
+    from remap.fold.hotpage import HotPage
+    from remap.fold.steps import _steady_root
+
+    p, _st = deep("nocfi", "aligned")
+    text = next(m for m in procfs.read_maps(p.pid) if "x" in m.perms and m.path.endswith("nocfi"))
+    hot = HotPage(text.start, text.end, 0, 0, (), ())
+    with remap.attach(p.pid) as s:
+        with pytest.raises(UnsafeStep) as e:
+            _steady_root(s, s.regs(), procfs.read_stat(p.pid).start_stack, hot, p.pid)
+    msg = str(e.value)
+    assert "the CFI walk stopped" in msg and "`and rsp, 0xffffffffffffffc0`" in msg, msg
+    assert "rbp chain" in msg or "frame-pointer chain" in msg, msg
