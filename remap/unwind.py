@@ -273,36 +273,47 @@ def code_rule(code: bytes, lo: int, hi: int, pc: int, name: str) -> Rule:
 
     Every path from the entry is followed (conditional branches both ways, calls return, jumps
     inside the function followed, ret and jumps out of it end a path) and the bytes pushed
-    counted: at the entry CFA = rsp + 8.  Pushes of a callee-saved register still holding its
-    caller's value say where that value lies.  Raises CannotUnwind when PC is not reached, when
-    two paths reach an instruction with different stack depths, when an instruction changes
-    rsp in a way not modelled (mov/and/leave/xchg on rsp), or on an indirect jump below the
-    entry depth (a jump table: its targets are unknown).
+    counted: at the entry CFA = rsp + 8.  `mov %rsp,%rbp` makes rbp a frame pointer (CFA =
+    rbp + depth then); while it is one, rsp may change in any way (`and` to realign, `sub` of a
+    register for alloca) and `leave`, `mov %rbp,%rsp` or `lea -n(%rbp),%rsp` bring the depth
+    back.  A push of a callee-saved register still holding its caller's value says where that
+    value lies; where paths meet, only what holds on all of them is kept (a fixpoint).
+
+    Raises CannotUnwind when PC is not reached, when paths meet with different stack depths,
+    when rsp changes in a way not modelled and rbp is no frame pointer, or on an indirect jump
+    inside the frame (a jump table: its targets are unknown).  Assumes the function is entered
+    at its symbol (true of compiled functions; a split-off .cold part is refused before).
     """
     import capstone.x86 as X
 
     cs = _disassembler()
-    rsp = X.X86_REG_RSP
-    insns = {}
-    for i in cs.disasm(code[: hi - lo], lo):
-        insns[i.address] = i
-    # state: (depth: bytes between rsp and the CFA, slots: (reg, offset from the CFA) holding a
-    # caller's value, changed: callee-saved regs written since the entry, fp: the depth rbp was
-    # set to by `mov %rsp,%rbp`, or None)
+    rsp, rbp = X.X86_REG_RSP, X.X86_REG_RBP
+    insns = {i.address: i for i in cs.disasm(code[: hi - lo], lo)}
+    # state: (depth: bytes between rsp and the CFA, None once only rbp knows it; slots: (reg,
+    # offset from the CFA) holding a caller's value; changed: callee-saved regs written since
+    # the entry; fp: the depth at which `mov %rsp,%rbp` set rbp (CFA = rbp + fp), or None)
     states: dict[int, tuple] = {lo: (8, frozenset(), frozenset(), None)}
     work = [lo]
     where = f"{name} at {pc:#x}"
 
     def reach(target: int, st: tuple) -> bool:
-        """Record ST at TARGET; True when TARGET is new (its path goes on)."""
-        if target in states:
-            if states[target][0] != st[0] or states[target][3] != st[3]:
-                raise CannotUnwind(
-                    f"{where}: paths reach {target:#x} with different stack states (depth "
-                    f"{states[target][0]} / {st[0]}, rbp at depth {states[target][3]} / {st[3]})"
-                )
+        """Merge ST into TARGET's state; True when that changed it (its path must go on)."""
+        old = states.get(target)
+        if old is None:
+            states[target] = st
+            return True
+        depth, fp = old[0], old[3] if old[3] == st[3] else None  # fp on one path only: none
+        if old[0] != st[0] and fp is not None:
+            depth = None  # rsp differs, rbp agrees: the CFA is rbp + fp on every path
+        elif old[0] != st[0] or (depth is None and fp is None):
+            raise CannotUnwind(
+                f"{where}: paths reach {target:#x} with different stack states (depth "
+                f"{old[0]} / {st[0]}, rbp at depth {old[3]} / {st[3]})"
+            )
+        merged = (depth, old[1] & st[1], old[2] | st[2], fp)
+        if merged == old:
             return False
-        states[target] = st
+        states[target] = merged
         return True
 
     while work:
@@ -316,58 +327,59 @@ def code_rule(code: bytes, lo: int, hi: int, pc: int, name: str) -> Rule:
             wnames = {ins.reg_name(r) for r in ins.regs_access()[1]}
             end = m in ("ret", "retf", "hlt", "ud2", "int3")
             reg0 = ops[0].reg if ops and ops[0].type == X.X86_OP_REG else None
+            src_reg = ops[1].reg if len(ops) > 1 and ops[1].type == X.X86_OP_REG else None
+            mem = ops[1].mem if len(ops) > 1 and ops[1].type == X.X86_OP_MEM else None
+            known = depth is not None
             if m == "push":
-                depth += 8
+                depth = depth + 8 if known else None
                 r = ins.reg_name(reg0) if reg0 else None
-                if r in CALLEE_SAVED and r not in changed:
+                if known and r in CALLEE_SAVED and r not in changed:
                     slots = slots | {(r, -depth)}
             elif m == "pop":
-                depth -= 8
-            elif m in ("call", "ret") or end:
+                depth = depth - 8 if known else None
+            elif m == "call" or end:
                 pass  # a callee returns with rsp where it was; ret ends the path
-            elif m in ("sub", "add") and reg0 == rsp and ops[1].type == X.X86_OP_IMM:
+            elif m in ("sub", "add") and reg0 == rsp and ops[1].type == X.X86_OP_IMM and known:
                 depth += ops[1].imm if m == "sub" else -ops[1].imm
             elif (
                 m == "lea"
                 and reg0 == rsp
-                and ops[1].mem.index == 0
-                and (
-                    ops[1].mem.base == rsp or (ops[1].mem.base == X.X86_REG_RBP and fp is not None)
-                )
+                and mem is not None
+                and mem.index == 0
+                and ((mem.base == rsp and known) or (mem.base == rbp and fp is not None))
             ):
-                depth = (depth if ops[1].mem.base == rsp else fp) - ops[1].mem.disp
+                depth = (depth if mem.base == rsp else fp) - mem.disp
             elif m == "leave" and fp is not None:
                 depth = fp - 8
-            elif (
-                m == "mov"
-                and reg0 == rsp
-                and ops[1].type == X.X86_OP_REG
-                and (ops[1].reg == X.X86_REG_RBP and fp is not None)
-            ):
+            elif m == "mov" and reg0 == rsp and src_reg == rbp and fp is not None:
                 depth = fp
             elif "rsp" in wnames:
-                raise CannotUnwind(
-                    f"{where}: `{ins.mnemonic} {ins.op_str}` at {a:#x} changes rsp in a way the "
-                    "code analysis does not model"
-                )
-            if (
-                m == "mov"
-                and reg0 == X.X86_REG_RBP
-                and ops[1].type == X.X86_OP_REG
-                and (ops[1].reg == rsp)
-            ):
+                if fp is None:
+                    raise CannotUnwind(
+                        f"{where}: `{ins.mnemonic} {ins.op_str}` at {a:#x} changes rsp in a way "
+                        "the code analysis does not model, and rbp is no frame pointer"
+                    )
+                depth = None  # realigned or alloca'd: the CFA is rbp + fp from here
+            if m == "mov" and reg0 == rbp and src_reg == rsp:
                 fp = depth
-            elif "rbp" in wnames:
+            elif "rbp" in wnames and m != "leave":
                 fp = None
+            if depth is None and fp is None:
+                raise CannotUnwind(
+                    f"{where}: `{ins.mnemonic} {ins.op_str}` at {a:#x} ends the frame pointer "
+                    "while the stack depth is known only from it"
+                )
             changed = changed | (wnames & set(CALLEE_SAVED))
             if m in ("pop", "leave"):
                 r = "rbp" if m == "leave" else ins.reg_name(reg0) if reg0 else None
-                if r is not None and (r, -(depth + 8)) in slots:
+                if r is not None and depth is not None and (r, -(depth + 8)) in slots:
                     changed = changed - {r}  # popped back: the caller's value again
                 slots = frozenset(s for s in slots if s[0] != r)
+                if m == "leave":
+                    fp = None
             st = (depth, slots, changed, fp)
             if m == "call" and nxt not in insns:
-                states.setdefault(nxt, st)  # a noreturn call at the very end: its return site
+                reach(nxt, st)  # a noreturn call at the very end: its return site
             if m.startswith("j"):
                 if ops[0].type != X.X86_OP_IMM:
                     if depth != 8:
@@ -384,7 +396,7 @@ def code_rule(code: bytes, lo: int, hi: int, pc: int, name: str) -> Rule:
             a = nxt
     if pc not in states:
         raise CannotUnwind(f"{where}: no path from the entry {lo:#x} reaches the pc")
-    depth, slots, changed, _fp = states[pc]
+    depth, slots, changed, fp = states[pc]
     saved = {r: off for r, off in slots}
     same = frozenset(r for r in CALLEE_SAVED if r not in changed and r not in saved)
     unknown = {
@@ -393,6 +405,8 @@ def code_rule(code: bytes, lo: int, hi: int, pc: int, name: str) -> Rule:
         if r in changed and r not in saved
     }
     saved["rip"] = -8
+    if depth is None:
+        return Rule("rbp", fp, saved, same, unknown, "code")
     return Rule("rsp", depth, saved, same, unknown, "code")
 
 

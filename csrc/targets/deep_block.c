@@ -4,7 +4,8 @@
 //                       stdin, as EnergyMech idles), own (an inline `syscall` in a function of
 //                       this file, which has CFI), aligned (read from a frame that realigns
 //                       its stack to 64 bytes: an `and` on rsp, CFA from rbp), signal (read
-//                       inside a SIGUSR1 handler: a signal frame between it and main)
+//                       inside a SIGUSR1 handler: a signal frame between it and main),
+//                       switch (read from one case of a switch compiled to a jump table)
 //
 // main -> outer -> middle -> inner -> (read | select | own syscall), each frame with locals
 // kept live across the call (noinline, so every frame exists; the checksum uses them after
@@ -41,6 +42,22 @@ __attribute__((noinline)) static long aligned(volatile char *loc)
 	return read(0, buf, sizeof buf) + loc[0] + 11;
 }
 
+__attribute__((noinline)) static long dispatch(int k, volatile char *loc)
+{
+	char buf[32];
+	switch (k) {
+	case 0: return loc[0] * 3;
+	case 1: return loc[1] + 7;
+	case 2: return read(0, buf, sizeof buf) + loc[0] + 11;
+	case 3: return loc[2] - 1;
+	case 4: return loc[3] ^ 5;
+	case 5: return loc[4] * 9;
+	case 6: return loc[5] + 2;
+	case 7: return loc[6] - 3;
+	}
+	return 0;
+}
+
 static volatile long in_handler;
 
 static void on_usr1(int sig)
@@ -65,6 +82,8 @@ __attribute__((noinline)) static long inner(volatile char *loc)
 	}
 	if (!strcmp(mode, "aligned"))
 		return aligned(loc);
+	if (!strcmp(mode, "switch"))
+		return dispatch(strlen(mode) - 4, loc);
 	if (!strcmp(mode, "signal")) {
 		signal(SIGUSR1, on_usr1);
 		raise(SIGUSR1);
