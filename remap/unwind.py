@@ -146,12 +146,15 @@ class Module:
                 return True
         return False
 
-    def rule_at(self, vaddr: int, caller: bool) -> Rule:
+    def rule_at(self, vaddr: int, caller: bool, derive: bool = True) -> Rule:
         """The unwind rule at VADDR (a return address when CALLER: looked up at vaddr - 1, the
-        call instruction, so a call to a noreturn function at the very end still matches)."""
-        key = vaddr * 2 + caller
+        call instruction, so a call to a noreturn function at the very end still matches).
+        Without an FDE there, derived from the code (:func:`code_rule`) when DERIVE, else
+        refused."""
+        key, look = vaddr * 2 + caller, vaddr - caller
+        if not derive and self.fde_at(look) is None:
+            raise CannotUnwind(f"no .eh_frame FDE covers {vaddr:#x} in {self.path}")
         if key not in self._rules:
-            look = vaddr - 1 if caller else vaddr
             fde = self.fde_at(look)
             self._rules[key] = (
                 cfi_rule(fde, vaddr, self.path) if fde is not None else self._code_rule(look, vaddr)
@@ -428,21 +431,23 @@ def frames(
     maps: list[Mapping],
     stack: tuple[int, int] | None = None,
     max_frames: int = 128,
+    derive: bool = True,
 ) -> Iterator[Frame]:
     """Yield the frames of a stopped thread, innermost first, until the outermost (the one
     whose caller is the ELF entry point, or whose return address is DW_CFA_undefined).
 
     REGS: the thread's registers (at least rip, rsp; rbp and the callee-saved ones when a rule
     needs them).  READ_WORD(addr): the 8-byte stack word at ADDR.  STACK: [lo, hi) every CFA
-    must stay within.  Raises CannotUnwind at the first frame it cannot prove (after yielding
-    the ones it could)."""
+    must stay within.  DERIVE: False refuses a pc without an FDE instead of deriving its rule
+    from the code.  Raises CannotUnwind at the first frame it cannot prove (after yielding the
+    ones it could)."""
     known = {k: regs[k] for k in (*DWARF_REGS[:16], "rip") if k in regs}
     caller = False
     last_cfa = None
     for _ in range(max_frames):
         pc = known["rip"]
         mod, vaddr = _locate(pc, maps)
-        rule = mod.rule_at(vaddr, caller)
+        rule = mod.rule_at(vaddr, caller, derive)
         fn = mod.function_at(vaddr - caller)
         if rule.cfa_reg not in known:
             raise CannotUnwind(
@@ -506,12 +511,13 @@ def walk(
     read_word: Callable[[int], int],
     maps: list[Mapping],
     stack: tuple[int, int] | None = None,
+    derive: bool = True,
 ) -> tuple[list[Frame], str | None]:
     """Every frame :func:`frames` proves, and None when it reached the outermost frame, else
     the reason it stopped."""
     out: list[Frame] = []
     try:
-        for f in frames(regs, read_word, maps, stack):
+        for f in frames(regs, read_word, maps, stack, derive=derive):
             out.append(f)
     except CannotUnwind as e:
         return out, str(e)

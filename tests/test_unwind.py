@@ -122,6 +122,8 @@ def test_rules_from_code_equal_the_compilers_cfi_on_a_live_stack(deep, mode):
     assert why_a is None and why_b is None, (why_a, why_b)
     assert _names(a) == _names(b) == ["sccp", mode, *PROGRAM]
     assert {f.source for f in b} == {"code"}
+    strict, why = unwind.walk(without.regs, without.word, without.maps, derive=False)
+    assert strict == [] and why.startswith("no .eh_frame FDE covers"), why
     assert [f.cfa - with_cfi.lo for f in a] == [f.cfa - without.lo for f in b]
     assert [f.pc for f in a] == [f.pc for f in b]  # same code: only .eh_frame differs
 
