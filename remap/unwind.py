@@ -6,17 +6,21 @@ chain.  Each frame is unwound by the DWARF call-frame rules of its pc (pyelftool
 .eh_frame; elfmap reads the file): CFA = reg + offset, the return address and saved registers
 at CFA + n.  musl's libc.a carries no .eh_frame at all, so for a pc without an FDE the rules are
 *derived from the function's machine code* (:func:`code_rule`): every path from the symbol's
-entry to the pc is followed and its stack-pointer changes summed; the result is used only
-when every path agrees and every instruction writing rsp is one the analysis models (push,
-pop, call, sub/add/lea with a constant), which is what a compiler's CFI would state.
+entry to the pc is followed and its stack-pointer changes summed (or, once rbp is a frame
+pointer, the CFA taken from rbp); the result is used only when every path agrees and every
+instruction writing rsp is one the analysis models, which is what a compiler's CFI would
+state (tests/test_unwind.py checks it against gcc's own CFI: equal wherever both exist).
+``derive=False`` refuses such a pc instead.
 
 Never a guess: anything else stops the walk with :class:`CannotUnwind` and its exact reason --
 a pc in the vdso or in memory no file backs, a signal frame (rt_sigreturn trampoline or a CIE
 marked "S"), a CFA rule that is a DWARF expression, a return-address rule that is not "saved at
-CFA + n", a CFA computed from a register no rule recovered, a frame whose CFA leaves the stack.
+CFA + n", a CFA computed from a register no rule recovered, a frame whose CFA leaves the stack
+or does not grow, a return address that follows no call, a jump table in a frame without CFI.
 
 Pure: memory comes through READ_WORD(addr) (a buffer the caller read while the target was
-stopped), mappings as (start, end, offset, path) tuples; no ptrace, no /proc of its own.
+stopped), mappings as (start, end, offset, path[, inode]) tuples; no ptrace, no /proc of its
+own.  Registers: x86-64 only (DWARF numbering of the psABI).
 
 Example::
 
