@@ -535,7 +535,8 @@ class ElfTables:
         >>> t.etype == kconst.ET_DYN, t.symbol_values(["main"])
     """
 
-    __slots__ = ("raw", "etype", "machine", "loads", "interpreter", "sections", "_symbols")
+    __slots__ = ("raw", "etype", "machine", "entry", "loads", "interpreter", "sections")
+    __slots__ += ("_symbols",)
 
     def __init__(self, raw: bytes):
         """Parse RAW (a whole ELF64 little-endian file); raises ValueError for anything else
@@ -548,7 +549,7 @@ class ElfTables:
         except struct.error as e:
             raise ValueError(f"truncated ELF file: {e}") from None
         self.raw = raw
-        self.etype, self.machine = h["e_type"], h["e_machine"]
+        self.etype, self.machine, self.entry = h["e_type"], h["e_machine"], h["e_entry"]
         self.loads = _loads(ph)
         interp = next((p for p in ph if p[0] == K.PT_INTERP), None)  # None: statically linked
         self.interpreter = (
@@ -595,6 +596,25 @@ class ElfTables:
             if sym.name in want and sym.name not in out:
                 out[sym.name] = sym.value
         return out
+
+    def eh_frame_fdes(self) -> list:
+        """The FDEs of .eh_frame (pyelftools ``callframe.FDE`` objects, their rows decoded on
+        demand); [] when the file has no .eh_frame.  Why pyelftools here: DWARF CFI is a
+        byte-code (CIE/FDE, LEB128, pointer encodings) the struct readers above do not speak;
+        remap.unwind walks frames with it.  Raises ValueError on a malformed .eh_frame."""
+        import io
+
+        from elftools.common.exceptions import DWARFError, ELFError
+        from elftools.dwarf.callframe import FDE
+        from elftools.elf.elffile import ELFFile
+
+        if self.section(".eh_frame") is None:
+            return []
+        try:
+            info = ELFFile(io.BytesIO(self.raw)).get_dwarf_info(relocate_dwarf_sections=False)
+            return [e for e in info.EH_CFI_entries() if isinstance(e, FDE)]
+        except (DWARFError, ELFError, struct.error) as e:
+            raise ValueError(f"malformed .eh_frame: {e}") from None
 
     def bytes_at(self, vaddr: int, n: int) -> bytes:
         """N file bytes of the PT_LOAD covering VADDR, zero past p_filesz (as the kernel maps
