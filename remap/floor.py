@@ -394,13 +394,47 @@ def _largest(fl: Floor, snap: residency.Snapshot, prof: Profile | None) -> dict[
                           "by": d.by[:4]} for d in read[:TOP]]  # fmt: skip
     if fl.stack is not None:
         s = fl.stack
-        out["stack"] = [
+        out["stack"] = _idle_frames(snap, s)[:TOP] + [
             {"what": "idle frames (rsp .. argc)", "bytes": max(s.tables_end - s.rsp, 0)},
             {"what": f"working depth below the idle rsp (deepest: {s.deepest or '?'})",
              "bytes": s.idle_lo + K.RED_ZONE - s.work_lo},
             {"what": f"peak depth below the root {s.root or '?'}", "bytes": s.peak_depth},
         ]  # fmt: skip
     return out
+
+
+def _idle_frames(snap: residency.Snapshot, s: StackFloor) -> list[dict[str, Any]]:
+    """The idle stack's frames, largest first ({frame, function, bytes}), walked by their CFI
+    (remap.unwind) from the blocked thread's rip and rsp, over the stack read once (anonymous
+    pages already present: reading them faults nothing in).  A walk that cannot go on ends
+    the list with its reason, as one entry."""
+    import struct
+
+    from .unwind import CannotUnwind, frames
+
+    sc = procfs.read_syscall(snap.pid)
+    if sc.running or sc.sp != s.rsp or sc.pc is None:
+        return []
+    try:
+        raw = procfs.read_mem(snap.pid, s.rsp, s.top - s.rsp)
+    except OSError as e:
+        return [{"frame": None, "function": f"stack not readable: {e}", "bytes": 0}]
+
+    def word(a: int) -> int:
+        if not s.rsp <= a <= s.top - 8:
+            raise CannotUnwind(f"stack word {a:#x} outside the live stack")
+        return struct.unpack_from("<Q", raw, a - s.rsp)[0]
+
+    maps = [(v.start, v.end, v.offset, v.path, v.inode) for v in snap.vmas]
+    out: list[dict[str, Any]] = []
+    low = s.rsp
+    try:
+        for i, f in enumerate(frames({"rip": sc.pc, "rsp": s.rsp}, word, maps, (s.rsp, s.top))):
+            out.append({"frame": i, "function": f.function or f"{f.pc:#x}", "bytes": f.cfa - low})
+            low = f.cfa
+    except (CannotUnwind, OSError, ValueError) as e:
+        out.append({"frame": len(out), "function": f"(walk ends: {e})", "bytes": 0})
+    return sorted(out, key=lambda d: -d["bytes"])
 
 
 def _data_symbols(snap: residency.Snapshot, addrs: list[int]) -> list[dict[str, Any]]:

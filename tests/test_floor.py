@@ -58,6 +58,8 @@ def test_floor_lists_exactly_the_pages_the_program_uses(probe):
     assert fl.floor_kb == 4 * sum(1 for p in fl.pages if p.needed)
     assert fl.rss_kb == snapshot(t.pid).rss_kb  # nothing was dropped by the floor
     assert fl.stack is not None and fl.stack.pages == fl.by_class()["stack"]
+    frames = [d["function"] for d in fl.largest["stack"] if d.get("frame") is not None]
+    assert {"main", "poll"} <= set(frames), fl.largest["stack"]  # the idle frames, by CFI
     assert status(t.pid)["TracerPid"] == "0"
     # the squeeze then the program's own work reach the floor, and it still works
     squeeze(t.pid)
