@@ -43,7 +43,7 @@ from typing import Any
 
 from . import elfmap, labels, procfs, residency
 from . import kconst as K
-from .errors import UnsupportedTarget, UsageError
+from .errors import RemapError, UnsupportedTarget, UsageError
 from .profile import Profile, profile
 
 DEFAULT_SECONDS = 6.0  # one tick of EnergyMech's 5 s timer, with a second to spare
@@ -432,7 +432,7 @@ def _idle_frames(snap: residency.Snapshot, s: StackFloor) -> list[dict[str, Any]
         for i, f in enumerate(frames({"rip": sc.pc, "rsp": s.rsp}, word, maps, (s.rsp, s.top))):
             out.append({"frame": i, "function": f.function or f"{f.pc:#x}", "bytes": f.cfa - low})
             low = f.cfa
-    except (CannotUnwind, OSError, ValueError) as e:
+    except (RemapError, OSError, ValueError, KeyError, IndexError, struct.error) as e:
         out.append({"frame": len(out), "function": f"(walk ends: {e})", "bytes": 0})
     return sorted(out, key=lambda d: -d["bytes"])
 

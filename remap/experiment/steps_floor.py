@@ -64,7 +64,8 @@ def _floor(ctx: RunContext, params: dict) -> StepResult:
         "workload": fl.workload,
         "seconds": s,
     }
-    return ctx.measure("floor", floor_kb=fl.floor_kb, by_class=fl.by_class(), notes=fl.notes)
+    return ctx.measure("floor", floor_kb=fl.floor_kb, by_class=fl.by_class(), notes=fl.notes,
+                       largest=fl.largest)  # fmt: skip
 
 
 def _irc_work(ctx: RunContext, text: str, pings: int, seconds: float):
