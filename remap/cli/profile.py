@@ -27,8 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "profiler's own overhead.  It ends early once the target waits in a syscall after S.",
     )
     p.add_argument("pid", type=pid_arg, metavar="PID")
-    p.add_argument("--for", dest="seconds", type=float, required=True, metavar="S",
-                   help="seconds to single-step (0 < S <= 600)")  # fmt: skip
+    p.add_argument(
+        "--for", "--seconds", dest="seconds", type=float, required=True, metavar="S",
+        help="seconds to single-step (0 < S <= 600): longer than the program's idle timers "
+        "(EnergyMech's 5 s) to have them in the profile",
+    )  # fmt: skip
     p.add_argument("-o", "--output", type=path_arg, help="save the profile (JSON) for remap layout")
     p.add_argument("--png", type=path_arg, help="picture of the hot path across pages")
     add_json(p)
