@@ -1,31 +1,33 @@
-"""From a profile to a linker script: pack a program's steady state into one 4 kB page.
+"""From a profile to a linker script: pack a program's steady state into the fewest 4 kB pages.
 
 Why generated: the seed author hand-sorted functions "from rarely used to core essential".  A
 profile (remap.profile) says exactly which functions the steady state executes and which
 objects it touches; the program's link inputs (objects and static archives, musl's libc.a
 included), built with -ffunction-sections -fdata-sections, hold each of those in its own input
 section.  This module names those input sections in a linker script that puts, into one
-page-aligned RWX 4096-byte block bounded by ``__hot_start``/``__hot_end`` (the contract of
-remap.fold.hotpage, same as csrc/targets/minibot-hotpage.ld):
+page-aligned RWX block of K whole pages (K = 1 for the demo bot) bounded by ``__hot_start``/
+``__hot_end`` (the contract of remap.fold.hotpage, same as csrc/targets/minibot-hotpage.ld):
 
 1. the executed functions, plus the functions their code can call or jump to directly (found
    from relocations: a path the profile did not take -- the bot's exit on EOF -- must not jump
    into an unmapped page after the fold);
 2. the read-only data they touched (profile) or reference (relocations);
 3. ALL writable data of the program (so the fold never has to discard data);
-4. a stack reserve ``[__hot_stack_lo, __hot_stack_hi)``: the rest of the page, at least the
+4. a stack reserve ``[__hot_stack_lo, __hot_stack_hi)``: the rest of the block, at least the
    measured peak depth plus a margin (ASSERTed at link time).
 
 Everything else goes into a cold R-X segment after the block.  The output is deterministic
 (the same profile and inputs give the same bytes), every hot input section has a comment
-saying why it is there, and a block that cannot fit is refused with its byte budget.
+saying why it is there, a comment lists what lands in each page, and a block larger than a
+``max_pages`` limit is refused with its byte budget and the largest items to change.
 
 Example::
 
     >>> prof = Profile.load("bot.profile.json")
     >>> lay = plan_layout(prof, [Path("minibot-auto.o"), musl_libc()])
     >>> lay.budget                # bytes: code, rodata, data, stack (minimum), total
-    {'code': 1262, 'rodata': 196, 'data': 1550, 'stack_min': 1040, 'total': 4048, 'page': 4096}
+    {'code': 1262, 'rodata': 196, 'data': 1550, 'stack_min': 1040, 'total': 4048, 'page': 4096,
+     'pages': 1, 'block': 4096, 'outside': 0}
     >>> Path("bot.ld").write_text(lay.script)
 """
 
@@ -236,6 +238,7 @@ class Layout:
     budget: dict[str, int]
     script: str = ""
     notes: list[str] = field(default_factory=list)
+    pages: list[dict] = field(default_factory=list)  # what lands in each page of the block
 
     def to_json(self) -> dict:
         return {
@@ -250,6 +253,7 @@ class Layout:
             "data_sections": self.data_sections,
             "stack_min": self.stack_min,
             "budget": self.budget,
+            "pages": self.pages,
             "script_sha256": hashlib.sha256(self.script.encode()).hexdigest(),
             "notes": self.notes,
         }
@@ -272,22 +276,33 @@ def _placed(entries: list[Entry], at: int) -> int:
     return at
 
 
+MAX_HOT_PAGES = 256  # 1 MiB: beyond that a "hot block" is the whole program
+
+
 def plan_layout(
     prof: Profile,
     inputs: list[Path],
     *,
     margin: int = DEFAULT_MARGIN,
     closure: bool = True,
+    max_pages: int | None = None,
 ) -> Layout:
     """Choose the hot input sections for PROF from INPUTS and write the script (Layout.script).
 
+    The hot block is the fewest whole pages that hold the hot code, its rodata, all writable
+    data and the stack reserve (K = 1 is the single-page case); ``Layout.pages`` (and the
+    script's comments) say what lands in each page.
     margin: bytes of stack reserve beyond the measured peak depth (default: red zone + the
       fold's own margin + room for the argv strings it moves in + alignment).
     closure: also take functions that hot code calls/jumps to directly but the profile never
       saw run (cold-path exits); without it such a path would fault after the fold.
+    max_pages: refuse a block of more pages than this (None: no limit below MAX_HOT_PAGES).
     Raises UsageError when a profiled function is not in INPUTS, UnsafeStep with the byte
-    budget when the block cannot fit in one page.
+    budget and the largest items when the block does not fit in MAX_PAGES pages.
     """
+    limit = MAX_HOT_PAGES if max_pages is None else max_pages
+    if not 1 <= limit <= MAX_HOT_PAGES:
+        raise UsageError(f"max_pages must be 1..{MAX_HOT_PAGES} (got {max_pages})")
     li = LinkInputs(inputs)
     hot = _HotSet()
     _take_executed(hot, prof, li)
@@ -295,23 +310,50 @@ def plan_layout(
     _take_closure(hot, li, closure)
     data_sections = {
         n: (v[1], v[3] if len(v) > 3 else 8)  # (size, alignment)
-        for n, v in sorted(prof.sections.items())
+        for n, v in sorted(prof.sections.items(), key=lambda kv: (kv[1][0], kv[0]))
         if v[2] & K.SHF_WRITE and not n.startswith(".hot.stack")
     }
     data_bytes = sum(v[0] for v in data_sections.values())
     stack_min = (prof.stack.peak_depth + margin + 15) // 16 * 16
     code_l, ro_l = list(hot.code.values()), list(hot.rodata.values())
     budget = _budget(code_l, ro_l, data_sections, stack_min)
-    if budget["total"] > PAGE_SIZE:
-        raise UnsafeStep(
-            f"the hot block does not fit in one page: code {budget['code']} B + rodata "
-            f"{budget['rodata']} B + writable data {budget['data']} B + stack {stack_min} B "
-            f"(peak depth {prof.stack.peak_depth} + margin {margin}) = {budget['total']} B > "
-            f"{PAGE_SIZE} B"
-        )
+    budget["outside"] = _outside_bytes(prof)
+    if budget["pages"] > limit:
+        raise UnsafeStep(_refusal(prof, budget, limit, margin, code_l, ro_l, data_sections))
     lay = Layout(code_l, ro_l, data_bytes, data_sections, stack_min, budget)
+    lay.pages = _page_map(code_l, ro_l, data_sections, budget)
     lay.script = render_script(prof, lay)
     return lay
+
+
+def _outside_bytes(prof: Profile) -> int:
+    """Bytes of the pages the steady state touched outside the executable and its stack (heap,
+    anonymous mappings; reported by page by remap.profile): data no linker script can move
+    into the block, which stays resident beside it.  vvar is not counted (never in RSS)."""
+    return sum(
+        d.size for d in prof.data if d.section not in prof.sections and d.section != "[vvar]"
+    )
+
+
+def _refusal(
+    prof: Profile, b: dict[str, int], limit: int, margin: int, code: list[Entry],
+    rodata: list[Entry], data_sections: dict[str, tuple[int, int]],
+) -> str:  # fmt: skip
+    """The one-line refusal: the budget by class, how many bytes are over, and the largest
+    items to change (a function to make smaller or colder, a buffer to shrink)."""
+    cap = limit * PAGE_SIZE
+    where = "one page" if limit == 1 else f"{limit} pages ({cap} B)"
+    items = [(e.section.size, f"code {_label(e)} {e.section.size} B") for e in code]
+    items += [(e.section.size, f"rodata {_label(e)} {e.section.size} B") for e in rodata]
+    items += [(n, f"writable {name} {n} B") for name, (n, _a) in data_sections.items()]
+    items.append((b["stack_min"], f"stack reserve {b['stack_min']} B"))
+    largest = ", ".join(t for _n, t in sorted(items, key=lambda x: (-x[0], x[1]))[:5])
+    return (
+        f"the hot block does not fit in {where}: code {b['code']} B + rodata {b['rodata']} B "
+        f"+ writable data {b['data']} B + stack {b['stack_min']} B (peak depth "
+        f"{prof.stack.peak_depth} + margin {margin}) = {b['total']} B > {cap} B "
+        f"({b['total'] - cap} B over, {b['pages']} pages needed); largest: {largest}"
+    )
 
 
 @dataclass
@@ -389,21 +431,60 @@ def _budget(
     code: list[Entry], rodata: list[Entry], data_sections: dict[str, tuple[int, int]],
     stack_min: int,
 ) -> dict[str, int]:  # fmt: skip
-    """Bytes of each part of the hot block, placed as ld places them (each at its alignment)."""
+    """Bytes of each part of the hot block, placed as ld places them (each at its alignment),
+    and the whole pages they need (``pages``; ``block`` = pages * 4096)."""
     code_end = _placed(code, 0)
     ro_end = _placed(rodata, code_end)
     data_end = ro_end
     for size, align in data_sections.values():  # in address order, each at its alignment
         a = max(align, 8)
         data_end = (data_end + a - 1) // a * a + size
+    total = (data_end + 15) // 16 * 16 + stack_min
+    pages = max(1, -(-total // PAGE_SIZE))
     return {
         "code": code_end,
         "rodata": ro_end - code_end,
         "data": data_end - ro_end,
         "stack_min": stack_min,
-        "total": (data_end + 15) // 16 * 16 + stack_min,
+        "total": total,
         "page": PAGE_SIZE,
+        "pages": pages,
+        "block": pages * PAGE_SIZE,
     }
+
+
+def _page_map(
+    code: list[Entry], rodata: list[Entry], data_sections: dict[str, tuple[int, int]],
+    b: dict[str, int],
+) -> list[dict]:  # fmt: skip
+    """What lands in each page of the block, placed as _budget places it: per page the code,
+    rodata and writable sections that start or run in it, and its bytes of stack reserve."""
+    pages: list[dict] = [
+        {"page": i, "code": [], "rodata": [], "data": [], "stack": 0} for i in range(b["pages"])
+    ]
+
+    def put(kind: str, name: str, at: int, size: int) -> None:
+        for i in range(at // PAGE_SIZE, (at + max(size, 1) - 1) // PAGE_SIZE + 1):
+            if i < len(pages) and name not in pages[i][kind]:
+                pages[i][kind].append(name)
+
+    at = 0
+    for kind, entries in (("code", code), ("rodata", rodata)):
+        for e in entries:
+            a = max(e.section.align, 1)
+            at = (at + a - 1) // a * a
+            put(kind, _label(e), at, e.section.size)
+            at += e.section.size
+    for name, (size, align) in data_sections.items():
+        a = max(align, 8)
+        at = (at + a - 1) // a * a
+        put("data", name, at, size)
+        at += size
+    lo = (at + 15) // 16 * 16
+    for p in pages:
+        p_lo, p_hi = p["page"] * PAGE_SIZE, (p["page"] + 1) * PAGE_SIZE
+        p["stack"] = max(0, p_hi - max(p_lo, lo))
+    return pages
 
 
 def _label(e: Entry) -> str:
@@ -441,6 +522,20 @@ def _entries(entries: list[Entry]) -> str:
     return "\n".join(lines) if lines else "    /* (none) */"
 
 
+def _page_comment(pages: list[dict]) -> str:
+    """Comment lines: what lands in each page of the block (names cut at ~90 columns)."""
+    lines = [" * What lands in each page (as placed by the budget; ld may shift a few bytes):"]
+    for p in pages:
+        parts = [f"{k} {', '.join(p[k])}" for k in ("code", "rodata", "data") if p[k]]
+        if p["stack"]:
+            parts.append(f"stack {p['stack']} B")
+        text = "; ".join(parts) or "(empty)"
+        if len(text) > 80:
+            text = text[:77] + "..."
+        lines.append(f" *   page {p['page']}: {text.replace('*/', '* /')}")
+    return "\n".join(lines)
+
+
 def render_script(prof: Profile, lay: Layout) -> str:
     """The linker script text.  Hot sections are named BEFORE the cold wildcards: ld gives an
     input section to the first statement that matches it, so the hot block is written first
@@ -452,24 +547,26 @@ def render_script(prof: Profile, lay: Layout) -> str:
  * Steady state: {prof.overhead.steps} instructions single-stepped, root {prof.stack.root}, peak
  * stack depth {prof.stack.peak_depth} B below its frame.
  *
- * One page-aligned RWX block of 4096 bytes [__hot_start, __hot_end) holds the hot code, the
- * rodata it touches or references, ALL writable data and a stack reserve
- * [__hot_stack_lo, __hot_stack_hi) -- the contract of remap.fold (see minibot-hotpage.ld).
+ * One page-aligned RWX block of {b["pages"]} page(s), {b["block"]} bytes [__hot_start, __hot_end),
+ * holds the hot code, the rodata it touches or references, ALL writable data and a stack
+ * reserve [__hot_stack_lo, __hot_stack_hi) -- the contract of remap.fold (minibot-hotpage.ld).
  * Byte budget: code {b["code"]} + rodata {b["rodata"]} + data {b["data"]}
- * + stack >= {b["stack_min"]} = {b["total"]} of {b["page"]}.
+ * + stack >= {b["stack_min"]} = {b["total"]} of {b["block"]}.
+ * Outside the block (heap, anonymous mappings, by page): {b.get("outside", 0)} B.
+{_page_comment(lay.pages)}
  * Cold code and rodata live in a separate R-X segment.
  */
 OUTPUT_FORMAT("elf64-x86-64")
 OUTPUT_ARCH(i386:x86-64)
 ENTRY(_start)
 
-HOT_SIZE = 0x1000;
+HOT_SIZE = {b["block"]:#x};
 HOT_STACK_MIN = {lay.stack_min};
 
 PHDRS
 {{
   head PT_LOAD FILEHDR PHDRS FLAGS(5);   /* R-X: ELF headers, .init/.fini */
-  hot PT_LOAD FLAGS(7);                  /* RWX: the one hot page */
+  hot PT_LOAD FLAGS(7);                  /* RWX: the hot block */
   cold PT_LOAD FLAGS(5);                 /* R-X: everything the steady state does not use */
   tls PT_TLS;
   stack PT_GNU_STACK FLAGS(6);
@@ -491,7 +588,7 @@ SECTIONS
   .hot.rodata : {{
 {_entries(lay.rodata)}
   }}
-  /* ALL writable data of the program: the single-page fold unmaps everything else. */
+  /* ALL writable data of the program: the fold unmaps everything else. */
   .tdata : ALIGN(8) {{ *(.tdata .tdata.*) }} :hot :tls
   .tbss : {{ *(.tbss .tbss.*) *(.tcommon) }} :hot :tls
   .init_array : ALIGN(8) {{
@@ -510,14 +607,14 @@ SECTIONS
   .got.plt : {{ *(.got.plt) *(.igot.plt) }}
   .data : ALIGN(8) {{ *(.data .data.*) *(.tm_clone_table) }}
   .bss (NOLOAD) : ALIGN(16) {{ *(.dynbss) *(.bss .bss.*) *(COMMON) }}
-  /* The stack reserve: the rest of the page, at least the measured depth + margin. */
+  /* The stack reserve: the rest of the block, at least the measured depth + margin. */
   . = ALIGN(16);
   __hot_stack_lo = .;
   __hot_stack_size = MAX(__hot_start + HOT_SIZE - __hot_stack_lo, HOT_STACK_MIN);
   .hot.stack (NOLOAD) : {{ . += __hot_stack_size; }} :hot
   __hot_stack_hi = .;
   __hot_end = .;
-  ASSERT(__hot_end - __hot_start <= HOT_SIZE, "hot block larger than one page")
+  ASSERT(__hot_end - __hot_start <= HOT_SIZE, "hot block larger than its pages")
   ASSERT(__hot_stack_hi - __hot_stack_lo >= HOT_STACK_MIN, "hot stack reserve too small")
 
   /* Cold: startup, registration, error paths, the rest of libc. */

@@ -540,6 +540,8 @@ class _SinglePage:
     caught: int  # caught signals, blocked for good (a signal frame would not fit)
     unmap: list[tuple[int, int]]
     env_end: int  # the top of the old stack's strings: the pages the fold touches end there
+    kept: list[tuple[int, int]]  # mappings outside the block holding anonymous pages: kept
+    kept_rewrites: list[tuple[int, bytes, bytes, int]]  # their pages pointing into the stack
 
     @property
     def new_lo(self) -> int:
@@ -547,25 +549,31 @@ class _SinglePage:
 
 
 def single_page(ctx: FoldContext) -> Action | None:
-    """Fold a hot-page program into its one page: live frames into the page's stack reserve,
-    argv strings beside them, every other mapping unmapped.
+    """Fold a hot-block program into its block of K pages (K = 1: its one hot page): live
+    frames into the block's stack reserve, argv strings beside them, every other mapping
+    unmapped -- except mappings outside the block that hold anonymous pages (a heap: data that
+    may only be moved or kept), which are kept, their pointers into the stack relocated.
 
-    Preconditions (each refused with its reason): a hot page in the executable; one thread;
-    blocked in a restartable syscall *inside* the hot page; the rbp chain reaches a frame whose
+    Preconditions (each refused with its reason): a hot block in the executable; one thread;
+    blocked in a restartable syscall *inside* the block; the rbp chain reaches a frame whose
     caller is outside the hot code (the steady-state root, which by the contract never returns);
-    no anonymous memory outside the hot page and the stack; moved frames + strings + a margin fit
-    the reserve.  Caught signals are blocked for good (a signal frame would not fit); signals at
-    their default action push no frame and keep working (SIGTERM still terminates).
+    moved frames + strings + a margin fit the reserve.  Caught signals are blocked for good (a
+    signal frame would not fit); signals at their default action push no frame and keep
+    working (SIGTERM still terminates).
     """
     hot, regs, stack = _single_page_target(ctx)
     p = _plan_single_page(ctx, hot, regs, stack)
+    kept = f", keep {len(p.kept)} with anonymous pages" if p.kept else ""
+    where = "hot page" if hot.pages == 1 else f"{hot.pages}-page hot block"
     return Action(
         "single-page",
-        f"move {p.cfa - p.lo} B of live frames + {len(p.strings)} B argv into the hot page "
-        f"reserve at {hot.start:#x}, unmap {len(p.unmap)} other mappings",
+        f"move {p.cfa - p.lo} B of live frames + {len(p.strings)} B argv into the {where} "
+        f"reserve at {hot.start:#x}, unmap {len(p.unmap)} other mappings{kept}",
         lambda c: _fold_into_page(c, p),
-        touches=set(range(page_floor(p.lo), page_ceil(p.env_end), K.PAGE_SIZE)) | {hot.start},
-        detail={"hot_page": hot.start, "reserve_bytes": hot.reserve},
+        touches=set(range(page_floor(p.lo), page_ceil(p.env_end), K.PAGE_SIZE))
+        | set(range(hot.start, hot.end, K.PAGE_SIZE))
+        | {a for a, *_ in p.kept_rewrites},
+        detail={"hot_page": hot.start, "reserve_bytes": hot.reserve, "hot_pages": hot.pages},
     )
 
 
@@ -603,7 +611,7 @@ def _plan_single_page(
     st = procfs.read_stat(ctx.pid)
     cfa, frames = _steady_root(s, regs, st.start_stack, hot)
     lo = (regs["rsp"] - RED_ZONE) // 16 * 16
-    _refuse_foreign_anon(ctx, hot, stack)
+    kept = _kept_anon(ctx, hot, stack)
     strings = s.read(st.arg_start, st.arg_end - st.arg_start)
     margin = K.FOLD_MARGIN
     str_at = hot.stack_hi - len(strings)
@@ -618,11 +626,22 @@ def _plan_single_page(
     unmap = [
         (v.start, v.end)
         for v in ctx.snap.vmas
-        if v.start != hot.start and v.label != "vsyscall" and not _scratch_vma(s, v)
+        if not hot.holds(v.start, v.end)
+        and v.label != "vsyscall"
+        and not _scratch_vma(s, v)
+        and (v.start, v.end) not in {(k.start, k.end) for k in kept}
     ]
+    kept_pages = [p.addr for v in kept for p in v.pages]
+    if len(kept_pages) > 16384:  # the same bound as _writable_pages: a scan inside the stop
+        raise UnsafeStep(
+            f"{len(kept_pages) * 4} kB of kept anonymous memory to scan for stack pointers; "
+            "refusing (the fold is meant for small processes)"
+        )
+    rewrites = _pointer_rewrites(s, kept_pages, moves) if kept_pages else []
     caught = _caught_signals(ctx.pid)
     return _SinglePage(hot, regs, len(frames), lo, cfa, delta, strings, str_at, moves, caught,
-                       unmap, st.env_end)  # fmt: skip
+                       unmap, st.env_end, [(v.start, v.end) for v in kept],
+                       rewrites)  # fmt: skip
 
 
 def _fold_into_page(c: FoldContext, p: _SinglePage) -> dict[str, Any]:
@@ -643,7 +662,7 @@ def _fold_into_page(c: FoldContext, p: _SinglePage) -> dict[str, Any]:
     back = s.read(p.new_lo, len(frames_new)), s.read(p.str_at, len(p.strings))
     if back != (frames_new, p.strings):
         raise UnsafeStep("read-back of the hot page's stack reserve differs")
-    _commit_rewrites(s, rewrites)  # the commit point: undone if it fails half-way
+    _commit_rewrites(s, rewrites + p.kept_rewrites)  # the commit point: undone on failure
     new_regs = relocate_regs(regs, p.moves)
     s.set_resume_regs(None, {k: new_regs[k] for k in new_regs if new_regs[k] != regs[k]})
     if p.caught:
@@ -653,8 +672,7 @@ def _fold_into_page(c: FoldContext, p: _SinglePage) -> dict[str, Any]:
         "end_code": hot.end,
         "start_data": hot.start,
         "end_data": hot.end,
-        "start_brk": hot.end,
-        "brk": hot.end,
+        **({} if p.kept else {"start_brk": hot.end, "brk": hot.end}),  # a kept heap: its brk
         "start_stack": p.cfa + p.delta,
         "arg_start": p.str_at,
         "arg_end": hot.stack_hi,
@@ -665,38 +683,40 @@ def _fold_into_page(c: FoldContext, p: _SinglePage) -> dict[str, Any]:
     note = _set_mm_map(c, layout, None, (p.lo - 1024) & ~15)
     for a, e in p.unmap:
         c.call("munmap", a, e - a)
-    _make_anonymous(c, hot.start)
+    first = page_floor(p.str_at)
+    _make_anonymous(c, first, (page_ceil(hot.stack_hi) - first) // K.PAGE_SIZE)
     s.release_scratch()
     return {
         "frames": p.frames,
         "moved_bytes": p.cfa - p.lo,
-        "relocated_words": len(fixed) + sum(n for *_, n in rewrites),
+        "relocated_words": len(fixed) + sum(n for *_, n in rewrites + p.kept_rewrites),
         "unmapped": len(p.unmap),
+        "kept": [[a, e] for a, e in p.kept],
         "blocked_signals": _sig_names(p.caught),
         "reserve_free_bytes": p.new_lo - hot.stack_lo,
         "mm_map": note,
     }
 
 
-def _make_anonymous(ctx: FoldContext, page: int) -> None:
-    """Replace the (file-backed, copy-on-written) hot page by an anonymous page holding the
-    same bytes: mmap a fresh page, copy, mremap it over the old one in one atomic step.
+def _make_anonymous(ctx: FoldContext, page: int, pages: int = 1) -> None:
+    """Replace the (file-backed, copy-on-written) PAGES hot pages at PAGE -- the ones holding
+    the moved argv strings -- by anonymous pages holding the same bytes: mmap fresh pages,
+    copy, mremap them over the old ones in one atomic step.
 
     Why: the kernel reads /proc/PID/cmdline only from anonymous mappings (FOLL_ANON in
-    get_mm_cmdline), and the argv strings now live in this page.  Nothing is lost: the bytes
-    move, and are compared after the move."""
+    get_mm_cmdline), and the argv strings now live there.  Nothing is lost: the bytes move,
+    and are compared after the move."""
     s = ctx.session
-    content = s.read(page, K.PAGE_SIZE)
+    n = pages * K.PAGE_SIZE
+    content = s.read(page, n)
     rwx = K.PROT_READ | K.PROT_WRITE | K.PROT_EXEC
-    new = ctx.call(
-        "mmap", 0, K.PAGE_SIZE, rwx, K.MAP_PRIVATE | K.MAP_ANONYMOUS, -1 & (2**64 - 1), 0
-    )
+    new = ctx.call("mmap", 0, n, rwx, K.MAP_PRIVATE | K.MAP_ANONYMOUS, -1 & (2**64 - 1), 0)
     s.write(new, content)
-    if s.read(new, K.PAGE_SIZE) != content:
-        ctx.call("munmap", new, K.PAGE_SIZE)
+    if s.read(new, n) != content:
+        ctx.call("munmap", new, n)
         raise UnsafeStep("copy of the hot page into an anonymous page differs; not moving it")
-    ctx.call("mremap", new, K.PAGE_SIZE, K.PAGE_SIZE, K.MREMAP_MAYMOVE | K.MREMAP_FIXED, page)
-    if s.read(page, K.PAGE_SIZE) != content:
+    ctx.call("mremap", new, n, n, K.MREMAP_MAYMOVE | K.MREMAP_FIXED, page)
+    if s.read(page, n) != content:
         raise UnsafeStep("hot page differs after moving it into an anonymous mapping")
 
 
@@ -718,16 +738,25 @@ def _steady_root(s, regs: dict[str, int], start_stack: int, hot: HotPage) -> tup
     return cfa, frames
 
 
-def _refuse_foreign_anon(ctx: FoldContext, hot: HotPage, stack) -> None:
+def _kept_anon(ctx: FoldContext, hot: HotPage, stack) -> list:
+    """Mappings outside the block and the stack that hold anonymous pages (a heap, malloc's
+    mmap'd areas, a library's written .data): their data may be kept or moved, never
+    discarded, so the fold keeps them where they are.  A shared one is refused (another
+    process may write it behind the fold's back: its pointers could not be proven)."""
+    kept = []
     for v in ctx.snap.vmas:
-        if v.start == hot.start or v is stack or _scratch_vma(ctx.session, v):
+        if hot.holds(v.start, v.end) or v is stack or _scratch_vma(ctx.session, v):
             continue
         anon = [p for p in v.pages if p.backing in ("anon", "shmem")]
-        if anon:
+        if not anon:
+            continue
+        if any(p.backing == "shmem" for p in anon) or "s" in v.perms:
             raise UnsafeStep(
-                f"{len(anon)} anonymous page(s) in {v.label} {v.start:#x}-{v.end:#x} would be "
-                "lost by the single-page fold; only the hot page and the stack may hold data"
+                f"{len(anon)} shared page(s) in {v.label} {v.start:#x}-{v.end:#x}: the fold "
+                "keeps only private data outside its block"
             )
+        kept.append(v)
+    return kept
 
 
 def _scratch_vma(s, v) -> bool:
