@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -81,14 +82,15 @@ def test_layout_packs_the_hot_path_and_is_deterministic(prof, obj):
         assert sym in lay.script
 
 
-def test_relinked_bot_folds_to_one_page(prof, obj, tmp_path):
-    lay = plan_layout(prof, [obj, musl_libc()])
-    script = tmp_path / "auto.ld"
+@contextlib.contextmanager
+def _folded(lay, obj, binary, single_page: bool | None = None):
+    """Link OBJ with LAY's script into BINARY, launch it (vdso hidden), register it, serve 20
+    PINGs, fold it; yields (server, bot, hot symbols, fold report), the bot stopped after."""
+    script = binary.with_suffix(".ld")
     script.write_text(lay.script)
-    binary = link([obj], tmp_path / "minibot-1page", script)
+    link([obj], binary, script)
     syms = elf_symbols(binary, HOT_SYMBOLS)
     assert syms["__hot_start"] % 4096 == 0
-    assert syms["__hot_end"] - syms["__hot_start"] == 4096
     assert syms["__hot_stack_hi"] - syms["__hot_stack_lo"] >= lay.stack_min
     with IrcServer() as srv:
         bot = launch([str(binary), *srv.bot_args()], vdso=False)
@@ -96,15 +98,21 @@ def test_relinked_bot_folds_to_one_page(prof, obj, tmp_path):
             srv.accept_bot()
             srv.ping(20)
             bot.wait_blocked()
-            report = fold.fold(bot.pid, single_page=True)
-            assert [s.name for s in report.steps] == ["single-page"]
-            srv.ping(300)
-            assert srv.command("!ping") == "pong"
-            assert srv.command("!mem")["VmRSS"] == 4
-            bot.wait_blocked()
-            assert residency.snapshot(bot.pid, smaps=False).rss_kb == 4
+            yield srv, bot, syms, fold.fold(bot.pid, single_page=single_page)
         finally:
             bot.stop()
+
+
+def test_relinked_bot_folds_to_one_page(prof, obj, tmp_path):
+    lay = plan_layout(prof, [obj, musl_libc()])
+    with _folded(lay, obj, tmp_path / "minibot-1page", True) as (srv, bot, syms, report):
+        assert syms["__hot_end"] - syms["__hot_start"] == 4096
+        assert [s.name for s in report.steps] == ["single-page"]
+        srv.ping(300)
+        assert srv.command("!ping") == "pong"
+        assert srv.command("!mem")["VmRSS"] == 4
+        bot.wait_blocked()
+        assert residency.snapshot(bot.pid, smaps=False).rss_kb == 4
 
 
 def test_layout_refuses_with_the_byte_budget(prof, obj):
@@ -126,31 +134,18 @@ def test_relinked_bot_folds_into_a_two_page_block(prof, obj, tmp_path):
     assert p0["stack"] + p1["stack"] >= lay.stack_min
     assert "HOT_SIZE = 0x2000;" in lay.script
     assert " *   page 0: code " in lay.script and " *   page 1: " in lay.script
-    script = tmp_path / "auto2.ld"
-    script.write_text(lay.script)
-    binary = link([obj], tmp_path / "minibot-2page", script)
-    syms = elf_symbols(binary, HOT_SYMBOLS)
-    assert syms["__hot_start"] % 4096 == 0
-    assert 4096 < syms["__hot_end"] - syms["__hot_start"] <= 8192
-    with IrcServer() as srv:
-        bot = launch([str(binary), *srv.bot_args()], vdso=False)
-        try:
-            srv.accept_bot()
-            srv.ping(20)
-            bot.wait_blocked()
-            report = fold.fold(bot.pid)  # chosen by the block's symbols
-            (step,) = report.steps
-            assert step.name == "single-page" and step.detail["hot_pages"] == 2
-            srv.ping(300)
-            assert srv.command("!ping") == "pong"
-            bot.wait_blocked()
-            snap = residency.snapshot(bot.pid, smaps=False)
-            assert snap.rss_kb == 8
-            start = syms["__hot_start"]
-            outside = [v for v in snap.vmas if v.label != "vsyscall"]
-            assert all(start <= v.start and v.end <= start + 8192 for v in outside), outside
-        finally:
-            bot.stop()
+    with _folded(lay, obj, tmp_path / "minibot-2page") as (srv, bot, syms, report):
+        start = syms["__hot_start"]
+        assert 4096 < syms["__hot_end"] - start <= 8192
+        (step,) = report.steps  # the block fold, chosen by the block's symbols
+        assert step.name == "single-page" and step.detail["hot_pages"] == 2
+        srv.ping(300)
+        assert srv.command("!ping") == "pong"
+        bot.wait_blocked()
+        snap = residency.snapshot(bot.pid, smaps=False)
+        assert snap.rss_kb == 8
+        outside = [v for v in snap.vmas if v.label != "vsyscall"]
+        assert all(start <= v.start and v.end <= start + 8192 for v in outside), outside
 
 
 def test_layout_names_functions_missing_from_the_inputs(prof):
