@@ -55,6 +55,13 @@ if TYPE_CHECKING:  # only its attributes are read: importing it would load the p
 ARGV_ALLOWANCE = 128  # the fold moves the argv strings into the reserve too
 # + 64: frames keep alignment; K.FOLD_MARGIN: what remap.fold.steps.single_page keeps free
 DEFAULT_MARGIN = K.RED_ZONE + K.FOLD_MARGIN + ARGV_ALLOWANCE + 64
+RELRO = ".data.rel.ro"
+# .data.* but not .data.rel.ro / .data.rel.ro.* (ld matches input sections with fnmatch): the
+# writable data taken whole, while relro goes cold unless the profile touched it
+HOT_DATA = (
+    ".data .data.[!r]* .data.r .data.r[!e]* .data.re .data.re[!l]* .data.rel "
+    ".data.rel[!.]* .data.rel.[!r]* .data.rel.r .data.rel.r[!o]* .data.rel.ro[!.]*"
+)
 COLD_TEXT = ".text.unlikely .text.*_unlikely .text.unlikely.* .text.startup .text.startup.*"
 
 
@@ -239,6 +246,7 @@ class Layout:
     script: str = ""
     notes: list[str] = field(default_factory=list)
     pages: list[dict] = field(default_factory=list)  # what lands in each page of the block
+    closed: bool = True  # every function hot code can call directly is in the block
 
     def to_json(self) -> dict:
         return {
@@ -263,10 +271,17 @@ def _is_code(s: InputSection) -> bool:
     return bool(s.flags & K.SHF_EXECINSTR) and bool(s.flags & K.SHF_ALLOC)
 
 
+def _is_relro(name: str) -> bool:
+    """.data.rel.ro (const data holding addresses): written only by a dynamic loader's
+    relocations, i.e. never in the static, position-dependent link this script makes (musl
+    -static -no-pie): read-only data, taken only where the steady state touches it."""
+    return name == RELRO or name.startswith(RELRO + ".")
+
+
 def _is_rodata(s: InputSection) -> bool:
-    return (
-        bool(s.flags & K.SHF_ALLOC) and not s.flags & (K.SHF_WRITE | K.SHF_EXECINSTR) and s.size > 0
-    )
+    if not s.flags & K.SHF_ALLOC or s.flags & K.SHF_EXECINSTR or not s.size:
+        return False
+    return not s.flags & K.SHF_WRITE or _is_relro(s.name)
 
 
 def _placed(entries: list[Entry], at: int) -> int:
@@ -311,7 +326,7 @@ def plan_layout(
     data_sections = {
         n: (v[1], v[3] if len(v) > 3 else 8)  # (size, alignment)
         for n, v in sorted(prof.sections.items(), key=lambda kv: (kv[1][0], kv[0]))
-        if v[2] & K.SHF_WRITE and not n.startswith(".hot.stack")
+        if v[2] & K.SHF_WRITE and not n.startswith(".hot.stack") and not _is_relro(n)
     }
     data_bytes = sum(v[0] for v in data_sections.values())
     stack_min = (prof.stack.peak_depth + margin + 15) // 16 * 16
@@ -320,7 +335,7 @@ def plan_layout(
     budget["outside"] = _outside_bytes(prof)
     if budget["pages"] > limit:
         raise UnsafeStep(_refusal(prof, budget, limit, margin, code_l, ro_l, data_sections))
-    lay = Layout(code_l, ro_l, data_bytes, data_sections, stack_min, budget)
+    lay = Layout(code_l, ro_l, data_bytes, data_sections, stack_min, budget, closed=closure)
     lay.pages = _page_map(code_l, ro_l, data_sections, budget)
     lay.script = render_script(prof, lay)
     return lay
@@ -391,8 +406,10 @@ def _take_executed(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
 def _take_touched_rodata(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
     """The named read-only objects the profile saw read (writable data is taken whole)."""
     for d in prof.data:
-        if d.section not in prof.sections or prof.sections[d.section][2] & K.SHF_WRITE:
-            continue  # writable data is taken whole; the stack is not data
+        if d.section not in prof.sections:
+            continue  # the stack, the heap: not in the link
+        if prof.sections[d.section][2] & K.SHF_WRITE and not _is_relro(d.section):
+            continue  # writable data is taken whole
         if d.name.endswith(" (unnamed)"):
             continue  # unnamed bytes: covered by the relocation closure of the code touching it
         try:
@@ -522,6 +539,17 @@ def _entries(entries: list[Entry]) -> str:
     return "\n".join(lines) if lines else "    /* (none) */"
 
 
+def _open_marker(lay: Layout) -> str:
+    """Without the call closure, a path the profile did not see can leave the block: the
+    symbol tells remap.fold to keep the cold code mapped (its pages dropped, faulted back from
+    the file if ever reached) instead of unmapping it."""
+    if lay.closed:
+        return ""
+    return "/* Cold code may be reached (--no-closure): the fold keeps it mapped. */\n" + (
+        "__hot_cold_reachable = 1;\n"
+    )
+
+
 def _page_comment(pages: list[dict]) -> str:
     """Comment lines: what lands in each page of the block (names cut at ~90 columns)."""
     lines = [" * What lands in each page (as placed by the budget; ld may shift a few bytes):"]
@@ -562,7 +590,7 @@ ENTRY(_start)
 
 HOT_SIZE = {b["block"]:#x};
 HOT_STACK_MIN = {lay.stack_min};
-
+{_open_marker(lay)}
 PHDRS
 {{
   head PT_LOAD FILEHDR PHDRS FLAGS(5);   /* R-X: ELF headers, .init/.fini */
@@ -605,7 +633,7 @@ SECTIONS
   }}
   .got : {{ *(.got) *(.igot) }}
   .got.plt : {{ *(.got.plt) *(.igot.plt) }}
-  .data : ALIGN(8) {{ *(.data .data.*) *(.tm_clone_table) }}
+  .data : ALIGN(8) {{ *({HOT_DATA}) *(.tm_clone_table) }}
   .bss (NOLOAD) : ALIGN(16) {{ *(.dynbss) *(.bss .bss.*) *(COMMON) }}
   /* The stack reserve: the rest of the block, at least the measured depth + margin. */
   . = ALIGN(16);
@@ -621,6 +649,7 @@ SECTIONS
   .text : {{ *({COLD_TEXT}) *(.text .text.*) }} :cold
   .iplt : {{ *(.iplt) }}
   .rodata : {{ *(.rodata .rodata.*) }}
+  .data.rel.ro : {{ *(.data.rel.ro .data.rel.ro.*) }}  /* read-only here: a static link */
   .eh_frame : {{ KEEP (*(.eh_frame)) *(.eh_frame.*) }}
   .note : {{ *(.note .note.*) }}
   _end = .; end = .;

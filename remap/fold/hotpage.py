@@ -4,8 +4,10 @@ A hot-page program (see csrc/targets/minibot-hotpage.ld, or a script from remap.
 exports four symbols: ``__hot_start``/``__hot_end`` bound one page-aligned RWX block of
 K <= MAX_HOT_PAGES whole pages (K = 1: the hot page) holding the steady-state code, rodata
 and *all* writable data; ``__hot_stack_lo``/``__hot_stack_hi`` bound the stack reserve inside
-it.  We read them from the executable *on disk* (through /proc/PID/exe, which stays valid
-even if the path was replaced), never from the target's memory.
+it.  A script made without the call closure also defines ``__hot_cold_reachable``: code
+outside the block may still run, so the fold must keep it mapped.  We read them from the
+executable *on disk* (through /proc/PID/exe, which stays valid even if the path was
+replaced), never from the target's memory.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class HotPage:
     stack_hi: int
     syscall_insns: tuple[int, ...]  # addresses of `syscall` (0f 05) instructions in the page
     writable: tuple[tuple[int, int], ...]  # SHF_WRITE sections below the reserve, 8-aligned
+    cold_reachable: bool = False  # __hot_cold_reachable: keep the cold code mapped (dropped)
 
     def contains(self, addr: int) -> bool:
         return self.start <= addr < self.end
@@ -88,8 +91,9 @@ def _parse_hot_page(pid: int) -> HotPage | None:
         a, n = sec.addr, sec.size
         if sec.flags & K.SHF_WRITE and n and start <= a < lo:  # below the reserve
             writable.append((a & ~7, min((a + n + 7) & ~7, lo)))
+    cold = bool(elf.symbol_values(("__hot_cold_reachable",)))
     return HotPage(start, top, lo, found["__hot_stack_hi"], insns,
-                   tuple(sorted(writable)))  # fmt: skip
+                   tuple(sorted(writable)), cold)  # fmt: skip
 
 
 def _find_syscalls(code: bytes) -> list[int]:

@@ -542,6 +542,7 @@ class _SinglePage:
     env_end: int  # the top of the old stack's strings: the pages the fold touches end there
     kept: list[tuple[int, int]]  # mappings outside the block holding anonymous pages: kept
     kept_rewrites: list[tuple[int, bytes, bytes, int]]  # their pages pointing into the stack
+    drops: list[tuple[int, int]]  # clean file pages of kept mappings: MADV_DONTNEED
 
     @property
     def new_lo(self) -> int:
@@ -612,6 +613,7 @@ def _plan_single_page(
     cfa, frames = _steady_root(s, regs, st.start_stack, hot)
     lo = (regs["rsp"] - RED_ZONE) // 16 * 16
     kept = _kept_anon(ctx, hot, stack)
+    kept += _referenced(ctx, hot, kept, stack)
     strings = s.read(st.arg_start, st.arg_end - st.arg_start)
     margin = K.FOLD_MARGIN
     str_at = hot.stack_hi - len(strings)
@@ -631,7 +633,8 @@ def _plan_single_page(
         and not _scratch_vma(s, v)
         and (v.start, v.end) not in {(k.start, k.end) for k in kept}
     ]
-    kept_pages = [p.addr for v in kept for p in v.pages]
+    kept_pages = [p.addr for v in kept for p in v.pages if not p.clean_file and not v.pfnmap]
+    drops = coalesce([p.addr for v in kept for p in v.pages if p.clean_file])
     if len(kept_pages) > 16384:  # the same bound as _writable_pages: a scan inside the stop
         raise UnsafeStep(
             f"{len(kept_pages) * 4} kB of kept anonymous memory to scan for stack pointers; "
@@ -641,7 +644,7 @@ def _plan_single_page(
     caught = _caught_signals(ctx.pid)
     return _SinglePage(hot, regs, len(frames), lo, cfa, delta, strings, str_at, moves, caught,
                        unmap, st.env_end, [(v.start, v.end) for v in kept],
-                       rewrites)  # fmt: skip
+                       rewrites, drops)  # fmt: skip
 
 
 def _fold_into_page(c: FoldContext, p: _SinglePage) -> dict[str, Any]:
@@ -683,6 +686,8 @@ def _fold_into_page(c: FoldContext, p: _SinglePage) -> dict[str, Any]:
     note = _set_mm_map(c, layout, None, (p.lo - 1024) & ~15)
     for a, e in p.unmap:
         c.call("munmap", a, e - a)
+    for a, e in p.drops:  # proven clean file pages (pagemap, while stopped): nothing lost
+        c.call("madvise", a, e - a, K.MADV_DONTNEED)
     first = page_floor(p.str_at)
     _make_anonymous(c, first, (page_ceil(hot.stack_hi) - first) // K.PAGE_SIZE)
     s.release_scratch()
@@ -692,6 +697,7 @@ def _fold_into_page(c: FoldContext, p: _SinglePage) -> dict[str, Any]:
         "relocated_words": len(fixed) + sum(n for *_, n in rewrites + p.kept_rewrites),
         "unmapped": len(p.unmap),
         "kept": [[a, e] for a, e in p.kept],
+        "dropped_pages": sum((e - a) // K.PAGE_SIZE for a, e in p.drops),
         "blocked_signals": _sig_names(p.caught),
         "reserve_free_bytes": p.new_lo - hot.stack_lo,
         "mm_map": note,
@@ -736,6 +742,44 @@ def _steady_root(s, regs: dict[str, int], start_stack: int, hot: HotPage) -> tup
             f"({len(frames)} frames walked); build the target with -fno-omit-frame-pointer"
         )
     return cfa, frames
+
+
+def _referenced(ctx: FoldContext, hot: HotPage, kept: list, stack) -> list:
+    """Mappings outside the block that the program still needs and that hold no data: its own
+    cold code when the block is open (``__hot_cold_reachable``), and every other mapping the
+    block's writable data or a kept mapping holds a pointer into -- the vdso (musl caches
+    ``clock_gettime``'s vdso entry in .data: unmapped, the next time() would jump into
+    nothing; vvar comes with it, the vdso reads it), a file musl mapped (its time zone).
+    They are kept mapped, their clean file pages dropped.  A program started with the vdso
+    hidden and a closed block (the demo bot) keeps none."""
+    s = ctx.session
+    exe = procfs.read_exe(ctx.pid)
+    have = {(v.start, v.end) for v in kept}
+    out = []
+    rest = []
+    for v in ctx.snap.vmas:
+        if (hot.holds(v.start, v.end) or v is stack or (v.start, v.end) in have
+                or v.label in ("vsyscall", "vvar") or _scratch_vma(s, v)):  # fmt: skip
+            continue
+        if v.path == exe:
+            if hot.cold_reachable:
+                out.append(v)
+            continue  # the executable's cold part: kept only when the block is open
+        rest.append(v)
+    if not rest:
+        return out
+    spans = list(hot.writable) + [(p.addr, p.addr + K.PAGE_SIZE) for v in kept for p in v.pages]
+    bufs = [(a, s.read(a, e - a)) for a, e in spans]
+    for v in rest:
+        if any(
+            v.start <= struct.unpack_from("<Q", buf, i)[0] < v.end
+            for _a, buf in bufs
+            for i in candidates(buf, v.start, v.end)
+        ):
+            out.append(v)
+            if v.label == "vdso":
+                out += [w for w in ctx.snap.vmas if w.label == "vvar"]
+    return out
 
 
 def _kept_anon(ctx: FoldContext, hot: HotPage, stack) -> list:
