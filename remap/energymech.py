@@ -89,7 +89,6 @@ def start(
     isolate: bool = True,
     dialect: Dialect = ENERGYMECH,
     daemon: bool = False,
-    vdso: bool = True,
 ) -> MechRun:
     """Write a config, start the bot as USER (inside a fresh network namespace when ISOLATE)
     in the foreground, and return it; the caller then calls ``run.server.accept_bot()``.
@@ -97,8 +96,6 @@ def start(
     DAEMON: start it the way its users do, without MECHRESET: it forks, the parent exits and
     the child (named in mech.pid) is the bot; remap adopts it (remap.adopt), so
     ``run.launched`` is the child and is waited for like a Popen.
-    VDSO False: start it with the vdso hidden (remap.launch), so that musl makes real time
-    syscalls -- a fold that unmaps everything outside the hot block leaves no vdso to call.
 
     Raises UsageError (no such user; or no user while remap runs as root: the bot refuses
     root), AccessDenied/UnsupportedTarget (no namespace), IrcError.
@@ -124,8 +121,7 @@ def start(
         env = {**DEFAULT_ENV} if daemon else {**DEFAULT_ENV, "MECHRESET": ""}
         quiet = dict.fromkeys(("stdin", "stdout", "stderr"), subprocess.DEVNULL)
         argv = [str(binary), "-f", CONFIG]
-        kw = dict(aslr=aslr, env=env, env_size=env_size, cwd=workdir, user=user, netns=ns,
-                  vdso=vdso)  # fmt: skip
+        kw = dict(aslr=aslr, env=env, env_size=env_size, cwd=workdir, user=user, netns=ns)
         if daemon:
             started: list[Launched] = []
 

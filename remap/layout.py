@@ -198,17 +198,36 @@ class LinkInputs:
                 self.archives += read_archive(str(p))
             else:
                 self.objects.append(ObjectFile(str(p), None, p.read_bytes()))
-        self._global: dict[str, ObjectFile] | None = None
+        self._global: dict[str, list[ObjectFile]] | None = None
 
-    def _globals(self) -> dict[str, ObjectFile]:
-        """Global definitions of archive members, by name (the first member wins, as in ld)."""
+    def _globals(self) -> dict[str, list[ObjectFile]]:
+        """Global and weak definitions of archive members, by name, in archive order."""
         if self._global is None:
             self._global = {}
             for o in self.archives:
                 for sym in o.symbols:
                     if sym.bind != K.STB_LOCAL and sym.in_section:
-                        self._global.setdefault(sym.name, o)
+                        owners = self._global.setdefault(sym.name, [])
+                        if not owners or owners[-1] is not o:
+                            owners.append(o)
         return self._global
+
+    def find_sized(self, name: str, size: int) -> list[tuple[ObjectFile, InputSection]]:
+        """Every definition of NAME whose symbol is SIZE bytes, or [find(NAME)].
+
+        Why: in an archive the first member defining a name is not always the one linked --
+        musl's libc.a defines __libc_malloc_impl weakly in lite_malloc.lo and strongly in
+        malloc.lo, and several members carry their own 3-byte ``dummy`` behind the same weak
+        alias.  The profiled executable says how big the function that ran was: each
+        definition of that size is taken (an unlinked one costs nothing in the block)."""
+        found = []
+        for o in self.objects + self._globals().get(name, []):
+            for sym in o.symbols:
+                if sym.name == name and sym.in_section and sym.type in _DEFINING:
+                    if sym.size == size and (sec := o.sections[sym.shndx]) is not None:
+                        found.append((o, sec))
+                    break
+        return found or [self.find(name)]
 
     def find(self, name: str, near: ObjectFile | None = None) -> tuple[ObjectFile, InputSection]:
         """The object and input section defining symbol NAME (a local in NEAR first)."""
@@ -217,9 +236,9 @@ class LinkInputs:
         for o in self.objects:
             if s := o.defines(name):
                 return o, s
-        o = self._globals().get(name)
-        if o is not None and (s := o.defines(name, local_ok=False)):
-            return o, s
+        for o in self._globals().get(name, [])[:1]:  # the first member wins, as in ld
+            if s := o.defines(name, local_ok=False):
+                return o, s
         for o in self.archives:  # a static function inside some member: rare, slow path
             if s := o.defines(name):
                 return o, s
@@ -291,6 +310,7 @@ def _placed(entries: list[Entry], at: int) -> int:
     return at
 
 
+MIN_CONTENT = 4  # bytes an unnamed read must hold to be looked up by content
 MAX_HOT_PAGES = 256  # 1 MiB: beyond that a "hot block" is the whole program
 
 
@@ -390,12 +410,14 @@ def _take_executed(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
     missing = []
     for f in sorted(prof.functions, key=lambda f: (f.first, f.name)):
         try:
-            o, s = li.find(f.name)
+            defs = li.find_sized(f.name, f.size)
         except KeyError:
             missing.append(f.name)
             continue
-        if s.key not in hot.code:
-            hot.add(hot.code, o, s, f"{f.name}: executed {f.steps} instructions while profiled")
+        for o, s in defs:
+            if s.key not in hot.code:
+                why = f"{f.name}: executed {f.steps} instructions while profiled"
+                hot.add(hot.code, o, s, why)
     if missing:
         raise UsageError(
             f"profiled functions not defined in the link inputs: {', '.join(sorted(missing))} "
@@ -411,7 +433,8 @@ def _take_touched_rodata(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
         if prof.sections[d.section][2] & K.SHF_WRITE and not _is_relro(d.section):
             continue  # writable data is taken whole
         if d.name.endswith(" (unnamed)"):
-            continue  # unnamed bytes: covered by the relocation closure of the code touching it
+            _take_unnamed(hot, prof, li, d)
+            continue
         try:
             o, s = li.find(d.name, None)
         except KeyError:
@@ -419,6 +442,44 @@ def _take_touched_rodata(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
         if _is_rodata(s) and s.key not in hot.rodata:
             by = ", ".join(d.by) or "?"
             hot.add(hot.rodata, o, s, f"{d.name}: read {d.reads} times by {by}")
+
+
+def _take_unnamed(hot: _HotSet, prof: Profile, li: LinkInputs, d) -> None:
+    """Unnamed read-only bytes the profile saw read (string literals, jump tables): each is
+    looked up by content, as a NUL-terminated string read from the profiled executable on
+    disk, in the rodata sections of the objects whose code is hot.
+
+    Why by content: ld merges string literals, so the literal ``strncmp`` read may be the
+    copy of an object other than the one whose code references it; and code a profile saw
+    run reaches data through pointers in .data too, which the relocation closure of the hot
+    code does not follow.  A miss costs nothing (the closure may have it already); a wrong
+    hit only a few bytes in the block.  Of the sections holding it, the smallest is taken."""
+    try:
+        elf = elfmap.open_elf(prof.exe)
+    except OSError:
+        return  # the profiled executable is gone: the relocation closure is all there is
+    if elf is None or not d.spans:
+        return
+    owners = {id(o): o for o in hot.owner.values()}.values()
+    pool = [(o, sec) for o in owners for sec in o.sections if _is_rodata(sec)]
+    blobs = {}
+    for addr, size in d.spans:
+        raw = elf.bytes_at(addr, 256)
+        end = raw.find(b"\0", size - 1) if size else -1
+        want = raw[: end + 1] if 0 <= end else raw[:size]
+        if len(want.rstrip(b"\0")) < MIN_CONTENT:
+            continue  # "" or one byte: in every string table, proves nothing
+        hits = []
+        for o, sec in pool:
+            if sec.key not in blobs:
+                hdr = o.tables.sections[sec.index] if o.tables else None
+                blobs[sec.key] = o.data[hdr.offset : hdr.offset + hdr.size] if hdr else b""
+            if want in blobs[sec.key]:
+                hits.append((o, sec))
+        if hits and not any(sec.key in hot.rodata for _o, sec in hits):
+            o, sec = min(hits, key=lambda h: (h[1].size, h[1].key))  # the tightest fit
+            by = ", ".join(d.by) or "?"
+            hot.add(hot.rodata, o, sec, f"{want[:24]!r}: read by {by} (found by content)")
 
 
 def _take_closure(hot: _HotSet, li: LinkInputs, closure: bool) -> None:
@@ -590,6 +651,7 @@ ENTRY(_start)
 
 HOT_SIZE = {b["block"]:#x};
 HOT_STACK_MIN = {lay.stack_min};
+__hot_stack_peak = {prof.stack.peak_depth};  /* profiled, below the root's frame */
 {_open_marker(lay)}
 PHDRS
 {{

@@ -58,6 +58,7 @@ from .inject.abi import interrupted
 from .inject.preflight import preflight
 from .inject.ptrace import Ptrace
 
+MAX_SPANS = 4096  # distinct unnamed accesses kept per section
 MAX_STEPS = 50_000_000  # a bound on every profile: ~10 min of stepping at ~10 us a step
 SYSCALL_POLL_S = 0.0002  # how often a step over a blocking syscall is polled for completion
 
@@ -93,6 +94,9 @@ class DataHit:
     reads: int
     writes: int
     by: list[str]  # functions whose instructions touched it (sorted)
+    spans: list[list[int]] = field(default_factory=list)
+    # unnamed bytes only: each distinct [address, size] accessed (sorted, at most MAX_SPANS),
+    # so that remap.layout can find the very string literal in the link inputs
 
 
 @dataclass
@@ -822,8 +826,11 @@ def _data(seen: _Seen, exe: _Exe, maps: list[tuple[int, int, int, str]]) -> list
         d.writes += w
         if by and by.name not in d.by:
             d.by.append(by.name)
+        if widen and len(d.spans) < MAX_SPANS:
+            d.spans.append([addr, sz])
     for d in data.values():
         d.by.sort()
+        d.spans = sorted(map(list, {tuple(x) for x in d.spans}))
     return sorted(data.values(), key=lambda d: (d.addr, d.name))
 
 

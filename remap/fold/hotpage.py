@@ -31,6 +31,7 @@ class HotPage:
     syscall_insns: tuple[int, ...]  # addresses of `syscall` (0f 05) instructions in the page
     writable: tuple[tuple[int, int], ...]  # SHF_WRITE sections below the reserve, 8-aligned
     cold_reachable: bool = False  # __hot_cold_reachable: keep the cold code mapped (dropped)
+    stack_peak: int = 0  # __hot_stack_peak: the profiled peak depth below the root frame
 
     def contains(self, addr: int) -> bool:
         return self.start <= addr < self.end
@@ -91,9 +92,9 @@ def _parse_hot_page(pid: int) -> HotPage | None:
         a, n = sec.addr, sec.size
         if sec.flags & K.SHF_WRITE and n and start <= a < lo:  # below the reserve
             writable.append((a & ~7, min((a + n + 7) & ~7, lo)))
-    cold = bool(elf.symbol_values(("__hot_cold_reachable",)))
-    return HotPage(start, top, lo, found["__hot_stack_hi"], insns,
-                   tuple(sorted(writable)), cold)  # fmt: skip
+    extra = elf.symbol_values(("__hot_cold_reachable", "__hot_stack_peak"))
+    return HotPage(start, top, lo, found["__hot_stack_hi"], insns, tuple(sorted(writable)),
+                   "__hot_cold_reachable" in extra, extra.get("__hot_stack_peak", 0))  # fmt: skip
 
 
 def _find_syscalls(code: bytes) -> list[int]:

@@ -543,6 +543,8 @@ class _SinglePage:
     kept: list[tuple[int, int]]  # mappings outside the block holding anonymous pages: kept
     kept_rewrites: list[tuple[int, bytes, bytes, int]]  # their pages pointing into the stack
     drops: list[tuple[int, int]]  # clean file pages of kept mappings: MADV_DONTNEED
+    extra: list[tuple[int, bytes]]  # exec's tables, relocated, and where they go (or none)
+    mm: dict[str, int]  # the stack fields PR_SET_MM_MAP gets: start_stack, arg_*, env_*
 
     @property
     def new_lo(self) -> int:
@@ -559,8 +561,9 @@ def single_page(ctx: FoldContext) -> Action | None:
     blocked in a restartable syscall *inside* the block; the rbp chain reaches a frame whose
     caller is outside the hot code (the steady-state root, which by the contract never returns);
     moved frames + strings + a margin fit the reserve.  Caught signals are blocked for good (a
-    signal frame would not fit); signals at their default action push no frame and keep
-    working (SIGTERM still terminates).
+    signal frame would not fit), unless the block is open and its reserve has room for one
+    (_room_for_handlers); signals at their default action push no frame and keep working
+    (SIGTERM still terminates).
     """
     hot, regs, stack = _single_page_target(ctx)
     p = _plan_single_page(ctx, hot, regs, stack)
@@ -614,17 +617,23 @@ def _plan_single_page(
     lo = (regs["rsp"] - RED_ZONE) // 16 * 16
     kept = _kept_anon(ctx, hot, stack)
     kept += _referenced(ctx, hot, kept, stack)
-    strings = s.read(st.arg_start, st.arg_end - st.arg_start)
     margin = K.FOLD_MARGIN
-    str_at = hot.stack_hi - len(strings)
-    delta = (str_at - cfa) // ALIGN * ALIGN
+    env = _with_environment(ctx.pid, s, st, hot, cfa, lo, margin)
+    if env is not None:  # exec's tables and every string move: getenv, auxv readers work
+        strings, str_at, delta, moves, extra, mm = env
+    else:  # argv strings only (a one-page block has no room for more); environ is left behind
+        strings = s.read(st.arg_start, st.arg_end - st.arg_start)
+        str_at = hot.stack_hi - len(strings)
+        delta = (str_at - cfa) // ALIGN * ALIGN
+        moves = [Move(lo, cfa, delta), Move(st.arg_start, st.arg_end, str_at - st.arg_start)]
+        extra, mm = [], {"arg_start": str_at, "arg_end": hot.stack_hi,
+                         "env_start": hot.stack_hi, "env_end": hot.stack_hi}  # fmt: skip
     need = cfa - lo + len(strings) + margin
     if lo + delta - margin < hot.stack_lo:
         raise UnsafeStep(
             f"live stack {cfa - lo} B + argv strings {len(strings)} B + margin {margin} B = "
             f"{need} B does not fit the hot page's {hot.reserve} B stack reserve"
         )
-    moves = [Move(lo, cfa, delta), Move(st.arg_start, st.arg_end, str_at - st.arg_start)]
     unmap = [
         (v.start, v.end)
         for v in ctx.snap.vmas
@@ -642,9 +651,63 @@ def _plan_single_page(
         )
     rewrites = _pointer_rewrites(s, kept_pages, moves) if kept_pages else []
     caught = _caught_signals(ctx.pid)
+    if caught and _room_for_handlers(ctx.pid, hot, cfa + delta):
+        caught = 0
+    mm["start_stack"] = mm.get("start_stack", cfa + delta)
     return _SinglePage(hot, regs, len(frames), lo, cfa, delta, strings, str_at, moves, caught,
                        unmap, st.env_end, [(v.start, v.end) for v in kept],
-                       rewrites, drops)  # fmt: skip
+                       rewrites, drops, extra, mm)  # fmt: skip
+
+
+HANDLER_ALLOWANCE = 2048  # stack a signal handler of an open block may use beyond its frame
+
+
+def _room_for_handlers(pid: int, hot: HotPage, root_cfa: int) -> bool:
+    """May caught signals stay deliverable?  Only in an open block (its handlers, which no
+    profile saw run, stay reachable in the kept cold code) that declares its profiled peak
+    stack depth (``__hot_stack_peak``) and whose reserve keeps, below the deepest the
+    steady state goes from the moved root frame (ROOT_CFA), the red zone, the kernel's signal
+    frame (AT_MINSIGSTKSZ, xsave area included) and HANDLER_ALLOWANCE -- so that SIGTERM
+    still runs EnergyMech's goodbye instead of being blocked for good."""
+    if not hot.cold_reachable or not hot.stack_peak:
+        return False
+    minsig = dict(procfs.read_auxv(pid)).get(K.AT_MINSIGSTKSZ, 0) or 4096
+    deepest = root_cfa - hot.stack_peak - RED_ZONE
+    return deepest - hot.stack_lo >= minsig + HANDLER_ALLOWANCE
+
+
+def _with_environment(
+    pid: int, s, st: procfs.Stat, hot: HotPage, cfa: int, lo: int, margin: int
+) -> tuple | None:
+    """The full move, when it fits the reserve: exec's tables (argc, argv[], envp[], auxv,
+    AT_RANDOM's bytes) and all the strings (argv and environment) beside the frames, so that
+    ``environ`` and the auxv libc saved stay valid (EnergyMech's time zone code calls getenv
+    on every tick).  (strings, where, frames' delta, moves, [(addr, tables)], mm fields) or
+    None when it does not fit."""
+    tab_end = _end_of_tables(pid, st)
+    if not cfa <= st.start_stack < tab_end <= st.arg_start <= st.env_end:
+        return None
+    strings = s.read(st.arg_start, st.env_end - st.arg_start)
+    str_at = hot.stack_hi - len(strings)
+    tab_at = (str_at - (tab_end - st.start_stack)) // ALIGN * ALIGN
+    delta = (tab_at - cfa) // ALIGN * ALIGN
+    if lo + delta - margin < hot.stack_lo:
+        return None
+    moves = [
+        Move(lo, cfa, delta),
+        Move(st.start_stack, tab_end, tab_at - st.start_stack),
+        Move(st.arg_start, st.env_end, str_at - st.arg_start),
+    ]
+    tables, _fixed = relocate_words(s.read(st.start_stack, tab_end - st.start_stack), moves)
+    shift = str_at - st.arg_start
+    mm = {
+        "start_stack": tab_at,
+        "arg_start": str_at,
+        "arg_end": st.arg_end + shift,
+        "env_start": st.env_start + shift,
+        "env_end": st.env_end + shift,
+    }
+    return strings, str_at, delta, moves, [(tab_at, tables)], mm
 
 
 def _fold_into_page(c: FoldContext, p: _SinglePage) -> dict[str, Any]:
@@ -660,10 +723,10 @@ def _fold_into_page(c: FoldContext, p: _SinglePage) -> dict[str, Any]:
         if ch:
             rewrites.append((a, old, new, len(ch)))
     # The reserve is unused until the registers point into it: writing there is harmless.
-    s.write(p.new_lo, frames_new)
-    s.write(p.str_at, p.strings)
-    back = s.read(p.new_lo, len(frames_new)), s.read(p.str_at, len(p.strings))
-    if back != (frames_new, p.strings):
+    blocks = [(p.new_lo, frames_new), (p.str_at, p.strings), *p.extra]
+    for a, data in blocks:
+        s.write(a, data)
+    if any(s.read(a, len(data)) != data for a, data in blocks):
         raise UnsafeStep("read-back of the hot page's stack reserve differs")
     _commit_rewrites(s, rewrites + p.kept_rewrites)  # the commit point: undone on failure
     new_regs = relocate_regs(regs, p.moves)
@@ -676,14 +739,11 @@ def _fold_into_page(c: FoldContext, p: _SinglePage) -> dict[str, Any]:
         "start_data": hot.start,
         "end_data": hot.end,
         **({} if p.kept else {"start_brk": hot.end, "brk": hot.end}),  # a kept heap: its brk
-        "start_stack": p.cfa + p.delta,
-        "arg_start": p.str_at,
-        "arg_end": hot.stack_hi,
-        "env_start": hot.stack_hi,
-        "env_end": hot.stack_hi,
+        **p.mm,
     }
     # the buffer: the old stack below the moved frames, unmapped next
-    note = _set_mm_map(c, layout, None, (p.lo - 1024) & ~15)
+    auxv = _relocated_auxv(c.pid, p.moves) if p.extra else None
+    note = _set_mm_map(c, layout, auxv, (p.lo - 1024) & ~15)
     for a, e in p.unmap:
         c.call("munmap", a, e - a)
     for a, e in p.drops:  # proven clean file pages (pagemap, while stopped): nothing lost
@@ -700,6 +760,7 @@ def _fold_into_page(c: FoldContext, p: _SinglePage) -> dict[str, Any]:
         "dropped_pages": sum((e - a) // K.PAGE_SIZE for a, e in p.drops),
         "blocked_signals": _sig_names(p.caught),
         "reserve_free_bytes": p.new_lo - hot.stack_lo,
+        "environment_moved": bool(p.extra),
         "mm_map": note,
     }
 
