@@ -408,6 +408,7 @@ def _take_executed(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
     """Every function the profile saw run, in the order it first ran (UsageError naming those
     the link inputs do not define)."""
     missing = []
+    _refuse_dynamic(prof)
     for f in sorted(prof.functions, key=lambda f: (f.first, f.name)):
         try:
             defs = li.find_sized(f.name, f.size)
@@ -422,6 +423,23 @@ def _take_executed(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
         raise UsageError(
             f"profiled functions not defined in the link inputs: {', '.join(sorted(missing))} "
             "(pass every object and archive of the program with --inputs)"
+        )
+
+
+def _refuse_dynamic(prof: Profile) -> None:
+    """A dynamically linked program runs its libc in a shared library no script of its own
+    link can pack: refused with what it called there (its PLT stubs, named for their
+    targets by remap.profile) and the way out (link it statically, musl's libc.a as input)."""
+    plt = sorted({f.name for f in prof.functions if f.name.endswith("@plt")})
+    libs = {k: v for k, v in prof.outside.items() if k.startswith("/")}
+    if plt or libs:
+        steps = ", ".join(f"{os.path.basename(k)} {v} steps" for k, v in sorted(libs.items()))
+        more = f" (+{len(plt) - 12} more)" if len(plt) > 12 else ""
+        raise UsageError(
+            f"{os.path.basename(prof.exe)} is dynamically linked: its steady state ran "
+            f"{steps or 'code outside the executable'} through {len(plt)} PLT entries "
+            f"({', '.join(plt[:12])}{more}); a linker script cannot pack a shared library's "
+            "code: profile a static build (musl's libc.a among --inputs) instead"
         )
 
 

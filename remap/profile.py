@@ -258,7 +258,18 @@ def _symbols(
         s = _Sym(sym.value, sym.size, sym.name, kind, sec)
         (funcs if kind == "func" else objs).append(s)
     funcs += _sized_labels(labels, funcs, sections)
+    funcs += _plt_stubs(elf, sections)
     return _dedup(funcs), _dedup(objs)
+
+
+def _plt_stubs(elf: elfmap.ElfTables, sections: dict[str, list[int]]) -> list[_Sym]:
+    """A dynamic executable's PLT stubs as functions named for their target ("printf@plt"):
+    a profile then says what the program called in its libraries, not ".plt+0x405040"."""
+    out = []
+    for addr, size, name in elf.plt_entries():
+        sec = next((n for n, v in sections.items() if v[0] <= addr < v[0] + v[1]), ".plt")
+        out.append(_Sym(addr, size, name, "func", sec))
+    return out
 
 
 def _sized_labels(

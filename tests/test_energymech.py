@@ -154,8 +154,8 @@ def _run_experiment(name: str, tmp_path: Path) -> list[dict]:
     return json.loads(res.stdout)["runs"]
 
 
-def _check_runs(runs: list[dict], pings: int) -> None:
-    assert {r["case"] for r in runs} == {"static", "dynamic"}
+def _check_runs(runs: list[dict], pings: int, cases=("static", "dynamic")) -> None:
+    assert {r["case"] for r in runs} == set(cases)
     for r in runs:
         assert r["target_ok"] and r["error"] is None, r["error"]
         assert r["pings_answered"] == pings + 1  # + the final health check
@@ -184,3 +184,27 @@ def test_energymech_squeeze(mech_bins, tmp_path):
         rss = {s["name"]: s["rss_kb"] for s in r["steps"]}
         assert rss["squeeze"] < rss["connected"]  # clean file pages dropped
         assert r["steps"][-1]["name"] == "idle" and r["steps"][-1]["seconds"] == 60
+
+
+def test_energymech_layout_folds_into_its_profiled_block(mech_bins, tmp_path):
+    """Issue 18: the layout build profiled live, relinked from its own objects + libc.a into
+    a K-page hot block, folded; it answers !meminfo (within /proc's bracket) and 1,000 PINGs,
+    idles 60 s, and says goodbye on SIGTERM.  Recorded 80 kB here (goal 64 kB, see the
+    budget); the squeeze alone keeps 240 kB."""
+    runs = _run_experiment("energymech-layout", tmp_path)
+    _check_runs(runs, 1000, cases=("static",))
+    (r,) = runs
+    ml = r["mech_layout"]
+    b = ml["budget"]
+    assert "refusal" not in ml and 1 < b["pages"] == len(ml["pages"]) <= 32
+    assert b["code"] > 10_000 and b["stack_min"] > ml["peak_stack_depth"]
+    assert ml["results"]["pings"] == 100 and "VmRSS" in ml["results"]["!meminfo"]
+    assert ml["profiled_stop"]["exit_status"] == 0
+    steps = {s["name"]: s for s in r["steps"]}
+    (fold_step,) = steps["fold-single-page"]["fold_steps"]
+    assert fold_step["hot_pages"] == b["pages"] and fold_step["environment_moved"]
+    assert fold_step["blocked_signals"] == []  # room for a handler: SIGTERM still says bye
+    assert steps["fold-single-page"]["rss_kb"] < steps["connected"]["rss_kb"] / 2
+    assert r["steps"][-1]["name"] == "idle" and r["steps"][-1]["seconds"] == 60
+    assert r["final_rss_kb"] <= 96
+    assert "SIGTERM" in r["stop"]["quit"]

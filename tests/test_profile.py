@@ -1,4 +1,5 @@
-"""remap.profile on real processes: the demo bot single-stepped over a real IRC workload."""
+"""remap.profile on real processes: the demo bot and EnergyMech single-stepped over real IRC
+workloads."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 from helpers import assert_one_line_error, remap_cli, status
 
 from remap import energymech, procfs, sources
-from remap.errors import NoSuchProcess, UnsupportedTarget
+from remap.errors import NoSuchProcess, UnsupportedTarget, UsageError
 from remap.ircd import IrcServer
+from remap.layout import musl_libc, plan_layout
 from remap.profile import Profile, irc_workload, profile, render_png
 from remap.sources import SourceMissing
 
@@ -157,14 +159,18 @@ def test_profile_refuses_threads(spawn):
 
 
 # ---------------------------------------------------------------------------- a real program
-@pytest.fixture(scope="module")
-def mech_static():
+def _mech(variant: str):
     try:
-        r = sources.recipe("energymech", "static")
+        r = sources.recipe("energymech", variant)
         sources.source_path(r)
     except SourceMissing as e:
         pytest.skip(f"EnergyMech source not found: {e.path}")
     return sources.build(r)
+
+
+@pytest.fixture(scope="module")
+def mech_static():
+    return _mech("static")
 
 
 def test_profile_energymech_objects_by_mapping_and_its_idle_timer(mech_static):
@@ -203,3 +209,30 @@ def test_profile_energymech_objects_by_mapping_and_its_idle_timer(mech_static):
         assert srv.pings == 30
     finally:
         energymech.stop(run)
+
+
+def test_profile_dynamic_energymech_names_plt_targets_and_layout_refuses(tmp_path):
+    """The dynamic build calls libc through its PLT: the profile names each stub for its
+    target (``vsprintf@plt``, not ``.plt+0x405040``), and the layout refuses in one line
+    naming them and the way out (a static build)."""
+    run = energymech.start(_mech("dynamic"))
+    try:
+        srv = run.server
+        srv.accept_bot()
+        srv.timeout = 60
+        prof = profile(run.launched.pid, workload=lambda: srv.ping(5))
+        assert srv.pings == 5
+    finally:
+        energymech.stop(run)
+    names = prof.function_names()
+    plt = [n for n in names if n.endswith("@plt")]
+    assert plt and not [n for n in names if n.startswith(".plt")], names
+    libc = [k for k in prof.outside if "musl" in k or "libc" in k]
+    assert libc and prof.outside[libc[0]] > 0
+    with pytest.raises(UsageError, match=r"dynamically linked: .* PLT entries .*@plt.*static"):
+        plan_layout(prof, [musl_libc()])
+    path = tmp_path / "dyn.json"
+    prof.save(path)
+    res = remap_cli("layout", str(path), "--inputs", str(musl_libc()), "-o", str(tmp_path / "x"))
+    assert_one_line_error(res, UsageError.exit_code)
+    assert "@plt" in res.stderr
