@@ -78,6 +78,27 @@ def test_folder_source_builds_checks_linkage_and_caches_by_content(tmp_path, mon
         sources.build(sources.recipe("hello", "static", wrong))
 
 
+def test_recipe_keep_leaves_link_inputs_beside_the_binary(tmp_path, monkeypatch):
+    """A variant's ``keep`` globs: the built objects land in kept/ under their tree paths (the
+    layout links them again); a glob that matches nothing fails the build, naming it."""
+    monkeypatch.setenv("REMAP_BUILD_DIR", str(tmp_path / "build"))
+    tree = _tiny_tree(tmp_path / "src", "kept")
+    (tree / "Makefile").write_text(
+        "hello: hello.o\n\tmusl-gcc -static -o $@ $<\nhello.o: hello.c\n\tmusl-gcc -c $<\n"
+    )
+    table = {"source": str(tree), "binary": "hello", "make": [], "libc": "musl",
+             "variants": {"k": {"linkage": "static", "keep": ["*.o"]},
+                          "none": {"linkage": "static", "keep": ["lib/*.o"]}}}  # fmt: skip
+    binary = sources.build(sources.recipe("hello", "k", table))
+    (obj,) = sources.kept_files(binary)
+    assert obj.name == "hello.o" and obj.read_bytes()[:4] == b"\x7fELF"
+    relinked = tmp_path / "again"
+    subprocess.run(["musl-gcc", "-static", "-o", relinked, obj], check=True)
+    assert subprocess.run([relinked], capture_output=True, text=True).stdout == "kept\n"
+    with pytest.raises(sources.ExperimentError, match="keep 'lib/\\*.o' matched no file"):
+        sources.build(sources.recipe("hello", "none", table))
+
+
 def test_missing_source_is_reported_skipped_with_its_path(tmp_path):
     env = {**os.environ, "REMAP_THIRD_PARTY": str(tmp_path / "nothing-here")}
     out = tmp_path / "out"
