@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+from timing import run_timed  # bench/timing.py: exact wall times (no 50 ms polling)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = "remap_map_speed_child"
 
@@ -54,13 +56,10 @@ def _time_all(rows: list[tuple], repeat: int) -> dict[str, tuple[float, float]]:
     for _ in range(repeat):
         for name, cmd, *extra in rows:
             env = {**os.environ, **extra[0]} if extra else None
-            t = time.perf_counter()
-            r = subprocess.run(
-                cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300, env=env
-            )
-            times[name].append(time.perf_counter() - t)
-            if r.returncode != 0:
-                raise SystemExit(f"{name} failed: {r.stderr.decode().strip()}")
+            t, rc, err = run_timed(cmd, 300, env=env)
+            times[name].append(t)
+            if rc != 0:
+                raise SystemExit(f"{name} failed: {err.decode().strip()}")
     return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
 
 

@@ -21,7 +21,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+from timing import run_timed  # bench/timing.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REMAP = os.path.join(ROOT, ".venv", "bin", "remap")
@@ -36,10 +37,10 @@ time.sleep(600)
 def _median_s(argv: list[str], repeat: int) -> float:
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
-                       timeout=120)  # fmt: skip
-        times.append(time.perf_counter() - t0)
+        t, rc, err = run_timed(argv, 120)
+        if rc != 0:
+            raise SystemExit(f"{' '.join(argv)} failed ({rc}): {err.decode().strip()}")
+        times.append(t)
     return statistics.median(times)
 
 

@@ -176,9 +176,12 @@ def _rss_kb(pid: int) -> tuple[int, int]:
 
 
 def _pmap_ms(pid: int) -> float:
-    t = time.perf_counter()
-    subprocess.run(["pmap", "-XX", str(pid)], stdout=subprocess.DEVNULL, check=True, timeout=60)
-    return (time.perf_counter() - t) * 1e3
+    from timing import run_timed  # bench/timing.py: run(timeout=) rounds up to ~50 ms steps
+
+    t, rc, err = run_timed(["pmap", "-XX", str(pid)], 60)
+    if rc != 0:
+        raise SystemExit(f"pmap -XX {pid} failed: {err.decode().strip()}")
+    return t * 1e3
 
 
 def bench_one(prog: Prog, repeat: int) -> dict:

@@ -21,16 +21,18 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-from typing import NamedTuple
+from array import array
+from collections import namedtuple
 
 from . import kconst as K
 
 _PAGE_MASK = ~(K.PAGE_SIZE - 1)
 
 
-class Segment(NamedTuple):
+class Segment(namedtuple("Segment", "offset vaddr filesz memsz flags")):
     """A PT_LOAD program header."""
 
+    __slots__ = ()
     offset: int
     vaddr: int
     filesz: int
@@ -38,9 +40,10 @@ class Segment(NamedTuple):
     flags: int
 
 
-class Section(NamedTuple):
+class Section(namedtuple("Section", "name addr end kind")):
     """An allocated section with the label its pages get (code, rodata, data, bss)."""
 
+    __slots__ = ()
     name: str
     addr: int
     end: int
@@ -51,14 +54,17 @@ class ElfInfo:
     """What remap needs from one ELF file: loads, allocated sections, sorted symbols."""
 
     __slots__ = ("path", "segments", "sections", "sym_addr", "sym_end", "sym_name", "_strs")
-    __slots__ += ("_sec_addr",)
+    __slots__ += ("_sec_addr", "_base")
 
     def __init__(self, path: str, segments: list[Segment], sections: list[Section]):
         self.path, self.segments, self.sections = path, segments, sections
         self._sec_addr = [s.addr for s in sections]
-        self.sym_addr: list[int] = []
-        self.sym_end: list[int] = []
-        self.sym_name: list[int] = []  # offsets into _strs, decoded on demand
+        self._base = min(s.vaddr for s in segments) & _PAGE_MASK if segments else 0
+        # sorted symbol starts, ends and name offsets into _strs (decoded on demand): arrays, so
+        # that the on-disk cache loads them as three memory copies instead of 40,000 ints
+        self.sym_addr = array("Q")
+        self.sym_end = array("Q")
+        self.sym_name = array("Q")
         self._strs = b""
 
     def __repr__(self) -> str:
@@ -70,7 +76,7 @@ class ElfInfo:
     @property
     def base_vaddr(self) -> int:
         """Page-aligned vaddr of the first PT_LOAD (the one holding the ELF header)."""
-        return min(s.vaddr for s in self.segments) & _PAGE_MASK if self.segments else 0
+        return self._base
 
     @property
     def end_vaddr(self) -> int:
@@ -106,6 +112,43 @@ class ElfInfo:
         off = self.sym_name[i]
         return self._strs[off : self._strs.find(b"\0", off)].decode(errors="replace")
 
+    def describe_pages(self, lo: int, hi: int) -> list[tuple[str | None, str | None, str | None]]:
+        """:meth:`describe` of every page in [LO, HI) (page-aligned ELF vaddrs), in one pass.
+
+        Why: a run of present pages in a big library is hundreds of pages; walking the sorted
+        sections and symbols alongside them costs a fraction of one bisect per page and table.
+        Equal to ``[describe(a) for a in range(lo, hi, PAGE_SIZE)]`` (tests check it on real
+        files)."""
+        out = []
+        secs, sec_addr, nsec = self.sections, self._sec_addr, len(self.sections)
+        a, ends, nsym = self.sym_addr, self.sym_end, len(self.sym_addr)
+        i = bisect.bisect_right(a, lo) - 1  # the last symbol starting at or before the page
+        for page in range(lo, hi, K.PAGE_SIZE):
+            top = page + K.PAGE_SIZE
+            while i + 1 < nsym and a[i + 1] <= page:
+                i += 1
+            symbol = None
+            j = i
+            while j >= 0 and j > i - 8:  # as symbol_at: a few back for one containing the page
+                if ends[j] > page:
+                    symbol = self._name(j)
+                    break
+                j -= 1
+            if symbol is None and i + 1 < nsym and a[i + 1] < top:
+                symbol = self._name(i + 1)
+            k = max(0, bisect.bisect_right(sec_addr, page) - 1)
+            if k + 1 >= nsec or sec_addr[k + 1] >= top:  # at most one section starts in the page
+                s0 = secs[k] if k < nsec else None
+                if s0 is not None and s0.addr <= page and top <= s0.end:  # wholly inside it
+                    if page == self._base:
+                        out.append(("elf-header", s0.name, symbol))
+                    else:
+                        out.append((s0.kind, s0.name, symbol))
+                    continue
+            label, section, _ = self.describe(page)
+            out.append((label, section, symbol))
+        return out
+
     def describe(self, vaddr: int) -> tuple[str | None, str | None, str | None]:
         """(label, section, symbol) of the page at ELF vaddr VADDR (page-aligned).
 
@@ -115,19 +158,20 @@ class ElfInfo:
         lo, hi = vaddr, vaddr + K.PAGE_SIZE
         secs = self.section_at(lo, hi)
         section = None
+        best = 4  # index into _PRECEDENCE of the best kind seen in the page
         for s in secs:
-            if s.addr <= lo < s.end:
+            if section is None and s.addr <= lo < s.end:
                 section = s.name
-                break
+            rank = _PRECEDENCE.get(s.kind, 4)
+            if rank < best:
+                best = rank
         if section is None and secs:
             section = secs[0].name
         symbol = self.symbol_at(lo, hi)
-        if lo == self.base_vaddr:
+        if lo == self._base:
             return "elf-header", section, symbol
-        kinds = {s.kind for s in secs}
-        for k in ("code", "data", "rodata", "bss"):
-            if k in kinds:
-                return k, section, symbol
+        if best < 4:
+            return _KINDS[best], section, symbol
         seg = self.segment_at(lo)
         if seg is None:
             return None, section, symbol
@@ -143,6 +187,10 @@ class ElfInfo:
             if (s.vaddr & _PAGE_MASK) <= vaddr < s.vaddr + s.memsz:
                 return s
         return None
+
+
+_KINDS = ("code", "data", "rodata", "bss")  # a page's label when sections of several kinds share it
+_PRECEDENCE = {k: i for i, k in enumerate(_KINDS)}
 
 
 def _kind(flags: int, is_nobits: bool) -> str:
@@ -307,16 +355,16 @@ def _load_symbols(info: ElfInfo, f, tab: tuple[int, int], strtab: tuple[int, int
     # names stay offsets into the string table until a page asks for one (~18,000 symbols in
     # a CPython binary; decoding them all would cost more than the rest of the snapshot)
     syms = sorted(
-        (value, value + size, name)
+        (value, min(value + size, K.MASK64), name)  # an end past 2**64: a malformed file
         for name, info_b, _o, shndx, value, size in _SYM.iter_unpack(
             raw[: len(raw) // _SYM.size * _SYM.size]
         )
         if value and shndx and (info_b & 0xF) in (K.STT_FUNC, K.STT_OBJECT)
     )
     info._strs = strs
-    info.sym_addr = [s[0] for s in syms]
-    info.sym_end = [s[1] for s in syms]
-    info.sym_name = [s[2] for s in syms]
+    info.sym_addr = array("Q", [s[0] for s in syms])
+    info.sym_end = array("Q", [s[1] for s in syms])
+    info.sym_name = array("Q", [s[2] for s in syms])
 
 
 _cache: dict[tuple[str, int, int], ElfInfo | None] = {}
@@ -349,7 +397,7 @@ def load(path: str, inode: int | None = None) -> ElfInfo | None:
 # one marshal file per file version: named by device, inode, size, mtime and ctime, so a
 # rewritten, replaced or touched file is parsed again.  A cache that cannot be read or written
 # is ignored: it only ever saves time.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: the symbol columns are array("Q") bytes (1: lists of ints)
 
 
 def cache_dir() -> str | None:
@@ -367,7 +415,9 @@ def _cache_file(st: os.stat_result) -> str | None:
     d = cache_dir()
     if d is None:
         return None
-    name = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}-{st.st_ctime_ns:x}"
+    # the format leads the name: two remap versions sharing a cache keep their own entries
+    name = f"v{_CACHE_FORMAT}-{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}"
+    name += f"-{st.st_mtime_ns:x}-{st.st_ctime_ns:x}"
     return os.path.join(d, name)
 
 
@@ -389,7 +439,18 @@ def _load_cached(path: str, st: os.stat_result) -> ElfInfo | None:
     if fmt != _CACHE_FORMAT or cpath != path:  # another format, or a hard link's other name
         return None
     info = ElfInfo(path, [Segment(*s) for s in segs], [Section(*s) for s in secs])
-    info.sym_addr, info.sym_end, info.sym_name, info._strs = sym_addr, sym_end, sym_name, strs
+    try:
+        for col, raw in (
+            (info.sym_addr, sym_addr),
+            (info.sym_end, sym_end),
+            (info.sym_name, sym_name),
+        ):
+            col.frombytes(raw)
+    except (TypeError, ValueError):  # not bytes, or not whole 8-byte words: not our file
+        return None
+    if not len(info.sym_addr) == len(info.sym_end) == len(info.sym_name):
+        return None
+    info._strs = strs
     return info
 
 
@@ -401,8 +462,8 @@ def _store_cached(info: ElfInfo, st: os.stat_result) -> None:
         return
     rec = (
         _CACHE_FORMAT, info.path, [tuple(s) for s in info.segments],
-        [tuple(s) for s in info.sections], info.sym_addr, info.sym_end, info.sym_name,
-        info._strs,
+        [tuple(s) for s in info.sections], info.sym_addr.tobytes(), info.sym_end.tobytes(),
+        info.sym_name.tobytes(), info._strs,
     )  # fmt: skip
     tmp = f"{fn}.{os.getpid()}.tmp"
     try:
@@ -423,9 +484,12 @@ def load_bias(info: ElfInfo, lowest_start: int, lowest_offset: int) -> int:
 
 
 # --------------------------------------------------------------------------- whole tables
-class SectionHeader(NamedTuple):
+class SectionHeader(
+    namedtuple("SectionHeader", "index name type flags addr offset size link info align entsize")
+):
     """One section header (any section, allocated or not), its name resolved."""
 
+    __slots__ = ()
     index: int
     name: str
     type: int  # SHT_*
@@ -439,10 +503,11 @@ class SectionHeader(NamedTuple):
     entsize: int
 
 
-class Symbol(NamedTuple):
+class Symbol(namedtuple("Symbol", "name value size type bind shndx")):
     """One .symtab entry: TYPE is STT_* (kconst), BIND is STB_* (0 local, 1 global, 2 weak),
     SHNDX the section index (kconst.SHN_UNDEF, SHN_ABS... as the raw numbers)."""
 
+    __slots__ = ()
     name: str
     value: int
     size: int
@@ -471,7 +536,8 @@ class ElfTables:
         >>> t.etype == kconst.ET_DYN, t.symbol_values(["main"])
     """
 
-    __slots__ = ("raw", "etype", "machine", "loads", "interpreter", "sections", "_symbols")
+    __slots__ = ("raw", "etype", "machine", "entry", "loads", "interpreter", "sections")
+    __slots__ += ("_symbols",)
 
     def __init__(self, raw: bytes):
         """Parse RAW (a whole ELF64 little-endian file); raises ValueError for anything else
@@ -484,7 +550,7 @@ class ElfTables:
         except struct.error as e:
             raise ValueError(f"truncated ELF file: {e}") from None
         self.raw = raw
-        self.etype, self.machine = h["e_type"], h["e_machine"]
+        self.etype, self.machine, self.entry = h["e_type"], h["e_machine"], h["e_entry"]
         self.loads = _loads(ph)
         interp = next((p for p in ph if p[0] == K.PT_INTERP), None)  # None: statically linked
         self.interpreter = (
@@ -569,6 +635,25 @@ class ElfTables:
                             out.append((sec.addr + i, sec.entsize, f"{target}@plt"))
                         break
         return out
+
+    def eh_frame_fdes(self) -> list:
+        """The FDEs of .eh_frame (pyelftools ``callframe.FDE`` objects, their rows decoded on
+        demand); [] when the file has no .eh_frame.  Why pyelftools here: DWARF CFI is a
+        byte-code (CIE/FDE, LEB128, pointer encodings) the struct readers above do not speak;
+        remap.unwind walks frames with it.  Raises ValueError on a malformed .eh_frame."""
+        import io
+
+        from elftools.common.exceptions import DWARFError, ELFError
+        from elftools.dwarf.callframe import FDE
+        from elftools.elf.elffile import ELFFile
+
+        if self.section(".eh_frame") is None:
+            return []
+        try:
+            info = ELFFile(io.BytesIO(self.raw)).get_dwarf_info(relocate_dwarf_sections=False)
+            return [e for e in info.EH_CFI_entries() if isinstance(e, FDE)]
+        except (DWARFError, ELFError, struct.error) as e:
+            raise ValueError(f"malformed .eh_frame: {e}") from None
 
     def bytes_at(self, vaddr: int, n: int) -> bytes:
         """N file bytes of the PT_LOAD covering VADDR, zero past p_filesz (as the kernel maps

@@ -178,6 +178,10 @@ class ElfView:
         """(label, section, symbol) of the page at ADDR."""
         return _describe(self.info, addr - self.bias)
 
+    def describe_pages(self, lo: int, hi: int) -> list[tuple]:
+        """describe() of every page in [LO, HI), in one pass (elfmap.ElfInfo.describe_pages)."""
+        return self.info.describe_pages(lo - self.bias, hi - self.bias)
+
 
 _described: dict[tuple[int, int], tuple] = {}
 

@@ -14,7 +14,10 @@ size, and every import is paid by each run.
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring_ascii as _enc
+try:  # the json package's C escaper, without importing json (and re) around it
+    from _json import encode_basestring_ascii as _enc
+except ImportError:  # an interpreter without the C accelerator
+    from json.encoder import encode_basestring_ascii as _enc
 
 from . import kconst as K
 from . import labels, pagemap, procfs
@@ -72,8 +75,9 @@ def document(pid: int, *, method: str = "auto") -> str:
                     + tail
                 )
                 continue
-            for a in range(r.start, r.end, K.PAGE_SIZE):
-                pl, sec, sym = view.describe(a)
+            for a, (pl, sec, sym) in zip(
+                range(r.start, r.end, K.PAGE_SIZE), view.describe_pages(r.start, r.end), strict=True
+            ):
                 if not (is_exe_part and pl):
                     pl = label
                 if is_exe_part:

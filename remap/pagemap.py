@@ -22,14 +22,14 @@ Example::
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import mmap
 import os
+import struct
 from array import array
+from collections import namedtuple
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
 
 from . import errors
 from . import kconst as K
@@ -41,20 +41,22 @@ _CHUNK_PAGES = 1 << 16  # 512 KiB of entries per pread
 _TOP_PRESENT = bytes(1 if b & 0x80 else 0 for b in range(256))
 
 
-class Present(NamedTuple):
+class Present(namedtuple("Present", "start end file zero huge", defaults=(False, False))):
     """A run of present pages [start, end) sharing their category bits.
 
     ``file``: pagemap bit 61 (file page or shared anon) -- i.e. not an anonymous/CoW page.
     ``zero``: the shared zero page (None when unknown: plain read without PFNs).
     ``huge``: part of a huge page (PMD-mapped THP or hugetlb), when the scan says so.
-    (A NamedTuple, not a frozen dataclass: thousands are built per snapshot.)
+    (A named tuple, not a frozen dataclass: thousands are built per snapshot; collections'
+    namedtuple, not typing.NamedTuple: importing typing costs every command ~3 ms.)
     """
 
+    __slots__ = ()
     start: int
     end: int
     file: bool
-    zero: bool | None = False
-    huge: bool = False
+    zero: bool | None
+    huge: bool
 
     @property
     def npages(self) -> int:
@@ -131,27 +133,20 @@ def present_read(pid: int, ranges: Iterable[tuple[int, int]], fd: int | None = N
 
 
 # --------------------------------------------------------------------------- PAGEMAP_SCAN
-class _PageRegion(ctypes.Structure):
-    _fields_ = [
-        ("start", ctypes.c_uint64),
-        ("end", ctypes.c_uint64),
-        ("categories", ctypes.c_uint64),
-    ]
+# struct pm_scan_arg (include/uapi/linux/fs.h, 6.7+): twelve u64 fields, in this order; the
+# output vector is an array of struct page_region {u64 start, end, categories}.  Packed with
+# struct and held in array("Q") (its buffer_info() is the address the kernel writes to), not
+# ctypes: importing ctypes costs every `remap map` ~1-2 ms (issue 15).
+_PM_SCAN_ARG = struct.Struct("=12Q")
+_WALK_END = 4  # index of walk_end among the twelve fields
+assert _PM_SCAN_ARG.size == K.PM_SCAN_ARG_SIZE
+_REGION_WORDS = 3
 
 
-class _PmScanArg(ctypes.Structure):
-    """struct pm_scan_arg (include/uapi/linux/fs.h, 6.7+)."""
+def _region_vec(n: int) -> array:
+    """An output vector of N zeroed page_region entries."""
+    return array("Q", bytes(8 * _REGION_WORDS * n))
 
-    _fields_ = [
-        (n, ctypes.c_uint64)
-        for n in (
-            "size flags start end walk_end vec vec_len max_pages category_inverted "
-            "category_mask category_anyof_mask return_mask"
-        ).split()
-    ]
-
-
-assert ctypes.sizeof(_PmScanArg) == K.PM_SCAN_ARG_SIZE
 
 _scan_supported: bool | None = None
 _KERNEL_HALF = 1 << 63
@@ -164,7 +159,7 @@ def scan_supported() -> bool:
     if _scan_supported is None:
         fd = os.open("/proc/self/pagemap", os.O_RDONLY)
         try:
-            _ioctl_scan(fd, 0, K.PAGE_SIZE, (_PageRegion * 1)())
+            _ioctl_scan(fd, 0, K.PAGE_SIZE, _region_vec(1))
             _scan_supported = True
         except OSError as e:
             _scan_supported = e.errno not in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP)
@@ -173,19 +168,18 @@ def scan_supported() -> bool:
     return _scan_supported
 
 
-def _ioctl_scan(fd: int, start: int, end: int, vec) -> tuple[int, int]:
+def _ioctl_scan(fd: int, start: int, end: int, vec: array) -> tuple[int, int]:
+    """(regions written into VEC, walk_end) of one PAGEMAP_SCAN call over [start, end)."""
     want = K.PAGE_IS_PRESENT | K.PAGE_IS_FILE | K.PAGE_IS_PFNZERO | K.PAGE_IS_HUGE
-    arg = _PmScanArg(
-        size=K.PM_SCAN_ARG_SIZE,
-        start=start,
-        end=end,
-        vec=ctypes.addressof(vec),
-        vec_len=len(vec),
-        category_mask=K.PAGE_IS_PRESENT,
-        return_mask=want,
-    )
+    addr, words = vec.buffer_info()
+    arg = bytearray(
+        _PM_SCAN_ARG.pack(
+            K.PM_SCAN_ARG_SIZE, 0, start, end, 0, addr, words // _REGION_WORDS, 0, 0,
+            K.PAGE_IS_PRESENT, 0, want,
+        )
+    )  # fmt: skip
     n = fcntl.ioctl(fd, K.PAGEMAP_SCAN, arg, True)
-    return n, arg.walk_end
+    return n, _PM_SCAN_ARG.unpack_from(arg)[_WALK_END]
 
 
 _vec: list = []
@@ -195,7 +189,7 @@ def _scan_vec():
     """The scan's output vector, allocated once (96 kB zeroed per call cost ~20 us: the fold
     snapshots a stopped process several times).  Single-threaded use, like the rest of remap."""
     if not _vec:
-        _vec.append((_PageRegion * _VEC_LEN)())
+        _vec.append(_region_vec(_VEC_LEN))
     return _vec[0]
 
 
@@ -231,7 +225,7 @@ def present_scan(pid: int, ranges: Sequence[tuple[int, int]], fd: int | None = N
             except OSError as e:
                 raise translate(pid, e, "pagemap") from None
             if n:
-                q = memoryview(vec).cast("B").cast("Q")[: 3 * n]  # C-speed unpacking
+                q = vec[: 3 * n]  # C-speed slicing
                 got = list(zip(q[0::3], q[1::3], q[2::3], strict=True))
                 # A resumed walk must not repeat what the last one returned (see below).
                 while got and regions and got[0][0] < regions[-1][1]:
@@ -245,7 +239,7 @@ def present_scan(pid: int, ranges: Sequence[tuple[int, int]], fd: int | None = N
             # at HI, with walk_end at the start of the last 64 -- where its internal 512-entry
             # buffer was last flushed.  Resuming there repeated those 64 regions (and the runs
             # cut from them came out with end < start).  tests/test_residency.py has the case.
-            if n < len(vec) or walk_end <= pos:
+            if n < len(vec) // _REGION_WORDS or walk_end <= pos:
                 break
             pos = max(walk_end, regions[-1][1]) if regions else walk_end
         # distribute the (sorted) regions over the (sorted) ranges, cutting at boundaries
@@ -392,6 +386,8 @@ def zero_pfn() -> int | None:
         m = mmap.mmap(-1, K.PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         try:
             _ = m[0]  # read fault: maps the shared zero page
+            import ctypes  # the one address only ctypes gives: an mmap's (once per process)
+
             view = ctypes.c_char.from_buffer(m)
             addr = ctypes.addressof(view)
             del view  # release the buffer export so the mapping can be closed
@@ -496,6 +492,8 @@ def soft_dirty_supported() -> bool:
     m = mmap.mmap(-1, K.PAGE_SIZE)
     try:
         m[0:1] = b"x"
+        import ctypes  # an mmap's address (once per probe)
+
         buf = ctypes.c_char.from_buffer(m)
         addr = ctypes.addressof(buf)
         del buf

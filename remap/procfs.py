@@ -27,7 +27,7 @@ import errno
 import os
 import re
 import struct
-from typing import NamedTuple
+from collections import namedtuple
 
 from . import errors
 from .errors import GONE_ERRNOS, UnsupportedTarget, ZombieProcess
@@ -80,9 +80,10 @@ def open_proc(pid: int, what: str) -> int:
 
 
 # --------------------------------------------------------------------------- maps / smaps
-class MapEntry(NamedTuple):
+class MapEntry(namedtuple("MapEntry", "start end perms offset dev inode path")):
     """One line of /proc/PID/maps."""
 
+    __slots__ = ()
     start: int
     end: int
     perms: str
@@ -337,9 +338,10 @@ def read_status(pid: int, tid: int | None = None) -> dict[str, int | str]:
     return parse_status(_read(pid, "status" if tid is None else f"task/{tid}/status"))
 
 
-class Statm(NamedTuple):
+class Statm(namedtuple("Statm", "size resident shared text lib data dt")):
     """/proc/PID/statm, in pages (man 5 proc): lib and dt are always 0 since 2.6."""
 
+    __slots__ = ()
     size: int
     resident: int
     shared: int
@@ -353,9 +355,17 @@ def read_statm(pid: int) -> Statm:
     return Statm(*(int(x) for x in _read(pid, "statm").split()[:7]))
 
 
-class Stat(NamedTuple):
+_STAT_FIELDS = (
+    "pid comm state ppid flags minflt majflt num_threads vsize rss start_code end_code "
+    "start_stack kstkesp kstkeip processor start_data end_data start_brk arg_start arg_end "
+    "env_start env_end"
+)
+
+
+class Stat(namedtuple("Stat", _STAT_FIELDS)):
     """The fields of /proc/PID/stat remap uses (numbering as in proc(5))."""
 
+    __slots__ = ()
     pid: int
     comm: str
     state: str
@@ -430,18 +440,19 @@ def read_auxv(pid: int) -> list[tuple[int, int]]:
     return out
 
 
-class Syscall(NamedTuple):
+class Syscall(namedtuple("Syscall", "running nr args sp pc", defaults=(None, (), None, None))):
     """/proc/PID/syscall: what a blocked thread is doing.
 
     ``running`` means the thread was on a CPU (no registers); ``nr == -1`` means blocked but not
     in a syscall (e.g. stopped by a signal).  sp/pc are the user stack pointer and pc.
     """
 
+    __slots__ = ()
     running: bool
-    nr: int | None = None
-    args: tuple[int, ...] = ()
-    sp: int | None = None
-    pc: int | None = None
+    nr: int | None
+    args: tuple[int, ...]
+    sp: int | None
+    pc: int | None
 
 
 def parse_syscall(data: bytes) -> Syscall:

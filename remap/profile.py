@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import elfmap, procfs
+from . import elfmap, procfs, unwind
 from . import kconst as K
 from .errors import (
     NoSuchProcess,
@@ -104,7 +104,7 @@ class StackUse:
     """Peak live stack: from the steady-state root's CFA down to the lowest byte touched."""
 
     root: str  # function running at the highest rsp (the steady-state loop)
-    root_cfa: int  # its canonical frame address (rbp + 16 with frame pointers, else max rsp)
+    root_cfa: int  # its canonical frame address (its unwind rule; else rbp + 16, or max rsp)
     min_rsp: int
     min_touched: int  # lowest stack address any instruction accessed (red zone included)
     peak_depth: int  # root_cfa - min(min_rsp, min_touched)
@@ -658,7 +658,7 @@ def _assemble(
         reason_stopped=seen.reason,
         functions=functions,
         data=_data(seen, exe, run.maps),
-        stack=_stack_use(seen, exe, target.stack),
+        stack=_stack_use(seen, exe, target.stack, target.maps),
         signals=sigs,
         overhead=overhead,
         outside=outside,
@@ -861,14 +861,23 @@ def _page_of(
     return key, page, min(page + K.PAGE_SIZE, hi) - page, name
 
 
-def _stack_use(seen: _Seen, exe: _Exe, stack: tuple[int, int]) -> StackUse:
-    """The root is the function running at the highest rsp; its CFA is rbp + 16 when rbp
-    holds a frame pointer there (frame-pointer builds), else that rsp."""
+def _stack_use(
+    seen: _Seen, exe: _Exe, stack: tuple[int, int], maps: list[tuple[int, int, int, str]]
+) -> StackUse:
+    """The root is the function running at the highest rsp; its CFA comes from its unwind rule
+    at that pc (remap.unwind: .eh_frame, or derived from its code; exact with or without frame
+    pointers), else rbp + 16 when rbp holds a frame pointer there, else that rsp."""
     root_fn = exe.func_at(seen.max_rsp_rip - exe.base)
-    if seen.max_rsp < seen.max_rsp_rbp < stack[1]:
-        cfa = seen.max_rsp_rbp + 16
-    else:
-        cfa = seen.max_rsp
+    regs = {"rip": seen.max_rsp_rip, "rsp": seen.max_rsp, "rbp": seen.max_rsp_rbp}
+    try:
+        cfa = unwind.frame_cfa(regs, maps)[0]
+    except unwind.CannotUnwind:
+        cfa = None
+    if cfa is None or not seen.max_rsp < cfa <= stack[1]:
+        if seen.max_rsp < seen.max_rsp_rbp < stack[1]:
+            cfa = seen.max_rsp_rbp + 16
+        else:
+            cfa = seen.max_rsp
     touched = seen.min_touch if seen.min_touch < 1 << 64 else seen.min_rsp
     low = min(seen.min_rsp, touched)
     root = root_fn.name if root_fn else f"{seen.max_rsp_rip:#x}"

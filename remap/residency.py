@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from . import kconst as K
 from . import labels, pagemap, procfs
 from .rsslag import RssLag, rss_lag
+from .seedline import seed_summary
 
 
 @dataclass(slots=True)
@@ -486,10 +487,11 @@ def _fill_pages(v: Vma, rs: list, view, kind: str, is_exe_part: bool,
                 ]
             )
             continue
-        for a in range(r.start, r.end, K.PAGE_SIZE):
+        described = view.describe_pages(r.start, r.end) if view is not None else None
+        for n, a in enumerate(range(r.start, r.end, K.PAGE_SIZE)):
             pl, sec, sym = label, None, None
-            if view is not None:
-                pl2, sec, sym = view.describe(a)
+            if described is not None:
+                pl2, sec, sym = described[n]
                 if is_exe_part and pl2:
                     pl = pl2
             pfn = frames.get(a)
@@ -510,16 +512,6 @@ def _counters_kb(got: _Instant, vmas: list[Vma], present_kb: int, smaps: bool) -
         "smaps_rollup_rss": int(rollup.get("Rss", 0)),
         "pagemap_present": present_kb,
     }
-
-
-def seed_summary(status: dict) -> str:
-    """The seed bot's one-line summary, built from /proc/PID/status."""
-    g = lambda k: int(status.get(k, 0))  # noqa: E731
-    return (
-        f"VM {g('VmSize')} kB (Max {g('VmPeak')} kB), RSS {g('VmRSS')} kB "
-        f"[ Code {g('VmExe')} kB, Data {g('VmData')} kB, Libs {g('VmLib')} kB, "
-        f"Stack {g('VmStk')} kB ]"
-    )
 
 
 def _reconcile(

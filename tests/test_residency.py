@@ -288,6 +288,18 @@ def test_map_json_writer_matches_the_model(echoloop, glibcloop, cpython):
         _same_document(pid)
 
 
+def test_map_table_writer_matches_the_model(echoloop, glibcloop, cpython):
+    """remap.maptable (smaps + status, no page objects) prints byte for byte the model's table,
+    with and without colour, and its rows sum to the kernel's own smaps Rss."""
+    from remap import maptable, render
+
+    for pid in (echoloop.pid, glibcloop.pid, cpython.pid):
+        for tty in (False, True):
+            assert maptable.text(pid, tty=tty) == render.map_text(remap.snapshot(pid), tty=tty)
+        total = maptable.text(pid).splitlines()[-1].split()
+        assert total[0] == "total" and int(total[2]) == _kernel_smaps_rss(pid)
+
+
 _MANY_RUNS = (
     "import mmap, sys\n"
     "ms = [mmap.mmap(-1, 8 << 12, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,\n"
@@ -357,6 +369,11 @@ def test_elf_cache_is_keyed_by_file_version(tmp_path, monkeypatch):
     entry.write_bytes(b"\x00garbage")
     elfmap._cache.clear()
     assert fields(elfmap.load(str(exe))) == fields(fresh)
+    # symbol columns cut short (not whole words, or of unequal length): not served
+    for cut in (rec[4][:-3], rec[4][:-8]):
+        entry.write_bytes(marshal.dumps(tuple(rec[:4] + [cut] + rec[5:])))
+        elfmap._cache.clear()
+        assert fields(elfmap.load(str(exe))) == fields(fresh)
     # a touched file is another version: parsed again, kept beside the old entry
     st = exe.stat()
     os.utime(exe, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
@@ -365,6 +382,28 @@ def test_elf_cache_is_keyed_by_file_version(tmp_path, monkeypatch):
     assert len(list(cache.iterdir())) == 2
     monkeypatch.setenv("REMAP_ELF_CACHE", "off")
     assert elfmap.cache_dir() is None
+
+
+def test_describe_pages_is_describe_of_each_page():
+    """ElfInfo.describe_pages (one pass over a run) equals describe() page by page, over every
+    page of real files: a static musl program, libc, and CPython's big shared library."""
+    import sysconfig
+
+    from remap import elfmap
+
+    files = [str(targets.build("echoloop")), "/usr/lib/x86_64-linux-gnu/libc.so.6"]
+    libpython = os.path.join(sysconfig.get_config_var("LIBDIR") or "", "libpython3.11.so.1.0")
+    if os.path.exists(libpython):
+        files.append(libpython)
+    for path in files:
+        info = elfmap.load(path)
+        lo, hi = info.base_vaddr, (info.end_vaddr + K.PAGE_SIZE - 1) & ~(K.PAGE_SIZE - 1)
+        each = [info.describe(a) for a in range(lo, hi, K.PAGE_SIZE)]
+        assert info.describe_pages(lo, hi) == each, path
+        mid = lo + (hi - lo) // 2 & ~(K.PAGE_SIZE - 1)  # a run starting inside the file
+        end = min(mid + 5 * K.PAGE_SIZE, hi)
+        assert info.describe_pages(mid, end) == each[(mid - lo) >> 12 : (end - lo) >> 12]
+        assert any(d[2] for d in each) and any(d[0] == "code" for d in each), path
 
 
 def test_elf_tables_agree_with_pyelftools(tmp_path):

@@ -13,7 +13,8 @@
 //    the fold can also use as its injection gadget): no musl, no stdio, no errno, no vdso.
 //  * /proc/self/status is read in HOT_CHUNK-byte pieces, parsed a byte at a time.
 //  * Built with frame pointers, so a walk of the rbp chain finds the cold frames (main,
-//    __libc_start_main) the loop never returns to.  gcc still gives frameless leaf functions
+//    __libc_start_main) the loop never returns to.  The [hotpage-nofp] build has none, but
+//    keeps its unwind tables (.eh_frame, outside the hot block): remap.unwind walks those.  gcc still gives frameless leaf functions
 //    (hot_syscall, out_str, after_word, skip_spaces) no frame: stopped in read(), rip is in
 //    hot_syscall, [rsp] is its return address and rbp is its caller's frame.
 //  * Cold code (startup, connect, registration, musl) stays outside the hot block.
@@ -22,6 +23,7 @@
 //
 // remap-build: musl-gcc -static -no-pie -Os -fno-omit-frame-pointer -fno-stack-protector -fno-asynchronous-unwind-tables -fno-tree-loop-distribute-patterns -fno-jump-tables -malign-data=abi -o {out} {src}
 // remap-build[hotpage]: musl-gcc -static -no-pie -Os -fno-omit-frame-pointer -fno-stack-protector -fno-asynchronous-unwind-tables -fno-tree-loop-distribute-patterns -fno-jump-tables -malign-data=abi -Wl,-T,{dir}/minibot-hotpage.ld -Wl,--no-warn-rwx-segments -Wl,--orphan-handling=error -o {out} {src}
+// remap-build[hotpage-nofp]: musl-gcc -static -no-pie -Os -fomit-frame-pointer -fno-stack-protector -fasynchronous-unwind-tables -fno-tree-loop-distribute-patterns -fno-jump-tables -malign-data=abi -Wl,-T,{dir}/minibot-hotpage.ld -Wl,--no-warn-rwx-segments -Wl,--orphan-handling=error -o {out} {src}
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>

@@ -76,6 +76,11 @@ def cmd_map(args: argparse.Namespace) -> int:
         sys.stdout.write(document(args.pid))
         sys.stdout.write("\n")
         return 0
+    if not args.pages and not args.png:  # the table alone: smaps + status (remap.maptable)
+        from ..maptable import text
+
+        sys.stdout.write(text(args.pid, tty=sys.stdout.isatty()))
+        return 0
     from ..residency import snapshot
 
     snap = snapshot(args.pid)

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+from .. import procfs, unwind
 from . import steps
 from .hotpage import find_hot_page
 from .plan import FoldReport, run_plan
@@ -94,6 +95,8 @@ def fold(pid: int, *, dry_run: bool = False, single_page: bool | None = None) ->
     if single_page is None:
         single_page = hot is not None
     if single_page:
+        if hot is not None:  # the frame walk's tables, read now too
+            unwind.prepare(procfs.read_exe(pid))
         plan = [steps.use_own_syscall, steps.single_page]
         return run_plan(pid, "single-page", plan, dry_run=dry_run)
     plan = [

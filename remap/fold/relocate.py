@@ -115,9 +115,10 @@ def walk_frames(
     never returns to), or None when the chain leaves [lo, hi) or is longer than MAX_FRAMES.
     FRAMES lists (frame base, return address) pairs walked.
 
-    Why frame pointers and not DWARF CFI: the hot-page contract compiles the program with
-    -fno-omit-frame-pointer, so the chain is exact and needs no unwinder; a frame without one is
-    detected (rbp outside the stack) and refused rather than guessed.
+    Why this walk beside remap.unwind (CFI): a program built with -fno-omit-frame-pointer
+    keeps an exact chain needing no unwind tables; the single-page fold prefers the CFI walk
+    and uses this one when that cannot prove the root (steps._steady_root cross-checks them).
+    A chain that breaks (rbp outside the stack) is reported, never guessed.
     """
     frames: list[tuple[int, int]] = []
     fp = rbp

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import kconst as K
-from .. import procfs, residency
+from .. import procfs, residency, unwind
 from ..errors import UnsafeStep
 from . import mmview
 from .hotpage import HotPage, find_hot_page
@@ -558,11 +558,12 @@ def single_page(ctx: FoldContext) -> Action | None:
     may only be moved or kept), which are kept, their pointers into the stack relocated.
 
     Preconditions (each refused with its reason): a hot block in the executable; one thread;
-    blocked in a restartable syscall *inside* the block; the rbp chain reaches a frame whose
-    caller is outside the hot code (the steady-state root, which by the contract never returns);
-    moved frames + strings + a margin fit the reserve.  Caught signals are blocked for good (a
-    signal frame would not fit), unless the block is open and its reserve has room for one
-    (_room_for_handlers); signals at their default action push no frame and keep working
+    blocked in a restartable syscall *inside* the block; the frame walk (CFI, else the rbp
+    chain) reaches a frame whose caller is outside the hot code (the steady-state root, which by
+    the contract never returns); moved frames + strings + a margin fit the reserve.  Caught
+    signals are blocked for good (a signal frame would not fit), unless the block is open and
+    its reserve has room for one (_room_for_handlers); signals at their default action push no
+    frame and keep working
     (SIGTERM still terminates).
     """
     hot, regs, stack = _single_page_target(ctx)
@@ -613,7 +614,7 @@ def _plan_single_page(
     anonymous memory lives outside the hot page and the stack)."""
     s = ctx.session
     st = procfs.read_stat(ctx.pid)
-    cfa, frames = _steady_root(s, regs, st.start_stack, hot)
+    cfa, frames = _steady_root(s, regs, st.start_stack, hot, ctx.pid)
     lo = (regs["rsp"] - RED_ZONE) // 16 * 16
     kept = _kept_anon(ctx, hot, stack)
     kept += _referenced(ctx, hot, kept, stack)
@@ -787,22 +788,74 @@ def _make_anonymous(ctx: FoldContext, page: int, pages: int = 1) -> None:
         raise UnsafeStep("hot page differs after moving it into an anonymous mapping")
 
 
-def _steady_root(s, regs: dict[str, int], start_stack: int, hot: HotPage) -> tuple[int, list]:
+def _steady_root(
+    s, regs: dict[str, int], start_stack: int, hot: HotPage, pid: int
+) -> tuple[int, list]:
     """Walk frames between rsp and the initial stack pointer (every frame of the program lies
-    below it; reading no further faults in none of exec's random gap)."""
+    below it; reading no further faults in none of exec's random gap) to the steady-state
+    root: the first frame whose caller is outside the hot code.  Its CFA is the top of what
+    the fold moves.
+
+    Two walks: the CFI walk (remap.unwind: .eh_frame, or rules derived from the machine code
+    where there is none) works with or without frame pointers and is preferred; the rbp chain
+    is the fallback (hot code it cannot analyse, or a hot page already made anonymous).  When
+    both reach a root they must agree.  The walks only say where the frames end: every pointer
+    into the moved block is still found and relocated by the caller (relocate.relocate_words).
+    Raises UnsafeStep with both reasons when neither proves the root."""
     buf_lo, buf_hi = regs["rsp"], start_stack + 16
     buf = s.read(buf_lo, buf_hi - buf_lo)
 
     def word(a: int) -> int:
+        if not buf_lo <= a <= buf_hi - 8:
+            raise unwind.CannotUnwind(f"stack word {a:#x} is outside [rsp, start_stack]")
         return struct.unpack_from("<Q", buf, a - buf_lo)[0]
 
+    maps = [(m.start, m.end, m.offset, m.path, m.inode) for m in procfs.read_maps(pid)]
+    cfi_cfa, cfi_frames, why = _cfi_root(regs, word, (buf_lo, buf_hi), hot, maps)
     cfa, frames = walk_frames(word, regs["rbp"], buf_lo, buf_hi, hot.contains)
+    if cfi_cfa is not None:
+        if cfa is not None and cfa != cfi_cfa and _fp_frames(frames, cfi_frames):
+            raise UnsafeStep(
+                f"the rbp chain ends the hot frames at {cfa:#x}, the CFI walk at {cfi_cfa:#x}; "
+                "not guessing which is right"
+            )
+        return cfi_cfa, cfi_frames
+    bad = next((ret for _fp, ret in frames if not unwind.follows_call(ret, maps)), None)
+    if cfa is not None and bad is not None:  # rbp was no frame pointer: its "chain" is noise
+        raise UnsafeStep(
+            f"cannot find where the hot frames end: the CFI walk stopped ({why}), and the "
+            f"rbp chain holds {bad:#x}, which follows no call instruction"
+        )
     if cfa is None:
         raise UnsafeStep(
-            "cannot walk the frame-pointer chain from the hot code to its root "
-            f"({len(frames)} frames walked); build the target with -fno-omit-frame-pointer"
+            f"cannot find where the hot frames end: the CFI walk stopped ({why}), and the "
+            f"frame-pointer chain breaks after {len(frames)} frames (build the target with "
+            "-fno-omit-frame-pointer or keep its unwind tables)"
         )
     return cfa, frames
+
+
+def _cfi_root(regs, word, stack, hot: HotPage, maps: list) -> tuple[int | None, list, str]:
+    """(CFA of the first frame whose caller is not hot, frames walked, "") by the CFI walk,
+    or (None, frames, the reason it stopped)."""
+    walked: list = []
+    try:
+        for f in unwind.frames(regs, word, maps, stack):
+            walked.append(f)
+            if f.ra is None:
+                return None, walked, f"the outermost frame {f.function} is still hot code"
+            if not hot.contains(f.ra):
+                return f.cfa, walked, ""
+    except unwind.CannotUnwind as e:
+        return None, walked, str(e)
+    return None, walked, "the walk ended inside the hot code"
+
+
+def _fp_frames(fp_frames: list[tuple[int, int]], cfi_frames: list) -> bool:
+    """Does the rbp chain describe real frames (every return address it read is one the CFI
+    walk found)?  Without frame pointers rbp is an ordinary register and its "chain" noise."""
+    ras = {f.ra for f in cfi_frames}
+    return all(ret in ras for _fp, ret in fp_frames)
 
 
 def _referenced(ctx: FoldContext, hot: HotPage, kept: list, stack) -> list:
