@@ -361,6 +361,32 @@ def plan_layout(
     return lay
 
 
+def estimate_budget(prof: Profile, *, margin: int = DEFAULT_MARGIN) -> dict[str, int]:
+    """The hot block's budget from the profile alone, when the program's link inputs are not
+    at hand (a Debian build that keeps no objects): the functions that ran at their sizes in
+    the profiled executable, the read-only objects and unnamed bytes they read, all writable
+    data, the stack reserve -- the executed-only (``closure=False``) block, alignment aside.
+    Same keys as Layout.budget, plus ``estimate`` = 1."""
+    code = sum(f.size for f in prof.functions if not f.name.endswith("@plt"))
+    ro = 0
+    for d in prof.data:
+        flags = prof.sections.get(d.section, [0, 0, K.SHF_WRITE])[2]
+        if flags & K.SHF_WRITE and not _is_relro(d.section):
+            continue
+        ro += sum(n for _a, n in d.spans) if d.name.endswith(" (unnamed)") else d.size
+    data = sum(
+        v[1]
+        for n, v in prof.sections.items()
+        if v[2] & K.SHF_WRITE and not n.startswith(".hot.stack") and not _is_relro(n)
+    )
+    stack_min = (prof.stack.peak_depth + margin + 15) // 16 * 16
+    total = (code + ro + data + 15) // 16 * 16 + stack_min
+    pages = max(1, -(-total // PAGE_SIZE))
+    return {"code": code, "rodata": ro, "data": data, "stack_min": stack_min, "total": total,
+            "page": PAGE_SIZE, "pages": pages, "block": pages * PAGE_SIZE,
+            "outside": _outside_bytes(prof), "estimate": 1}  # fmt: skip
+
+
 def _outside_bytes(prof: Profile) -> int:
     """Bytes of the pages the steady state touched outside the executable and its stack (heap,
     anonymous mappings; reported by page by remap.profile): data no linker script can move

@@ -18,6 +18,7 @@ from remap.launch import launch
 from remap.layout import (
     compile_target,
     elf_symbols,
+    estimate_budget,
     link,
     musl_libc,
     plan_layout,
@@ -185,3 +186,22 @@ def test_auto_single_page_experiment_one_run():
     auto = rec["auto_layout"]
     assert auto["results_unchanged"] and auto["budget"]["total"] <= 4096
     assert "hot_main" in auto["functions"] and "main" not in auto["functions"]
+
+
+def test_estimate_without_inputs_is_close_to_the_executed_only_layout(prof, obj, tmp_path):
+    """No link inputs at hand (a Debian build): the budget from the profile alone is the
+    executed-only block, alignment aside."""
+    est = estimate_budget(prof)
+    lay = plan_layout(prof, [obj, musl_libc()], closure=False)
+    real = lay.budget
+    assert est["estimate"] == 1 and est["pages"] == real["pages"] == 1
+    assert real["code"] - 64 <= est["code"] <= real["code"]  # alignment padding aside
+    assert abs(est["data"] - real["data"]) <= 64 and est["stack_min"] == real["stack_min"]
+    assert 0 < est["rodata"] <= real["rodata"] + 64
+    p = tmp_path / "p.json"
+    prof.save(p)
+    res = remap_cli("layout", str(p), "--estimate", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["budget"] == est
+    res = remap_cli("layout", str(p))
+    assert res.returncode == 2 and "--estimate" in res.stderr

@@ -48,10 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "byte budget and the largest items, when it needs more than --max-pages.",
     )
     p.add_argument("profile", type=path_arg, metavar="PROFILE.json")
-    p.add_argument("--inputs", nargs="+", type=path_arg, required=True, metavar="FILE",
+    p.add_argument("--inputs", nargs="+", type=path_arg, metavar="FILE",
                    help="objects and archives of the link (add musl's libc.a: --musl)")  # fmt: skip
+    p.add_argument("--estimate", action="store_true",
+                   help="no link inputs at hand: print the executed-only budget from the "
+                   "profile alone (no script is written)")  # fmt: skip
     p.add_argument("--musl", action="store_true", help="append musl's libc.a to the inputs")
-    p.add_argument("-o", "--output", type=path_arg, required=True, metavar="SCRIPT.ld")
+    p.add_argument("-o", "--output", type=path_arg, metavar="SCRIPT.ld")
     p.add_argument("--margin", type=int, default=None,
                    help="stack bytes beyond the measured peak depth (default: red zone + the "
                    "fold's margin + argv + alignment)")  # fmt: skip
@@ -122,10 +125,14 @@ def cmd_layout(args: argparse.Namespace) -> int:
     from ..profile import Profile
 
     prof = Profile.load(args.profile)
-    inputs = list(args.inputs) + ([musl_libc()] if args.musl else [])
     margin = DEFAULT_MARGIN if args.margin is None else args.margin
-    if not 0 <= margin <= 4096:
-        raise UsageError(f"--margin must be 0..4096 bytes (got {margin})")
+    if not 0 <= margin <= 16384:
+        raise UsageError(f"--margin must be 0..16384 bytes (got {margin})")
+    if args.estimate:
+        return _print_estimate(prof, margin, args.json)
+    if not args.inputs or args.output is None:
+        raise UsageError("layout needs --inputs and -o SCRIPT.ld (or --estimate)")
+    inputs = list(args.inputs) + ([musl_libc()] if args.musl else [])
     lay = plan_layout(
         prof, inputs, margin=margin, closure=not args.no_closure, max_pages=args.max_pages
     )
@@ -146,4 +153,22 @@ def cmd_layout(args: argparse.Namespace) -> int:
         parts = [f"{k} {', '.join(p[k])}" for k in ("code", "rodata", "data") if p[k]]
         parts += [f"stack {p['stack']} B"] if p["stack"] else []
         print(f"  page {p['page']}: " + ("; ".join(parts) or "(empty)"))
+    return 0
+
+
+def _print_estimate(prof, margin: int, as_json: bool) -> int:
+    import json
+
+    from ..layout import estimate_budget
+
+    b = estimate_budget(prof, margin=margin)
+    if as_json:
+        print_json({"budget": b})
+        return 0
+    print(
+        f"estimate from the profile alone ({os.path.basename(prof.exe)}): code {b['code']} B + "
+        f"rodata {b['rodata']} B + writable data {b['data']} B + stack {b['stack_min']} B = "
+        f"{b['total']} B: {b['pages']} page(s); outside the block {b['outside']} B"
+    )
+    print("budget: " + json.dumps(b))
     return 0
