@@ -349,7 +349,7 @@ def plan_layout(
         if v[2] & K.SHF_WRITE and not n.startswith(".hot.stack") and not _is_relro(n)
     }
     data_bytes = sum(v[0] for v in data_sections.values())
-    stack_min = (prof.stack.peak_depth + margin + 15) // 16 * 16
+    stack_min = (_stack_need(prof, closure) + margin + 15) // 16 * 16
     code_l, ro_l = list(hot.code.values()), list(hot.rodata.values())
     budget = _budget(code_l, ro_l, data_sections, stack_min)
     budget["outside"] = _outside_bytes(prof)
@@ -359,6 +359,20 @@ def plan_layout(
     lay.pages = _page_map(code_l, ro_l, data_sections, budget)
     lay.script = render_script(prof, lay)
     return lay
+
+
+OPEN_TABLES_ALLOWANCE = 2048  # exec's tables and environment, moved with an open block's stack
+
+
+def _stack_need(prof: Profile, closure: bool) -> int:
+    """Stack bytes the reserve must hold.  A closed block keeps the frames below the
+    steady-state root only (it never returns: the rest is dropped).  An open block may return
+    into cold callers (agetty's read returns into get_logname once a name is typed), so the
+    fold moves every live frame, exec's tables and the environment: the depth from
+    start_stack plus OPEN_TABLES_ALLOWANCE."""
+    if closure or not prof.stack.depth_from_start:
+        return prof.stack.peak_depth
+    return max(prof.stack.peak_depth, prof.stack.depth_from_start + OPEN_TABLES_ALLOWANCE)
 
 
 def estimate_budget(prof: Profile, *, margin: int = DEFAULT_MARGIN) -> dict[str, int]:
@@ -379,7 +393,7 @@ def estimate_budget(prof: Profile, *, margin: int = DEFAULT_MARGIN) -> dict[str,
         for n, v in prof.sections.items()
         if v[2] & K.SHF_WRITE and not n.startswith(".hot.stack") and not _is_relro(n)
     )
-    stack_min = (prof.stack.peak_depth + margin + 15) // 16 * 16
+    stack_min = (_stack_need(prof, False) + margin + 15) // 16 * 16
     total = (code + ro + data + 15) // 16 * 16 + stack_min
     pages = max(1, -(-total // PAGE_SIZE))
     return {"code": code, "rodata": ro, "data": data, "stack_min": stack_min, "total": total,
@@ -644,6 +658,20 @@ def _entries(entries: list[Entry]) -> str:
     return "\n".join(lines) if lines else "    /* (none) */"
 
 
+def _peak_symbol(prof: Profile, lay: Layout) -> int:
+    """The deepest the steady state goes below the top of what the fold moves: the root's
+    frame (closed block), or start_stack (open block: every live frame moves)."""
+    if lay.closed or not prof.stack.depth_from_start:
+        return prof.stack.peak_depth
+    return prof.stack.depth_from_start
+
+
+def _peak_what(prof: Profile, lay: Layout) -> str:
+    if lay.closed or not prof.stack.depth_from_start:
+        return "the depth below the root's frame"
+    return "the depth below start_stack"
+
+
 def _open_marker(lay: Layout) -> str:
     """Without the call closure, a path the profile did not see can leave the block: the
     symbol tells remap.fold to keep the cold code mapped (its pages dropped, faulted back from
@@ -695,7 +723,7 @@ ENTRY(_start)
 
 HOT_SIZE = {b["block"]:#x};
 HOT_STACK_MIN = {lay.stack_min};
-__hot_stack_peak = {prof.stack.peak_depth};  /* profiled, below the root's frame */
+__hot_stack_peak = {_peak_symbol(prof, lay)};  /* profiled: {_peak_what(prof, lay)} */
 {_open_marker(lay)}
 PHDRS
 {{

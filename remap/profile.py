@@ -108,6 +108,8 @@ class StackUse:
     min_rsp: int
     min_touched: int  # lowest stack address any instruction accessed (red zone included)
     peak_depth: int  # root_cfa - min(min_rsp, min_touched)
+    start_stack: int = 0  # where exec left the first frame (/proc/PID/stat): 0 when unknown
+    depth_from_start: int = 0  # start_stack - min(min_rsp, min_touched): every live frame
 
 
 @dataclass
@@ -533,7 +535,7 @@ class _Target:
     exe_path: str
     exe: _Exe
     maps: list[tuple[int, int, int, str]]
-    stack: tuple[int, int]
+    stack: tuple[int, int, int]  # [stack] VMA bounds, start_stack
 
     @classmethod
     def read(cls, pid: int) -> _Target:
@@ -545,7 +547,8 @@ class _Target:
         maps = _maps(pid)
         if exe.pie:
             exe.base = min(lo - off for lo, _hi, off, path in maps if path == exe_path)
-        stack = next(((lo, hi) for lo, hi, _o, p in maps if p == "[stack]"), (0, 0))
+        lo, hi = next(((lo, hi) for lo, hi, _o, p in maps if p == "[stack]"), (0, 0))
+        stack = (lo, hi, procfs.read_stat(pid).start_stack)
         return cls(exe_path, exe, maps, stack)
 
 
@@ -695,7 +698,7 @@ def _step_loop(
     exe: _Exe,
     dec: _Decoder,
     seen: _Seen,
-    stack: tuple[int, int],
+    stack: tuple[int, ...],
     done: threading.Event | None,
     deadline: float | None,
     max_steps: int,
@@ -862,7 +865,7 @@ def _page_of(
 
 
 def _stack_use(
-    seen: _Seen, exe: _Exe, stack: tuple[int, int], maps: list[tuple[int, int, int, str]]
+    seen: _Seen, exe: _Exe, stack: tuple[int, ...], maps: list[tuple[int, int, int, str]]
 ) -> StackUse:
     """The root is the function running at the highest rsp; its CFA comes from its unwind rule
     at that pc (remap.unwind: .eh_frame, or derived from its code; exact with or without frame
@@ -881,7 +884,8 @@ def _stack_use(
     touched = seen.min_touch if seen.min_touch < 1 << 64 else seen.min_rsp
     low = min(seen.min_rsp, touched)
     root = root_fn.name if root_fn else f"{seen.max_rsp_rip:#x}"
-    return StackUse(root, cfa, seen.min_rsp, touched, cfa - low)
+    start = stack[2] if len(stack) > 2 else 0
+    return StackUse(root, cfa, seen.min_rsp, touched, cfa - low, start, max(0, start - low))
 
 
 def _restarts(regs: Any) -> bool:

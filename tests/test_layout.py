@@ -194,7 +194,7 @@ def test_estimate_without_inputs_is_close_to_the_executed_only_layout(prof, obj,
     est = estimate_budget(prof)
     lay = plan_layout(prof, [obj, musl_libc()], closure=False)
     real = lay.budget
-    assert est["estimate"] == 1 and est["pages"] == real["pages"] == 1
+    assert est["estimate"] == 1 and est["pages"] == real["pages"]
     assert real["code"] - 64 <= est["code"] <= real["code"]  # alignment padding aside
     assert abs(est["data"] - real["data"]) <= 64 and est["stack_min"] == real["stack_min"]
     assert 0 < est["rodata"] <= real["rodata"] + 64

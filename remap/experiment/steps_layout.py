@@ -27,7 +27,7 @@ from ..layout import (
 )
 from ..procfs import read_exe
 from ..profile import irc_workload, profile
-from ..sources import kept_files
+from ..sources import KEPT_DIR, kept_files
 from ..targets import build_dir, sha256_file
 from .steps import RunContext, StepResult, step
 
@@ -158,18 +158,53 @@ def _mech_layout(ctx: RunContext, params: dict) -> StepResult:
         srv.timeout = was
     res = ctx.measure("mech-layout")  # the profiled bot, idle again: must still be alive
     margin = int(params.get("margin", DEFAULT_MARGIN + SIGNAL_ROOM))
+    return _relink_open(ctx, params, res, prof, objs, "mech_layout", margin)
+
+
+@step("idle-layout")
+def _idle_layout(ctx: RunContext, params: dict) -> StepResult:
+    """Profile a program that waits for its input (agetty at its login prompt) for
+    ``seconds``, then write its open hot block from the kept link inputs ``inputs`` (paths
+    under the build's kept/ folder, link order) + musl's libc.a, relink, stop it (its
+    finisher checks it first: agetty accepts a login name) and make the relinked binary the
+    target of the next launch step."""
+    names = params.get("inputs")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ExperimentError("step 'idle-layout': inputs must be a list of kept/ paths")
+    kept = {str(p.relative_to(ctx.target_path.parent / KEPT_DIR)): p
+            for p in kept_files(ctx.target_path)}  # fmt: skip
+    missing = [n for n in names if n not in kept]
+    if missing:
+        raise ExperimentError(f"{ctx.target_path}: kept link inputs missing: {missing}")
+    ctx.wait_idle()
+    prof = profile(ctx.pid, seconds=float(params.get("seconds", 6.0)))
+    res = ctx.measure("idle-layout")
+    margin = int(params.get("margin", DEFAULT_MARGIN + SIGNAL_ROOM))
+    return _relink_open(ctx, params, res, prof, [kept[n] for n in names], "idle_layout", margin)
+
+
+def _relink_open(
+    ctx: RunContext, params: dict, res: StepResult, prof, objs: list[Path], field: str,
+    margin: int,
+) -> StepResult:  # fmt: skip
+    """The open hot block of PROF from OBJS + libc.a (``max_pages`` K at most), relinked
+    beside the build; the profiled target stopped by its finisher (which checks it first);
+    the binary the next launch's target.  The record's FIELD says what was done, or the
+    refusal (bytes over, largest items), in which case the run goes on with the old build."""
     limit = params.get("max_pages")
-    out = build_dir() / "mech-layout"
+    name = ctx.target_path.name
+    out = build_dir() / field.replace("_", "-")
     out.mkdir(parents=True, exist_ok=True)
     info: dict = {
         "functions": len(prof.functions),
         "peak_stack_depth": prof.stack.peak_depth,
+        "stack_depth_from_start": prof.stack.depth_from_start,
         "profile_steps": prof.overhead.steps,
         "wall_s": prof.overhead.wall_s,
         "results": prof.results.get("profiled"),
         "data_outside_exe": [[d.name, d.size] for d in prof.data if d.section not in prof.sections],
     }
-    ctx.fields["mech_layout"] = info
+    ctx.fields[field] = info
     try:
         lay = plan_layout(prof, [*objs, musl_libc()], margin=margin, closure=False,
                           max_pages=None if limit is None else int(limit))  # fmt: skip
@@ -178,16 +213,16 @@ def _mech_layout(ctx: RunContext, params: dict) -> StepResult:
         res.extra["refusal"] = str(e)
         return res
     digest = hashlib.sha256(lay.script.encode()).hexdigest()
-    script = out / f"energymech-{digest[:12]}.ld"
+    script = out / f"{name}-{digest[:12]}.ld"
     script.write_text(lay.script)
-    binary = link(objs, out / f"energymech-hot-{digest[:12]}", script)
-    binary.chmod(0o755)  # the bot runs as an unprivileged user
+    binary = link(objs, out / f"{name}-hot-{digest[:12]}", script)
+    binary.chmod(0o755)  # an unprivileged user may run it
     info.update(budget=lay.budget, pages=lay.pages, script=str(script), script_sha256=digest,
                 binary=str(binary), binary_sha256=sha256_file(binary))  # fmt: skip
-    ok, why = ctx.finisher(ctx)  # the profiled bot: still answering, then stopped cleanly
+    ok, why = ctx.finisher(ctx) if ctx.finisher else (True, None)  # checked, then stopped
     if not ok:
-        raise ExperimentError(f"the profiled EnergyMech did not stop cleanly: {why}")
-    info["profiled_stop"] = ctx.fields.pop("stop", None)
+        raise ExperimentError(f"the profiled {name} did not stop cleanly: {why}")
+    info["profiled_stop"] = ctx.fields.pop("stop", None) or ctx.fields.pop("health", None)
     ctx.irc, ctx.finisher = None, None
     ctx.target_path = binary
     res.extra.update({"budget": lay.budget})

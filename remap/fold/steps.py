@@ -619,7 +619,16 @@ def _plan_single_page(
     kept = _kept_anon(ctx, hot, stack)
     kept += _referenced(ctx, hot, kept, stack)
     margin = K.FOLD_MARGIN
+    if hot.cold_reachable:  # an open block: its root may return into cold callers
+        cfa = st.start_stack  # so every live frame moves, up to exec's tables
     env = _with_environment(ctx.pid, s, st, hot, cfa, lo, margin)
+    if env is None and hot.cold_reachable:
+        raise UnsafeStep(
+            f"the live stack {st.start_stack - lo} B, exec's tables and the strings "
+            f"{st.env_end - st.arg_start} B do not fit the open block's {hot.reserve} B stack "
+            "reserve (all of them move: a cold caller may be returned to); relink with a "
+            "larger --margin"
+        )
     if env is not None:  # exec's tables and every string move: getenv, auxv readers work
         strings, str_at, delta, moves, extra, mm = env
     else:  # argv strings only (a one-page block has no room for more); environ is left behind
