@@ -5,7 +5,8 @@ run and on that same process:
 
     remap.fold.squeeze(PID)            report["stopped_us"] and its breakdown (seize, snapshot,
                                        steps, cure; "verify": the part of the steps spent proving
-                                       that nothing else changed)
+                                       that nothing else changed, "calls": the part spent in the
+                                       steps' actions -- the fence and drops run in one batch)
     remap.fold.squeeze(PID, dry_run)   the dry run's stop (it must not stop the target: 0)
     pmap -XX PID                       wall time of procps reading smaps and printing it: the
                                        yardstick, so that ratios hold on another machine
@@ -197,7 +198,9 @@ def bench_one(prog: Prog, repeat: int) -> dict:
         for _ in range(repeat):
             pmaps.append(_pmap_ms(p.pid))
             r = F.squeeze(p.pid)
-            stops.append((r.stopped_us / 1e3, r.stop_breakdown_us, r.verified_bytes, r.notes))
+            applied = " ".join(f"{s.name}:{s.syscalls}" for s in r.steps if s.applied)
+            stops.append((r.stopped_us / 1e3, r.stop_breakdown_us, r.verified_bytes, r.notes,
+                          applied))  # fmt: skip
             # the program works (and faults back what it needs): the next squeeze has work too
             healthy = prog.check(p) and healthy
             _wait_sleeping(p.pid)
@@ -246,13 +249,15 @@ def main() -> int:
         print(f"{r['name']:<20}{r['rss_kb']:>9}{r['anon_kb']:>9}{ms[0]:>10.1f}{later:>10.1f}"
               f"{r['pmap_ms']:>9.1f}{later / r['pmap_ms']:>10.2f}x{goal:>9.0f}{r['dry_ms']:>8.1f}"
               f"  {'yes' if r['ok'] else 'NO'}  {met}")  # fmt: skip
-    print("stops in ms, each squeeze: total [seize snapshot steps (of which verify) cure] verified")
+    print("stops in ms, each squeeze: total [seize snapshot steps (of which verify, calls) cure] "
+          "verified; the steps applied with their injected calls")  # fmt: skip
     for r in rows:
         print(f"  {r['name']}:")
-        for ms, bd, ver, _notes in r["stops"]:
+        for ms, bd, ver, _notes, applied in r["stops"]:
             parts = " ".join(f"{bd.get(k, 0) / 1e3:.1f}" for k in ("seize", "snapshot", "steps"))
-            print(f"    {ms:7.1f} [{parts} ({bd.get('verify', 0) / 1e3:.1f}) "
-                  f"{bd.get('cure', 0) / 1e3:.1f}] {ver >> 10} kB")  # fmt: skip
+            print(f"    {ms:7.1f} [{parts} ({bd.get('verify', 0) / 1e3:.1f}, "
+                  f"{bd.get('calls', 0) / 1e3:.1f}) {bd.get('cure', 0) / 1e3:.1f}] "
+                  f"{ver >> 10} kB  {applied}")  # fmt: skip
     for r in rows:
         for n in sorted({n for s in r["stops"] for n in s[3] if "verif" in n.lower()}):
             print(f"note ({r['name']}): {n}")

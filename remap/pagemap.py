@@ -26,6 +26,7 @@ import errno
 import fcntl
 import mmap
 import os
+import re
 import struct
 from array import array
 from collections import namedtuple
@@ -107,6 +108,37 @@ def _runs_from_entries(start: int, data: bytes, zero_pfn: int | None) -> list[Pr
         i = flags.find(1, i + 1)
     runs.append(Present(cur_s, cur_e, *cur_key))
     return runs
+
+
+# top byte of an entry -> 1 present anonymous, 2 present file (bit 61), 0 not present
+_TOP_KIND = bytes((2 if b & 0x20 else 1) if b & 0x80 else 0 for b in range(256))
+_KIND_RUN = re.compile(rb"\x01+|\x02+|\x03+")
+
+
+def runs_of_entries(start: int, data: bytes, zero_pfn: int | None) -> list[Present]:
+    """Present runs in raw entries DATA of the pages from START, like _runs_from_entries but
+    with no per-page Python work: the top bytes are classified by one translate, mappings of
+    the zero page (ZERO_PFN; None: unknown) found by searching their frame number, and the
+    runs cut by a regex over the classes -- a millisecond or two for 1 GB of entries, which
+    the fold reads inside a stop anyway (remap.fold.plan.Prior.reuse)."""
+    kinds = bytearray(data[7::8].translate(_TOP_KIND))
+    if zero_pfn is not None:
+        low = zero_pfn.to_bytes(8, "little")[:6]  # bits 0-47 of the frame: searched, then
+        i = data.find(low)  # each hit checked whole (present, not file, frame equal)
+        while i >= 0:
+            if i % 8 == 0:
+                e = int.from_bytes(data[i : i + 8], "little")
+                if e & K.PM_PRESENT and not e & K.PM_FILE and e & K.PM_PFN_MASK == zero_pfn:
+                    kinds[i // 8] = 3
+            i = data.find(low, i + 1)
+    mk = Present._make
+    zero: bool | None = False if zero_pfn is not None else None
+    out = []
+    for m in _KIND_RUN.finditer(kinds):
+        k = kinds[m.start()]
+        out.append(mk((start + (m.start() << K.PAGE_SHIFT), start + (m.end() << K.PAGE_SHIFT),
+                       k == 2, True if k == 3 else zero, False)))  # fmt: skip
+    return out
 
 
 def present_read(pid: int, ranges: Iterable[tuple[int, int]], fd: int | None = None) -> list:

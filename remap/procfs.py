@@ -192,6 +192,12 @@ def read_maps(pid: int) -> list[MapEntry]:
     return parse_maps(_read(pid, "maps"))
 
 
+def read_maps_text(pid: int) -> bytes:
+    """/proc/PID/maps as the kernel wrote it: for comparing two readings without parsing
+    either (thousands of lines after a fault-around fence; the fold compares inside a stop)."""
+    return _read(pid, "maps")
+
+
 _HEADER_START = frozenset(b"0123456789abcdef")
 
 

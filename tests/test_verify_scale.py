@@ -58,6 +58,14 @@ def _check(p: subprocess.Popen) -> bytes:
     return _line(p).split()[0]
 
 
+def _poke(p: subprocess.Popen, answer: bytes) -> None:
+    """One line to the target, which changes its memory and says ANSWER; wait until it sleeps."""
+    p.stdin.write(b"\n")
+    p.stdin.flush()
+    assert _line(p).strip() == answer
+    _wait_sleeping(p.pid)
+
+
 def _stop(p: subprocess.Popen) -> None:
     p.kill()
     p.wait(timeout=5)
@@ -273,10 +281,7 @@ def test_the_stop_reuses_the_prior_model_only_while_it_holds():
         assert reused is prior.snap
         assert layout(reused) == layout(fresh)
         prior = Prior.take(p.pid)
-        p.stdin.write(b"\n")
-        p.stdin.flush()
-        assert _line(p).strip() == b"grown"
-        _wait_sleeping(p.pid)
+        _poke(p, b"grown")
         with attach(p.pid) as s:
             assert prior.reuse(s) is None
     finally:
@@ -306,3 +311,166 @@ def test_pointer_candidates_never_miss_a_pointer():
         assert want <= set(candidates(buf, lo, hi))
 
     prop()
+
+
+def ahead_lie(victim_of) -> object:
+    """Like sneaky_drop, as a step the runner plans ahead (plans_ahead) and batches with the
+    fence and the real drops: it declares one clean file page and its calls drop a page of
+    [heap] data too.  VICTIM_OF(ctx) picks the page; exposed as .victim."""
+
+    def plan(ctx):
+        victim = plan.victim = victim_of(ctx)
+        clean = next(p.addr for v in ctx.snap.vmas if v.is_file for p in v.pages if p.clean_file)
+        calls = [("madvise", a, K.PAGE_SIZE, K.MADV_DONTNEED) for a in (clean, victim)]
+
+        def run(c):
+            c.batch(calls)
+            return {}
+
+        drops = [(clean, clean + K.PAGE_SIZE)]
+        return Action("ahead-lie", "one clean file page (it says)", run, drops=drops, calls=calls)
+
+    plan.victim = 0
+    plan.plans_ahead = True
+    return plan
+
+
+def _heap_victim(ctx) -> int:
+    (heap,) = [v for v in ctx.snap.vmas if v.path == "[heap]"]
+    anon = [p.addr for p in heap.pages if p.backing == "anon"]
+    return anon[len(anon) // 2]
+
+
+@pytest.mark.skipif(not pagemap.pfns_visible(), reason="needs PFNs (root)")
+def test_a_lie_batched_with_the_fence_and_drops_is_caught(heap_target):
+    """The squeeze's pure steps are planned ahead and run in one batch, proven together by
+    the frames read when the stop checked the prior model and once after the batch: a lying
+    step among them is caught all the same, the page named, and the loss was real."""
+    from remap.fold import steps
+
+    planner = ahead_lie(_heap_victim)
+    plan = [steps.use_own_syscall, steps.fence_fault_around, steps.drop_dead_stack, planner,
+            steps.drop_clean_file]  # fmt: skip
+    why = _refused(heap_target.pid, plan)
+    assert f"anonymous page {planner.victim:#x} is gone (dropped)" in why
+    assert _check(heap_target) == b"CORRUPT"
+
+
+@pytest.mark.skipif(not pagemap.pfns_visible(), reason="needs PFNs (root)")
+def test_squeeze_batches_its_pure_steps_and_proves_them(heap_target):
+    """A real squeeze: the fence and both drops run (one batch), every kept anonymous byte is
+    proven by frames, the reports keep the plan's order, and the program's data is intact."""
+    r = F.squeeze(heap_target.pid, move=False)
+    names = [s.name for s in r.steps if s.applied]
+    assert names == ["fence-fault-around", "drop-dead-stack", "drop-clean-file"], names
+    assert all(s.syscalls > 0 for s in r.steps if s.applied)
+    assert r.verified_by["frames"] >= 400 << 10 and r.verified_by["hashes"] == 0
+    assert _check(heap_target) == b"OK"
+
+
+DROPPER = r"""
+import mmap, sys
+m = mmap.mmap(-1, 8 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+for o in range(0, len(m), 4096):
+    m[o] = 1
+print("ready", flush=True)
+for line in sys.stdin:
+    m.madvise(mmap.MADV_DONTNEED, 100 * 4096, 4096)  # one page gone, the maps line the same
+    print("dropped", flush=True)
+"""
+
+
+@pytest.mark.skipif(not pagemap.pfns_visible(), reason="needs PFNs (root)")
+def test_prior_frames_at_the_stop_are_the_pages_as_they_are():
+    """reuse(frames=True): the pagemap entries it keeps for the first pure drops equal a fresh
+    reading of the same spans; and a page dropped inside a big anonymous span after the model
+    was built (same maps text, presence read from those entries) makes it refuse the model."""
+    from remap.fold import verify
+    from remap.fold.plan import Prior
+    from remap.inject import attach
+
+    p = _start([sys.executable, "-c", DROPPER])
+    try:
+        prior = Prior.take(p.pid)
+        with attach(p.pid) as s:
+            assert prior.reuse(s, frames=True) is prior.snap
+            fresh = verify.read_frames(p.pid, prior.at_stop.spans)
+        assert prior.at_stop.entries == fresh.entries
+        assert any(hi - lo >= 8 << 20 for lo, hi in prior.at_stop.spans)
+        prior = Prior.take(p.pid)
+        _poke(p, b"dropped")
+        with attach(p.pid) as s:
+            assert prior.reuse(s, frames=True) is None
+            assert prior.at_stop is None
+    finally:
+        _stop(p)
+
+
+ZEROS = r"""
+import mmap, sys
+m = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+s = sum(m[o] for o in range(0, 2 << 20, 4096 * 2))  # read: the shared zero page
+for o in range(4096, 4 << 20, 4096 * 3):
+    m[o] = 1  # written: anonymous pages
+print("ready", s, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_runs_of_entries_equal_the_page_by_page_reading():
+    """pagemap.runs_of_entries (translate + regex) gives the runs the page-by-page parser
+    gives, on every VMA of a real process with file, anonymous and zero-page mappings."""
+    from remap.pagemap import _runs_from_entries, read_entries, runs_of_entries
+
+    p = _start([sys.executable, "-c", ZEROS])
+    try:
+        zpfn = pagemap.zero_pfn() if pagemap.pfns_visible() else None
+        fd = os.open(f"/proc/{p.pid}/pagemap", os.O_RDONLY)
+        try:
+            kinds = set()
+            for m in procfs.read_maps(p.pid):
+                if m.start >= 1 << 63:
+                    continue
+                data = read_entries(fd, m.start, m.end).tobytes()
+                want = _runs_from_entries(m.start, data, zpfn)
+                assert runs_of_entries(m.start, data, zpfn) == want, hex(m.start)
+                kinds |= {(r.file, r.zero) for r in want}
+        finally:
+            os.close(fd)
+        assert (True, False if zpfn is not None else None) in kinds  # file pages
+        assert (False, False if zpfn is not None else None) in kinds  # anonymous pages
+        if zpfn is not None:
+            assert (False, True) in kinds  # zero-page mappings
+    finally:
+        _stop(p)
+
+
+def test_drop_proof_by_runs_names_the_first_page_that_may_not_go():
+    """verify.check_drops walks a drop range a run at a time: every clean file page of a real
+    process passes; a range reaching into a copy-on-written page of the same file mapping
+    (written .data) or a page not present is refused, naming exactly that page."""
+    from remap.fold.plan import stopped_snapshot
+    from remap.fold.verify import check_drops
+
+    p = _start([sys.executable, "-c", GROWER])
+    try:
+        vmas = stopped_snapshot(p.pid).vmas
+        clean = [(q.addr, q.addr + K.PAGE_SIZE) for v in vmas if v.is_file for q in v.pages
+                 if q.clean_file]  # fmt: skip
+        assert len(clean) > 100 and check_drops("t", clean, p.pid, vmas, {}, None) == 0
+        # a file mapping holding both: a run of clean pages, then its first anonymous page
+        v = next(v for v in vmas if v.is_file and {"file", "anon"} <= {q.backing for q in v.pages})
+        cow = next(q.addr for q in v.pages if q.backing == "anon")
+        lo, files = cow, {q.addr for q in v.pages if q.clean_file}
+        while lo - K.PAGE_SIZE in files:  # the run of clean pages right below it
+            lo -= K.PAGE_SIZE
+        with pytest.raises(UnsafeStep, match=f"would drop page {cow:#x}, which is neither"):
+            check_drops("t", [(lo, cow + K.PAGE_SIZE)], p.pid, vmas, {}, None)
+        assert check_drops("t", [(cow, cow)], p.pid, vmas, {}, None) == 0
+        have = {q.addr for w in vmas for q in w.pages}
+        hole = next(a for w in vmas if w.is_file for a in range(w.start, w.end, K.PAGE_SIZE)
+                    if a not in have)  # fmt: skip
+        with pytest.raises(UnsafeStep, match=f"would drop page {hole:#x}"):
+            check_drops("t", [(hole, hole + K.PAGE_SIZE)], p.pid, vmas, {}, None)
+    finally:
+        _stop(p)

@@ -39,14 +39,15 @@ def squeeze(
     author's "12 kB reproducible, 8 kB unreproducible", and 16 kB in one run of five on the
     demo bot.  Moving the frames and tables up against the strings (steps.close_stack_gap)
     loses nothing: it is a copy, every pointer fixed, verified.  Where it is not safe (threads,
-    a kernel-held pointer, swap, a big process) it is skipped with the reason, and the squeeze
-    goes on.  MOVE=False: drops only, nothing in the process is moved.  FENCE=False: file
-    mappings are not split into one-page VMAs (steps.fence_fault_around), so the kernel's
-    fault-around brings up to 16 pages back per fault, as it does without remap.
+    a kernel-held pointer, swap) or costs the stop too much (more than 4 MB of writable memory
+    to scan for pointers: steps.SQUEEZE_MOVE_SCAN_MAX_PAGES) it is skipped with the reason, and
+    the squeeze goes on.  MOVE=False: drops only, nothing in the process is moved.
+    FENCE=False: file mappings are not split into one-page VMAs (steps.fence_fault_around),
+    so the kernel's fault-around brings up to 16 pages back per fault, as without remap.
     """
     plan = [steps.use_own_syscall]
     if move:
-        plan.append(steps.optional(steps.close_stack_gap, "relocate-stack"))
+        plan.append(steps.optional(steps.squeeze_stack_gap, "relocate-stack"))
     if fence:  # first: the drops' own calls and the cure refault the chain's pages, one each
         plan.append(steps.fence_fault_around)
     plan += [steps.drop_dead_stack, steps.drop_clean_file]

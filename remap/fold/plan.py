@@ -8,13 +8,20 @@ by its hash for anything else (remap.fold.verify says why both suffice).  The se
 cures the process whatever happened (registers, signal mask, scratch page, detach).
 
 What the stop costs is kept independent of the process's size where it can be: the model is
-built before the stop and reused when the stopped process still has its layout (Prior), and a
-pure drop's evidence is 8 bytes of pagemap a page, read by the kernel (bench/stop_time.py).
+built before the stop and reused when the stopped process still has its layout (Prior: the
+maps text compared byte for byte, the present pages re-read), and a pure drop's evidence is
+8 bytes of pagemap a page, read by the kernel.  Consecutive pure drops (the fence, dead stack,
+clean file pages: planners marked plans_ahead) are planned ahead, run in one batch and proven
+together -- the "before" entries being the ones the prior's check read, the "after" one
+reading once the batch is done: two passes over the page tables for the whole squeeze
+(~13 ms each for 1 GB), whatever the number of steps (bench/stop_time.py).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import functools
 import gc
 import os
 import time
@@ -56,6 +63,10 @@ class Action:
     # present), applied to the context by a dry run instead of running it: the dry run then
     # plans the next steps on the process as the real run would find it.
     predict: Callable[[FoldContext], None] | None = None
+    # Set when the action is exactly these remote syscalls, in order (its run batches them):
+    # consecutive pure drops planned ahead (planners marked plans_ahead) then run in one trip
+    # of the batch stub, proven together by one reading of frames before and one after.
+    calls: list[tuple] | None = None
 
 
 @dataclass
@@ -89,13 +100,22 @@ class FoldContext:
     _snap: residency.Snapshot | None = None
     # taken before the stop (Prior): the first look inside it reuses it if nothing changed
     prior: Prior | None = None
+    # VmFlags by VMA key (_vma_keys), from smaps read before the stop: a planner that needs
+    # them for a VMA still listed identically does not read smaps inside it (vmflags_for)
+    vmflags: dict[tuple, frozenset[str]] | None = None
+    # frames evidence is used (root): the prior's check inside the stop reads the anonymous
+    # spans' pagemap entries, kept in at_stop for the first pure drops (Prior.reuse)
+    by_frames: bool = False
+    at_stop: verify.Frames | None = None
 
     @property
     def snap(self) -> residency.Snapshot:
         """The residency as it is now (re-read lazily after a step changed the process)."""
         if self._snap is None:
             prior, self.prior = self.prior, None
-            self._snap = prior.reuse(self.session) if prior else None
+            if prior is not None:
+                self._snap = prior.reuse(self.session, frames=self.by_frames)
+                self.at_stop = prior.at_stop if self._snap is not None else None
             self._snap = self._snap or stopped_snapshot(self.pid)
         return self._snap
 
@@ -114,6 +134,18 @@ class FoldContext:
     def invalidate(self) -> None:
         """A step changed the address space: the next look at .snap re-reads it."""
         self._snap = None
+
+    def vmflags_for(self, vmas: list) -> list[frozenset[str]]:
+        """VmFlags of each of VMAS: from the smaps read before the stop when every one of them
+        is listed there with the same maps line, else from smaps read now (which walks every
+        page table of the process: ~18 ms for 1 GB, inside the stop).  A flag a program sets
+        on a whole VMA between that read and the stop leaves its maps line as it was; what
+        reads the flags here is a readahead hint (steps.fence_fault_around), not a safety proof."""
+        known = self.vmflags
+        keys = _vma_keys(vmas)
+        if known is None or any(k not in known for k in keys):
+            known = {_vma_keys([e])[0]: e.vmflags for e in procfs.read_smaps(self.pid)}
+        return [known.get(k, frozenset()) for k in keys]
 
     def rewalked(self, starts: list[int]) -> bool:
         """After an action that changed presence only inside the anonymous VMAs at STARTS:
@@ -144,6 +176,7 @@ class FoldContext:
                 if not r.zero
                 for a in range(r.start, r.end, PAGE_SIZE)
             ]
+            v.anon_kb = v.rss_kb = 4 * len(v.pages)  # what _kept_spans looks at
         return True
 
     def dropped(self, ranges: list[tuple[int, int]]) -> bool:
@@ -159,11 +192,20 @@ class FoldContext:
         return True
 
     def forget(self, ranges: list[tuple[int, int]]) -> None:
-        """Take the pages in RANGES out of the snapshot (they were, or would be, dropped)."""
-        for v in self.snap.vmas:
-            cut = [(lo, hi) for lo, hi in ranges if lo < v.end and v.start < hi]
-            if cut:
-                v.pages = [p for p in v.pages if not any(lo <= p.addr < hi for lo, hi in cut)]
+        """Take the pages in RANGES out of the snapshot (they were, or would be, dropped).
+        Pages are sorted by address: each range is cut out by bisection, no per-page work."""
+        vmas = self.snap.vmas
+        starts = [v.start for v in vmas]
+        for lo, hi in ranges:
+            i = max(bisect.bisect_right(starts, lo) - 1, 0)
+            while i < len(vmas) and vmas[i].start < hi:
+                pages = vmas[i].pages
+                if pages and vmas[i].end > lo:
+                    a = bisect.bisect_left(pages, lo, key=_addr)
+                    b = bisect.bisect_left(pages, hi, key=_addr)
+                    if a < b:
+                        del pages[a:b]
+                i += 1
 
     def proven_dead(self, action: Action) -> int:
         """verify.check_drops on ACTION's drops, from this snapshot and the threads' registers
@@ -184,6 +226,7 @@ class FoldContext:
 
 
 Layout = tuple[list[tuple], list[tuple]]  # (VMAs by their maps line, runs of present pages)
+_BIG_SPAN = 256 * PAGE_SIZE  # an anonymous span this big is checked from its entries (reuse)
 
 
 @dataclass
@@ -200,12 +243,22 @@ class Prior:
     snap: residency.Snapshot
     threads: list[int]
     layout: Layout
+    maps_text: bytes | None = None  # /proc/PID/maps the model was built from, when known
+    at_stop: verify.Frames | None = None  # entries read by reuse(frames=True)
+
+    @functools.cached_property
+    def _plain(self) -> list[bool]:
+        """Per VMA: neither a PFN map nor hugetlb (its pages count as anonymous or file)."""
+        return [not (v.pfnmap or v.hugetlb) for v in self.snap.vmas]
 
     @classmethod
     def take(cls, pid: int) -> Prior:
         """Snapshot PID (running) and derive its layout from the model itself."""
         threads = sorted(procfs.thread_ids(pid))
+        text = procfs.read_maps_text(pid)
         snap = stopped_snapshot(pid)
+        if _vma_keys(procfs.parse_maps(text)) != _vma_keys(snap.vmas):
+            text = None  # it mapped or unmapped meanwhile: the stop compares parsed lines
         runs = []
         for i, v in enumerate(snap.vmas):
             anon = v.pages[0].backing == "anon" if v.pages else False
@@ -221,24 +274,33 @@ class Prior:
             if lo >= 0:
                 runs.append((i, lo, hi, anon))
             runs.append((i, "zero", v.zero_pages))
-        return cls(snap, threads, (_vma_keys(snap.vmas), runs))
+        prior = cls(snap, threads, (_vma_keys(snap.vmas), runs), text)
+        prior._plans, prior._plain  # noqa: B018 -- computed now, not inside the stop
+        return prior
 
-    def reuse(self, session: Any) -> residency.Snapshot | None:
-        """The prior model if the stopped process still has its layout, else None."""
+    def reuse(self, session: Any, *, frames: bool = False) -> residency.Snapshot | None:
+        """The prior model if the stopped process still has its layout, else None.
+
+        FRAMES: read the raw pagemap entries (PFNs: root) of every VMA holding anonymous
+        pages, from its first present page to its last, and derive the presence check there
+        from them, the rest of the address space from PAGEMAP_SCAN; the entries are kept as
+        ``at_stop`` (a verify.Frames): the first pure drops' "before" evidence, not read
+        again (~13 ms for 1 GB: one pass over the page tables instead of two)."""
+        self.at_stop = None
         if sorted(session.threads) != self.threads:
             return None
-        maps = [
-            m for m in procfs.read_maps(self.snap.pid) if not in_scratch(session, m.start, m.end)
-        ]
-        keys = _vma_keys(maps)
-        if keys != self.layout[0]:
-            return None
-        vmas = self.snap.vmas
-        pfnmap = [i for i, v in enumerate(vmas) if v.pfnmap]
-        walked, _, _ = pagemap.walk(self.snap.pid, [(v.start, v.end) for v in vmas], pfnmap)
+        if self.maps_text is not None and not session.scratch_area:
+            # the same text, byte for byte: the same VMAs (no parsing inside the stop)
+            if procfs.read_maps_text(self.snap.pid) != self.maps_text:
+                return None
+        else:
+            maps = procfs.read_maps(self.snap.pid)
+            maps = [m for m in maps if not in_scratch(session, m.start, m.end)]
+            if _vma_keys(maps) != self.layout[0]:
+                return None
+        walked = self._walk(frames)
         runs = []
-        for i, (v, rs) in enumerate(zip(vmas, walked, strict=True)):
-            plain = not (v.pfnmap or v.hugetlb)
+        for i, (plain, rs) in enumerate(zip(self._plain, walked, strict=True)):
             zero, lo, hi, anon = 0, -1, -1, False
             for r in rs:
                 if r.zero:
@@ -254,7 +316,86 @@ class Prior:
             if lo >= 0:
                 runs.append((i, lo, hi, anon))
             runs.append((i, "zero", zero))
-        return self.snap if runs == self.layout[1] else None
+        if runs != self.layout[1]:
+            self.at_stop = None
+            return None
+        return self.snap
+
+    def _walk(self, frames: bool) -> list[list[pagemap.Present]]:
+        """Present runs of each VMA of the model, as they are now (see reuse), read as
+        _walk_plan decided before the stop."""
+        pid, vmas = self.snap.pid, self.snap.vmas
+        plan = self._plans[frames]
+        out: list[list[pagemap.Present]] = [[] for _ in vmas]
+        for idx, ranges, pf in plan.walks:
+            for i, rs in zip(idx, pagemap.walk(pid, ranges, pf)[0], strict=True):
+                out[i].extend(rs)
+        if not frames:
+            return out
+        entries = pagemap.entries_for(pid, plan.spans)
+        zpfn = pagemap.zero_pfn()
+        self.at_stop = verify.Frames(pid, plan.spans, entries, zpfn, now=entries)
+        for i, (lo, _), data in zip(plan.span_vma, plan.spans, entries, strict=True):
+            if i in plan.big:
+                out[i].extend(pagemap.runs_of_entries(lo, data, zpfn))
+                out[i].sort()
+        return out
+
+    @functools.cached_property
+    def _plans(self) -> dict[bool, _WalkPlan]:
+        """What reuse reads, by FRAMES, computed from the model before the stop."""
+        return {False: _walk_plan(self.snap.vmas, False), True: _walk_plan(self.snap.vmas, True)}
+
+
+@dataclass
+class _WalkPlan:
+    """How Prior.reuse reads the present pages: WALKS, each (VMA index per range, ranges,
+    positions of PFN-map ranges) for pagemap.walk; with frames, SPANS (and their VMAs) whose
+    entries are read, BIG the VMAs whose span's presence comes from those entries."""
+
+    walks: list[tuple[list[int], list[tuple[int, int]], list[int]]]
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    span_vma: list[int] = field(default_factory=list)
+    big: set[int] = field(default_factory=set)
+
+
+def _walk_plan(vmas: list[residency.Vma], frames: bool) -> _WalkPlan:
+    """Without FRAMES: one walk over every VMA.  With: the anonymous spans (_anon_spans) are
+    read as entries; big spans' presence comes from them, and everything else is scanned in
+    walks that stop at each big span (one ioctl walk across it would cost as much as the read
+    it saves)."""
+    pfnmap = {i for i, v in enumerate(vmas) if v.pfnmap}
+    if not frames:
+        return _WalkPlan([(list(range(len(vmas))), [(v.start, v.end) for v in vmas],
+                           sorted(pfnmap))])  # fmt: skip
+    spans = _anon_spans(vmas)  # [(vma index, (start, end))]
+    big = {i: sp for i, sp in spans if sp[1] - sp[0] >= _BIG_SPAN}
+    pieces: list[tuple[int, int, int]] = []  # (vma index, start, end), address order
+    cuts = [0]  # where a new walk starts in pieces: after each big span
+    for i, v in enumerate(vmas):
+        lo, hi = big.get(i, (v.end, v.end))
+        if v.start < lo:
+            pieces.append((i, v.start, lo))
+        if i in big:
+            cuts.append(len(pieces))
+        if hi < v.end:
+            pieces.append((i, hi, v.end))
+    walks = []
+    for c0, c1 in zip(cuts, [*cuts[1:], len(pieces)], strict=True):
+        part = pieces[c0:c1]
+        if part:
+            pf = [k for k, (i, _, _) in enumerate(part) if i in pfnmap]
+            walks.append(([i for i, _, _ in part], [(lo, hi) for _, lo, hi in part], pf))
+    return _WalkPlan(walks, [sp for _, sp in spans], [i for i, _ in spans], set(big))
+
+
+def _flags_of(snap: residency.Snapshot) -> dict[tuple, frozenset[str]]:
+    """VmFlags by VMA key from a snapshot read with smaps (FoldContext.vmflags)."""
+    return dict(zip(_vma_keys(snap.vmas), (v.vmflags for v in snap.vmas), strict=True))
+
+
+def _addr(p: residency.Page) -> int:
+    return p.addr
 
 
 def _vma_keys(vmas: list) -> list[tuple]:
@@ -348,18 +489,43 @@ def run_plan(
     verified_by = {"frames": 0, "hashes": 0}
     marks: dict[str, float] = {}
     verify_us = 0.0  # part of "steps": proving the kept pages unchanged
+    calls_us = 0.0  # part of "steps": the actions themselves (their injected calls, writes)
     last: verify.Frames | None = None  # the last pure drop's frames, as its check found them
     proven: list[verify.Frames] = []  # every pure drop's frames, checked
     with _no_gc_pauses(), attach(pid) as s:
         marks["seize"] = s.stopped_ns / 1e3
-        ctx = FoldContext(pid, s, dry_run, prior=prior)
+        ctx = FoldContext(pid, s, dry_run, prior=prior, vmflags=_flags_of(before),
+                          by_frames=by_frames)  # fmt: skip
         s.known_maps(ctx.snap.vmas)  # read now, while stopped: the plan's first view
+        last = ctx.at_stop  # read with the check that the prior still holds: nothing ran since
         holes = rseq_areas(s.threads)
         marks["snapshot"] = s.stopped_ns / 1e3 - marks["seize"]
+        ahead: list[tuple[Action, StepReport]] = []  # pure drops planned ahead (_run_ahead)
+
+        def run_ahead() -> None:
+            nonlocal last, verify_us, calls_us
+            if ahead:
+                acts = list(ahead)
+                ahead.clear()
+                last, us, run_us = _run_ahead(ctx, acts, last)
+                proven.append(last)
+                verify_us += us
+                calls_us += run_us
+
         for i, planner in enumerate(planners):
+            if ahead and not getattr(planner, "plans_ahead", False):
+                run_ahead()  # a planner that must see the process as it is now
             action = _plan_step(ctx, planner, reports)
             if action is None:
                 continue
+            if by_frames and action.drops is not None and getattr(planner, "plans_ahead", False):
+                dropped += ctx.proven_dead(action)  # proven on the state it will meet
+                ctx.forget(action.drops)  # what the next planner sees: as after this drop
+                report = StepReport(action.name, action.text, False, 0, dict(action.detail))
+                reports.append(report)  # in plan order; applied once it has run
+                ahead.append((action, report))
+                continue
+            run_ahead()
             # Proven unchanged: every anonymous page but the ones the step changes on purpose;
             # for a drop, exactly the pages it drops (re-proven dead first), whatever it claims.
             skip = action.touches if action.drops is None else _pages_in(action.drops)
@@ -373,7 +539,9 @@ def run_plan(
                 hashes = verify.hash_pages(s.read, _kept(ctx, skip), holes)
             verify_us += (time.monotonic_ns() - t0) / 1e3
             calls0 = ctx.calls
+            t0 = time.monotonic_ns()
             detail = action.run(ctx)
+            calls_us += (time.monotonic_ns() - t0) / 1e3
             if action.drops is not None and ctx.dropped(action.drops):
                 still = hashes  # madvise unmaps nothing: every hashed page is still mapped
             elif action.rewalk is not None and ctx.rewalked(action.rewalk):
@@ -396,10 +564,12 @@ def run_plan(
                 StepReport(action.name, action.text, True, ctx.calls - calls0,
                            {**action.detail, **(detail or {})})
             )  # fmt: skip
+        run_ahead()
         notes = notes0 + ctx.notes
         stopped_before_cure = s.stopped_ns
         marks["steps"] = stopped_before_cure / 1e3 - marks["seize"] - marks["snapshot"]
         marks["verify"] = verify_us
+        marks["calls"] = calls_us
         t_cure = time.monotonic_ns()
     # until the last thread was let go (the tracer's own clean-up after that is not a stop)
     marks["cure"] = ((s.released_ns or time.monotonic_ns()) - t_cure) / 1e3
@@ -412,6 +582,45 @@ def run_plan(
         stopped_us, verified, notes, {k: round(v, 1) for k, v in marks.items()}, dropped,
         verified_by,
     )  # fmt: skip
+
+
+def _run_ahead(
+    ctx: FoldContext, ahead: list[tuple[Action, StepReport]], last: verify.Frames | None
+) -> tuple[verify.Frames, float, float]:
+    """Run the actions of AHEAD -- consecutive pure drops, each proven droppable (proven_dead)
+    on the state it meets, planned ahead on the snapshot with the earlier ones' drops
+    forgotten -- and prove that together they lost nothing else: one reading of the kept
+    anonymous pages' frames before the first call, one after the last (remap.fold.verify),
+    instead of a pair per step (a reading is ~13 ms for 1 GB).  When every action is a list of
+    calls (Action.calls) they run in one trip of the batch stub (inject.batch), in plan order.
+    A page lost by any of them is named, and the plan stops there, before any step that
+    writes.  Each action's report is marked applied with its calls.
+    Returns (the frames as checked, microseconds spent reading and checking them,
+    microseconds spent running the actions)."""
+    acts = [a for a, _ in ahead]
+    drops = sorted(r for a in acts for r in a.drops or ())
+    t0 = time.monotonic_ns()
+    frames = verify.read_frames(ctx.pid, _kept_spans(ctx, drops), last)
+    us = (time.monotonic_ns() - t0) / 1e3
+    t0 = time.monotonic_ns()
+    if all(a.calls is not None for a in acts):
+        ctx.batch([c for a in acts for c in a.calls or ()])
+        done = [(len(a.calls or ()), {}) for a in acts]
+    else:
+        done = []
+        for a in acts:
+            n0 = ctx.calls
+            d = a.run(ctx) or {}
+            done.append((ctx.calls - n0, d))
+    run_us = (time.monotonic_ns() - t0) / 1e3
+    ctx.dropped(drops)  # the snapshot learns what came back, if anything did
+    t0 = time.monotonic_ns()
+    verify.check_frames(frames)
+    us += (time.monotonic_ns() - t0) / 1e3
+    for (_, report), (n, d) in zip(ahead, done, strict=True):
+        report.applied, report.syscalls = True, n
+        report.detail.update(d)
+    return frames, us, run_us
 
 
 def _evidence_kind(evidence: str) -> tuple[bool, list[str]]:
@@ -433,23 +642,33 @@ def _kept_spans(ctx: FoldContext, drops: list[tuple[int, int]]) -> list[tuple[in
     holding anonymous pages, from its first present page to its last (never a whole sparse
     reservation), minus DROPS and the scratch area.  Pages not present there are ignored by
     verify.check_frames; no per-page work here (a 1 GB heap is one span)."""
-    spans = []
-    for v in ctx.snap.vmas:
-        if not v.pages or v.pfnmap or v.hugetlb or v.start >= 1 << 63:
-            continue
-        if v.anon_kb or any(p.backing == "anon" for p in v.pages):
-            spans.append((v.pages[0].addr, v.pages[-1].addr + PAGE_SIZE))
+    spans = [sp for _, sp in _anon_spans(ctx.snap.vmas)]
     cut = sorted([*drops, *_scratch_span(ctx.session)])
     out = []
+    j = 0  # both sorted: the first cut that may still overlap a span
     for lo, hi in spans:
-        for c_lo, c_hi in cut:
-            if c_hi <= lo or hi <= c_lo:
-                continue
+        while j < len(cut) and cut[j][1] <= lo:
+            j += 1
+        k = j
+        while k < len(cut) and cut[k][0] < hi:
+            c_lo, c_hi = cut[k]
             if lo < c_lo:
                 out.append((lo, c_lo))
             lo = max(lo, c_hi)
+            k += 1
         if lo < hi:
             out.append((lo, hi))
+    return out
+
+
+def _anon_spans(vmas: list[residency.Vma]) -> list[tuple[int, tuple[int, int]]]:
+    """[(index, (first present page, end of the last))] of the VMAs holding anonymous pages
+    (never a whole sparse reservation), in address order; PFN maps, hugetlb and the kernel
+    half left out.  anon_kb comes from the page walk (stopped snapshots), kept by rewalked."""
+    out = []
+    for i, v in enumerate(vmas):
+        if v.pages and v.anon_kb and not (v.pfnmap or v.hugetlb) and v.start < 1 << 63:
+            out.append((i, (v.pages[0].addr, v.pages[-1].addr + PAGE_SIZE)))
     return out
 
 
@@ -494,7 +713,7 @@ def _dry_run(pid: int, kind: str, planners: list[Planner]) -> FoldReport:
     before = residency.snapshot(pid)
     snap = stopped_snapshot(pid)
     s = Peek(pid, snap)
-    ctx = FoldContext(pid, s, True, _snap=snap)
+    ctx = FoldContext(pid, s, True, _snap=snap, vmflags=_flags_of(before))
     reports: list[StepReport] = []
     dropped = 0
     for planner in planners:

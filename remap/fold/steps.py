@@ -34,6 +34,9 @@ ALIGN = 64  # moved frames keep their address modulo 64: over-aligned locals sta
 RESTARTABLE_UNDER_MOVE = {"read", "write", "pause", "poll", "ppoll", "accept", "accept4",
                           "recvfrom", "select", "pselect6", "epoll_wait", "epoll_pwait",
                           "wait4", "rt_sigtimedwait", "rt_sigsuspend", "sendto"}  # fmt: skip
+# ... by number (kconst has them all): the check inside the stop needs no name table (python-
+# ptrace's, imported on the first unknown number, cost 22 ms of a static EnergyMech's stop)
+_RESTARTABLE_NRS = frozenset(K.SYSCALLS[n] for n in RESTARTABLE_UNDER_MOVE)
 
 
 def _in_syscall(regs: dict[str, int]) -> bool:
@@ -73,18 +76,31 @@ def drop_clean_file(ctx: FoldContext) -> Action | None:
     # The page holding a blocked thread's `syscall` comes straight back when the call
     # restarts on resume: dropping it would only cost a fault, so it is kept.
     keep = {page_floor(r["rip"] - 2) for r in _known_regs(ctx) if _in_syscall(r)}
-    pages = [
-        p.addr
-        for v in ctx.snap.vmas
-        if v.is_file
-        for p in v.pages
-        if p.clean_file and p.addr not in keep
-    ]
-    if not pages:
+    ranges: list[tuple[int, int]] = []  # built in one pass: pages are in address order
+    lo = hi = n = 0
+    for v in ctx.snap.vmas:
+        if not v.is_file:
+            continue
+        for p in v.pages:
+            if p.backing != "file" or p.addr in keep:  # backing "file": Page.clean_file
+                continue
+            n += 1
+            if p.addr != hi:
+                if hi:
+                    ranges.append((lo, hi))
+                lo = p.addr
+            hi = p.addr + K.PAGE_SIZE
+    if not n:
         return None
-    ranges = coalesce(pages)
-    text = f"madvise(DONTNEED) {len(pages)} clean file pages in {len(ranges)} ranges"
+    ranges.append((lo, hi))
+    text = f"madvise(DONTNEED) {n} clean file pages in {len(ranges)} ranges"
     return _dontneed("drop-clean-file", text, ranges, set())
+
+
+# Planners marked plans_ahead look only at the snapshot and the registers and return pure drops
+# (or the fence): the runner may plan one before the pure drop ahead of it has run, on the
+# snapshot with that drop's pages forgotten, and run them together (plan._run_ahead).
+drop_clean_file.plans_ahead = True  # type: ignore[attr-defined]
 
 
 FENCE_MAX_PAGES = 8192  # pages of file mappings one squeeze fences (half as many madvise calls)
@@ -113,6 +129,13 @@ def fence_fault_around(ctx: FoldContext) -> Action | None:
     of kernel memory) per page and a fault per page touched instead of one per window.
     Bounded: at most FENCE_MAX_PAGES pages, and never within FENCE_MAP_HEADROOM VMAs of
     vm.max_map_count (noted and skipped beyond).
+
+    Planned before it runs, in one batch with the drops after it (plan._run_ahead); the
+    snapshot is not re-read afterwards (~200 ms for 1 GB): the split changes which VMAs
+    exist, not which pages are present nor their backing, so the model keeps the unsplit
+    VMAs; a step that compares VMAs with /proc/PID/maps (FoldContext.rewalked) sees the
+    difference and re-reads.  The program's own hints come from smaps read before the stop
+    (FoldContext.vmflags_for).
     """
     vmas = [
         v
@@ -126,8 +149,7 @@ def fence_fault_around(ctx: FoldContext) -> Action | None:
     ]
     if not vmas:
         return None
-    hinted = {e.start for e in procfs.read_smaps(ctx.pid) if e.vmflags & HINT_FLAGS}
-    vmas = [v for v in vmas if v.start not in hinted]
+    vmas = [v for v, f in zip(vmas, ctx.vmflags_for(vmas), strict=True) if not f & HINT_FLAGS]
     pages = sum((v.end - v.start) // K.PAGE_SIZE for v in vmas)
     room = procfs.read_max_map_count() - len(ctx.snap.vmas) - FENCE_MAP_HEADROOM
     if pages > min(FENCE_MAX_PAGES, room):
@@ -142,18 +164,21 @@ def fence_fault_around(ctx: FoldContext) -> Action | None:
     if not odd:
         return None
 
+    calls = [("madvise", a, K.PAGE_SIZE, K.MADV_RANDOM) for a in odd]
+
     def run(c: FoldContext) -> dict[str, Any]:
-        res = c.batch([("madvise", a, K.PAGE_SIZE, K.MADV_RANDOM) for a in odd])
-        c.invalidate()  # the VMAs were split: the next look re-reads the maps
-        failed = sum(1 for r in res if r < 0 or r >= 2**63)
-        return {"failed": failed} if failed else {}
+        c.batch(calls)  # raises BatchError at the first call that fails
+        return {}
 
     text = (
         f"madvise(RANDOM) {len(odd)} pages: {len(vmas)} file mappings split into {pages} "
         "one-page VMAs (a fault maps only its page)"
     )
     detail = {"mappings": len(vmas), "vmas_after": pages, "calls": len(odd)}
-    return Action("fence-fault-around", text, run, detail=detail, drops=[])
+    return Action("fence-fault-around", text, run, detail=detail, drops=[], calls=calls)
+
+
+fence_fault_around.plans_ahead = True  # type: ignore[attr-defined]
 
 
 def _known_regs(ctx: FoldContext) -> list[dict[str, int]]:
@@ -171,12 +196,15 @@ def _known_regs(ctx: FoldContext) -> list[dict[str, int]]:
 def _dontneed(name: str, text: str, ranges: list[tuple[int, int]], touches: set[int]) -> Action:
     """An action that MADV_DONTNEEDs RANGES (pages proven droppable by the caller)."""
 
+    calls = [("madvise", s, e - s, K.MADV_DONTNEED) for s, e in ranges]
+
     def run(c: FoldContext) -> dict[str, Any]:
-        c.batch([("madvise", s, e - s, K.MADV_DONTNEED) for s, e in ranges])
+        c.batch(calls)
         return {}
 
     detail = {"pages": total(ranges) // K.PAGE_SIZE, "ranges": [[s, e] for s, e in ranges]}
-    return Action(name, text, run, touches=touches, detail=detail, drops=list(ranges))
+    return Action(name, text, run, touches=touches, detail=detail, drops=list(ranges),
+                  calls=calls)  # fmt: skip
 
 
 def drop_dead_stack(ctx: FoldContext) -> Action | None:
@@ -202,6 +230,9 @@ def drop_dead_stack(ctx: FoldContext) -> Action | None:
     touched = {a for s, e in targets for a in range(s, e, K.PAGE_SIZE)}
     text = f"madvise(DONTNEED) {len(touched)} dead stack pages below rsp-128"
     return _dontneed("drop-dead-stack", text, targets, touched)
+
+
+drop_dead_stack.plans_ahead = True  # type: ignore[attr-defined]
 
 
 def proven_stack(ctx: FoldContext, tid: int, regs: dict[str, int]) -> tuple[Any, str]:
@@ -288,11 +319,25 @@ def optional(planner, name: str):
 
     plan.__name__ = planner.__name__
     plan.step_name = name  # type: ignore[attr-defined]
+    plan.plans_ahead = getattr(planner, "plans_ahead", False)  # type: ignore[attr-defined]
     return plan
 
 
 # ----------------------------------------------------------------------------- stack fold
-def close_stack_gap(ctx: FoldContext) -> Action | None:
+MOVE_SCAN_MAX_PAGES = 16384  # writable pages the stack move scans for pointers, at most
+# ... when the move is the squeeze's optional first step: the scan runs inside the stop at
+# ~2 ms per MB (process_vm_readv, then relocate.candidates), to free one stack page; past
+# 4 MB of writable memory the squeeze skips the move (with this reason) to keep its stop short
+SQUEEZE_MOVE_SCAN_MAX_PAGES = 1024
+
+
+def squeeze_stack_gap(ctx: FoldContext) -> Action | None:
+    """close_stack_gap as the squeeze's optional step: the same move, refused (and so skipped)
+    when more than SQUEEZE_MOVE_SCAN_MAX_PAGES writable pages would have to be scanned."""
+    return close_stack_gap(ctx, max_scan_pages=SQUEEZE_MOVE_SCAN_MAX_PAGES)
+
+
+def close_stack_gap(ctx: FoldContext, max_scan_pages: int = MOVE_SCAN_MAX_PAGES) -> Action | None:
     """Move the live frames and the argc/argv/envp/auxv tables up against the argument strings.
 
     exec leaves a random gap (arch_align_stack, up to 8 KiB) between the strings at the top of
@@ -326,7 +371,7 @@ def close_stack_gap(ctx: FoldContext) -> Action | None:
         return None  # closing the gap would not free a page: nothing worth the risk
     move = Move(lo, top_of_tables, delta)
     new_lo, new_hi = lo + delta, top_of_tables + delta
-    writable = _writable_pages(ctx, exclude=stack)
+    writable = _writable_pages(ctx, stack, max_scan_pages)
     # after the cheap refusals: smaps_rollup walks every page table (~20 ms for 1 GB, stopped)
     _refuse_swapped(ctx.pid)
     dead_buf = (new_lo - RED_ZONE - 1024) & ~15  # PR_SET_MM_MAP's struct: dropped after use
@@ -404,7 +449,9 @@ def _refuse_kernel_held_pointers(regs: dict[str, int]) -> None:
     if not _in_syscall(regs):
         return
     code = 2**64 - regs["rax"]
-    name = _syscall_name(regs["orig_rax"])
+    if code != K.ERESTART_RESTARTBLOCK and regs["orig_rax"] in _RESTARTABLE_NRS:
+        return
+    name = _syscall_name(regs["orig_rax"])  # for the refusal: may load the name table
     if code == K.ERESTART_RESTARTBLOCK:
         raise UnsafeStep(
             f"blocked in {name} with a kernel restart block (it may hold a pointer into the "
@@ -438,19 +485,20 @@ def _end_of_tables(pid: int, st: procfs.Stat) -> int:
     return (max(ends) + 15) // 16 * 16
 
 
-def _writable_pages(ctx: FoldContext, exclude) -> list[int]:
+def _writable_pages(ctx: FoldContext, exclude, max_pages: int = MOVE_SCAN_MAX_PAGES) -> list[int]:
     """Present pages of every writable private mapping except EXCLUDE: where libc keeps its
-    saved copies of argv/environ/auxv pointers (.data, .bss, TLS, heap)."""
+    saved copies of argv/environ/auxv pointers (.data, .bss, TLS, heap).  UnsafeStep when
+    there are more than MAX_PAGES (the scan is inside the stop)."""
     vmas = [
         v
         for v in ctx.snap.vmas
         if v is not exclude and "w" in v.perms and not v.pfnmap and v.label not in ("vvar", "vdso")
     ]
     n = sum(len(v.pages) for v in vmas)  # refused before any per-page work: it is in the stop
-    if n > 16384:
+    if n > max_pages:
         raise UnsafeStep(
-            f"{n * 4} kB of writable memory to scan for stack pointers; refusing "
-            "(stack relocation is meant for small processes)"
+            f"{n * 4} kB of writable memory to scan for stack pointers (over {max_pages * 4} "
+            "kB); refusing (stack relocation is meant for small processes)"
         )
     return [p.addr for v in vmas for p in v.pages]
 

@@ -76,6 +76,12 @@ class Frame:
         return self.home is Home.STACK and lo < self.orig_at + len(self.orig) and self.orig_at < hi
 
 
+# madvise advice that neither unmaps nor zeroes a byte: hints and reclaim that keeps the data
+# (mm/madvise.c); the fault-around fence sends thousands of MADV_RANDOM in one batch
+_MADV_KEEPS_DATA = frozenset({K.MADV_NORMAL, K.MADV_RANDOM, K.MADV_COLD, K.MADV_PAGEOUT,
+                              K.MADV_WILLNEED})  # fmt: skip
+
+
 class NoChain:
     """Injection without a chain: each call parked at once on the thread's own registers."""
 
@@ -332,7 +338,7 @@ class Chain(NoChain):
             nr, a = c[0], (*c[1:], 0, 0, 0)
             if nr == K.NR_MMAP and not a[3] & (K.MAP_FIXED | K.MAP_FIXED_NOREPLACE):
                 continue
-            if nr == K.NR_MADVISE and a[2] in (K.MADV_COLD, K.MADV_PAGEOUT, K.MADV_WILLNEED):
+            if nr == K.NR_MADVISE and a[2] in _MADV_KEEPS_DATA:
                 continue
             lo, hi = a[0] & ~4095, a[0] + (a[1] & MASK64)
             # madvise only zeroes anonymous memory (frames); file-backed code just refaults

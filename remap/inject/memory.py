@@ -21,9 +21,12 @@ class Memory:
     def __init__(self, pid: int, lib: Any, ffi: Any):
         self.pid = pid
         self._lib, self._ffi = lib, ffi
+        # no zeroing: every byte handed out was written by the read (a short read goes to
+        # mem_read); the fold reads megabytes of writable memory inside a stop
+        self._new = ffi.new_allocator(should_clear_after_alloc=False)
 
     def read(self, addr: int, n: int) -> bytes:
-        buf = self._ffi.new("char[]", n)
+        buf = self._new("char[]", n)
         got = self._lib.rn_vm_read(self.pid, buf, addr, n)
         if got == n:
             return bytes(self._ffi.buffer(buf, n))

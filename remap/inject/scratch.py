@@ -89,7 +89,11 @@ class Scratch:
         s = self.s
         t = s._thread(tid)
         maps, s._maps_unchanged = s._maps_unchanged, None
-        addr = s.chain.map_guarded(t, size, prot, maps)
+        # Maps known from this stop, even if calls ran since: the gap is mapped with
+        # MAP_FIXED_NOREPLACE, which fails (EEXIST) rather than replace anything, and then the
+        # area is mapped plainly -- a stale list costs a fallback, never a mapping (and saves
+        # parsing thousands of lines after a fault-around fence, inside the stop).
+        addr = s.chain.map_guarded(t, size, prot, maps or s._maps_seen)
         if addr is not None:
             return addr, True
         flags = K.MAP_PRIVATE | K.MAP_ANONYMOUS

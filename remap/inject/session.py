@@ -75,6 +75,9 @@ class Session:
         self._t_stopped = 0
         self.released_ns = 0  # when close() let the last thread go
         self._maps_unchanged: list | None = None  # maps read while stopped, before any call
+        # the last maps known from this stop, perhaps stale since: only for choosing a free gap
+        # for scratch, where stale costs nothing but a fallback (Scratch._map)
+        self._maps_seen: list | None = None
         self._closed = False
         self._marker = 0  # batch end signal (0: no ignorable signal, batches run call by call)
         self._mask = INJECT_SIGMASK
@@ -143,6 +146,7 @@ class Session:
         reading /proc/PID/maps again (the fold passes its snapshot's VMAs)."""
         if self._t_stopped:
             self._maps_unchanged = list(maps)
+            self._maps_seen = self._maps_unchanged
 
     def use_gadget(self, addr: int) -> None:
         """Inject through the `syscall` instruction at addr from now on (e.g. in a page the fold
@@ -174,6 +178,7 @@ class Session:
             opts |= K.PTRACE_O_SUSPEND_SECCOMP
         self._threads.seize_all(opts, self._same_process)
         self._t_stopped = time.monotonic_ns()
+        self._maps_seen = None
 
     @functools.cached_property
     def _batch_by_stub(self) -> bool:
