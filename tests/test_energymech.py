@@ -222,7 +222,8 @@ def test_energymech_layout_folds_into_its_profiled_block(mech_bins, tmp_path):
     assert ml["results"]["pings"] == 100 and "VmRSS" in ml["results"]["!meminfo"]
     assert ml["profiled_stop"]["exit_status"] == 0
     steps = {s["name"]: s for s in r["steps"]}
-    (fold_step,) = steps["fold-single-page"]["fold_steps"]
+    fold_step, fence = steps["fold-single-page"]["fold_steps"]  # the open block is fenced
+    assert fold_step["name"] == "single-page" and fence["name"] == "fence-fault-around"
     assert fold_step["hot_pages"] == b["pages"] and fold_step["environment_moved"]
     assert fold_step["blocked_signals"] == []  # room for a handler: SIGTERM still says bye
     assert steps["fold-single-page"]["rss_kb"] < steps["connected"]["rss_kb"] / 2

@@ -243,7 +243,8 @@ def test_agetty_layout_experiment_folds_into_its_block_and_accepts_a_login(agett
     assert lay["budget"]["pages"] == len(lay["pages"]) > 1
     assert lay["budget"]["stack_min"] > lay["stack_depth_from_start"] > lay["peak_stack_depth"]
     steps = {s["name"]: s for s in rec["steps"]}
-    (fold_step,) = steps["fold-single-page"]["fold_steps"]
+    fold_step, fence = steps["fold-single-page"]["fold_steps"]  # the open block is fenced
+    assert fold_step["name"] == "single-page" and fence["name"] == "fence-fault-around"
     assert fold_step["environment_moved"] and fold_step["moved_bytes"] > 4096
     assert steps["fold-single-page"]["rss_kb"] <= 40 < rec["steps"][0]["rss_kb"]
     assert rec["final_rss_kb"] <= 40
