@@ -209,6 +209,7 @@ _EHDR_KEYS = ("e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsi
 _PHDR = struct.Struct("<IIQQQQQQ")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
+_RELA = struct.Struct("<QQq")  # Elf64_Rela: r_offset, r_info (sym << 32 | type), r_addend
 
 
 def class_and_machine(head: bytes) -> tuple[int, int] | None:
@@ -595,6 +596,44 @@ class ElfTables:
         for sym in self.symbols:
             if sym.name in want and sym.name not in out:
                 out[sym.name] = sym.value
+        return out
+
+    def plt_entries(self) -> list[tuple[int, int, str]]:
+        """(address, size, "TARGET@plt") of every PLT stub (.plt, .plt.sec, .plt.got) whose
+        ``jmp *GOT(%rip)`` reads a GOT slot a dynamic relocation names: the function a call
+        through it reaches (in a shared library).  [] for a static file.
+
+        Why decoded and not counted: ld's PLT layouts differ (lazy .plt with PLT0, IBT's
+        .plt.sec, .plt.got for -z now); the jump's own displacement says which slot it uses."""
+        slots: dict[int, str] = {}
+        for rel in self.sections:
+            if rel.type != K.SHT_RELA or rel.link >= len(self.sections) or not rel.entsize:
+                continue
+            dyn = self.sections[rel.link]
+            if dyn.type != K.SHT_DYNSYM or dyn.link >= len(self.sections):
+                continue
+            strs = self.sections[dyn.link]
+            names = self.raw[strs.offset : strs.offset + strs.size]
+            body = self.raw[rel.offset : rel.offset + rel.size]
+            for off, info, _addend in _RELA.iter_unpack(body[: len(body) // 24 * 24]):
+                at = dyn.offset + (info >> 32) * _SYM.size
+                if info >> 32 and at + _SYM.size <= len(self.raw):
+                    name = _cstr(names, _SYM.unpack_from(self.raw, at)[0])
+                    if name:
+                        slots[off] = name
+        out = []
+        for sec in self.sections:
+            if sec.name not in (".plt", ".plt.sec", ".plt.got") or not sec.entsize:
+                continue
+            code = self.raw[sec.offset : sec.offset + sec.size]
+            for i in range(0, len(code) - 5, sec.entsize):
+                for j in range(i, min(i + sec.entsize, len(code)) - 5):  # jmp *disp32(%rip)
+                    if code[j : j + 2] == b"\xff\x25":
+                        disp = struct.unpack_from("<i", code, j + 2)[0]
+                        target = slots.get(sec.addr + j + 6 + disp)
+                        if target:
+                            out.append((sec.addr + i, sec.entsize, f"{target}@plt"))
+                        break
         return out
 
     def eh_frame_fdes(self) -> list:

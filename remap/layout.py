@@ -1,31 +1,33 @@
-"""From a profile to a linker script: pack a program's steady state into one 4 kB page.
+"""From a profile to a linker script: pack a program's steady state into the fewest 4 kB pages.
 
 Why generated: the seed author hand-sorted functions "from rarely used to core essential".  A
 profile (remap.profile) says exactly which functions the steady state executes and which
 objects it touches; the program's link inputs (objects and static archives, musl's libc.a
 included), built with -ffunction-sections -fdata-sections, hold each of those in its own input
 section.  This module names those input sections in a linker script that puts, into one
-page-aligned RWX 4096-byte block bounded by ``__hot_start``/``__hot_end`` (the contract of
-remap.fold.hotpage, same as csrc/targets/minibot-hotpage.ld):
+page-aligned RWX block of K whole pages (K = 1 for the demo bot) bounded by ``__hot_start``/
+``__hot_end`` (the contract of remap.fold.hotpage, same as csrc/targets/minibot-hotpage.ld):
 
 1. the executed functions, plus the functions their code can call or jump to directly (found
    from relocations: a path the profile did not take -- the bot's exit on EOF -- must not jump
    into an unmapped page after the fold);
 2. the read-only data they touched (profile) or reference (relocations);
 3. ALL writable data of the program (so the fold never has to discard data);
-4. a stack reserve ``[__hot_stack_lo, __hot_stack_hi)``: the rest of the page, at least the
+4. a stack reserve ``[__hot_stack_lo, __hot_stack_hi)``: the rest of the block, at least the
    measured peak depth plus a margin (ASSERTed at link time).
 
 Everything else goes into a cold R-X segment after the block.  The output is deterministic
 (the same profile and inputs give the same bytes), every hot input section has a comment
-saying why it is there, and a block that cannot fit is refused with its byte budget.
+saying why it is there, a comment lists what lands in each page, and a block larger than a
+``max_pages`` limit is refused with its byte budget and the largest items to change.
 
 Example::
 
     >>> prof = Profile.load("bot.profile.json")
     >>> lay = plan_layout(prof, [Path("minibot-auto.o"), musl_libc()])
     >>> lay.budget                # bytes: code, rodata, data, stack (minimum), total
-    {'code': 1262, 'rodata': 196, 'data': 1550, 'stack_min': 1040, 'total': 4048, 'page': 4096}
+    {'code': 1262, 'rodata': 196, 'data': 1550, 'stack_min': 1040, 'total': 4048, 'page': 4096,
+     'pages': 1, 'block': 4096, 'outside': 0}
     >>> Path("bot.ld").write_text(lay.script)
 """
 
@@ -53,6 +55,13 @@ if TYPE_CHECKING:  # only its attributes are read: importing it would load the p
 ARGV_ALLOWANCE = 128  # the fold moves the argv strings into the reserve too
 # + 64: frames keep alignment; K.FOLD_MARGIN: what remap.fold.steps.single_page keeps free
 DEFAULT_MARGIN = K.RED_ZONE + K.FOLD_MARGIN + ARGV_ALLOWANCE + 64
+RELRO = ".data.rel.ro"
+# .data.* but not .data.rel.ro / .data.rel.ro.* (ld matches input sections with fnmatch): the
+# writable data taken whole, while relro goes cold unless the profile touched it
+HOT_DATA = (
+    ".data .data.[!r]* .data.r .data.r[!e]* .data.re .data.re[!l]* .data.rel "
+    ".data.rel[!.]* .data.rel.[!r]* .data.rel.r .data.rel.r[!o]* .data.rel.ro[!.]*"
+)
 COLD_TEXT = ".text.unlikely .text.*_unlikely .text.unlikely.* .text.startup .text.startup.*"
 
 
@@ -189,17 +198,36 @@ class LinkInputs:
                 self.archives += read_archive(str(p))
             else:
                 self.objects.append(ObjectFile(str(p), None, p.read_bytes()))
-        self._global: dict[str, ObjectFile] | None = None
+        self._global: dict[str, list[ObjectFile]] | None = None
 
-    def _globals(self) -> dict[str, ObjectFile]:
-        """Global definitions of archive members, by name (the first member wins, as in ld)."""
+    def _globals(self) -> dict[str, list[ObjectFile]]:
+        """Global and weak definitions of archive members, by name, in archive order."""
         if self._global is None:
             self._global = {}
             for o in self.archives:
                 for sym in o.symbols:
                     if sym.bind != K.STB_LOCAL and sym.in_section:
-                        self._global.setdefault(sym.name, o)
+                        owners = self._global.setdefault(sym.name, [])
+                        if not owners or owners[-1] is not o:
+                            owners.append(o)
         return self._global
+
+    def find_sized(self, name: str, size: int) -> list[tuple[ObjectFile, InputSection]]:
+        """Every definition of NAME whose symbol is SIZE bytes, or [find(NAME)].
+
+        Why: in an archive the first member defining a name is not always the one linked --
+        musl's libc.a defines __libc_malloc_impl weakly in lite_malloc.lo and strongly in
+        malloc.lo, and several members carry their own 3-byte ``dummy`` behind the same weak
+        alias.  The profiled executable says how big the function that ran was: each
+        definition of that size is taken (an unlinked one costs nothing in the block)."""
+        found = []
+        for o in self.objects + self._globals().get(name, []):
+            for sym in o.symbols:
+                if sym.name == name and sym.in_section and sym.type in _DEFINING:
+                    if sym.size == size and (sec := o.sections[sym.shndx]) is not None:
+                        found.append((o, sec))
+                    break
+        return found or [self.find(name)]
 
     def find(self, name: str, near: ObjectFile | None = None) -> tuple[ObjectFile, InputSection]:
         """The object and input section defining symbol NAME (a local in NEAR first)."""
@@ -208,9 +236,9 @@ class LinkInputs:
         for o in self.objects:
             if s := o.defines(name):
                 return o, s
-        o = self._globals().get(name)
-        if o is not None and (s := o.defines(name, local_ok=False)):
-            return o, s
+        for o in self._globals().get(name, [])[:1]:  # the first member wins, as in ld
+            if s := o.defines(name, local_ok=False):
+                return o, s
         for o in self.archives:  # a static function inside some member: rare, slow path
             if s := o.defines(name):
                 return o, s
@@ -236,6 +264,8 @@ class Layout:
     budget: dict[str, int]
     script: str = ""
     notes: list[str] = field(default_factory=list)
+    pages: list[dict] = field(default_factory=list)  # what lands in each page of the block
+    closed: bool = True  # every function hot code can call directly is in the block
 
     def to_json(self) -> dict:
         return {
@@ -250,6 +280,7 @@ class Layout:
             "data_sections": self.data_sections,
             "stack_min": self.stack_min,
             "budget": self.budget,
+            "pages": self.pages,
             "script_sha256": hashlib.sha256(self.script.encode()).hexdigest(),
             "notes": self.notes,
         }
@@ -259,10 +290,17 @@ def _is_code(s: InputSection) -> bool:
     return bool(s.flags & K.SHF_EXECINSTR) and bool(s.flags & K.SHF_ALLOC)
 
 
+def _is_relro(name: str) -> bool:
+    """.data.rel.ro (const data holding addresses): written only by a dynamic loader's
+    relocations, i.e. never in the static, position-dependent link this script makes (musl
+    -static -no-pie): read-only data, taken only where the steady state touches it."""
+    return name == RELRO or name.startswith(RELRO + ".")
+
+
 def _is_rodata(s: InputSection) -> bool:
-    return (
-        bool(s.flags & K.SHF_ALLOC) and not s.flags & (K.SHF_WRITE | K.SHF_EXECINSTR) and s.size > 0
-    )
+    if not s.flags & K.SHF_ALLOC or s.flags & K.SHF_EXECINSTR or not s.size:
+        return False
+    return not s.flags & K.SHF_WRITE or _is_relro(s.name)
 
 
 def _placed(entries: list[Entry], at: int) -> int:
@@ -272,22 +310,34 @@ def _placed(entries: list[Entry], at: int) -> int:
     return at
 
 
+MIN_CONTENT = 4  # bytes an unnamed read must hold to be looked up by content
+MAX_HOT_PAGES = 256  # 1 MiB: beyond that a "hot block" is the whole program
+
+
 def plan_layout(
     prof: Profile,
     inputs: list[Path],
     *,
     margin: int = DEFAULT_MARGIN,
     closure: bool = True,
+    max_pages: int | None = None,
 ) -> Layout:
     """Choose the hot input sections for PROF from INPUTS and write the script (Layout.script).
 
+    The hot block is the fewest whole pages that hold the hot code, its rodata, all writable
+    data and the stack reserve (K = 1 is the single-page case); ``Layout.pages`` (and the
+    script's comments) say what lands in each page.
     margin: bytes of stack reserve beyond the measured peak depth (default: red zone + the
       fold's own margin + room for the argv strings it moves in + alignment).
     closure: also take functions that hot code calls/jumps to directly but the profile never
       saw run (cold-path exits); without it such a path would fault after the fold.
+    max_pages: refuse a block of more pages than this (None: no limit below MAX_HOT_PAGES).
     Raises UsageError when a profiled function is not in INPUTS, UnsafeStep with the byte
-    budget when the block cannot fit in one page.
+    budget and the largest items when the block does not fit in MAX_PAGES pages.
     """
+    limit = MAX_HOT_PAGES if max_pages is None else max_pages
+    if not 1 <= limit <= MAX_HOT_PAGES:
+        raise UsageError(f"max_pages must be 1..{MAX_HOT_PAGES} (got {max_pages})")
     li = LinkInputs(inputs)
     hot = _HotSet()
     _take_executed(hot, prof, li)
@@ -295,23 +345,90 @@ def plan_layout(
     _take_closure(hot, li, closure)
     data_sections = {
         n: (v[1], v[3] if len(v) > 3 else 8)  # (size, alignment)
-        for n, v in sorted(prof.sections.items())
-        if v[2] & K.SHF_WRITE and not n.startswith(".hot.stack")
+        for n, v in sorted(prof.sections.items(), key=lambda kv: (kv[1][0], kv[0]))
+        if v[2] & K.SHF_WRITE and not n.startswith(".hot.stack") and not _is_relro(n)
     }
     data_bytes = sum(v[0] for v in data_sections.values())
-    stack_min = (prof.stack.peak_depth + margin + 15) // 16 * 16
+    stack_min = (_stack_need(prof, closure) + margin + 15) // 16 * 16
     code_l, ro_l = list(hot.code.values()), list(hot.rodata.values())
     budget = _budget(code_l, ro_l, data_sections, stack_min)
-    if budget["total"] > PAGE_SIZE:
-        raise UnsafeStep(
-            f"the hot block does not fit in one page: code {budget['code']} B + rodata "
-            f"{budget['rodata']} B + writable data {budget['data']} B + stack {stack_min} B "
-            f"(peak depth {prof.stack.peak_depth} + margin {margin}) = {budget['total']} B > "
-            f"{PAGE_SIZE} B"
-        )
-    lay = Layout(code_l, ro_l, data_bytes, data_sections, stack_min, budget)
+    budget["outside"] = _outside_bytes(prof)
+    if budget["pages"] > limit:
+        raise UnsafeStep(_refusal(prof, budget, limit, margin, code_l, ro_l, data_sections))
+    lay = Layout(code_l, ro_l, data_bytes, data_sections, stack_min, budget, closed=closure)
+    lay.pages = _page_map(code_l, ro_l, data_sections, budget)
     lay.script = render_script(prof, lay)
     return lay
+
+
+OPEN_TABLES_ALLOWANCE = 2048  # exec's tables and environment, moved with an open block's stack
+
+
+def _stack_need(prof: Profile, closure: bool) -> int:
+    """Stack bytes the reserve must hold.  A closed block keeps the frames below the
+    steady-state root only (it never returns: the rest is dropped).  An open block may return
+    into cold callers (agetty's read returns into get_logname once a name is typed), so the
+    fold moves every live frame, exec's tables and the environment: the depth from
+    start_stack plus OPEN_TABLES_ALLOWANCE."""
+    if closure or not prof.stack.depth_from_start:
+        return prof.stack.peak_depth
+    return max(prof.stack.peak_depth, prof.stack.depth_from_start + OPEN_TABLES_ALLOWANCE)
+
+
+def estimate_budget(prof: Profile, *, margin: int = DEFAULT_MARGIN) -> dict[str, int]:
+    """The hot block's budget from the profile alone, when the program's link inputs are not
+    at hand (a Debian build that keeps no objects): the functions that ran at their sizes in
+    the profiled executable, the read-only objects and unnamed bytes they read, all writable
+    data, the stack reserve -- the executed-only (``closure=False``) block, alignment aside.
+    Same keys as Layout.budget, plus ``estimate`` = 1."""
+    code = sum(f.size for f in prof.functions if not f.name.endswith("@plt"))
+    ro = 0
+    for d in prof.data:
+        flags = prof.sections.get(d.section, [0, 0, K.SHF_WRITE])[2]
+        if flags & K.SHF_WRITE and not _is_relro(d.section):
+            continue
+        ro += sum(n for _a, n in d.spans) if d.name.endswith(" (unnamed)") else d.size
+    data = sum(
+        v[1]
+        for n, v in prof.sections.items()
+        if v[2] & K.SHF_WRITE and not n.startswith(".hot.stack") and not _is_relro(n)
+    )
+    stack_min = (_stack_need(prof, False) + margin + 15) // 16 * 16
+    total = (code + ro + data + 15) // 16 * 16 + stack_min
+    pages = max(1, -(-total // PAGE_SIZE))
+    return {"code": code, "rodata": ro, "data": data, "stack_min": stack_min, "total": total,
+            "page": PAGE_SIZE, "pages": pages, "block": pages * PAGE_SIZE,
+            "outside": _outside_bytes(prof), "estimate": 1}  # fmt: skip
+
+
+def _outside_bytes(prof: Profile) -> int:
+    """Bytes of the pages the steady state touched outside the executable and its stack (heap,
+    anonymous mappings; reported by page by remap.profile): data no linker script can move
+    into the block, which stays resident beside it.  vvar is not counted (never in RSS)."""
+    return sum(
+        d.size for d in prof.data if d.section not in prof.sections and d.section != "[vvar]"
+    )
+
+
+def _refusal(
+    prof: Profile, b: dict[str, int], limit: int, margin: int, code: list[Entry],
+    rodata: list[Entry], data_sections: dict[str, tuple[int, int]],
+) -> str:  # fmt: skip
+    """The one-line refusal: the budget by class, how many bytes are over, and the largest
+    items to change (a function to make smaller or colder, a buffer to shrink)."""
+    cap = limit * PAGE_SIZE
+    where = "one page" if limit == 1 else f"{limit} pages ({cap} B)"
+    items = [(e.section.size, f"code {_label(e)} {e.section.size} B") for e in code]
+    items += [(e.section.size, f"rodata {_label(e)} {e.section.size} B") for e in rodata]
+    items += [(n, f"writable {name} {n} B") for name, (n, _a) in data_sections.items()]
+    items.append((b["stack_min"], f"stack reserve {b['stack_min']} B"))
+    largest = ", ".join(t for _n, t in sorted(items, key=lambda x: (-x[0], x[1]))[:5])
+    return (
+        f"the hot block does not fit in {where}: code {b['code']} B + rodata {b['rodata']} B "
+        f"+ writable data {b['data']} B + stack {b['stack_min']} B (peak depth "
+        f"{prof.stack.peak_depth} + margin {margin}) = {b['total']} B > {cap} B "
+        f"({b['total'] - cap} B over, {b['pages']} pages needed); largest: {largest}"
+    )
 
 
 @dataclass
@@ -331,14 +448,17 @@ def _take_executed(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
     """Every function the profile saw run, in the order it first ran (UsageError naming those
     the link inputs do not define)."""
     missing = []
+    _refuse_dynamic(prof)
     for f in sorted(prof.functions, key=lambda f: (f.first, f.name)):
         try:
-            o, s = li.find(f.name)
+            defs = li.find_sized(f.name, f.size)
         except KeyError:
             missing.append(f.name)
             continue
-        if s.key not in hot.code:
-            hot.add(hot.code, o, s, f"{f.name}: executed {f.steps} instructions while profiled")
+        for o, s in defs:
+            if s.key not in hot.code:
+                why = f"{f.name}: executed {f.steps} instructions while profiled"
+                hot.add(hot.code, o, s, why)
     if missing:
         raise UsageError(
             f"profiled functions not defined in the link inputs: {', '.join(sorted(missing))} "
@@ -346,13 +466,33 @@ def _take_executed(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
         )
 
 
+def _refuse_dynamic(prof: Profile) -> None:
+    """A dynamically linked program runs its libc in a shared library no script of its own
+    link can pack: refused with what it called there (its PLT stubs, named for their
+    targets by remap.profile) and the way out (link it statically, musl's libc.a as input)."""
+    plt = sorted({f.name for f in prof.functions if f.name.endswith("@plt")})
+    libs = {k: v for k, v in prof.outside.items() if k.startswith("/")}
+    if plt or libs:
+        steps = ", ".join(f"{os.path.basename(k)} {v} steps" for k, v in sorted(libs.items()))
+        more = f" (+{len(plt) - 12} more)" if len(plt) > 12 else ""
+        raise UsageError(
+            f"{os.path.basename(prof.exe)} is dynamically linked: its steady state ran "
+            f"{steps or 'code outside the executable'} through {len(plt)} PLT entries "
+            f"({', '.join(plt[:12])}{more}); a linker script cannot pack a shared library's "
+            "code: profile a static build (musl's libc.a among --inputs) instead"
+        )
+
+
 def _take_touched_rodata(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
     """The named read-only objects the profile saw read (writable data is taken whole)."""
     for d in prof.data:
-        if d.section not in prof.sections or prof.sections[d.section][2] & K.SHF_WRITE:
-            continue  # writable data is taken whole; the stack is not data
+        if d.section not in prof.sections:
+            continue  # the stack, the heap: not in the link
+        if prof.sections[d.section][2] & K.SHF_WRITE and not _is_relro(d.section):
+            continue  # writable data is taken whole
         if d.name.endswith(" (unnamed)"):
-            continue  # unnamed bytes: covered by the relocation closure of the code touching it
+            _take_unnamed(hot, prof, li, d)
+            continue
         try:
             o, s = li.find(d.name, None)
         except KeyError:
@@ -360,6 +500,44 @@ def _take_touched_rodata(hot: _HotSet, prof: Profile, li: LinkInputs) -> None:
         if _is_rodata(s) and s.key not in hot.rodata:
             by = ", ".join(d.by) or "?"
             hot.add(hot.rodata, o, s, f"{d.name}: read {d.reads} times by {by}")
+
+
+def _take_unnamed(hot: _HotSet, prof: Profile, li: LinkInputs, d) -> None:
+    """Unnamed read-only bytes the profile saw read (string literals, jump tables): each is
+    looked up by content, as a NUL-terminated string read from the profiled executable on
+    disk, in the rodata sections of the objects whose code is hot.
+
+    Why by content: ld merges string literals, so the literal ``strncmp`` read may be the
+    copy of an object other than the one whose code references it; and code a profile saw
+    run reaches data through pointers in .data too, which the relocation closure of the hot
+    code does not follow.  A miss costs nothing (the closure may have it already); a wrong
+    hit only a few bytes in the block.  Of the sections holding it, the smallest is taken."""
+    try:
+        elf = elfmap.open_elf(prof.exe)
+    except OSError:
+        return  # the profiled executable is gone: the relocation closure is all there is
+    if elf is None or not d.spans:
+        return
+    owners = {id(o): o for o in hot.owner.values()}.values()
+    pool = [(o, sec) for o in owners for sec in o.sections if _is_rodata(sec)]
+    blobs = {}
+    for addr, size in d.spans:
+        raw = elf.bytes_at(addr, 256)
+        end = raw.find(b"\0", size - 1) if size else -1
+        want = raw[: end + 1] if 0 <= end else raw[:size]
+        if len(want.rstrip(b"\0")) < MIN_CONTENT:
+            continue  # "" or one byte: in every string table, proves nothing
+        hits = []
+        for o, sec in pool:
+            if sec.key not in blobs:
+                hdr = o.tables.sections[sec.index] if o.tables else None
+                blobs[sec.key] = o.data[hdr.offset : hdr.offset + hdr.size] if hdr else b""
+            if want in blobs[sec.key]:
+                hits.append((o, sec))
+        if hits and not any(sec.key in hot.rodata for _o, sec in hits):
+            o, sec = min(hits, key=lambda h: (h[1].size, h[1].key))  # the tightest fit
+            by = ", ".join(d.by) or "?"
+            hot.add(hot.rodata, o, sec, f"{want[:24]!r}: read by {by} (found by content)")
 
 
 def _take_closure(hot: _HotSet, li: LinkInputs, closure: bool) -> None:
@@ -389,21 +567,60 @@ def _budget(
     code: list[Entry], rodata: list[Entry], data_sections: dict[str, tuple[int, int]],
     stack_min: int,
 ) -> dict[str, int]:  # fmt: skip
-    """Bytes of each part of the hot block, placed as ld places them (each at its alignment)."""
+    """Bytes of each part of the hot block, placed as ld places them (each at its alignment),
+    and the whole pages they need (``pages``; ``block`` = pages * 4096)."""
     code_end = _placed(code, 0)
     ro_end = _placed(rodata, code_end)
     data_end = ro_end
     for size, align in data_sections.values():  # in address order, each at its alignment
         a = max(align, 8)
         data_end = (data_end + a - 1) // a * a + size
+    total = (data_end + 15) // 16 * 16 + stack_min
+    pages = max(1, -(-total // PAGE_SIZE))
     return {
         "code": code_end,
         "rodata": ro_end - code_end,
         "data": data_end - ro_end,
         "stack_min": stack_min,
-        "total": (data_end + 15) // 16 * 16 + stack_min,
+        "total": total,
         "page": PAGE_SIZE,
+        "pages": pages,
+        "block": pages * PAGE_SIZE,
     }
+
+
+def _page_map(
+    code: list[Entry], rodata: list[Entry], data_sections: dict[str, tuple[int, int]],
+    b: dict[str, int],
+) -> list[dict]:  # fmt: skip
+    """What lands in each page of the block, placed as _budget places it: per page the code,
+    rodata and writable sections that start or run in it, and its bytes of stack reserve."""
+    pages: list[dict] = [
+        {"page": i, "code": [], "rodata": [], "data": [], "stack": 0} for i in range(b["pages"])
+    ]
+
+    def put(kind: str, name: str, at: int, size: int) -> None:
+        for i in range(at // PAGE_SIZE, (at + max(size, 1) - 1) // PAGE_SIZE + 1):
+            if i < len(pages) and name not in pages[i][kind]:
+                pages[i][kind].append(name)
+
+    at = 0
+    for kind, entries in (("code", code), ("rodata", rodata)):
+        for e in entries:
+            a = max(e.section.align, 1)
+            at = (at + a - 1) // a * a
+            put(kind, _label(e), at, e.section.size)
+            at += e.section.size
+    for name, (size, align) in data_sections.items():
+        a = max(align, 8)
+        at = (at + a - 1) // a * a
+        put("data", name, at, size)
+        at += size
+    lo = (at + 15) // 16 * 16
+    for p in pages:
+        p_lo, p_hi = p["page"] * PAGE_SIZE, (p["page"] + 1) * PAGE_SIZE
+        p["stack"] = max(0, p_hi - max(p_lo, lo))
+    return pages
 
 
 def _label(e: Entry) -> str:
@@ -441,6 +658,45 @@ def _entries(entries: list[Entry]) -> str:
     return "\n".join(lines) if lines else "    /* (none) */"
 
 
+def _peak_symbol(prof: Profile, lay: Layout) -> int:
+    """The deepest the steady state goes below the top of what the fold moves: the root's
+    frame (closed block), or start_stack (open block: every live frame moves)."""
+    if lay.closed or not prof.stack.depth_from_start:
+        return prof.stack.peak_depth
+    return prof.stack.depth_from_start
+
+
+def _peak_what(prof: Profile, lay: Layout) -> str:
+    if lay.closed or not prof.stack.depth_from_start:
+        return "the depth below the root's frame"
+    return "the depth below start_stack"
+
+
+def _open_marker(lay: Layout) -> str:
+    """Without the call closure, a path the profile did not see can leave the block: the
+    symbol tells remap.fold to keep the cold code mapped (its pages dropped, faulted back from
+    the file if ever reached) instead of unmapping it."""
+    if lay.closed:
+        return ""
+    return "/* Cold code may be reached (--no-closure): the fold keeps it mapped. */\n" + (
+        "__hot_cold_reachable = 1;\n"
+    )
+
+
+def _page_comment(pages: list[dict]) -> str:
+    """Comment lines: what lands in each page of the block (names cut at ~90 columns)."""
+    lines = [" * What lands in each page (as placed by the budget; ld may shift a few bytes):"]
+    for p in pages:
+        parts = [f"{k} {', '.join(p[k])}" for k in ("code", "rodata", "data") if p[k]]
+        if p["stack"]:
+            parts.append(f"stack {p['stack']} B")
+        text = "; ".join(parts) or "(empty)"
+        if len(text) > 80:
+            text = text[:77] + "..."
+        lines.append(f" *   page {p['page']}: {text.replace('*/', '* /')}")
+    return "\n".join(lines)
+
+
 def render_script(prof: Profile, lay: Layout) -> str:
     """The linker script text.  Hot sections are named BEFORE the cold wildcards: ld gives an
     input section to the first statement that matches it, so the hot block is written first
@@ -452,24 +708,27 @@ def render_script(prof: Profile, lay: Layout) -> str:
  * Steady state: {prof.overhead.steps} instructions single-stepped, root {prof.stack.root}, peak
  * stack depth {prof.stack.peak_depth} B below its frame.
  *
- * One page-aligned RWX block of 4096 bytes [__hot_start, __hot_end) holds the hot code, the
- * rodata it touches or references, ALL writable data and a stack reserve
- * [__hot_stack_lo, __hot_stack_hi) -- the contract of remap.fold (see minibot-hotpage.ld).
+ * One page-aligned RWX block of {b["pages"]} page(s), {b["block"]} bytes [__hot_start, __hot_end),
+ * holds the hot code, the rodata it touches or references, ALL writable data and a stack
+ * reserve [__hot_stack_lo, __hot_stack_hi) -- the contract of remap.fold (minibot-hotpage.ld).
  * Byte budget: code {b["code"]} + rodata {b["rodata"]} + data {b["data"]}
- * + stack >= {b["stack_min"]} = {b["total"]} of {b["page"]}.
+ * + stack >= {b["stack_min"]} = {b["total"]} of {b["block"]}.
+ * Outside the block (heap, anonymous mappings, by page): {b.get("outside", 0)} B.
+{_page_comment(lay.pages)}
  * Cold code and rodata live in a separate R-X segment.
  */
 OUTPUT_FORMAT("elf64-x86-64")
 OUTPUT_ARCH(i386:x86-64)
 ENTRY(_start)
 
-HOT_SIZE = 0x1000;
+HOT_SIZE = {b["block"]:#x};
 HOT_STACK_MIN = {lay.stack_min};
-
+__hot_stack_peak = {_peak_symbol(prof, lay)};  /* profiled: {_peak_what(prof, lay)} */
+{_open_marker(lay)}
 PHDRS
 {{
   head PT_LOAD FILEHDR PHDRS FLAGS(5);   /* R-X: ELF headers, .init/.fini */
-  hot PT_LOAD FLAGS(7);                  /* RWX: the one hot page */
+  hot PT_LOAD FLAGS(7);                  /* RWX: the hot block */
   cold PT_LOAD FLAGS(5);                 /* R-X: everything the steady state does not use */
   tls PT_TLS;
   stack PT_GNU_STACK FLAGS(6);
@@ -491,7 +750,7 @@ SECTIONS
   .hot.rodata : {{
 {_entries(lay.rodata)}
   }}
-  /* ALL writable data of the program: the single-page fold unmaps everything else. */
+  /* ALL writable data of the program: the fold unmaps everything else. */
   .tdata : ALIGN(8) {{ *(.tdata .tdata.*) }} :hot :tls
   .tbss : {{ *(.tbss .tbss.*) *(.tcommon) }} :hot :tls
   .init_array : ALIGN(8) {{
@@ -508,22 +767,23 @@ SECTIONS
   }}
   .got : {{ *(.got) *(.igot) }}
   .got.plt : {{ *(.got.plt) *(.igot.plt) }}
-  .data : ALIGN(8) {{ *(.data .data.*) *(.tm_clone_table) }}
+  .data : ALIGN(8) {{ *({HOT_DATA}) *(.tm_clone_table) }}
   .bss (NOLOAD) : ALIGN(16) {{ *(.dynbss) *(.bss .bss.*) *(COMMON) }}
-  /* The stack reserve: the rest of the page, at least the measured depth + margin. */
+  /* The stack reserve: the rest of the block, at least the measured depth + margin. */
   . = ALIGN(16);
   __hot_stack_lo = .;
   __hot_stack_size = MAX(__hot_start + HOT_SIZE - __hot_stack_lo, HOT_STACK_MIN);
   .hot.stack (NOLOAD) : {{ . += __hot_stack_size; }} :hot
   __hot_stack_hi = .;
   __hot_end = .;
-  ASSERT(__hot_end - __hot_start <= HOT_SIZE, "hot block larger than one page")
+  ASSERT(__hot_end - __hot_start <= HOT_SIZE, "hot block larger than its pages")
   ASSERT(__hot_stack_hi - __hot_stack_lo >= HOT_STACK_MIN, "hot stack reserve too small")
 
   /* Cold: startup, registration, error paths, the rest of libc. */
   .text : {{ *({COLD_TEXT}) *(.text .text.*) }} :cold
   .iplt : {{ *(.iplt) }}
   .rodata : {{ *(.rodata .rodata.*) }}
+  .data.rel.ro : {{ *(.data.rel.ro .data.rel.ro.*) }}  /* read-only here: a static link */
   .eh_frame : {{ KEEP (*(.eh_frame)) *(.eh_frame.*) }}
   .note : {{ *(.note .note.*) }}
   _end = .; end = .;

@@ -58,6 +58,7 @@ from .inject.abi import interrupted
 from .inject.preflight import preflight
 from .inject.ptrace import Ptrace
 
+MAX_SPANS = 4096  # distinct unnamed accesses kept per section
 MAX_STEPS = 50_000_000  # a bound on every profile: ~10 min of stepping at ~10 us a step
 SYSCALL_POLL_S = 0.0002  # how often a step over a blocking syscall is polled for completion
 
@@ -93,6 +94,9 @@ class DataHit:
     reads: int
     writes: int
     by: list[str]  # functions whose instructions touched it (sorted)
+    spans: list[list[int]] = field(default_factory=list)
+    # unnamed bytes only: each distinct [address, size] accessed (sorted, at most MAX_SPANS),
+    # so that remap.layout can find the very string literal in the link inputs
 
 
 @dataclass
@@ -105,6 +109,8 @@ class StackUse:
     min_touched: int  # lowest stack address any instruction accessed (red zone included)
     peak_depth: int  # root_cfa - min(min_rsp, min_touched)
     deepest: str = ""  # function running at min_rsp (the deepest frame seen)
+    start_stack: int = 0  # where exec left the first frame (/proc/PID/stat): 0 when unknown
+    depth_from_start: int = 0  # start_stack - min(min_rsp, min_touched): every live frame
 
 
 @dataclass
@@ -259,7 +265,18 @@ def _symbols(
         s = _Sym(sym.value, sym.size, sym.name, kind, sec)
         (funcs if kind == "func" else objs).append(s)
     funcs += _sized_labels(labels, funcs, sections)
+    funcs += _plt_stubs(elf, sections)
     return _dedup(funcs), _dedup(objs)
+
+
+def _plt_stubs(elf: elfmap.ElfTables, sections: dict[str, list[int]]) -> list[_Sym]:
+    """A dynamic executable's PLT stubs as functions named for their target ("printf@plt"):
+    a profile then says what the program called in its libraries, not ".plt+0x405040"."""
+    out = []
+    for addr, size, name in elf.plt_entries():
+        sec = next((n for n, v in sections.items() if v[0] <= addr < v[0] + v[1]), ".plt")
+        out.append(_Sym(addr, size, name, "func", sec))
+    return out
 
 
 def _sized_labels(
@@ -481,6 +498,7 @@ def profile(
     workload: Callable[[], Any] | None = None,
     *,
     baseline: Callable[[], Any] | None = None,
+    idle: float | None = None,
     max_steps: int = MAX_STEPS,
     trace_every: int = 8,
 ) -> Profile:
@@ -491,17 +509,22 @@ def profile(
       in a syscall again (or at ``seconds``, when given, as a deadline).
     baseline: the same workload, run once *unprofiled* first: its time gives the overhead and
       its return value must equal the profiled one (else UnsafeStep: profiling changed results).
+    idle: keep stepping this many seconds after the workload has returned, so that what the
+      program does on its own while idle (EnergyMech's 5 s timer, init's respawn) is in the
+      profile too; the profile then ends at the next blocking wait.
     Raises UsageError, the preflight's refusals, NoSuchProcess/AccessDenied (ptrace), UnsafeStep.
     """
     if workload is None and seconds is None:
         raise UsageError("profile needs a workload or a duration (--for SECONDS)")
     if seconds is not None and not 0 < seconds <= 600:
         raise UsageError(f"profile duration must be 0..600 s (got {seconds})")
+    if idle is not None and (workload is None or not 0 <= idle <= 600):
+        raise UsageError(f"an idle window (0..600 s, got {idle}) follows a workload")
     sigs = _check_target(pid)
     target = _Target.read(pid)
     results: dict[str, Any] = {}
     base_s = _run_baseline(baseline, results)
-    run = _stepped_run(pid, target, workload, seconds, results, max_steps, trace_every)
+    run = _stepped_run(pid, target, workload, seconds, results, max_steps, trace_every, idle)
     if baseline is not None:
         if results.get("unprofiled") != results.get("profiled"):
             raise UnsafeStep(
@@ -519,7 +542,7 @@ class _Target:
     exe_path: str
     exe: _Exe
     maps: list[tuple[int, int, int, str]]
-    stack: tuple[int, int]
+    stack: tuple[int, int, int]  # [stack] VMA bounds, start_stack
 
     @classmethod
     def read(cls, pid: int) -> _Target:
@@ -531,7 +554,8 @@ class _Target:
         maps = _maps(pid)
         if exe.pie:
             exe.base = min(lo - off for lo, _hi, off, path in maps if path == exe_path)
-        stack = next(((lo, hi) for lo, hi, _o, p in maps if p == "[stack]"), (0, 0))
+        lo, hi = next(((lo, hi) for lo, hi, _o, p in maps if p == "[stack]"), (0, 0))
+        stack = (lo, hi, procfs.read_stat(pid).start_stack)
         return cls(exe_path, exe, maps, stack)
 
 
@@ -542,6 +566,7 @@ class _Run:
     seen: _Seen
     wall: float
     cpu: float
+    maps: list[tuple[int, int, int, str]]  # read after the run: mappings it created count too
 
 
 def _run_baseline(baseline: Callable[[], Any] | None, results: dict[str, Any]) -> float | None:
@@ -561,16 +586,21 @@ def _stepped_run(
     results: dict[str, Any],
     max_steps: int,
     trace_every: int,
+    idle: float | None = None,
 ) -> _Run:
-    """Seize PID and single-step it -- while WORKLOAD runs in a helper thread (workload mode)
-    or until SECONDS pass (duration mode) -- then leave it running as before.  The workload's
-    result goes to results["profiled"]; its exception is raised once the target is released."""
+    """Seize PID and single-step it -- while WORKLOAD runs in a helper thread (workload mode),
+    and IDLE seconds more when given, or until SECONDS pass (duration mode) -- then leave it
+    running as before.  The workload's result goes to results["profiled"]; its exception is
+    raised once the target is released."""
     done = threading.Event()
+    stopped = threading.Event()  # the step loop has ended: no idle window to wait out
     err: list[BaseException] = []
 
     def run_workload() -> None:
         try:
             results["profiled"] = workload() if workload else None
+            if idle:
+                stopped.wait(idle)
         except BaseException as e:  # reported after the target is released
             err.append(e)
         finally:
@@ -595,6 +625,7 @@ def _stepped_run(
         _step_loop(st, target.exe, dec, seen, target.stack, done if worker else None,
                    deadline, max_steps, trace_every)  # fmt: skip
     finally:
+        stopped.set()
         wall = time.monotonic() - t0
         cpu = time.thread_time() - cpu0
         seen.sizes = {rip: ins.size for rip, ins in dec.cache.items()}
@@ -605,7 +636,11 @@ def _stepped_run(
     if err:
         e = err[0]
         raise e if isinstance(e, RemapError) else UnsafeStep(f"workload failed: {e}")
-    return _Run(seen, wall, cpu)
+    try:
+        maps = _maps(pid)
+    except RemapError:  # gone since: what was mapped before the run is all there is to know
+        maps = target.maps
+    return _Run(seen, wall, cpu, maps)
 
 
 def _assemble(
@@ -619,7 +654,7 @@ def _assemble(
     """The Profile of a run: what it saw attributed to the executable's functions and data."""
     seen, exe, wall = run.seen, target.exe, run.wall
     n = seen.steps
-    functions, pages, outside = _functions(seen, exe, target.maps)
+    functions, pages, outside = _functions(seen, exe, run.maps)
     overhead = Overhead(
         n,
         round(wall, 4),
@@ -634,7 +669,7 @@ def _assemble(
         exe_sha256=exe.sha256,
         reason_stopped=seen.reason,
         functions=functions,
-        data=_data(seen, exe, target.maps),
+        data=_data(seen, exe, run.maps),
         stack=_stack_use(seen, exe, target.stack, target.maps),
         signals=sigs,
         overhead=overhead,
@@ -678,9 +713,13 @@ def _check_target(pid: int) -> Signals:
             "programs only (the others would run unobserved)"
         )
     sigs = _signals(pid)
-    if K.SIGTRAP in sigs.blocked or K.SIGTRAP in sigs.ignored:
+    how = [w for w, xs in (("blocks", sigs.blocked), ("ignores", sigs.ignored)) if K.SIGTRAP in xs]
+    if how:
         raise UnsupportedTarget(
-            f"process {pid} blocks or ignores SIGTRAP: single-stepping would reset its handler"
+            f"process {pid} {' and '.join(how)} SIGTRAP: a single-step trap would reset its "
+            "SIGTRAP disposition to the default (kill), so it cannot be single-stepped; instead "
+            f"watch which pages it touches with `remap watch {pid}` (no stepping), or profile "
+            "a copy started with SIGTRAP at its default disposition"
         )
     return sigs
 
@@ -690,7 +729,7 @@ def _step_loop(
     exe: _Exe,
     dec: _Decoder,
     seen: _Seen,
-    stack: tuple[int, int],
+    stack: tuple[int, ...],
     done: threading.Event | None,
     deadline: float | None,
     max_steps: int,
@@ -799,26 +838,32 @@ def _functions(
 
 def _data(seen: _Seen, exe: _Exe, maps: list[tuple[int, int, int, str]]) -> list[DataHit]:
     """Accessed (address, size) pairs -> data symbols, or one 'SECTION (unnamed)' entry per
-    section for bytes no symbol covers (string literals), or the mapping's name."""
+    section for bytes no symbol covers (string literals), or -- outside the executable (heap,
+    anonymous mappings, libraries) -- one entry per page of the mapping holding the address.
+
+    Why per page and per mapping: the kernel keeps memory outside the ELF resident by page, and
+    two anonymous mappings share the name ``[anon]``: widened together they once made one
+    "object" 140 TB long.  An entry is sized by its symbol, its section, or its own page of its
+    own mapping, never across a mapping's edge."""
     data: dict[str, DataHit] = {}
+    spans = sorted(maps)
+    starts = [m[0] for m in spans]
     for (ea, size), (r, w, rip) in seen.touched.items():
         v = ea - exe.base
         by = exe.func_at(rip - exe.base)
         sym = exe.obj_at(v)
+        widen = False
         if sym is not None:
             key, addr, sz, sec = sym.name, sym.addr, sym.size, sym.section
+        elif (where := exe.section_at(v)) is not None:
+            sec = where[0]
+            key, addr, sz, widen = f"{sec} (unnamed)", v, size, True
         else:
-            where = exe.section_at(v)
-            if where is None:
-                key = _mapping_name(maps, ea)
-                addr, sz, sec = ea, size, key
-            else:
-                sec = where[0]
-                key, addr, sz = f"{sec} (unnamed)", v, size
+            key, addr, sz, sec = _page_of(spans, starts, ea, size)
         d = data.get(key)
         if d is None:
             d = data[key] = DataHit(key, addr, sz, sec, 0, 0, [])
-        elif sym is None:  # unnamed bytes: widen to cover every access
+        elif widen:  # unnamed bytes of one section: widen to cover every access
             hi = max(d.addr + d.size, addr + sz)
             d.addr = min(d.addr, addr)
             d.size = hi - d.addr
@@ -826,13 +871,32 @@ def _data(seen: _Seen, exe: _Exe, maps: list[tuple[int, int, int, str]]) -> list
         d.writes += w
         if by and by.name not in d.by:
             d.by.append(by.name)
+        if widen and len(d.spans) < MAX_SPANS:
+            d.spans.append([addr, sz])
     for d in data.values():
         d.by.sort()
+        d.spans = sorted(map(list, {tuple(x) for x in d.spans}))
     return sorted(data.values(), key=lambda d: (d.addr, d.name))
 
 
+def _page_of(
+    spans: list[tuple[int, int, int, str]], starts: list[int], ea: int, size: int
+) -> tuple[str, int, int, str]:
+    """(key, page address, bytes, mapping name) of an access outside the executable: the page
+    of its own mapping that holds EA (clipped to the mapping), named by the mapping and the
+    page's offset in it ("[heap]+0x1000"), so that the name does not change with ASLR."""
+    i = bisect.bisect_right(starts, ea) - 1
+    if i < 0 or not spans[i][0] <= ea < spans[i][1]:
+        return f"[unmapped]@{ea:#x}", ea, size, "[unmapped]"
+    lo, hi, _off, path = spans[i]
+    name = path or "[anon]"
+    page = ea & ~(K.PAGE_SIZE - 1)
+    key = f"{name}+{page - lo:#x}" if name != "[anon]" else f"[anon]@{lo:#x}+{page - lo:#x}"
+    return key, page, min(page + K.PAGE_SIZE, hi) - page, name
+
+
 def _stack_use(
-    seen: _Seen, exe: _Exe, stack: tuple[int, int], maps: list[tuple[int, int, int, str]]
+    seen: _Seen, exe: _Exe, stack: tuple[int, ...], maps: list[tuple[int, int, int, str]]
 ) -> StackUse:
     """The root is the function running at the highest rsp; its CFA comes from its unwind rule
     at that pc (remap.unwind: .eh_frame, or derived from its code; exact with or without frame
@@ -853,7 +917,10 @@ def _stack_use(
     root = root_fn.name if root_fn else f"{seen.max_rsp_rip:#x}"
     deep = exe.func_at(seen.min_rsp_rip - exe.base)
     deepest = deep.name if deep else (f"{seen.min_rsp_rip:#x}" if seen.min_rsp_rip else "")
-    return StackUse(root, cfa, seen.min_rsp, touched, cfa - low, deepest)
+    start = stack[2] if len(stack) > 2 else 0
+    return StackUse(
+        root, cfa, seen.min_rsp, touched, cfa - low, deepest, start, max(0, start - low)
+    )
 
 
 def _restarts(regs: Any) -> bool:

@@ -17,6 +17,8 @@ TOML table, either a file ``csrc/recipes/NAME.toml`` or inline in an experiment
     debian = "util-linux"                  # instead of source: Debian's source package (debsrc)
     prepare = [["musl-kernel-headers.sh"]] # csrc/recipes/SCRIPT ARGS, run with sh in the tree
                                            # before configure (their bytes are in the hash)
+    keep = ["src/*.o"]                     # (variant) also keep these built files, as
+                                           # link inputs (remap.layout): kept_files(binary)
     [variants.static]
     linkage = "static"                     # checked on the result (PT_INTERP absent)
     append = { "src/Makefile" = { LDSCRIPT = "-static" } }  # VAR = ... gets " -static"
@@ -57,7 +59,7 @@ _RECIPE_KEYS = {
     "description", "source", "sha256", "binary", "libc", "configure", "make", "env",
     "default", "variants", "linkage", "append", "debian", "prepare",
 }  # fmt: skip
-_VARIANT_KEYS = {"linkage", "append", "configure", "make", "env"}
+_VARIANT_KEYS = {"linkage", "append", "configure", "make", "env", "keep"}
 _SKIP_DIRS = {".git", ".hg", ".svn"}
 
 
@@ -87,12 +89,13 @@ class Recipe:
     sha256: str | None = None
     debian: str | None = None  # Debian's source package instead of ``source`` (remap.debsrc)
     prepare: tuple[tuple[str, ...], ...] = ()  # csrc/recipes scripts run before configure
+    keep: tuple[str, ...] = ()  # globs in the tree: built files kept beside the binary
 
     def to_json(self) -> dict[str, Any]:
         """Every field (records and the cache key hash it: json.dumps sorts the keys); the
-        debian/prepare fields only when set, so older recipes keep their cache keys."""
+        debian/prepare/keep fields only when set, so older recipes keep their cache keys."""
         d = dataclasses.asdict(self)
-        for key in ("debian", "prepare"):
+        for key in ("debian", "prepare", "keep"):
             if not d[key]:
                 del d[key]
         return d
@@ -184,9 +187,10 @@ def _parse(name: str, variant: str, t: dict, where: str) -> Recipe:
     if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
         raise bad("sha256 must be 64 lowercase hex digits")
     source = f"debian:{debian}" if debian else t["source"]
+    keep = _strings(over.get("keep"), f"variants.{chosen}.keep", bad) or ()
     return Recipe(
         name, chosen, source, t["binary"], conf, make, env, append, linkage, libc, digest,
-        debian, tuple(tuple(c) for c in prepare),
+        debian, tuple(tuple(c) for c in prepare), keep,
     )  # fmt: skip
 
 
@@ -282,12 +286,37 @@ def build(r: Recipe) -> Path:
         shutil.copy2(built, staged)
         os.chmod(staged, 0o755)  # an unprivileged user runs it (remap.launch user=...)
         out_dir.mkdir(mode=0o755, exist_ok=True)
-        os.replace(staged, out)
+        _keep_files(r, tree, out_dir / KEPT_DIR)
+        os.replace(staged, out)  # last: the binary's presence says the build is complete
         (out_dir / "build.json").write_text(
             json.dumps({"recipe": r.to_json(), "source": str(src), "source_sha256": digest},
                        indent=1, sort_keys=True) + "\n"
         )  # fmt: skip
     return out
+
+
+KEPT_DIR = "kept"  # beside the binary: the files a recipe's ``keep`` globs matched
+
+
+def kept_files(binary: Path) -> list[Path]:
+    """The built files kept beside BINARY (a recipe's ``keep``), sorted by their path in the
+    tree (the link order of objects is then the same on every machine)."""
+    d = binary.parent / KEPT_DIR
+    return sorted(p for p in d.rglob("*") if p.is_file()) if d.is_dir() else []
+
+
+def _keep_files(r: Recipe, tree: Path, dest: Path) -> None:
+    """Copy what R's keep globs match in TREE to DEST, under their paths in the tree;
+    ExperimentError when a glob matches nothing (the recipe would promise what is not there)."""
+    for pattern in r.keep:
+        found = sorted(p for p in tree.glob(pattern) if p.is_file())
+        if not found:
+            raise ExperimentError(f"building {r.name!r} ({r.variant}): keep {pattern!r} matched "
+                                  "no file")  # fmt: skip
+        for p in found:
+            to = dest / p.relative_to(tree)
+            to.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, to)
 
 
 def describe(r: Recipe) -> dict[str, Any]:

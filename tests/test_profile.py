@@ -1,4 +1,5 @@
-"""remap.profile on real processes: the demo bot single-stepped over a real IRC workload."""
+"""remap.profile on real processes: the demo bot and EnergyMech single-stepped over real IRC
+workloads."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import time
 import pytest
 from helpers import assert_one_line_error, remap_cli, status
 
-from remap.errors import NoSuchProcess, UnsupportedTarget
+from remap import energymech, procfs, sources
+from remap.errors import NoSuchProcess, UnsupportedTarget, UsageError
 from remap.ircd import IrcServer
+from remap.layout import musl_libc, plan_layout
 from remap.profile import Profile, irc_workload, profile, render_png
+from remap.sources import SourceMissing
 
 pytest.importorskip("capstone")
 
@@ -99,6 +103,27 @@ def test_profile_refuses_blocked_sigtrap():
         p.wait(timeout=5)
 
 
+def test_profile_refuses_ignored_sigtrap_with_what_to_do_instead():
+    """An ignored SIGTRAP survives exec (sysvinit's init ignores it too): coreutils' sleep
+    started by a shell that ignores it is refused, in one line saying what to do instead."""
+    p = subprocess.Popen(["sh", "-c", "trap '' TRAP; exec sleep 30"])
+    try:
+        deadline = time.monotonic() + 5
+        while os.readlink(f"/proc/{p.pid}/exe") != "/usr/bin/sleep":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(UnsupportedTarget, match="ignores SIGTRAP") as e:
+            profile(p.pid, seconds=0.1)
+        assert f"remap watch {p.pid}" in str(e.value)
+        res = remap_cli("profile", str(p.pid), "--for", "0.1")
+        assert_one_line_error(res, UnsupportedTarget.exit_code)
+        assert "instead" in res.stderr
+        assert p.poll() is None and _tracer(p.pid) == 0
+    finally:
+        p.kill()
+        p.wait(timeout=5)
+
+
 def test_profile_no_such_process():
     with pytest.raises(NoSuchProcess):
         profile(2**22 - 3, seconds=0.1)
@@ -131,3 +156,83 @@ def test_profile_refuses_threads(spawn):
     with pytest.raises(UnsupportedTarget, match="threads"):
         profile(t.pid, seconds=0.1)
     assert _tracer(t.pid) == 0 and t.proc.poll() is None
+
+
+# ---------------------------------------------------------------------------- a real program
+def _mech(variant: str):
+    try:
+        r = sources.recipe("energymech", variant)
+        sources.source_path(r)
+    except SourceMissing as e:
+        pytest.skip(f"EnergyMech source not found: {e.path}")
+    return sources.build(r)
+
+
+@pytest.fixture(scope="module")
+def mech_static():
+    return _mech("static")
+
+
+def test_profile_energymech_objects_by_mapping_and_its_idle_timer(mech_static):
+    """EnergyMech (static musl): every data object is sized by its symbol, its section or its
+    own page of its own mapping (two anonymous regions once merged into a 140 TB object), the
+    heap is reported by page, and an idle window after the PINGs reaches its timer path
+    (``update``, run once the 5 s select timeout brings a new second)."""
+    run = energymech.start(mech_static)
+    pid = run.launched.pid
+    try:
+        srv = run.server
+        srv.accept_bot()
+        srv.timeout = 60  # replies of a single-stepped bot are slow
+
+        def wl() -> int:
+            srv.ping(10)
+            return srv.pings
+
+        prof = profile(pid, workload=wl, idle=6)
+        maps = [(m.start, m.end) for m in procfs.read_maps(pid)]
+        assert prof.reason_stopped == "idle" and prof.results["profiled"] == 10
+        names = prof.function_names()
+        assert {"doit", "process_server_input", "update"} <= set(names)
+        heap = [d for d in prof.data if d.section == "[heap]"]
+        assert heap and all(d.name.startswith("[heap]+0x") for d in heap)
+        for d in prof.data:
+            if d.section in prof.sections:
+                lo, n = prof.sections[d.section][:2]
+                assert lo <= d.addr and d.addr + d.size <= lo + n, d
+            else:  # one page of one mapping
+                assert d.addr % 4096 == 0 and 0 < d.size <= 4096, d
+                assert any(a <= d.addr and d.addr + d.size <= b for a, b in maps), d
+        assert _tracer(pid) == 0
+        srv.timeout = 5
+        srv.ping(20)
+        assert srv.pings == 30
+    finally:
+        energymech.stop(run)
+
+
+def test_profile_dynamic_energymech_names_plt_targets_and_layout_refuses(tmp_path):
+    """The dynamic build calls libc through its PLT: the profile names each stub for its
+    target (``vsprintf@plt``, not ``.plt+0x405040``), and the layout refuses in one line
+    naming them and the way out (a static build)."""
+    run = energymech.start(_mech("dynamic"))
+    try:
+        srv = run.server
+        srv.accept_bot()
+        srv.timeout = 60
+        prof = profile(run.launched.pid, workload=lambda: srv.ping(5))
+        assert srv.pings == 5
+    finally:
+        energymech.stop(run)
+    names = prof.function_names()
+    plt = [n for n in names if n.endswith("@plt")]
+    assert plt and not [n for n in names if n.startswith(".plt")], names
+    libc = [k for k in prof.outside if "musl" in k or "libc" in k]
+    assert libc and prof.outside[libc[0]] > 0
+    with pytest.raises(UsageError, match=r"dynamically linked: .* PLT entries .*@plt.*static"):
+        plan_layout(prof, [musl_libc()])
+    path = tmp_path / "dyn.json"
+    prof.save(path)
+    res = remap_cli("layout", str(path), "--inputs", str(musl_libc()), "-o", str(tmp_path / "x"))
+    assert_one_line_error(res, UsageError.exit_code)
+    assert "@plt" in res.stderr

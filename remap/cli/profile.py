@@ -2,8 +2,8 @@
 
 ``profile`` single-steps a live process for S seconds (whatever drives it meanwhile is the
 workload) and prints what its steady state executes and touches; ``-o`` saves the profile for
-``layout``, which writes the one-page linker script (see remap.layout) or refuses with the byte
-budget when the hot block cannot fit in 4 kB.
+``layout``, which writes the linker script of the fewest-pages hot block (see remap.layout) or
+refuses with the byte budget when the block needs more than ``--max-pages``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "profiler's own overhead.  It ends early once the target waits in a syscall after S.",
     )
     p.add_argument("pid", type=pid_arg, metavar="PID")
-    p.add_argument("--for", dest="seconds", type=float, required=True, metavar="S",
-                   help="seconds to single-step (0 < S <= 600)")  # fmt: skip
+    p.add_argument(
+        "--for", "--seconds", dest="seconds", type=float, required=True, metavar="S",
+        help="seconds to single-step (0 < S <= 600): longer than the program's idle timers "
+        "(EnergyMech's 5 s) to have them in the profile",
+    )  # fmt: skip
     p.add_argument("-o", "--output", type=path_arg, help="save the profile (JSON) for remap layout")
     p.add_argument("--png", type=path_arg, help="picture of the hot path across pages")
     add_json(p)
@@ -36,21 +39,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "layout",
-        help="write the linker script that packs a profile's hot path into one 4 kB page",
+        help="write the linker script that packs a profile's hot path into the fewest pages",
         description="From a saved profile and the program's link inputs (objects built with "
         "-ffunction-sections -fdata-sections, static archives such as musl's libc.a), write a "
         "deterministic, commented linker script: hot code, the rodata it touches, all writable "
-        "data and a stack reserve in one page-aligned 4 kB block (__hot_start/__hot_end, "
-        "__hot_stack_lo/__hot_stack_hi).  Refuses, with the byte budget, when it cannot fit.",
+        "data and a stack reserve in the fewest page-aligned 4 kB pages (__hot_start/__hot_end, "
+        "__hot_stack_lo/__hot_stack_hi), saying what lands in each page.  Refuses, with the "
+        "byte budget and the largest items, when it needs more than --max-pages.",
     )
     p.add_argument("profile", type=path_arg, metavar="PROFILE.json")
-    p.add_argument("--inputs", nargs="+", type=path_arg, required=True, metavar="FILE",
+    p.add_argument("--inputs", nargs="+", type=path_arg, metavar="FILE",
                    help="objects and archives of the link (add musl's libc.a: --musl)")  # fmt: skip
+    p.add_argument("--estimate", action="store_true",
+                   help="no link inputs at hand: print the executed-only budget from the "
+                   "profile alone (no script is written)")  # fmt: skip
     p.add_argument("--musl", action="store_true", help="append musl's libc.a to the inputs")
-    p.add_argument("-o", "--output", type=path_arg, required=True, metavar="SCRIPT.ld")
+    p.add_argument("-o", "--output", type=path_arg, metavar="SCRIPT.ld")
     p.add_argument("--margin", type=int, default=None,
                    help="stack bytes beyond the measured peak depth (default: red zone + the "
                    "fold's margin + argv + alignment)")  # fmt: skip
+    p.add_argument("--max-pages", type=int, default=None, metavar="K",
+                   help="refuse a hot block of more than K pages (default: no limit)")  # fmt: skip
     p.add_argument(
         "--no-closure",
         action="store_true",
@@ -116,11 +125,17 @@ def cmd_layout(args: argparse.Namespace) -> int:
     from ..profile import Profile
 
     prof = Profile.load(args.profile)
-    inputs = list(args.inputs) + ([musl_libc()] if args.musl else [])
     margin = DEFAULT_MARGIN if args.margin is None else args.margin
-    if not 0 <= margin <= 4096:
-        raise UsageError(f"--margin must be 0..4096 bytes (got {margin})")
-    lay = plan_layout(prof, inputs, margin=margin, closure=not args.no_closure)
+    if not 0 <= margin <= 16384:
+        raise UsageError(f"--margin must be 0..16384 bytes (got {margin})")
+    if args.estimate:
+        return _print_estimate(prof, margin, args.json)
+    if not args.inputs or args.output is None:
+        raise UsageError("layout needs --inputs and -o SCRIPT.ld (or --estimate)")
+    inputs = list(args.inputs) + ([musl_libc()] if args.musl else [])
+    lay = plan_layout(
+        prof, inputs, margin=margin, closure=not args.no_closure, max_pages=args.max_pages
+    )
     args.output.write_text(lay.script)
     if args.json:
         print_json({**lay.to_json(), "script": str(args.output)})
@@ -128,9 +143,32 @@ def cmd_layout(args: argparse.Namespace) -> int:
     import json
 
     b = lay.budget
-    print(f"wrote {args.output}: {len(lay.code)} hot code sections, {len(lay.rodata)} rodata")
     print(
-        "budget: "
-        + json.dumps({k: b[k] for k in ("code", "rodata", "data", "stack_min", "total", "page")})
+        f"wrote {args.output}: {len(lay.code)} hot code sections, {len(lay.rodata)} rodata, "
+        f"{b['pages']} page(s)"
     )
+    keys = ("code", "rodata", "data", "stack_min", "total", "pages", "block", "outside")
+    print("budget: " + json.dumps({k: b[k] for k in keys}))
+    for p in lay.pages:
+        parts = [f"{k} {', '.join(p[k])}" for k in ("code", "rodata", "data") if p[k]]
+        parts += [f"stack {p['stack']} B"] if p["stack"] else []
+        print(f"  page {p['page']}: " + ("; ".join(parts) or "(empty)"))
+    return 0
+
+
+def _print_estimate(prof, margin: int, as_json: bool) -> int:
+    import json
+
+    from ..layout import estimate_budget
+
+    b = estimate_budget(prof, margin=margin)
+    if as_json:
+        print_json({"budget": b})
+        return 0
+    print(
+        f"estimate from the profile alone ({os.path.basename(prof.exe)}): code {b['code']} B + "
+        f"rodata {b['rodata']} B + writable data {b['data']} B + stack {b['stack_min']} B = "
+        f"{b['total']} B: {b['pages']} page(s); outside the block {b['outside']} B"
+    )
+    print("budget: " + json.dumps(b))
     return 0

@@ -51,9 +51,21 @@ def _fold_stack(ctx: RunContext, params: dict) -> StepResult:
 
 @step("fold-single-page")
 def _fold_single(ctx: RunContext, params: dict) -> StepResult:
-    """Fold a hot-page target into its one page (remap fold --single-page)."""
-    ctx.wait_idle()
-    report = fold(ctx.pid, single_page=True)
+    """Fold a hot-page target into its one page (remap fold --single-page).  ``retries``: how
+    many more times to try when the fold refused, changing nothing, because the target was
+    not waiting in its hot code at that instant (a bot whose send queue wakes it every second
+    can be caught between two selects)."""
+    retries = int(params.get("retries", 0))
+    while True:
+        ctx.wait_idle()
+        try:
+            report = fold(ctx.pid, single_page=True)
+            break
+        except UnsafeStep as e:
+            if retries <= 0 or "try again when it is idle" not in str(e):
+                raise
+            retries -= 1
+            ctx.fields.setdefault("fold_retries", []).append(str(e))
     if not report.steps:
         raise UnsafeStep("single-page fold did nothing")
     return _record(ctx, "fold-single-page", report, params)

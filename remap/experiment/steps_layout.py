@@ -1,6 +1,7 @@
 """Experiment steps of the profile -> linker script -> relink round trip (remap.profile,
-remap.layout): ``auto-layout`` (experiments/auto-single-page-minibot.toml) and
-``profile-layout`` (experiments/second-program-sic.toml).
+remap.layout): ``auto-layout`` (experiments/auto-single-page-minibot.toml),
+``profile-layout`` (experiments/second-program-sic.toml) and ``mech-layout``
+(experiments/energymech-layout.toml).
 
 Why here and not in remap.layout: the layout is a library (a profile and link inputs in, a
 script out) that must load without ptrace, IRC or the runner; these steps glue it to a running
@@ -14,7 +15,7 @@ import time
 from itertools import count
 from pathlib import Path
 
-from ..errors import UnsafeStep, UsageError
+from ..errors import ExperimentError, UnsafeStep, UsageError
 from ..kconst import SHF_WRITE
 from ..layout import (
     DEFAULT_MARGIN,
@@ -26,6 +27,7 @@ from ..layout import (
 )
 from ..procfs import read_exe
 from ..profile import irc_workload, profile
+from ..sources import KEPT_DIR, kept_files
 from ..targets import build_dir, sha256_file
 from .steps import RunContext, StepResult, step
 
@@ -121,3 +123,107 @@ def _profile_layout(ctx: RunContext, params: dict) -> StepResult:
         "layout": verdict,
     }
     return ctx.measure("profile-layout")
+
+
+MECH_IDLE_S = 7.0  # after the workload: EnergyMech's 5 s select timeout, and a tick after it
+SIGNAL_ROOM = 4096 + 2048  # reserve for a signal frame (AT_MINSIGSTKSZ) + its handler
+PROFILED_MECH_REPLY_S = 120.0  # a single-stepped EnergyMech answers !meminfo slowly
+
+
+@step("mech-layout")
+def _mech_layout(ctx: RunContext, params: dict) -> StepResult:
+    """Profile the running EnergyMech (its layout build: objects kept) over ``!meminfo``,
+    ``pings`` PINGs and an idle window covering its timers; write the hot block's linker
+    script from its objects + musl's libc.a (``max_pages`` K at most; open: without the call
+    closure, the cold code stays mapped), relink, stop the profiled bot and make the relinked
+    binary the target of the next ``launch`` step.  A block over ``max_pages`` is recorded
+    with its refusal (bytes over, largest items) and the run goes on with the profiled build.
+    """
+    srv = ctx.need_irc("mech-layout")
+    pings = int(params.get("pings", 100))
+    exe = ctx.target_path
+    objs = kept_files(exe)
+    if not objs:
+        raise ExperimentError(f"{exe}: no kept link inputs (its recipe variant needs 'keep')")
+    ctx.wait_idle()
+    was, srv.timeout = srv.timeout, max(srv.timeout, PROFILED_MECH_REPLY_S)
+
+    def wl() -> dict:
+        mem = srv.command("!meminfo")  # first: its send queue delays what follows PONGs
+        return {"pings": srv.ping(pings), "!meminfo": sorted(mem)}
+
+    try:
+        prof = profile(ctx.pid, seconds=PROFILE_CAP_S, workload=wl, idle=MECH_IDLE_S)
+    finally:
+        srv.timeout = was
+    res = ctx.measure("mech-layout")  # the profiled bot, idle again: must still be alive
+    margin = int(params.get("margin", DEFAULT_MARGIN + SIGNAL_ROOM))
+    return _relink_open(ctx, params, res, prof, objs, "mech_layout", margin)
+
+
+@step("idle-layout")
+def _idle_layout(ctx: RunContext, params: dict) -> StepResult:
+    """Profile a program that waits for its input (agetty at its login prompt) for
+    ``seconds``, then write its open hot block from the kept link inputs ``inputs`` (paths
+    under the build's kept/ folder, link order) + musl's libc.a, relink, stop it (its
+    finisher checks it first: agetty accepts a login name) and make the relinked binary the
+    target of the next launch step."""
+    names = params.get("inputs")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ExperimentError("step 'idle-layout': inputs must be a list of kept/ paths")
+    kept = {str(p.relative_to(ctx.target_path.parent / KEPT_DIR)): p
+            for p in kept_files(ctx.target_path)}  # fmt: skip
+    missing = [n for n in names if n not in kept]
+    if missing:
+        raise ExperimentError(f"{ctx.target_path}: kept link inputs missing: {missing}")
+    ctx.wait_idle()
+    prof = profile(ctx.pid, seconds=float(params.get("seconds", 6.0)))
+    res = ctx.measure("idle-layout")
+    margin = int(params.get("margin", DEFAULT_MARGIN + SIGNAL_ROOM))
+    return _relink_open(ctx, params, res, prof, [kept[n] for n in names], "idle_layout", margin)
+
+
+def _relink_open(
+    ctx: RunContext, params: dict, res: StepResult, prof, objs: list[Path], field: str,
+    margin: int,
+) -> StepResult:  # fmt: skip
+    """The open hot block of PROF from OBJS + libc.a (``max_pages`` K at most), relinked
+    beside the build; the profiled target stopped by its finisher (which checks it first);
+    the binary the next launch's target.  The record's FIELD says what was done, or the
+    refusal (bytes over, largest items), in which case the run goes on with the old build."""
+    limit = params.get("max_pages")
+    name = ctx.target_path.name
+    out = build_dir() / field.replace("_", "-")
+    out.mkdir(parents=True, exist_ok=True)
+    info: dict = {
+        "functions": len(prof.functions),
+        "peak_stack_depth": prof.stack.peak_depth,
+        "stack_depth_from_start": prof.stack.depth_from_start,
+        "profile_steps": prof.overhead.steps,
+        "wall_s": prof.overhead.wall_s,
+        "results": prof.results.get("profiled"),
+        "data_outside_exe": [[d.name, d.size] for d in prof.data if d.section not in prof.sections],
+    }
+    ctx.fields[field] = info
+    try:
+        lay = plan_layout(prof, [*objs, musl_libc()], margin=margin, closure=False,
+                          max_pages=None if limit is None else int(limit))  # fmt: skip
+    except UnsafeStep as e:
+        info["refusal"] = str(e)
+        res.extra["refusal"] = str(e)
+        return res
+    digest = hashlib.sha256(lay.script.encode()).hexdigest()
+    script = out / f"{name}-{digest[:12]}.ld"
+    script.write_text(lay.script)
+    binary = link(objs, out / f"{name}-hot-{digest[:12]}", script)
+    binary.chmod(0o755)  # an unprivileged user may run it
+    info.update(budget=lay.budget, pages=lay.pages, script=str(script), script_sha256=digest,
+                binary=str(binary), binary_sha256=sha256_file(binary))  # fmt: skip
+    ok, why = ctx.finisher(ctx) if ctx.finisher else (True, None)  # checked, then stopped
+    if not ok:
+        raise ExperimentError(f"the profiled {name} did not stop cleanly: {why}")
+    info["profiled_stop"] = ctx.fields.pop("stop", None) or ctx.fields.pop("health", None)
+    ctx.irc, ctx.finisher = None, None
+    ctx.target_path = binary
+    res.extra.update({"budget": lay.budget})
+    return res

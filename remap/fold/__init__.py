@@ -90,7 +90,9 @@ def pageout(pid: int, *, dry_run: bool = False) -> FoldReport:
 def fold(pid: int, *, dry_run: bool = False, single_page: bool | None = None) -> FoldReport:
     """Relocate the live stack (and, for a hot-page program, fold it into that one page).
 
-    single_page=None chooses the single-page fold when the executable has a hot page.
+    single_page=None chooses the single-page fold when the executable has a hot page.  An open
+    block (remap.layout without the call closure) is fenced after the fold: its kept cold code
+    split into one-page VMAs, so that a cold path maps back only the pages it touches.
     """
     hot = find_hot_page(pid)  # parsed now, not inside the stop (the step asks again, cached)
     if single_page is None:
@@ -99,6 +101,10 @@ def fold(pid: int, *, dry_run: bool = False, single_page: bool | None = None) ->
         if hot is not None:  # the frame walk's tables, read now too
             unwind.prepare(procfs.read_exe(pid))
         plan = [steps.use_own_syscall, steps.single_page]
+        if hot is not None and hot.cold_reachable:
+            # an open block keeps its cold code mapped: a path no profile saw faults it back,
+            # and without a fence fault-around maps 16 pages for each such fault
+            plan.append(steps.optional(steps.fence_fault_around, "fence-fault-around"))
         return run_plan(pid, "single-page", plan, dry_run=dry_run)
     plan = [
         steps.use_own_syscall,

@@ -1,10 +1,13 @@
-"""Find a target's hot page: the linker-script block holding its steady state in 4 kB.
+"""Find a target's hot page: the linker-script block holding its steady state in K pages.
 
-A hot-page program (see csrc/targets/minibot-hotpage.ld) exports four symbols:
-``__hot_start``/``__hot_end`` bound one page-aligned RWX page holding the steady-state code,
-rodata and *all* writable data; ``__hot_stack_lo``/``__hot_stack_hi`` bound the stack reserve
-inside it.  We read them from the executable *on disk* (through /proc/PID/exe, which stays valid
-even if the path was replaced), never from the target's memory.
+A hot-page program (see csrc/targets/minibot-hotpage.ld, or a script from remap.layout)
+exports four symbols: ``__hot_start``/``__hot_end`` bound one page-aligned RWX block of
+K <= MAX_HOT_PAGES whole pages (K = 1: the hot page) holding the steady-state code, rodata
+and *all* writable data; ``__hot_stack_lo``/``__hot_stack_hi`` bound the stack reserve inside
+it.  A script made without the call closure also defines ``__hot_cold_reachable``: code
+outside the block may still run, so the fold must keep it mapped.  We read them from the
+executable *on disk* (through /proc/PID/exe, which stays valid even if the path was
+replaced), never from the target's memory.
 """
 
 from __future__ import annotations
@@ -16,16 +19,19 @@ from .. import kconst as K
 from ..errors import UnsafeStep
 
 HOT_SYMBOLS = ("__hot_start", "__hot_end", "__hot_stack_lo", "__hot_stack_hi")
+MAX_HOT_PAGES = 256  # the same bound as remap.layout's: 1 MiB
 
 
 @dataclass(frozen=True)
 class HotPage:
     start: int
-    end: int
+    end: int  # page-aligned: start + pages * 4096
     stack_lo: int
     stack_hi: int
     syscall_insns: tuple[int, ...]  # addresses of `syscall` (0f 05) instructions in the page
     writable: tuple[tuple[int, int], ...]  # SHF_WRITE sections below the reserve, 8-aligned
+    cold_reachable: bool = False  # __hot_cold_reachable: keep the cold code mapped (dropped)
+    stack_peak: int = 0  # __hot_stack_peak: the profiled peak depth below the root frame
 
     def contains(self, addr: int) -> bool:
         return self.start <= addr < self.end
@@ -33,6 +39,15 @@ class HotPage:
     @property
     def reserve(self) -> int:
         return self.stack_hi - self.stack_lo
+
+    @property
+    def pages(self) -> int:
+        return (self.end - self.start) // K.PAGE_SIZE
+
+    def holds(self, lo: int, hi: int) -> bool:
+        """Does [LO, HI) lie inside the block (a VMA of the block: the file-backed part, or
+        the anonymous pages of a .bss that spans whole pages)?"""
+        return self.start <= lo and hi <= self.end
 
 
 _cache: dict[tuple[int, int, int], HotPage | None] = {}
@@ -63,11 +78,13 @@ def _parse_hot_page(pid: int) -> HotPage | None:
     if len(found) < len(HOT_SYMBOLS):
         return None
     start, end = found["__hot_start"], found["__hot_end"]
-    if start % K.PAGE_SIZE or end - start > K.PAGE_SIZE or end <= start:
+    if start % K.PAGE_SIZE or end - start > MAX_HOT_PAGES * K.PAGE_SIZE or end <= start:
         raise UnsafeStep(
-            f"hot page symbols of pid {pid} do not bound one aligned page ({start:#x}-{end:#x})"
+            f"hot page symbols of pid {pid} do not bound an aligned block of at most "
+            f"{MAX_HOT_PAGES} pages ({start:#x}-{end:#x})"
         )
-    page = elf.bytes_at(start, K.PAGE_SIZE)
+    top = (end + K.PAGE_SIZE - 1) & ~(K.PAGE_SIZE - 1)
+    page = elf.bytes_at(start, top - start)
     insns = tuple(start + i for i in _find_syscalls(page[: end - start]))
     lo = found["__hot_stack_lo"]
     writable = []
@@ -75,8 +92,9 @@ def _parse_hot_page(pid: int) -> HotPage | None:
         a, n = sec.addr, sec.size
         if sec.flags & K.SHF_WRITE and n and start <= a < lo:  # below the reserve
             writable.append((a & ~7, min((a + n + 7) & ~7, lo)))
-    return HotPage(start, start + K.PAGE_SIZE, lo, found["__hot_stack_hi"], insns,
-                   tuple(sorted(writable)))  # fmt: skip
+    extra = elf.symbol_values(("__hot_cold_reachable", "__hot_stack_peak"))
+    return HotPage(start, top, lo, found["__hot_stack_hi"], insns, tuple(sorted(writable)),
+                   "__hot_cold_reachable" in extra, extra.get("__hot_stack_peak", 0))  # fmt: skip
 
 
 def _find_syscalls(code: bytes) -> list[int]:
