@@ -83,3 +83,24 @@ def test_a_refusal_no_lower_layer_named_exits_4_not_70(is_root):
         assert "permission denied" in r.stderr and "x.jsonl" in r.stderr
     finally:
         shutil.rmtree(d)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("map", "999999999", "--json"),  # no such process
+        ("floor", "1", "--seconds", "0", "--json"),  # a usage error
+        ("fold", "999999999", "--single-page", "--json"),  # issue 18: was an empty stdout
+    ],
+)
+def test_a_refusal_with_json_is_a_json_document(argv):
+    """With --json a refusal is still one line on stderr, and stdout holds one JSON document
+    naming it, so a script reading the JSON never parses an empty stdout."""
+    import json
+
+    r = run_remap(*argv)
+    assert_one_line_error(r)
+    doc = json.loads(r.stdout)
+    err = doc["error"]
+    assert err["exit_code"] == r.returncode and err["kind"].endswith(("Error", "Process"))
+    assert err["message"] and err["message"] in r.stderr

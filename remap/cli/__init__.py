@@ -74,8 +74,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (the console script exits with it)."""
+    words = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in words  # a refusal is then a JSON document on stdout as well
     try:
-        words = sys.argv[1:] if argv is None else argv
         parser = build_parser(words[0] if words else None)
         args = parser.parse_args(words)
         if not getattr(args, "func", None):
@@ -84,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
         return int(rc or 0)
     except RemapError as e:
-        return _refuse(e)
+        return _refuse(e, as_json)
     except OSError as e:  # a refusal no lower layer named (EPERM...): the one errno table
         err = translate(e)
         if not isinstance(err, RemapError):
             return _internal(e)
-        return _refuse(err)
+        return _refuse(err, as_json)
     except KeyboardInterrupt:
         print("remap: interrupted", file=sys.stderr)
         return 130
@@ -99,9 +100,20 @@ def main(argv: list[str] | None = None) -> int:
         return _internal(e)
 
 
-def _refuse(e: RemapError) -> int:
-    """One line on stderr; the exit code of E's class (remap.errors)."""
-    print(f"remap: {_one_line(str(e))}", file=sys.stderr)
+def _refuse(e: RemapError, as_json: bool = False) -> int:
+    """One line on stderr; the exit code of E's class (remap.errors).  With --json, also
+    ``{"error": {"kind", "message", "exit_code"}}`` on stdout: a script reading the command's
+    JSON gets a document either way, not an empty stdout (issue 18: `fold --single-page --json`
+    printed nothing when it refused)."""
+    msg = _one_line(str(e))
+    print(f"remap: {msg}", file=sys.stderr)
+    if as_json:
+        from json.encoder import encode_basestring_ascii as enc
+
+        kind = type(e).__name__
+        sys.stdout.write(
+            f'{{"error":{{"kind":{enc(kind)},"message":{enc(msg)},"exit_code":{e.exit_code}}}}}\n'
+        )
     return e.exit_code
 
 
