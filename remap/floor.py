@@ -320,16 +320,17 @@ def _move(
 ) -> tuple[int, int, str]:
     """(end of exec's tables, the squeeze's stack shift, why) -- the figures of
     remap.fold.steps.close_stack_gap, computed without stopping the target."""
-    from .fold.steps import RESTARTABLE_UNDER_MOVE, _end_of_tables, _syscall_name
+    from .fold.steps import RESTARTABLE_UNDER_MOVE, end_of_tables
+    from .inject import syscall_name
 
     try:
         st = procfs.read_stat(pid)
-        tables = _end_of_tables(pid, st)
+        tables = end_of_tables(pid, st)
     except (OSError, ValueError, IndexError) as e:
         return 0, 0, f"exec's tables not readable ({e}): no move assumed"
     if int(snap.status.get("Threads", 1)) != 1:
         return tables, 0, "several threads: the squeeze does not move the stack"
-    name = _syscall_name(sc.nr) if sc.nr is not None and sc.nr >= 0 else "no syscall"
+    name = syscall_name(sc.nr) if sc.nr is not None and sc.nr >= 0 else "no syscall"
     if name not in RESTARTABLE_UNDER_MOVE:
         return tables, 0, f"blocked in {name}: the squeeze does not move the stack under it"
     lo = idle_lo // ALIGN * ALIGN

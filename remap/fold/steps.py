@@ -360,7 +360,7 @@ def close_stack_gap(ctx: FoldContext, max_scan_pages: int = MOVE_SCAN_MAX_PAGES)
     if stack is None or stack.label != "stack":
         raise UnsafeStep("the main thread's rsp is not in [stack]; not moving it")
     st = procfs.read_stat(ctx.pid)
-    top_of_tables = _end_of_tables(ctx.pid, st)
+    top_of_tables = end_of_tables(ctx.pid, st)
     if not (regs["rsp"] < top_of_tables <= st.arg_start <= stack.end):
         raise UnsafeStep("unexpected initial stack layout (tables above the argument strings)")
     lo = (regs["rsp"] - RED_ZONE) // ALIGN * ALIGN
@@ -461,7 +461,7 @@ def _refuse_kernel_held_pointers(regs: dict[str, int]) -> None:
         raise UnsafeStep(f"blocked in {name}: the kernel may hold a pointer into the stack")
 
 
-def _end_of_tables(pid: int, st: procfs.Stat) -> int:
+def end_of_tables(pid: int, st: procfs.Stat) -> int:
     """End of what exec wrote below the gap: the tables, AT_RANDOM's 16 bytes, the platform
     string (fs/binfmt_elf.c create_elf_tables copies them just below the aligned strings)."""
     auxv = dict(procfs.read_auxv(pid))
@@ -742,7 +742,7 @@ def _with_environment(
     ``environ`` and the auxv libc saved stay valid (EnergyMech's time zone code calls getenv
     on every tick).  (strings, where, frames' delta, moves, [(addr, tables)], mm fields) or
     None when it does not fit."""
-    tab_end = _end_of_tables(pid, st)
+    tab_end = end_of_tables(pid, st)
     if not cfa <= st.start_stack < tab_end <= st.arg_start <= st.env_end:
         return None
     strings = s.read(st.arg_start, st.env_end - st.arg_start)
