@@ -14,7 +14,11 @@ present pages must number the floor within ``pages`` (default 1); every page pre
 in the budget, or in the budget and absent, is recorded with its label, section and symbol,
 and each present file page in a mapping wider than one page is flagged as one fault-around
 could have brought (after the squeeze's fence every private file mapping is one page wide).
-Out of tolerance, the run fails with those pages named (its record is kept)::
+Out of tolerance, the run fails with those pages named (its record is kept) -- unless
+``fail = false``: then the check is a measurement only (the program's health is checked by
+its own steps), for programs whose steady state has timing-dependent paths a short profile
+may not see (EnergyMech's send queue: one CI run touched mech_exec's and ioctl's code pages
+the floor's window had not)::
 
     [[steps]] step = "floor"        # before the squeeze
     [[steps]] step = "squeeze"
@@ -100,6 +104,9 @@ def _check_floor(ctx: RunContext, params: dict) -> StepResult:
     if fl is None:
         raise ExperimentError("step 'check-floor' needs a 'floor' step before it")
     tol = int_param(params, "pages", 0, 64, default=1)
+    fail = params.get("fail", True)
+    if not isinstance(fail, bool):
+        raise ExperimentError(f"step 'check-floor': fail must be true or false (got {fail!r})")
     ctx.wait_idle()
     snap = snapshot(ctx.pid)
     present = {p.addr: (v, p) for v in snap.vmas if not v.pfnmap and not v.hugetlb
@@ -132,7 +139,7 @@ def _check_floor(ctx: RunContext, params: dict) -> StepResult:
     }
     ctx.fields["floor_check"] = check
     res = ctx.measure("check-floor", floor_check=check)
-    if not check["ok"]:
+    if not check["ok"] and fail:
         ctx.records.append(res)  # kept in the record: the run fails with the pages named
         what = ", ".join(f"{d['addr']} {d.get('label', d['class'])}" for d in (extra + missing)[:6])
         raise UnsafeStep(
