@@ -38,8 +38,6 @@ from .errors import AccessDenied
 from .procfs import open_proc, translate, write_clear_refs
 
 _CHUNK_PAGES = 1 << 16  # 512 KiB of entries per pread
-# top byte of an entry >= 0x80 <=> bit 63 (present) set
-_TOP_PRESENT = bytes(1 if b & 0x80 else 0 for b in range(256))
 
 
 class Present(namedtuple("Present", "start end file zero huge", defaults=(False, False))):
@@ -80,44 +78,14 @@ def read_entries(fd: int, start: int, end: int) -> array:
     return out
 
 
-def _runs_from_entries(start: int, data: bytes, zero_pfn: int | None) -> list[Present]:
-    """Present runs in one VMA's entries (data = raw bytes), merging equal neighbours."""
-    flags = data[7::8].translate(_TOP_PRESENT)
-    runs: list[Present] = []
-    i = flags.find(1)
-    if i < 0:
-        return runs
-    ent = memoryview(data).cast("Q")
-    cur_s = cur_e = -1
-    cur_key: tuple = ()
-    while i >= 0:
-        e = ent[i]
-        addr = start + (i << K.PAGE_SHIFT)
-        file = bool(e & K.PM_FILE)
-        if zero_pfn is None:
-            zero = None
-        else:
-            zero = (e & K.PM_PFN_MASK) == zero_pfn and not file
-        key = (file, zero)
-        if addr == cur_e and key == cur_key:
-            cur_e = addr + K.PAGE_SIZE
-        else:
-            if cur_s >= 0:
-                runs.append(Present(cur_s, cur_e, *cur_key))
-            cur_s, cur_e, cur_key = addr, addr + K.PAGE_SIZE, key
-        i = flags.find(1, i + 1)
-    runs.append(Present(cur_s, cur_e, *cur_key))
-    return runs
-
-
 # top byte of an entry -> 1 present anonymous, 2 present file (bit 61), 0 not present
 _TOP_KIND = bytes((2 if b & 0x20 else 1) if b & 0x80 else 0 for b in range(256))
 _KIND_RUN = re.compile(rb"\x01+|\x02+|\x03+")
 
 
 def runs_of_entries(start: int, data: bytes, zero_pfn: int | None) -> list[Present]:
-    """Present runs in raw entries DATA of the pages from START, like _runs_from_entries but
-    with no per-page Python work: the top bytes are classified by one translate, mappings of
+    """Present runs in raw entries DATA of the pages from START (equal neighbours merged), with
+    no per-page Python work: the top bytes are classified by one translate, mappings of
     the zero page (ZERO_PFN; None: unknown) found by searching their frame number, and the
     runs cut by a regex over the classes -- a millisecond or two for 1 GB of entries, which
     the fold reads inside a stop anyway (remap.fold.plan.Prior.reuse)."""
@@ -157,7 +125,7 @@ def present_read(pid: int, ranges: Iterable[tuple[int, int]], fd: int | None = N
                 data = read_entries(fd, start, end).tobytes()
             except OSError as e:
                 raise translate(pid, e, "pagemap") from None
-            out.append(_runs_from_entries(start, data, zpfn))
+            out.append(runs_of_entries(start, data, zpfn))
         return out
     finally:
         if own:

@@ -25,6 +25,7 @@ from remap import kconst as K
 from remap import pagemap, procfs, targets
 from remap.errors import UnsafeStep
 from remap.fold.plan import Action, run_plan
+from remap.pagemap import Present
 
 ROOT = Path(__file__).resolve().parents[1]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
@@ -417,10 +418,44 @@ sys.stdin.readline()
 """
 
 
+_TOP_PRESENT = bytes(1 if b & 0x80 else 0 for b in range(256))  # top byte: bit 63 set
+
+
+def _runs_page_by_page(start: int, data: bytes, zero_pfn: int | None) -> list[Present]:
+    """The oracle: present runs in one VMA's entries, read page by page, equal neighbours
+    merged (pagemap's own parser until runs_of_entries replaced it)."""
+    flags = data[7::8].translate(_TOP_PRESENT)
+    runs: list[Present] = []
+    i = flags.find(1)
+    if i < 0:
+        return runs
+    ent = memoryview(data).cast("Q")
+    cur_s = cur_e = -1
+    cur_key: tuple = ()
+    while i >= 0:
+        e = ent[i]
+        addr = start + (i << K.PAGE_SHIFT)
+        file = bool(e & K.PM_FILE)
+        if zero_pfn is None:
+            zero = None
+        else:
+            zero = (e & K.PM_PFN_MASK) == zero_pfn and not file
+        key = (file, zero)
+        if addr == cur_e and key == cur_key:
+            cur_e = addr + K.PAGE_SIZE
+        else:
+            if cur_s >= 0:
+                runs.append(Present(cur_s, cur_e, *cur_key))
+            cur_s, cur_e, cur_key = addr, addr + K.PAGE_SIZE, key
+        i = flags.find(1, i + 1)
+    runs.append(Present(cur_s, cur_e, *cur_key))
+    return runs
+
+
 def test_runs_of_entries_equal_the_page_by_page_reading():
     """pagemap.runs_of_entries (translate + regex) gives the runs the page-by-page parser
     gives, on every VMA of a real process with file, anonymous and zero-page mappings."""
-    from remap.pagemap import _runs_from_entries, read_entries, runs_of_entries
+    from remap.pagemap import read_entries, runs_of_entries
 
     p = _start([sys.executable, "-c", ZEROS])
     try:
@@ -432,7 +467,7 @@ def test_runs_of_entries_equal_the_page_by_page_reading():
                 if m.start >= 1 << 63:
                     continue
                 data = read_entries(fd, m.start, m.end).tobytes()
-                want = _runs_from_entries(m.start, data, zpfn)
+                want = _runs_page_by_page(m.start, data, zpfn)
                 assert runs_of_entries(m.start, data, zpfn) == want, hex(m.start)
                 kinds |= {(r.file, r.zero) for r in want}
         finally:
