@@ -59,3 +59,34 @@ def test_launch_returns_after_the_image_is_complete():
             assert "[vdso]" in paths and exe in paths, paths
         finally:
             lb.stop()
+
+
+def test_no_vdso_combines_with_user_and_netns():
+    """--no-vdso with --user and --netns (EnergyMech's isolation): nsenter is followed through
+    its exec; the program runs unprivileged, in the namespace, with no vdso -- and glibc's
+    `date`, which would call into a vdso it had been told of, still tells the time."""
+    import os
+
+    from remap.netns import NetNamespace
+
+    echo = str(targets.build("echoloop"))
+    with NetNamespace() as ns:
+        lb = launch([echo], vdso=False, user="nobody", netns=ns, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE)  # fmt: skip
+        try:
+            assert procfs.read_exe(lb.pid) == os.path.realpath(echo)
+            assert _specials(lb.pid) == ["[vsyscall]"]
+            assert procfs.read_status(lb.pid)["Uid"].split()[0] == "65534"
+            assert os.readlink(f"/proc/{lb.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+            assert procfs.read_status(lb.pid)["TracerPid"] == 0
+            lb.proc.stdin.write(b"hello\n")
+            lb.proc.stdin.flush()
+            assert lb.proc.stdout.readline() == b"hello\n"
+        finally:
+            lb.stop()
+        lb = launch(["date", "+%s"], vdso=False, user="nobody", netns=ns, stdout=subprocess.PIPE)
+        out, _ = lb.proc.communicate(timeout=10)
+        assert lb.proc.returncode == 0 and int(out) > 1_700_000_000
+    lb = launch(["date", "+%s"], vdso=False, user="nobody", stdout=subprocess.PIPE)
+    out, _ = lb.proc.communicate(timeout=10)
+    assert lb.proc.returncode == 0 and int(out) > 1_700_000_000
