@@ -196,6 +196,13 @@ def find_chain(
     return Chain(sret[0], rest[0], (sret[1], rest[1]))
 
 
+def syscall_ret_in(
+    pid: int, maps: list[Mapping], pages: set[int] | frozenset[int]
+) -> tuple[int, str] | None:
+    """(address, path) of a `syscall; ret` lying wholly inside one of PAGES, or None."""
+    return _in_pages(pid, maps, pages, SYSCALL_RET)
+
+
 def _in_pages(
     pid: int, maps: list[Mapping], pages: set[int] | frozenset[int], pat: bytes
 ) -> tuple[int, str] | None:

@@ -383,3 +383,30 @@ def test_process_madvise_from_outside(spawn):
     n = inject.process_madvise(t.pid, m.start, m.end - m.start, K.MADV_COLD)
     assert n == m.end - m.start
     assert finish_blocked(t, "read", 0).startswith("read ret=1 ")
+
+
+def test_chain_moves_onto_the_blocked_page_found_at_the_stop(spawn):
+    """plan() reads the blocked pages from /proc before the stop; a thread running at that
+    instant leaves none and the chain's `syscall; ret` may lie on a page the squeeze drops
+    (EnergyMech: musl's res_msend cleanup, refaulted by the session's own last calls, 2 runs
+    in 8).  Right after the stop the registers are exact and the chain moves onto the page the
+    thread is blocked in; calls through it work and the blocked read still completes."""
+    from remap.inject import setup
+
+    t, _ = start_blocked(spawn, "read")
+    maps = gadget.read_maps(t.pid)
+    with inject.attach(t.pid) as s:
+        blocked = (s.regs()["rip"] - 2) & ~(K.PAGE_SIZE - 1)
+        code = s.chain.code
+        assert code.syscall_ret & ~(K.PAGE_SIZE - 1) == blocked  # plan() saw it blocked
+        exe = [m for m in maps if m.path == str(t.path) and "x" in m.perms]
+        pages = {a for m in exe for a in range(m.start, m.end, K.PAGE_SIZE)} - {blocked}
+        other = gadget.syscall_ret_in(t.pid, maps, pages)
+        assert other is not None
+        # what plan() picks when the thread was running as it read /proc: the first in the text
+        s.chain.code = gadget.Chain(other[0], code.restorer, (other[1], code.paths[1]))
+        setup.prefer_blocked_chain(s)
+        assert s.chain.code.syscall_ret & ~(K.PAGE_SIZE - 1) == blocked
+        assert any("chain moved" in n for n in s.notes)
+        assert s.syscall("getpid") == t.pid
+    assert finish_blocked(t, "read", 0).startswith("read ret=1 ")

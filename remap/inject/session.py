@@ -68,6 +68,7 @@ class Session:
         self._suspend_seccomp = suspend_seccomp
         self._threads = Threads(pid, self.pt, timeout)
         self.chain: NoChain = NoChain(self)  # chosen by setup.plan (see chain.py)
+        self._plan_maps: list | None = None  # the maps setup.plan read before the stop
         self.scratch = Scratch(self)
         self._gadget: int | None = None
         self._gadget_hint: gadget_mod.Gadget | None = None
@@ -510,6 +511,7 @@ def attach(
         setup.start_guard(s)
         s.pin_early()
         s._seize()
+        setup.prefer_blocked_chain(s)
         yield s
     except BaseException:
         with contextlib.suppress(Exception):

@@ -16,7 +16,7 @@ from .. import kconst as K
 from .. import procfs
 from ..errors import RemapError
 from .abi import MASK64
-from .chain import Chain, Unbuilt
+from .chain import Chain, ScratchChain, Unbuilt
 
 if TYPE_CHECKING:
     from .session import Session
@@ -34,7 +34,7 @@ def plan(s: Session) -> None:
     A target that cannot be read keeps NoChain (every call parked at once)."""
     pid = s.pid
     with contextlib.suppress(OSError, RemapError):
-        maps = gadget_mod.read_maps(pid)
+        maps = s._plan_maps = gadget_mod.read_maps(pid)
         s._gadget_hint = gadget_mod.find(pid)
         st = procfs.read_status(pid)
         if "shstk" in str(st.get("x86_Thread_features", "")):
@@ -50,6 +50,35 @@ def plan(s: Session) -> None:
                 break
     if not s.chain.protected:
         s._t_unprotected = time.monotonic_ns()
+
+
+def prefer_blocked_chain(s: Session) -> None:
+    """Right after the stop, before any frame points at the chain: move the chain's `syscall;
+    ret` onto a page a thread is now blocked in, when the one plan() chose lies elsewhere.
+
+    Why: plan() reads the blocked pages from /proc before the stop; a thread that was running
+    at that instant (EnergyMech woken by its 1 s send-queue timer, 2 squeezes in 8) left none,
+    the first `syscall; ret` of the text was taken (musl's res_msend `cleanup`), and the
+    squeeze dropped that page and faulted it straight back with its own last calls: a page of
+    remap's own in the steady state (issue 17).  The stopped registers are exact: a thread in
+    a syscall resumes through its `syscall` instruction, so its page stays resident anyway."""
+    ch = s.chain
+    maps = s._plan_maps
+    if not isinstance(ch, Chain) or isinstance(ch, ScratchChain) or not maps:
+        return
+    pages = set()
+    for t in s._threads.values():
+        r = t.saved.regs if t.saved is not None else None
+        if r is not None and r.orig_rax < 1 << 63:  # stopped inside a syscall
+            pages.add((r.rip - 2) & ~(K.PAGE_SIZE - 1))
+    if not pages or (ch.code.syscall_ret & ~(K.PAGE_SIZE - 1)) in pages:
+        return
+    with contextlib.suppress(OSError, RemapError):
+        found = gadget_mod.syscall_ret_in(s.pid, maps, pages)
+        if found is not None:
+            code = ch.code
+            ch.code = gadget_mod.Chain(found[0], code.restorer, (found[1], code.paths[1]))
+            s.notes.append(f"chain moved to the blocked page's `syscall; ret` at {found[0]:#x}")
 
 
 def _blocked_pages(pid: int) -> set[int]:
