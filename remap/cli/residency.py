@@ -8,13 +8,16 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 from ..errors import AccessDenied, UsageError
 from .common import add_json, int_at_least, pid_arg, print_json
+
+TYPE_CHECKING = False  # argparse for annotations only: `remap map` runs without it (remap.cli)
+if TYPE_CHECKING:
+    import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
