@@ -288,6 +288,40 @@ def test_map_json_writer_matches_the_model(echoloop, glibcloop, cpython):
         _same_document(pid)
 
 
+def test_a_big_elf_cache_entry_is_read_mapped_and_equal(tmp_path, monkeypatch):
+    """Entries of 64 kB and more (libc's) are unmarshalled from a mapping of the file, not a
+    read: what comes back is what a fresh parse gives."""
+    from remap import elfmap, procfs
+
+    maps = procfs.read_maps(os.getpid())
+    libc = next(e.path for e in maps if os.path.basename(e.path).startswith("libc.so"))
+    monkeypatch.setenv("REMAP_ELF_CACHE", str(tmp_path))
+    elfmap._cache.clear()
+    fresh = elfmap.load(libc)  # parsed, and stored
+    (entry,) = tmp_path.iterdir()
+    assert entry.stat().st_size >= 1 << 16
+    elfmap._cache.clear()
+    again = elfmap.load(libc)
+    assert again is not fresh
+    for name in ("path", "segments", "sections", "sym_addr", "sym_end", "sym_name", "_strs"):
+        assert getattr(again, name) == getattr(fresh, name), name
+    elfmap._cache.clear()
+
+
+def test_map_json_pieces_cut_anywhere_still_make_the_document(cpython, monkeypatch):
+    """`map --json` writes mapjson.pieces one by one; cut into runs of 2 pages (every run of
+    more is then split) they still make the model's document, byte for byte."""
+    from remap import mapjson, procfs
+
+    monkeypatch.setattr(mapjson, "_CHUNK_PAGES", 2)
+    parts = list(mapjson.pieces(cpython.pid))
+    assert len(parts) > 2 * len(procfs.read_maps(cpython.pid))  # long runs were cut
+    model = json.dumps(
+        remap.snapshot(cpython.pid, pfns=False, smaps=False).to_json(), separators=(",", ":")
+    )
+    assert "".join(parts) == model
+
+
 def test_map_table_writer_matches_the_model(echoloop, glibcloop, cpython):
     """remap.maptable (smaps + status, no page objects) prints byte for byte the model's table,
     with and without colour, and its rows sum to the kernel's own smaps Rss."""
