@@ -2,12 +2,15 @@
 
 * the cffi ptrace helper, compiled into the extension ``remap._native`` (out-of-line API mode
   through cffi's ``cffi_modules``; this makes the wheel a platform wheel);
+* the ``remap`` command itself, bin/remap (``scripts``; not a console-script entry point, whose
+  generated wrapper imports re before remap runs);
 * the package data an installed remap runs from, put under remap/bundled/ in the build: the
   target sources (csrc/targets: C files, linker scripts, debian-src.sh), the experiment files
   (experiments/*.toml) and the batch stub, assembled here from csrc/native/batch_stub.S.
 
-An editable install (scripts/bootstrap.sh) skips both: a checkout runs from its own csrc/ and
-experiments/ and compiles the helper on first use (remap/native.py), exactly as before.
+An editable install (scripts/bootstrap.sh) gets the command but skips the helper and the data:
+a checkout runs from its own csrc/ and experiments/ and compiles the helper on first use
+(remap/native.py), exactly as before.
 """
 
 from __future__ import annotations
@@ -56,5 +59,7 @@ class BuildPyWithData(build_py):
 
 setup(
     cmdclass={"build_py": BuildPyWithData},
+    # the `remap` command: a plain script (it says why), for the wheel and the editable install
+    scripts=["bin/remap"],
     cffi_modules=[] if EDITABLE else ["remap/_native_build.py:ffibuilder"],
 )

@@ -8,9 +8,11 @@ machines are noisy: the ratios matter, not the absolute times):
     remap map --json / map / map --pages / map --png FILE / explain
 
 Goals: ``map --json`` and the ``map`` table each <= floor + 2 x pmap; ``--pages`` and ``--png``
-<= floor + 200 ms.  Each command runs REPEAT times; the median is printed.
+<= floor + 200 ms.  Each command runs REPEAT times; the median is printed.  With ``--baseline
+DIR`` (another checkout with its own .venv, e.g. a worktree of main) its ``remap`` runs each
+command too, interleaved with this checkout's on the same process, and the ratio is printed.
 
-Usage:  .venv/bin/python bench/output_speed.py [--mb 30] [--repeat 7]
+Usage:  .venv/bin/python bench/output_speed.py [--mb 30] [--repeat 7] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -35,51 +37,66 @@ time.sleep(600)
 
 
 def _median_s(argv: list[str], repeat: int) -> float:
-    times = []
+    return _medians([argv], repeat)[0]
+
+
+def _medians(argvs: list[list[str]], repeat: int) -> list[float]:
+    """The median wall time of each of ARGVS, run in turn REPEAT times (interleaved, so that
+    a noisy moment of the machine falls on all of them alike)."""
+    times: list[list[float]] = [[] for _ in argvs]
     for _ in range(repeat):
-        t, rc, err = run_timed(argv, 120)
-        if rc != 0:
-            raise SystemExit(f"{' '.join(argv)} failed ({rc}): {err.decode().strip()}")
-        times.append(t)
-    return statistics.median(times)
+        for argv, ts in zip(argvs, times, strict=True):
+            t, rc, err = run_timed(argv, 120)
+            if rc != 0:
+                raise SystemExit(f"{' '.join(argv)} failed ({rc}): {err.decode().strip()}")
+            ts.append(t)
+    return [statistics.median(ts) for ts in times]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--baseline", metavar="DIR", help="a checkout whose .venv/bin/remap to compare")
     a = ap.parse_args()
+    base = os.path.join(a.baseline, ".venv", "bin", "remap") if a.baseline else None
+    if base and not os.access(base, os.X_OK):
+        raise SystemExit(f"no {base} (run scripts/bootstrap.sh in {a.baseline})")
     argv = [sys.executable, "-c", CHILD, str(a.mb)]
     with subprocess.Popen(argv, stdout=subprocess.PIPE) as child:  # waited for on the way out
         try:
             assert child.stdout is not None and child.stdout.readline() == b"ready\n"
-            _report(str(child.pid), a.repeat)
+            _report(str(child.pid), a.repeat, base)
         finally:
             child.kill()
     return 0
 
 
-def _report(pid: str, repeat: int) -> None:
-    """Time every command on PID and print the table with the goals."""
+def _report(pid: str, repeat: int, base: str | None = None) -> None:
+    """Time every command on PID and print the table with the goals (and BASE's times)."""
     with open(f"/proc/{pid}/status") as f:
         rss = next(ln.split()[1] for ln in f if ln.startswith("VmRSS:"))
     png = os.path.join(tempfile.mkdtemp(prefix="remap-bench-"), "map.png")
     floor = _median_s([sys.executable, "-c", "pass"], repeat)
     pmap = _median_s(["pmap", "-XX", pid], repeat)
     rows = [
-        ("map --json", [REMAP, "map", pid, "--json"], floor + 2 * pmap),
-        ("map", [REMAP, "map", pid], floor + 2 * pmap),
-        ("map --pages", [REMAP, "map", pid, "--pages"], floor + 0.2),
-        ("map --png", [REMAP, "map", pid, "--png", png], floor + 0.2),
-        ("explain", [REMAP, "explain", pid], None),
+        ("map --json", ["map", pid, "--json"], floor + 2 * pmap),
+        ("map", ["map", pid], floor + 2 * pmap),
+        ("map --pages", ["map", pid, "--pages"], floor + 0.2),
+        ("map --png", ["map", pid, "--png", png], floor + 0.2),
+        ("explain", ["explain", pid], None),
     ]
     print(f"process: {rss} kB RSS; floor (python -c pass) {floor * 1e3:.0f} ms, "
           f"pmap -XX {pmap * 1e3:.0f} ms; median of {repeat}")  # fmt: skip
-    print(f"{'command':<14}{'ms':>8}{'x floor':>9}{'goal ms':>9}  met")
-    for name, cmd, goal in rows:
-        t = _median_s(cmd, repeat)
-        g = f"{goal * 1e3:9.0f}  {'yes' if t <= goal else 'no'}" if goal else f"{'-':>9}  -"
-        print(f"{name:<14}{t * 1e3:8.0f}{t / floor:9.1f}{g}")
+    if base:
+        print(f"baseline: {base}")
+    extra = f"{'base ms':>9}{'ratio':>7}" if base else ""
+    print(f"{'command':<14}{'ms':>8}{'x floor':>9}{'goal ms':>9}  met{extra}")
+    for name, args, goal in rows:
+        t, *tb = _medians([[REMAP, *args]] + ([[base, *args]] if base else []), repeat)
+        g = f"{goal * 1e3:9.0f}  {'yes' if t <= goal else 'no '}" if goal else f"{'-':>9}  - "
+        b = f"{tb[0] * 1e3:9.0f}{t / tb[0]:7.2f}" if base else ""
+        print(f"{name:<14}{t * 1e3:8.0f}{t / floor:9.1f}{g}{b}")
 
 
 if __name__ == "__main__":

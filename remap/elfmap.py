@@ -54,18 +54,19 @@ class ElfInfo:
     """What remap needs from one ELF file: loads, allocated sections, sorted symbols."""
 
     __slots__ = ("path", "segments", "sections", "sym_addr", "sym_end", "sym_name", "_strs")
-    __slots__ += ("_sec_addr", "_base")
+    __slots__ += ("_sec_addr", "_base", "_strbase")
 
     def __init__(self, path: str, segments: list[Segment], sections: list[Section]):
         self.path, self.segments, self.sections = path, segments, sections
         self._sec_addr = [s.addr for s in sections]
         self._base = min(s.vaddr for s in segments) & _PAGE_MASK if segments else 0
-        # sorted symbol starts, ends and name offsets into _strs (decoded on demand): arrays, so
-        # that the on-disk cache loads them as three memory copies instead of 40,000 ints
+        # sorted symbol starts, ends and name offsets into _strs (decoded on demand): arrays, or
+        # memoryviews of a mapped cache entry (its columns used in place: _load_cached)
         self.sym_addr = array("Q")
         self.sym_end = array("Q")
         self.sym_name = array("Q")
-        self._strs = b""
+        self._strs = b""  # the string table, or a mapped cache entry holding it at _strbase
+        self._strbase = 0
 
     def __repr__(self) -> str:
         return (
@@ -109,44 +110,56 @@ class ElfInfo:
         return None
 
     def _name(self, i: int) -> str:
-        off = self.sym_name[i]
-        return self._strs[off : self._strs.find(b"\0", off)].decode(errors="replace")
+        s, off = self._strs, self._strbase + self.sym_name[i]
+        return s[off : s.find(b"\0", off)].decode(errors="replace")
+
+    def strtab(self) -> bytes:
+        """The symbols' string table (names at the offsets in sym_name)."""
+        return bytes(self._strs[self._strbase :])
 
     def describe_pages(self, lo: int, hi: int) -> list[tuple[str | None, str | None, str | None]]:
         """:meth:`describe` of every page in [LO, HI) (page-aligned ELF vaddrs), in one pass.
 
-        Why: a run of present pages in a big library is hundreds of pages; walking the sorted
-        sections and symbols alongside them costs a fraction of one bisect per page and table.
-        Equal to ``[describe(a) for a in range(lo, hi, PAGE_SIZE)]`` (tests check it on real
-        files)."""
+        Why: a run of present pages in a big library is hundreds of pages (~1,800 on a CPython
+        process: most of ``map --json``'s own time, issue 15); walking the sorted sections and
+        symbols alongside them, each name decoded once, costs a fraction of a bisect per page
+        and table.  Equal to ``[describe(a) for a in range(lo, hi, PAGE_SIZE)]`` (tests check it
+        on real files)."""
         out = []
+        append = out.append
         secs, sec_addr, nsec = self.sections, self._sec_addr, len(self.sections)
         a, ends, nsym = self.sym_addr, self.sym_end, len(self.sym_addr)
+        names: dict[int, str] = {}  # symbol index -> name: a long function spans many pages
         i = bisect.bisect_right(a, lo) - 1  # the last symbol starting at or before the page
-        for page in range(lo, hi, K.PAGE_SIZE):
-            top = page + K.PAGE_SIZE
-            while i + 1 < nsym and a[i + 1] <= page:
-                i += 1
-            symbol = None
+        k = max(0, bisect.bisect_right(sec_addr, lo) - 1)  # the same for sections
+        page_size, base, bisect_right = K.PAGE_SIZE, self._base, bisect.bisect_right
+        for page in range(lo, hi, page_size):
+            top = page + page_size
+            if i + 1 < nsym and a[i + 1] <= page:  # dense code: a dozen symbols a page
+                i = bisect_right(a, page, i + 1) - 1
             j = i
-            while j >= 0 and j > i - 8:  # as symbol_at: a few back for one containing the page
-                if ends[j] > page:
-                    symbol = self._name(j)
-                    break
+            stop = i - 8  # as symbol_at: a few back for one containing the page
+            while j > stop and j >= 0 and ends[j] <= page:
                 j -= 1
-            if symbol is None and i + 1 < nsym and a[i + 1] < top:
-                symbol = self._name(i + 1)
-            k = max(0, bisect.bisect_right(sec_addr, page) - 1)
+            if j > stop and j >= 0:
+                symbol = names.get(j)
+                if symbol is None:
+                    symbol = names[j] = self._name(j)
+            elif i + 1 < nsym and a[i + 1] < top:
+                symbol = names.get(i + 1)
+                if symbol is None:
+                    symbol = names[i + 1] = self._name(i + 1)
+            else:
+                symbol = None
+            while k + 1 < nsec and sec_addr[k + 1] <= page:
+                k += 1
             if k + 1 >= nsec or sec_addr[k + 1] >= top:  # at most one section starts in the page
                 s0 = secs[k] if k < nsec else None
                 if s0 is not None and s0.addr <= page and top <= s0.end:  # wholly inside it
-                    if page == self._base:
-                        out.append(("elf-header", s0.name, symbol))
-                    else:
-                        out.append((s0.kind, s0.name, symbol))
+                    append(("elf-header" if page == base else s0.kind, s0.name, symbol))
                     continue
             label, section, _ = self.describe(page)
-            out.append((label, section, symbol))
+            append((label, section, symbol))
         return out
 
     def describe(self, vaddr: int) -> tuple[str | None, str | None, str | None]:
@@ -394,10 +407,15 @@ def load(path: str, inode: int | None = None) -> ElfInfo | None:
 # Why: the symbol table of a big library (libpython: 14,000 symbols) costs ~20 ms to read and
 # sort, paid by every `remap map` on every process that maps it.  The parsed result is kept in
 # $REMAP_ELF_CACHE (default $XDG_CACHE_HOME/remap/elf, ~/.cache/remap/elf; "off" disables it),
-# one marshal file per file version: named by device, inode, size, mtime and ctime, so a
-# rewritten, replaced or touched file is parsed again.  A cache that cannot be read or written
-# is ignored: it only ever saves time.
-_CACHE_FORMAT = 2  # 2: the symbol columns are array("Q") bytes (1: lists of ints)
+# one file per file version: named by device, inode, size, mtime and ctime, so a rewritten,
+# replaced or touched file is parsed again.  A cache that cannot be read or written is ignored:
+# it only ever saves time.  Layout (format 3): the header's length (8 bytes), the header
+# (marshal: format, path, loads, sections, the byte lengths of the three symbol columns and of
+# the string table), zeros to a multiple of 8, then the columns and the string table as they
+# are in memory.  It is mapped, not read: the columns and names are used in place, so only the
+# pages a lookup touches are faulted in (libpython's entry is 700 kB; a page fault costs ~5-7 us
+# on this VM, and `remap map`'s table never looks a library's symbol up: issue 15).
+_CACHE_FORMAT = 3  # 3: marshal header, then the symbol columns and names raw (2: all marshal)
 
 
 def cache_dir() -> str | None:
@@ -423,6 +441,7 @@ def _cache_file(st: os.stat_result) -> str | None:
 
 def _load_cached(path: str, st: os.stat_result) -> ElfInfo | None:
     import marshal
+    import mmap
 
     fn = _cache_file(st)
     if fn is None:
@@ -432,44 +451,51 @@ def _load_cached(path: str, st: os.stat_result) -> ElfInfo | None:
             st_c = os.fstat(f.fileno())
             if st_c.st_uid != os.geteuid() or st_c.st_mode & 0o022:
                 return None  # only our own, unshared files: the fold trusts these labels
-            rec = marshal.loads(f.read())  # marshal.load(f) reads piecemeal: ~10x slower
-        fmt, cpath, segs, secs, sym_addr, sym_end, sym_name, strs = rec
+            if st_c.st_size < 8:
+                return None
+            # entries are replaced, never rewritten in place (_store_cached): it cannot shrink
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        n = int.from_bytes(m[:8], "little")
+        fmt, cpath, segs, secs, na, ne, nn, ns = marshal.loads(m[8 : 8 + n])
+        if fmt != _CACHE_FORMAT or cpath != path:  # another format, or a hard link's other name
+            return None
+        off = 8 + n + (-n % 8)
+        if not (na == ne == nn and na % 8 == 0 and off + 3 * na + ns == len(m)):
+            return None  # columns not whole words, of unequal lengths, or cut short
+        info = ElfInfo(path, [Segment(*s) for s in segs], [Section(*s) for s in secs])
+        view = memoryview(m)
+        info.sym_addr = view[off : off + na].cast("Q")
+        info.sym_end = view[off + na : off + 2 * na].cast("Q")
+        info.sym_name = view[off + 2 * na : off + 3 * na].cast("Q")
+        info._strs, info._strbase = m, off + 3 * na
     except (OSError, EOFError, ValueError, TypeError):
         return None
-    if fmt != _CACHE_FORMAT or cpath != path:  # another format, or a hard link's other name
-        return None
-    info = ElfInfo(path, [Segment(*s) for s in segs], [Section(*s) for s in secs])
-    try:
-        for col, raw in (
-            (info.sym_addr, sym_addr),
-            (info.sym_end, sym_end),
-            (info.sym_name, sym_name),
-        ):
-            col.frombytes(raw)
-    except (TypeError, ValueError):  # not bytes, or not whole 8-byte words: not our file
-        return None
-    if not len(info.sym_addr) == len(info.sym_end) == len(info.sym_name):
-        return None
-    info._strs = strs
     return info
 
 
-def _store_cached(info: ElfInfo, st: os.stat_result) -> None:
+def cache_entry(info: ElfInfo) -> bytes:
+    """INFO as a cache entry (the layout above)."""
     import marshal
 
+    cols = [c.tobytes() for c in (info.sym_addr, info.sym_end, info.sym_name)]
+    strs = info.strtab()
+    head = marshal.dumps((
+        _CACHE_FORMAT, info.path, [tuple(s) for s in info.segments],
+        [tuple(s) for s in info.sections], *map(len, cols), len(strs),
+    ))  # fmt: skip
+    return b"".join([len(head).to_bytes(8, "little"), head, bytes(-len(head) % 8), *cols, strs])
+
+
+def _store_cached(info: ElfInfo, st: os.stat_result) -> None:
     fn = _cache_file(st)
     if fn is None:
         return
-    rec = (
-        _CACHE_FORMAT, info.path, [tuple(s) for s in info.segments],
-        [tuple(s) for s in info.sections], info.sym_addr.tobytes(), info.sym_end.tobytes(),
-        info.sym_name.tobytes(), info._strs,
-    )  # fmt: skip
+    data = cache_entry(info)
     tmp = f"{fn}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(fn), exist_ok=True)
         with open(tmp, "wb") as f:
-            marshal.dump(rec, f)
+            f.write(data)
         os.replace(tmp, fn)  # readers see the old file or the whole new one
     except OSError:
         try:

@@ -279,4 +279,9 @@ def exe_vma_label(e, view: ElfView, page_labels: list[str]) -> str | None:
     labels = Counter(page_labels) or Counter(
         view.describe(a)[0] for a in range(e.start, min(e.end, e.start + (64 << 12)), 4096)
     )
-    return labels.most_common(1)[0][0] if labels else None
+    # max(), as Counter.most_common(1) does it, without the heapq import most_common brings
+    return max(labels.items(), key=_count)[0] if labels else None
+
+
+def _count(item: tuple[str, int]) -> int:
+    return item[1]

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import mmap
 import os
-import re
 import struct
 from array import array
 from collections import namedtuple
@@ -80,14 +78,37 @@ def read_entries(fd: int, start: int, end: int) -> array:
 
 # top byte of an entry -> 1 present anonymous, 2 present file (bit 61), 0 not present
 _TOP_KIND = bytes((2 if b & 0x20 else 1) if b & 0x80 else 0 for b in range(256))
-_KIND_RUN = re.compile(rb"\x01+|\x02+|\x03+")
+_KIND_RUN: list = []  # the regex cutting runs of one class, compiled when first needed
+_LOOP_PAGES = 4096  # fewer entries: cut in a loop, as fast, without importing re (~5 ms, issue 15)
+
+
+def _class_runs(kinds: bytearray) -> list[tuple[int, int]]:
+    """(first, past-last) index of each maximal run of one non-zero class in KINDS."""
+    if len(kinds) > _LOOP_PAGES:
+        if not _KIND_RUN:
+            import re
+
+            _KIND_RUN.append(re.compile(rb"\x01+|\x02+|\x03+"))
+        return [m.span() for m in _KIND_RUN[0].finditer(kinds)]
+    out = []
+    i, n = 0, len(kinds)
+    while i < n:
+        k = kinds[i]
+        j = i + 1
+        while j < n and kinds[j] == k:
+            j += 1
+        if k:
+            out.append((i, j))
+        i = j
+    return out
 
 
 def runs_of_entries(start: int, data: bytes, zero_pfn: int | None) -> list[Present]:
     """Present runs in raw entries DATA of the pages from START (equal neighbours merged), with
     no per-page Python work: the top bytes are classified by one translate, mappings of
     the zero page (ZERO_PFN; None: unknown) found by searching their frame number, and the
-    runs cut by a regex over the classes -- a millisecond or two for 1 GB of entries, which
+    runs cut by a regex over the classes (a loop for a few thousand entries) -- a millisecond
+    or two for 1 GB of entries, which
     the fold reads inside a stop anyway (remap.fold.plan.Prior.reuse)."""
     kinds = bytearray(data[7::8].translate(_TOP_KIND))
     if zero_pfn is not None:
@@ -102,9 +123,9 @@ def runs_of_entries(start: int, data: bytes, zero_pfn: int | None) -> list[Prese
     mk = Present._make
     zero: bool | None = False if zero_pfn is not None else None
     out = []
-    for m in _KIND_RUN.finditer(kinds):
-        k = kinds[m.start()]
-        out.append(mk((start + (m.start() << K.PAGE_SHIFT), start + (m.end() << K.PAGE_SHIFT),
+    for i, j in _class_runs(kinds):
+        k = kinds[i]
+        out.append(mk((start + (i << K.PAGE_SHIFT), start + (j << K.PAGE_SHIFT),
                        k == 2, True if k == 3 else zero, False)))  # fmt: skip
     return out
 
@@ -118,14 +139,19 @@ def present_read(pid: int, ranges: Iterable[tuple[int, int]], fd: int | None = N
     if own:
         fd = open_proc(pid, "pagemap")
     try:
-        zpfn = zero_pfn() if pfns_visible() else None
+        visible = pfns_visible()
         out = []
         for start, end in ranges:
             try:
                 data = read_entries(fd, start, end).tobytes()
             except OSError as e:
                 raise translate(pid, e, "pagemap") from None
-            out.append(runs_of_entries(start, data, zpfn))
+            if visible and b"\x01" not in data[7::8].translate(_TOP_KIND):
+                # no anonymous page present, so none maps the zero page: its frame number (a
+                # probe that imports ctypes, ~2-3 ms of `map --json` reading [vvar]) is not needed
+                out.append([r._replace(zero=False) for r in runs_of_entries(start, data, None)])
+                continue
+            out.append(runs_of_entries(start, data, zero_pfn() if visible else None))
         return out
     finally:
         if own:
@@ -369,7 +395,20 @@ def pfns_visible() -> bool:
     """Whether pagemap shows us real PFNs (CAP_SYS_ADMIN); checked on a page of our own."""
     global _pfns_visible
     if _pfns_visible is None:
-        _pfns_visible = zero_pfn() is not None
+        # a word just written: its page is present, so its entry shows a frame or 0 (hidden);
+        # array's buffer_info gives the address without ctypes (~2-3 ms to import, issue 15)
+        word = array("Q", [1])
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            e = int.from_bytes(
+                os.pread(fd, 8, (word.buffer_info()[0] >> K.PAGE_SHIFT) * 8), "little"
+            )
+        finally:
+            os.close(fd)
+        if e & K.PM_PRESENT:
+            _pfns_visible = bool(e & K.PM_PFN_MASK)
+        else:  # not present after all (swapped out at once?): the zero-page probe decides
+            _pfns_visible = zero_pfn() is not None
     return _pfns_visible
 
 
@@ -383,6 +422,8 @@ def zero_pfn() -> int | None:
     if _pfns_visible is False:
         return None
     if _zero_pfn is None:
+        import mmap  # here: `map --json` never needs it (~0.4 ms)
+
         m = mmap.mmap(-1, K.PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         try:
             _ = m[0]  # read fault: maps the shared zero page
@@ -489,6 +530,8 @@ def soft_dirty_supported() -> bool:
     """Does this kernel keep soft-dirty bits (CONFIG_MEM_SOFT_DIRTY)?  Asked of our own
     process: a page written after clear_refs '4' must show pagemap bit 55.  False when the
     probe cannot run (never raises)."""
+    import mmap
+
     m = mmap.mmap(-1, K.PAGE_SIZE)
     try:
         m[0:1] = b"x"

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import struct
 from collections import namedtuple
 
 from . import errors
 from .errors import GONE_ERRNOS, UnsupportedTarget, ZombieProcess
 from .kconst import PF_KTHREAD
+
+TYPE_CHECKING = False  # re for annotations only: imported where a big process needs it
+if TYPE_CHECKING:
+    import re
 
 
 # --------------------------------------------------------------------------- error translation
@@ -172,13 +175,26 @@ def _parse_map_line(line: bytes) -> tuple:
     )
 
 
-_MAPS_RE = re.compile(r"([0-9a-f]+)-([0-9a-f]+) (\S+) ([0-9a-f]+) (\S+) (\d+) *([^\n]*)\n")
+_MAPS_RE: list = []  # the maps line regex, compiled when first needed
+# Below this many lines the line parser alone: it costs ~0.4 us a line more than the regex,
+# and importing re ~5-9 ms (with enum), paid by every `remap map` (issue 15).
+_MAPS_REGEX_LINES = 10_000
 
 
 def parse_maps(data: bytes) -> list[MapEntry]:
-    """Parse maps text; one regex pass over the decoded text (5,000+ lines in the bench), the
-    line parser as fallback.  Paths are decoded with surrogateescape, as everywhere here."""
-    recs = _MAPS_RE.findall(data.decode(errors="surrogateescape"))
+    """Parse maps text; one regex pass over the decoded text for a big process, the line
+    parser for a small one and as fallback.  Paths are decoded with surrogateescape, as
+    everywhere here."""
+    if data.count(b"\n") < _MAPS_REGEX_LINES:
+        mk = MapEntry._make
+        return [mk(_parse_map_line(ln)) for ln in data.splitlines() if ln]
+    if not _MAPS_RE:
+        import re
+
+        _MAPS_RE.append(
+            re.compile(r"([0-9a-f]+)-([0-9a-f]+) (\S+) ([0-9a-f]+) (\S+) (\d+) *([^\n]*)\n")
+        )
+    recs = _MAPS_RE[0].findall(data.decode(errors="surrogateescape"))
     if len(recs) != data.count(b"\n"):
         return [MapEntry(*_parse_map_line(ln)) for ln in data.splitlines() if ln]
     mk = MapEntry._make  # tuple.__new__: much cheaper than the generated __new__ per line
@@ -233,6 +249,8 @@ _record_res: dict[tuple[str, ...], re.Pattern] = {}
 def _record_re(keys: tuple[str, ...]) -> re.Pattern:
     """One regex matching a whole smaps record with this kernel's field order."""
     if keys not in _record_res:
+        import re  # only for a big process's smaps (parse_smaps)
+
         body = b"".join(re.escape(k.encode()) + rb":[ \t]+(\d+)(?: kB)?\n" for k in keys)
         _record_res[keys] = re.compile(_HDR_RE + body + rb"VmFlags:([^\n]*)\n")
     return _record_res[keys]

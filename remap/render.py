@@ -14,7 +14,6 @@ The long listings (one row per mapping, one per page) are plain text (remap.text
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from collections.abc import Callable
 
@@ -52,6 +51,8 @@ def colour(label: str) -> str:
     palette."""
     if label in COLOURS:
         return COLOURS[label]
+    import zlib  # here, not at the top: the `map` table imports this module (remap.maptable)
+
     return _LIB_PALETTE[zlib.crc32(label.encode()) % len(_LIB_PALETTE)]
 
 

@@ -62,6 +62,43 @@ def test_one_command_parses_like_the_full_parser():
     assert vars(build_parser("map").parse_args(argv)) == vars(build_parser().parse_args(argv))
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["map", "123"],
+        ["map", "123", "--json"],
+        ["map", "--json", "123"],
+        ["map", "0123", "--pages"],
+        ["map", "--pages", "123", "--json"],
+    ],
+)
+def test_the_fast_map_line_is_what_argparse_makes_of_it(argv):
+    """`remap map PID [--json] [--pages]` skips argparse (remap.cli.fast_map_args): the same
+    namespace, handler included, as the full parser returns for that line."""
+    from remap.cli import build_parser, fast_map_args
+
+    fast = fast_map_args(argv)
+    assert fast is not None
+    assert vars(fast) == vars(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [], ["map"], ["map", "0"], ["map", "99999999"], ["map", "+5"], ["map", "-5"],
+        ["map", "\u0663"], ["map", " 1"], ["map", "1", "--js"], ["map", "1", "--json", "--json"],
+        ["map", "1", "--png", "x.png"], ["map", "1", "2"], ["map", "--", "1"], ["map", "1", "-h"],
+        ["explain", "1"], ["map", "1", "--json", "--pages", "--bogus"],
+    ],
+)  # fmt: skip
+def test_every_other_map_line_goes_to_argparse(argv):
+    """Anything but the well-formed lines -- bad or out-of-range PIDs, abbreviations, repeats,
+    help, other options -- is left to argparse, so its errors and exit codes stay its own."""
+    from remap.cli import fast_map_args
+
+    assert fast_map_args(argv) is None
+
+
 def test_a_refusal_no_lower_layer_named_exits_4_not_70(is_root):
     """`remap report` on a records file only root may read, run as nobody: the PermissionError
     reaches the CLI's top level, which sends it through errors.translate (one line, exit 4;

@@ -53,6 +53,45 @@ def test_map_table_and_pages(echoloop):
     assert "VM " in r.stdout and "RSS" in r.stdout
 
 
+def test_fast_map_path_prints_what_the_argparse_path_prints(echoloop):
+    """`map PID` and `map PID --json` skip argparse (remap.cli.fast_map_args); the same command
+    spelt so that argparse parses it (`--` before the PID, an abbreviated --json) prints the same
+    bytes on the same live process, and an error the same line and exit code."""
+    pid = str(echoloop.pid)
+    for fast, slow in (
+        (["map", pid], ["map", "--", pid]),
+        (["map", pid, "--json"], ["map", "--js", "--", pid]),
+        (["map", "--json", pid], ["map", pid, "--js"]),
+    ):
+        a, b = remap_cli(*fast), remap_cli(*slow)
+        assert a.returncode == b.returncode == 0, (a.stderr, b.stderr)
+        assert a.stdout == b.stdout and a.stdout, fast
+    p = subprocess.Popen(["true"])
+    p.wait(timeout=5)
+    for fast, slow in (
+        (["map", str(p.pid)], ["map", "--", str(p.pid)]),
+        (["map", str(p.pid), "--json"], ["map", "--json", "--", str(p.pid)]),
+    ):
+        a, b = remap_cli(*fast), remap_cli(*slow)
+        assert_one_line_error(a, 3)
+        assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr)
+
+
+def test_the_remap_command_runs_map_without_argparse_or_re(echoloop):
+    """The installed command (bin/remap, not pip's entry-point wrapper, which imports re) and
+    the fast `map` path load neither argparse nor re: what issue 15's start-up budget needs."""
+    script = os.path.join(os.path.dirname(sys.executable), "remap")
+    with open(script) as f:
+        assert "import re" not in f.read()
+    r = subprocess.run([sys.executable, "-X", "importtime", script, "map", str(echoloop.pid),
+                        "--json"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["pid"] == echoloop.pid
+    loaded = {ln.rsplit("|", 1)[-1].strip() for ln in r.stderr.splitlines() if "|" in ln}
+    assert "remap.mapjson" in loaded
+    assert loaded.isdisjoint({"re", "argparse", "enum", "ctypes"}), sorted(loaded)
+
+
 def test_explain_json_shape_and_text(echoloop):
     r = remap_cli("explain", str(echoloop.pid), "--json")
     assert r.returncode == 0, r.stderr

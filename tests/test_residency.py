@@ -288,6 +288,43 @@ def test_map_json_writer_matches_the_model(echoloop, glibcloop, cpython):
         _same_document(pid)
 
 
+def test_a_mapped_elf_cache_entry_is_what_a_parse_gives(tmp_path, monkeypatch):
+    """An entry is used in place, mapped (libc's: ~100 kB): what comes back is what a fresh
+    parse gives, every symbol's name included."""
+    from remap import elfmap, procfs
+
+    maps = procfs.read_maps(os.getpid())
+    libc = next(e.path for e in maps if os.path.basename(e.path).startswith("libc.so"))
+    monkeypatch.setenv("REMAP_ELF_CACHE", str(tmp_path))
+    elfmap._cache.clear()
+    fresh = elfmap.load(libc)  # parsed, and stored
+    (entry,) = tmp_path.iterdir()
+    elfmap._cache.clear()
+    again = elfmap.load(libc)
+    assert again is not fresh
+    for name in ("path", "segments", "sections", "sym_addr", "sym_end", "sym_name"):
+        assert getattr(again, name) == getattr(fresh, name), name
+    assert again.strtab() == fresh.strtab()
+    assert [again._name(i) for i in range(len(again.sym_name))] == [
+        fresh._name(i) for i in range(len(fresh.sym_name))
+    ]
+    elfmap._cache.clear()
+
+
+def test_map_json_pieces_cut_anywhere_still_make_the_document(cpython, monkeypatch):
+    """`map --json` writes mapjson.pieces one by one; cut into runs of 2 pages (every run of
+    more is then split) they still make the model's document, byte for byte."""
+    from remap import mapjson, procfs
+
+    monkeypatch.setattr(mapjson, "_CHUNK_PAGES", 2)
+    parts = list(mapjson.pieces(cpython.pid))
+    assert len(parts) > 2 * len(procfs.read_maps(cpython.pid))  # long runs were cut
+    model = json.dumps(
+        remap.snapshot(cpython.pid, pfns=False, smaps=False).to_json(), separators=(",", ":")
+    )
+    assert "".join(parts) == model
+
+
 def test_map_table_writer_matches_the_model(echoloop, glibcloop, cpython):
     """remap.maptable (smaps + status, no page objects) prints byte for byte the model's table,
     with and without colour, and its rows sum to the kernel's own smaps Rss."""
@@ -350,28 +387,39 @@ def test_elf_cache_is_keyed_by_file_version(tmp_path, monkeypatch):
     monkeypatch.setenv("REMAP_ELF_CACHE", str(cache))
 
     def fields(i):
-        return (i.path, i.segments, i.sections, i.sym_addr, i.sym_end, i.sym_name, i._strs)
+        return (i.path, i.segments, i.sections, i.sym_addr, i.sym_end, i.sym_name, i.strtab())
+
+    def entry_of(head: list, body: bytes) -> bytes:  # the layout elfmap's cache comment gives
+        h = marshal.dumps(tuple(head))
+        return len(h).to_bytes(8, "little") + h + bytes(-len(h) % 8) + body
 
     fresh = elfmap._parse(str(exe))
     elfmap._cache.clear()
     assert fields(elfmap.load(str(exe))) == fields(fresh)
     (entry,) = cache.iterdir()
+    good = entry.read_bytes()
+    assert good == elfmap.cache_entry(fresh)
+    n = int.from_bytes(good[:8], "little")
+    head, body = list(marshal.loads(good[8 : 8 + n])), good[8 + n + (-n % 8) :]
+    assert len(body) == sum(head[4:]) and head[4] == 8 * len(fresh.sym_addr) > 0
     # an entry with one section renamed: served as long as it is ours and unshared...
-    rec = list(marshal.loads(entry.read_bytes()))
-    rec[3] = [("renamed", *s[1:]) for s in rec[3]]
-    entry.write_bytes(marshal.dumps(tuple(rec)))
+    entry.write_bytes(
+        entry_of(head[:3] + [[("renamed", *s[1:]) for s in head[3]]] + head[4:], body)
+    )
     elfmap._cache.clear()
     assert elfmap.load(str(exe)).sections[0].name == "renamed"
     # ...not when others could have written it, nor when it is garbage
     entry.chmod(0o666)
     elfmap._cache.clear()
     assert fields(elfmap.load(str(exe))) == fields(fresh)
-    entry.write_bytes(b"\x00garbage")
-    elfmap._cache.clear()
-    assert fields(elfmap.load(str(exe))) == fields(fresh)
-    # symbol columns cut short (not whole words, or of unequal length): not served
-    for cut in (rec[4][:-3], rec[4][:-8]):
-        entry.write_bytes(marshal.dumps(tuple(rec[:4] + [cut] + rec[5:])))
+    for garbage in (b"\x00garbage", b"", good[:-1], good + b"x", good[:8] + b"\xff" * 64):
+        entry.write_bytes(garbage)
+        elfmap._cache.clear()
+        assert fields(elfmap.load(str(exe))) == fields(fresh)
+    # symbol columns not whole words, or of unequal length: not served
+    na = head[4]
+    for cols in ((na - 3, na - 3, na - 3), (na, na - 8, na), (na, na, na + 8)):
+        entry.write_bytes(entry_of(head[:4] + list(cols) + head[7:], body))
         elfmap._cache.clear()
         assert fields(elfmap.load(str(exe))) == fields(fresh)
     # a touched file is another version: parsed again, kept beside the old entry

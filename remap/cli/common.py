@@ -1,15 +1,18 @@
 """Helpers shared by every subcommand: --json output and PID and path argument parsing.
 
-Imports are kept light (no json, pathlib at import time): every command, even `remap map`,
-loads every subcommand module to build the parser.
+Imports are kept light (no json, pathlib, argparse at import time): `remap map` loads this
+module without building a parser (remap.cli.fast_map_args).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ..errors import UsageError
+
+TYPE_CHECKING = False  # argparse for annotations only: `remap map` runs without it (remap.cli)
+if TYPE_CHECKING:
+    import argparse
 
 
 def add_json(p: argparse.ArgumentParser) -> None:

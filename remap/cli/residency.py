@@ -8,13 +8,16 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 from ..errors import AccessDenied, UsageError
 from .common import add_json, int_at_least, pid_arg, print_json
+
+TYPE_CHECKING = False  # argparse for annotations only: `remap map` runs without it (remap.cli)
+if TYPE_CHECKING:
+    import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,10 +74,12 @@ def cmd_map(args: argparse.Namespace) -> int:
     if args.json and not args.pages and not args.png:
         # The JSON shape needs neither PFNs nor the smaps-only fields (swap, VmFlags): written
         # straight from maps + the page walk (exact: results are stated in page-walk kB).
-        from ..mapjson import document
+        from ..mapjson import pieces
 
-        sys.stdout.write(document(args.pid))
-        sys.stdout.write("\n")
+        write = sys.stdout.write  # piece by piece: the whole text would be ~1 MB of new pages
+        for piece in pieces(args.pid):
+            write(piece)
+        write("\n")
         return 0
     if not args.pages and not args.png:  # the table alone: smaps + status (remap.maptable)
         from ..maptable import text
