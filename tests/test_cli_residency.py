@@ -317,3 +317,15 @@ def test_png_cells_are_the_page_walk(echoloop, tmp_path):
     assert Image.open(path).convert("RGB").getpixel(xy) == (0, 0, 0)
     png(snap, str(path))
     assert Image.open(path).convert("RGB").getpixel(xy) == flat[i]
+
+
+def test_a_reader_that_goes_away_is_not_an_error(echoloop):
+    """`remap map PID --json | head -c1`: the closed pipe ends the command quietly, exit 0,
+    not "internal error: BrokenPipeError" (exit 70)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "remap")
+    for args in (["map", str(echoloop.pid), "--json"], ["map", str(echoloop.pid), "--pages"]):
+        r, w = os.pipe()
+        os.close(r)  # no reader at all: the first write fails with EPIPE
+        p = subprocess.run([exe, *args], stdout=w, stderr=subprocess.PIPE, timeout=60)
+        os.close(w)
+        assert p.returncode == 0 and p.stderr == b"", (args, p.returncode, p.stderr)

@@ -7,6 +7,7 @@ one-line errors on stderr, and an exit code per error class (see remap.errors).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -127,6 +128,9 @@ def _run(words: list[str], fast: list[bool]) -> int:
         return int(rc or 0)
     except RemapError as e:
         return _refuse(e, as_json)
+    except BrokenPipeError:  # the reader went away (| head): not a refusal, not a bug
+        _silence_stdout()
+        return 0
     except OSError as e:  # a refusal no lower layer named (EPERM...): the one errno table
         err = translate(e)
         if not isinstance(err, RemapError):
@@ -135,10 +139,17 @@ def _run(words: list[str], fast: list[bool]) -> int:
     except KeyboardInterrupt:
         print("remap: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
     except Exception as e:  # the one place a bug is turned into one line
         return _internal(e)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's own flush at exit does not fail on
+    the closed pipe a second time ("Exception ignored ... BrokenPipeError")."""
+    with contextlib.suppress(OSError, ValueError):
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
 
 
 def _refuse(e: RemapError, as_json: bool = False) -> int:
