@@ -271,6 +271,13 @@ def _fork_driver(
     os._exit(code)
 
 
+# How long a driver may take to end after SIGINT/SIGTERM (its cure runs first) before it
+# counts as hung.  It exits in milliseconds on a quiet machine; twice, on a 2-CPU VM also
+# running a CI suite and experiments, one round in 500 took over 5 s (the driver runnable, in
+# user space): the bound is for a hang, not a speed test; slowest_driver_exit_s records it.
+DRIVER_EXIT_S = 20.0
+
+
 def _reap(child: int, timeout: float, diag: dict | None = None) -> int:
     """Wait for the driver; SIGKILL it after timeout (then the status says so, and DIAG gets
     where the driver was stuck: its kernel wait channel, syscall and signal masks)."""
@@ -351,13 +358,15 @@ def storm(
     after the driver is gone (a job-control stop from outside during a session).
     Returns the figures: sessions (completed ones; each kill interrupts one more), kills,
     survived, signals_delivered (worker's SIGALRM ticks during the storm), bytes_verified,
-    drivers_hung (not gone 5 s after SIGINT/SIGTERM), failures (one line each, at most 20).
+    drivers_hung (not gone DRIVER_EXIT_S after SIGINT/SIGTERM), slowest_driver_exit_s, failures
+    (one line each, at most 20).
     """
     rng = random.Random(seed)
     counters = _Counters()
     suspend = "seccomp" in w.modes
     failures: list[str] = []
     survived = hung = 0
+    slowest = 0.0  # seconds from the signal to the driver's exit, the worst round
     ticks0 = _ticks(w.ask(7))
     verified = 0
     for i in range(kills):
@@ -367,14 +376,17 @@ def storm(
             os.kill(w.pid, signal.SIGSTOP)
             time.sleep(rng.uniform(0, 0.002))
         os.kill(child, sig)
-        reaped = _reap(child, 5.0, diag := {})
+        t_sig = time.monotonic()
+        reaped = _reap(child, DRIVER_EXIT_S, diag := {})
+        slowest = max(slowest, time.monotonic() - t_sig)
         if counters[2]:  # the guardian ends a blocked call, gives CPUs back, then exits
             wait_gone(counters[2], 5.0)
             counters[2] = 0
         if reaped == -1:
             hung += 1  # the driver did not end on SIGINT/SIGTERM: its cure hung
             failures.append(
-                f"round {i}: driver still running 5 s after {signal.Signals(sig).name} ({diag})"
+                f"round {i}: driver still running {DRIVER_EXIT_S:g} s after "
+                f"{signal.Signals(sig).name} ({diag})"
             )
         if stop_target:
             os.kill(w.pid, signal.SIGCONT)
@@ -395,6 +407,7 @@ def storm(
         "signals_delivered": max(0, ticks1 - ticks0),
         "bytes_verified": verified + counters[1],
         "drivers_hung": hung,
+        "slowest_driver_exit_s": round(slowest, 3),
         "failures": failures,
     }
 
