@@ -13,6 +13,7 @@ checks each on real targets):
 
 from __future__ import annotations
 
+import errno
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,19 @@ def _in_syscall(regs: dict[str, int]) -> bool:
     return regs["orig_rax"] < 2**63 and (2**64 - regs["rax"]) in K.ERESTART_CODES
 
 
+# Waits that a stop ends with -EINTR instead of a restart code (measured on 6.18, see
+# remap.fold.peek's _STOP_CODE; rt_sigtimedwait: kernel/signal.c do_sigtimedwait)
+_EINTR_WAIT_NRS = frozenset(K.SYSCALLS[n] for n in ("rt_sigtimedwait", "epoll_wait",
+                                                    "epoll_pwait"))  # fmt: skip
+
+
+def _ended_wait(regs: dict[str, int]) -> bool:
+    """Stopped just after one of the waits our stop ended with -EINTR (busybox init in musl's
+    sigtimedwait, which calls it again on EINTR): the call is over, the kernel holds nothing
+    of it, and the program sees the EINTR whether or not anything is done at this stop."""
+    return regs["orig_rax"] in _EINTR_WAIT_NRS and regs["rax"] == 2**64 - errno.EINTR
+
+
 def _syscall_name(nr: int) -> str:
     from ..inject import syscall_name
 
@@ -61,7 +75,7 @@ def use_own_syscall(ctx: FoldContext) -> Action | None:
         regs = ctx.session.regs()
     except NeedsStop:  # a dry run's running main thread: no instrument to choose yet
         return None
-    if not _in_syscall(regs):
+    if not _in_syscall(regs) and not _ended_wait(regs):
         return None
     site = regs["rip"] - 2
     if ctx.session.read(site, 2) != b"\x0f\x05":
@@ -606,8 +620,9 @@ def single_page(ctx: FoldContext) -> Action | None:
     may only be moved or kept), which are kept, their pointers into the stack relocated.
 
     Preconditions (each refused with its reason): a hot block in the executable; one thread;
-    blocked in a restartable syscall *inside* the block; the frame walk (CFI, else the rbp
-    chain) reaches a frame whose caller is outside the hot code (the steady-state root, which by
+    blocked in a restartable syscall *inside* the block (or just out of a wait the stop ended
+    with EINTR, _ended_wait); the frame walk (CFI, else the rbp chain) reaches a frame whose
+    caller is outside the hot code (the steady-state root, which by
     the contract never returns); moved frames + strings + a margin fit the reserve.  Caught
     signals are blocked for good (a signal frame would not fit), unless the block is open and
     its reserve has room for one (_room_for_handlers); signals at their default action push no
@@ -640,7 +655,7 @@ def _single_page_target(ctx: FoldContext) -> tuple[HotPage, dict[str, int], resi
     if len(s.threads) != 1:
         raise UnsafeStep(f"single-page fold needs one thread, found {len(s.threads)}")
     regs = s.regs()
-    if not _in_syscall(regs) or not hot.contains(regs["rip"]):
+    if not (_in_syscall(regs) or _ended_wait(regs)) or not hot.contains(regs["rip"]):
         raise UnsafeStep(
             f"the target is not waiting in a syscall inside its hot page (rip {regs['rip']:#x}, "
             f"hot page {hot.start:#x}-{hot.end:#x}); try again when it is idle"
