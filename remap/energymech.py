@@ -89,13 +89,16 @@ def start(
     isolate: bool = True,
     dialect: Dialect = ENERGYMECH,
     daemon: bool = False,
+    env: dict[str, str] | None = None,
+    vdso: bool = True,
 ) -> MechRun:
     """Write a config, start the bot as USER (inside a fresh network namespace when ISOLATE)
     in the foreground, and return it; the caller then calls ``run.server.accept_bot()``.
 
     DAEMON: start it the way its users do, without MECHRESET: it forks, the parent exits and
     the child (named in mech.pid) is the bot; remap adopts it (remap.adopt), so
-    ``run.launched`` is the child and is waited for like a Popen.
+    ``run.launched`` is the child and is waited for like a Popen.  ENV: variables added to the
+    fixed environment (e.g. TZ); VDSO=False: hidden at the bot's exec (remap.fold.vdso).
 
     Raises UsageError (no such user; or no user while remap runs as root: the bot refuses
     root), AccessDenied/UnsupportedTarget (no namespace), IrcError.
@@ -118,10 +121,12 @@ def start(
             pw = pwd.getpwnam(user)
             os.chown(workdir, pw.pw_uid, pw.pw_gid)
         # MECHRESET set (even empty): the bot stays in the foreground; unset, it daemonizes
-        env = {**DEFAULT_ENV} if daemon else {**DEFAULT_ENV, "MECHRESET": ""}
+        extra = env or {}
+        env = {**DEFAULT_ENV, **extra} if daemon else {**DEFAULT_ENV, **extra, "MECHRESET": ""}
         quiet = dict.fromkeys(("stdin", "stdout", "stderr"), subprocess.DEVNULL)
         argv = [str(binary), "-f", CONFIG]
-        kw = dict(aslr=aslr, env=env, env_size=env_size, cwd=workdir, user=user, netns=ns)
+        kw = dict(aslr=aslr, env=env, env_size=env_size, cwd=workdir, user=user, netns=ns,
+                  vdso=vdso)  # fmt: skip
         if daemon:
             started: list[Launched] = []
 

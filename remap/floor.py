@@ -47,7 +47,6 @@ from .errors import RemapError, UnsupportedTarget, UsageError
 from .profile import Profile, profile
 
 DEFAULT_SECONDS = 6.0  # one tick of EnergyMech's 5 s timer, with a second to spare
-ALIGN = 64  # the stack move keeps addresses modulo 64 (remap.fold.steps.ALIGN)
 NEEDED = ("data", "heap", "stack", "code", "rodata", "special")
 CLASSES = (*NEEDED, "droppable")
 TOP = 8  # largest objects listed per class
@@ -81,7 +80,7 @@ class StackFloor:
     The floor counts ``pages`` = the pages from the *working* low end (the lowest byte the
     profile saw the stack reach: rsp, or an operand in the red zone, never above the idle
     rsp - 128 the squeeze keeps) up to the top of the [stack] mapping, after the stack move
-    ``remap squeeze`` does first (``delta``: exec's random gap closed, remap.fold.steps
+    ``remap squeeze`` does first (``delta``: exec's random gap closed, remap.fold.stackmove
     close_stack_gap, when the move frees a page and is allowed).  ``idle_pages`` is the same
     without the profile's depth (what the squeeze leaves right after it runs)."""
 
@@ -319,8 +318,9 @@ def _move(
     pid: int, sc: procfs.Syscall, v: residency.Vma, snap: residency.Snapshot, idle_lo: int
 ) -> tuple[int, int, str]:
     """(end of exec's tables, the squeeze's stack shift, why) -- the figures of
-    remap.fold.steps.close_stack_gap, computed without stopping the target."""
-    from .fold.steps import RESTARTABLE_UNDER_MOVE, end_of_tables
+    remap.fold.stackmove.close_stack_gap (its gap_move and movable_under), computed without
+    stopping the target."""
+    from .fold.stackmove import end_of_tables, gap_move, movable_under
     from .inject import syscall_name
 
     try:
@@ -330,15 +330,12 @@ def _move(
         return 0, 0, f"exec's tables not readable ({e}): no move assumed"
     if int(snap.status.get("Threads", 1)) != 1:
         return tables, 0, "several threads: the squeeze does not move the stack"
-    name = syscall_name(sc.nr) if sc.nr is not None and sc.nr >= 0 else "no syscall"
-    if name not in RESTARTABLE_UNDER_MOVE:
+    if not movable_under(sc.nr if sc.nr is not None and sc.nr >= 0 else None):
+        name = syscall_name(sc.nr) if sc.nr is not None and sc.nr >= 0 else "no syscall"
         return tables, 0, f"blocked in {name}: the squeeze does not move the stack under it"
-    lo = idle_lo // ALIGN * ALIGN
-    delta = (st.arg_start - tables) // ALIGN * ALIGN
-    pc = lambda a: -(-a // K.PAGE_SIZE) * K.PAGE_SIZE  # noqa: E731
-    now = len(range(lo & ~(K.PAGE_SIZE - 1), pc(st.arg_end), K.PAGE_SIZE))
-    then = len(range((lo + delta) & ~(K.PAGE_SIZE - 1), pc(st.arg_end), K.PAGE_SIZE))
-    if delta <= 0 or then >= now:
+    gap = gap_move(idle_lo + K.RED_ZONE, tables, st.arg_start, st.arg_end)
+    delta = gap.delta
+    if not gap.frees_page:
         return tables, 0, f"exec's gap ({max(delta, 0)} bytes) frees no page: no move"
     return tables, delta, f"the squeeze closes exec's gap: the live stack moves up {delta} bytes"
 

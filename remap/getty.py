@@ -61,7 +61,9 @@ def login_program(workdir: Path) -> Path:
     return prog
 
 
-def start(binary: Path, *, aslr: bool = True, timeout: float = PROMPT_TIMEOUT_S) -> AgettyRun:
+def start(
+    binary: Path, *, aslr: bool = True, vdso: bool = True, timeout: float = PROMPT_TIMEOUT_S
+) -> AgettyRun:
     """Start BINARY (agetty) on a new pty and wait until its login prompt is on the master.
 
     Raises ExperimentError (no prompt within TIMEOUT; agetty is stopped then), and what
@@ -72,7 +74,8 @@ def start(binary: Path, *, aslr: bool = True, timeout: float = PROMPT_TIMEOUT_S)
     try:
         tty = os.ttyname(slave).removeprefix("/dev/")
         argv = [str(binary), "-L", "--noclear", "-l", str(login_program(workdir)), tty, TERM]
-        launched = launch(argv, aslr=aslr, new_session=True)  # its own session: a ctty for it
+        # its own session: a controlling tty for it; VDSO=False: hidden at exec (remap.fold.vdso)
+        launched = launch(argv, aslr=aslr, vdso=vdso, new_session=True)
     except BaseException:
         os.close(master)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -269,9 +269,9 @@ STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_TLS = 0, 1, 2, 6  # ELF64_ST_TYPE(st_info)
 STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2  # ELF64_ST_BIND(st_info)
 SHN_UNDEF, SHN_ABS, SHN_COMMON = 0, 0xFFF1, 0xFFF2  # st_shndx
 
-# remap's own hot-page contract (not the kernel's): remap.fold.steps.single_page keeps this many
-# bytes free below the frames it moves into the page's stack reserve, so remap.layout reserves
-# them when it sizes that reserve.  One number for both sides.
+# remap's own hot-page contract (not the kernel's): remap.fold.singlepage.single_page keeps
+# this many bytes free below the frames it moves into the page's stack reserve, so
+# remap.layout reserves them when it sizes that reserve.  One number for both sides.
 FOLD_MARGIN = 512
 
 # include/uapi/linux/prctl.h: the child (qemu) gets SIGKILL when its parent thread dies

@@ -142,7 +142,7 @@ def launch(
     vdso=False: delegated to remap.fold.vdso (ptrace injection hides AT_SYSINFO_EHDR and unmaps
     the vdso before the target's first instruction; UnsupportedTarget where it cannot).
     user: a user name (its uid and primary gid, no supplementary groups); netns: the network
-    namespace to run in.  Neither combines with vdso=False (UsageError).
+    namespace to run in; with vdso=False the vdso is hidden at the exec of ARGV itself.
     """
     if not argv:
         raise UsageError("launch: no command given")
@@ -161,16 +161,15 @@ def launch(
     )
     if new_session:
         popen_kw["start_new_session"] = True
-    if (user or netns) and not vdso:
-        raise UsageError("launch: --no-vdso does not combine with --user or --netns")
-    if user or netns:
-        start = lambda: _start_isolated(argv, user, netns, popen_kw, daemonizes)  # noqa: E731
-        proc = _with_personality(aslr, start)
-    elif not vdso:
+    if not vdso:
         # imported here: it loads remap.fold (~90 ms), which launches keeping the vdso never need
         from .fold import vdso as hider
 
-        proc = _with_personality(aslr, lambda: hider.launch(list(argv), **popen_kw))
+        start = lambda: _start_hidden(hider, argv, user, netns, popen_kw)  # noqa: E731
+        proc = _with_personality(aslr, start)
+    elif user or netns:
+        start = lambda: _start_isolated(argv, user, netns, popen_kw, daemonizes)  # noqa: E731
+        proc = _with_personality(aslr, start)
     else:
         proc = _with_personality(aslr, lambda: subprocess.Popen(list(argv), **popen_kw))
     _wait_exec_done(proc)  # every path: nsenter's and the hider's return at the exec too
@@ -208,13 +207,7 @@ def _start_isolated(
     caller that measured at once would see nsenter.  As a user alone, Popen drops the
     privileges itself (setgroups, setgid, setuid in the child, before exec).
     """
-    uid = gid = None
-    if user is not None:
-        try:
-            pw = pwd.getpwnam(user)
-        except KeyError:
-            raise UsageError(f"launch: no user {user!r} on this machine") from None
-        uid, gid = pw.pw_uid, pw.pw_gid
+    uid, gid = _user_ids(user)
     if ns is None:
         return subprocess.Popen(list(argv), user=uid, group=gid, extra_groups=[], **popen_kw)
     if shutil.which("nsenter") is None:
@@ -238,6 +231,32 @@ def _start_isolated(
     proc.kill()
     proc.wait(timeout=5)
     raise UnsupportedTarget(f"launch: {argv[0]} did not start inside the namespace (nsenter)")
+
+
+def _start_hidden(hider, argv: list[str], user: str | None, ns: NetNamespace | None, popen_kw):
+    """remap.fold.vdso's launch of ARGV, as USER and/or inside NS: Popen switches the user
+    itself; nsenter is followed through its exec of ARGV[0] (the vdso is hidden there)."""
+    uid, gid = _user_ids(user)
+    kw = dict(popen_kw)
+    if ns is None:
+        if uid is not None:
+            kw.update(user=uid, group=gid, extra_groups=[])
+        return hider.launch(list(argv), **kw)
+    if shutil.which("nsenter") is None:
+        raise UnsupportedTarget("launch: --netns needs nsenter (apt-get install util-linux)")
+    return hider.launch(ns.enter_argv(list(argv), uid=uid, gid=gid), program=argv[0],
+                        pass_fds=(ns.fd,), **kw)  # fmt: skip
+
+
+def _user_ids(user: str | None) -> tuple[int | None, int | None]:
+    """(uid, primary gid) of USER; (None, None) for None.  UsageError for an unknown name."""
+    if user is None:
+        return None, None
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise UsageError(f"launch: no user {user!r} on this machine") from None
+    return pw.pw_uid, pw.pw_gid
 
 
 def _with_personality(aslr: bool, start):

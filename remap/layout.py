@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # only its attributes are read: importing it would load the p
     from .profile import Profile
 
 ARGV_ALLOWANCE = 128  # the fold moves the argv strings into the reserve too
-# + 64: frames keep alignment; K.FOLD_MARGIN: what remap.fold.steps.single_page keeps free
+# + 64: frames keep alignment; K.FOLD_MARGIN: what remap.fold.singlepage.single_page keeps free
 DEFAULT_MARGIN = K.RED_ZONE + K.FOLD_MARGIN + ARGV_ALLOWANCE + 64
 RELRO = ".data.rel.ro"
 # .data.* but not .data.rel.ro / .data.rel.ro.* (ld matches input sections with fnmatch): the

@@ -79,6 +79,10 @@ BAD_FILES = {
         '[target]\nname = "echoloop"\nexit_status = 300\n[[steps]]\nstep = "launch"',
         "target.exit_status",
     ),
+    "bad env": (
+        '[target]\nname = "echoloop"\n[launch]\nenv = { TZ = 0 }\n[[steps]]\nstep = "launch"',
+        "launch.env",
+    ),
     "no launch first": (
         '[target]\nname = "echoloop"\n[[steps]]\nstep = "idle"',
         "first step must be",
@@ -158,3 +162,28 @@ def test_cli_run_json_and_report(tmp_path, capsys):
     md = Path(rep["markdown"]).read_text()
     assert "| aslr-gap | no-aslr | 2/2 | yes |" in md
     assert main(["report", str(tmp_path / "empty")]) == ExperimentError.exit_code
+
+
+def test_launch_env_reaches_the_target(tmp_path):
+    """[launch] env adds variables to the fixed environment: the started target has them."""
+    seen = {}
+
+    @X.step("test-environ")
+    def environ(ctx: X.RunContext, params: dict) -> X.StepResult:
+        with open(f"/proc/{ctx.pid}/environ", "rb") as f:
+            seen.update(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        return ctx.measure("environ")
+
+    try:
+        f = tmp_path / "env.toml"
+        f.write_text(
+            '[target]\nname = "echoloop"\n[launch]\nenv = { TZ = "UTC0", REMAP_X = "1" }\n'
+            '[[steps]]\nstep = "launch"\n[[steps]]\nstep = "test-environ"\n'
+        )
+        exp = X.load(str(f))
+        assert exp.cases[0].launch.env == (("REMAP_X", "1"), ("TZ", "UTC0"))
+        (rec,) = X.run(exp, command="test")
+        assert rec["target_ok"], rec.get("error")
+    finally:
+        X.STEPS.pop("test-environ", None)
+    assert seen[b"TZ"] == b"UTC0" and seen[b"REMAP_X"] == b"1" and seen[b"LC_ALL"] == b"C"

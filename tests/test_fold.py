@@ -288,7 +288,7 @@ def test_updated_snapshots_equal_fresh_ones():
     """The runner updates its snapshot after a drop (from pagemap over the dropped ranges) and
     after the stack move (re-walking the stack) instead of re-reading everything: each update
     must equal a fresh snapshot taken at the same moment."""
-    from remap.fold import plan, steps
+    from remap.fold import plan, stackmove, steps
 
     def pages(snap, s):
         return sorted(
@@ -315,7 +315,7 @@ def test_updated_snapshots_equal_fresh_ones():
             r = plan.run_plan(
                 lb.pid,
                 "check",
-                [steps.use_own_syscall, steps.close_stack_gap, same_as_fresh,
+                [steps.use_own_syscall, stackmove.close_stack_gap, same_as_fresh,
                  steps.drop_dead_stack, same_as_fresh, steps.drop_clean_file, same_as_fresh],
             )  # fmt: skip
             assert len(checked) == 3

@@ -318,7 +318,7 @@ def test_fold_root_refused_with_both_reasons_when_nothing_proves_it(deep):
     (deep_block has no hot page: its whole text stands in for one, so every frame is "hot".)"""
     from remap.errors import UnsafeStep
     from remap.fold.hotpage import HotPage
-    from remap.fold.steps import _steady_root
+    from remap.fold.singlepage import _steady_root
 
     p, _st = deep("nocfi", "switch")
     text = next(m for m in procfs.read_maps(p.pid) if "x" in m.perms and m.path.endswith("nocfi"))

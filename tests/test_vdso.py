@@ -15,18 +15,33 @@ def _specials(pid: int) -> list[str]:
     return [m.path for m in procfs.read_maps(pid) if m.path.startswith("[v")]
 
 
-def test_no_vdso_static_musl_runs_without_vdso():
-    lb = launch([str(targets.build("echoloop"))], vdso=False, stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE)  # fmt: skip
+def _echo_without_vdso(lb, *, saved_auxv: bool = True) -> None:
+    """LB (echoloop launched with vdso=False) has no vdso, no tracer, and echoes a line; its
+    kernel-saved auxv (/proc/PID/auxv) agrees where remap could update it (root)."""
     try:
         assert _specials(lb.pid) == ["[vsyscall]"]
-        assert AT_SYSINFO_EHDR not in dict(procfs.read_auxv(lb.pid))
+        if saved_auxv:
+            assert AT_SYSINFO_EHDR not in dict(procfs.read_auxv(lb.pid))
         assert procfs.read_status(lb.pid)["TracerPid"] == 0
         lb.proc.stdin.write(b"hello\n")
         lb.proc.stdin.flush()
         assert lb.proc.stdout.readline() == b"hello\n"
     finally:
         lb.stop()
+
+
+def _date_without_vdso(**kw) -> None:
+    """glibc's `date` launched with vdso=False (and KW) still tells the time: it would have
+    jumped into the unmapped vdso had the auxv entry not been hidden."""
+    lb = launch(["date", "+%s"], vdso=False, stdout=subprocess.PIPE, **kw)
+    out, _ = lb.proc.communicate(timeout=10)
+    assert lb.proc.returncode == 0 and int(out) > 1_700_000_000
+
+
+def test_no_vdso_static_musl_runs_without_vdso():
+    lb = launch([str(targets.build("echoloop"))], vdso=False, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE)  # fmt: skip
+    _echo_without_vdso(lb)
 
 
 def test_with_vdso_is_untouched():
@@ -42,10 +57,7 @@ def test_with_vdso_is_untouched():
 def test_no_vdso_dynamic_glibc_falls_back_to_syscalls():
     """glibc's clock_gettime uses the vdso when AT_SYSINFO_EHDR is present; hidden, it makes
     the real syscall and `date` still prints the time."""
-    lb = launch(["date", "+%s"], vdso=False, stdout=subprocess.PIPE)
-    out, _ = lb.proc.communicate(timeout=10)
-    assert lb.proc.returncode == 0
-    assert int(out) > 1_700_000_000
+    _date_without_vdso()
 
 
 def test_launch_returns_after_the_image_is_complete():
@@ -59,3 +71,24 @@ def test_launch_returns_after_the_image_is_complete():
             assert "[vdso]" in paths and exe in paths, paths
         finally:
             lb.stop()
+
+
+def test_no_vdso_combines_with_user_and_netns():
+    """--no-vdso with --user and --netns (EnergyMech's isolation): nsenter is followed through
+    its exec; the program runs unprivileged, in the namespace, with no vdso (the kernel's saved
+    auxv copy stays stale: PR_SET_MM_MAP needs a capability the target lacks)."""
+    import os
+
+    from remap.netns import NetNamespace
+
+    echo = str(targets.build("echoloop"))
+    with NetNamespace() as ns:
+        lb = launch([echo], vdso=False, user="nobody", netns=ns, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE)  # fmt: skip
+        where = (procfs.read_exe(lb.pid), procfs.read_status(lb.pid)["Uid"].split()[0],
+                 os.readlink(f"/proc/{lb.pid}/ns/net"))  # fmt: skip
+        _echo_without_vdso(lb, saved_auxv=False)
+        assert where[:2] == (os.path.realpath(echo), "65534")
+        assert where[2] != os.readlink("/proc/self/ns/net")
+        _date_without_vdso(user="nobody", netns=ns)
+    _date_without_vdso(user="nobody")

@@ -27,6 +27,8 @@ def launch_energymech(ctx: RunContext, params: dict) -> None:
         timeout=float(params.get("timeout", 10.0)),  # per wait; its send queue adds to replies'
         aslr=lc.aslr,
         env_size=lc.env_size,
+        env=dict(lc.env),
+        vdso=lc.vdso,
         user=lc.user,
         isolate=lc.netns,
         daemon=lc.daemon,

@@ -12,6 +12,7 @@ File shape (all tables optional except ``target``; ``cases`` override the top le
     [target]   source = "energymech"  variant = "static"  irc = "energymech"   # bring your own
     [target.recipe]  ...                   # optional: the recipe inline (remap.sources)
     [launch]   aslr = false  env_size = 256  vdso = true  user = "nobody"  netns = true
+               env = { TZ = "UTC0" }   # added to the fixed environment (remap.launch)
     [measure]  pages = true  stack = true
     [[steps]]  step = "launch"
     [[steps]]  step = "register"
@@ -31,7 +32,7 @@ from ..targets import EXPERIMENTS_DIR  # the checkout's experiments/, or the bun
 
 _TOP_KEYS = {"description", "repeat", "target", "launch", "measure", "steps", "cases"}
 _TARGET_KEYS = {"name", "variant", "args", "irc", "exit_status", "source", "recipe"}
-_LAUNCH_KEYS = {"aslr", "env_size", "vdso", "user", "netns", "daemon"}
+_LAUNCH_KEYS = {"aslr", "env_size", "vdso", "user", "netns", "daemon", "env"}
 BOTS = ("minibot", "energymech")  # irc = true means "minibot": HOST PORT NICK CHANNEL args
 _MEASURE_KEYS = {"pages", "stack", "idle_timeout"}
 _CASE_KEYS = {"name", "target", "launch", "measure", "steps"}
@@ -58,6 +59,13 @@ class Launch:
     user: str | None = None  # run as this unprivileged user
     netns: bool = False  # inside a private network namespace holding only loopback
     daemon: bool = False  # let a real bot daemonize (EnergyMech: no MECHRESET), adopt the child
+    env: tuple[tuple[str, str], ...] = ()  # variables added to remap.launch.DEFAULT_ENV
+
+    def environment(self) -> dict[str, str]:
+        """The environment the target starts with: DEFAULT_ENV plus this case's variables."""
+        from ..launch import DEFAULT_ENV
+
+        return {**DEFAULT_ENV, **dict(self.env)}
 
 
 @dataclass(frozen=True)
@@ -237,7 +245,12 @@ def _launch(d: dict, where: str, bad) -> Launch:
     daemon = d.get("daemon", False)
     if not isinstance(netns, bool) or not isinstance(daemon, bool):
         raise bad(f"{where}: launch.netns and launch.daemon must be true or false")
-    return Launch(aslr, env_size, vdso, user, netns, daemon)
+    env = d.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and k and "=" not in k and isinstance(v, str) for k, v in env.items()
+    ):
+        raise bad(f'{where}: launch.env must be a table of NAME = "value" strings')
+    return Launch(aslr, env_size, vdso, user, netns, daemon, tuple(sorted(env.items())))
 
 
 def _measure(d: dict, where: str, bad) -> Measure:

@@ -163,6 +163,7 @@ def _launch(ctx: RunContext, params: dict) -> StepResult:
     ctx.launched = launch(
         argv,
         aslr=lc.aslr,
+        env=lc.environment(),
         env_size=lc.env_size,
         vdso=lc.vdso,
         stdin=subprocess.PIPE,

@@ -35,7 +35,8 @@ LOGIN_NAME = "remap"
 @step("launch-agetty")
 def _launch_agetty(ctx: RunContext, params: dict) -> StepResult:
     """agetty on a new pty, measured at its login prompt (the prompt text goes in the record)."""
-    run = getty.start(ctx.target_path, aslr=ctx.case.launch.aslr)
+    lc = ctx.case.launch
+    run = getty.start(ctx.target_path, aslr=lc.aslr, vdso=lc.vdso)
     ctx.launched = run.launched
     ctx.finisher = _finisher(
         lambda: {"login": getty.login(run, LOGIN_NAME)}, lambda: getty.stop(run)

@@ -11,7 +11,9 @@ experiment.  Loaded by the runner only when an experiment names one of them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import time
 from itertools import count
 from pathlib import Path
@@ -189,10 +191,8 @@ def _init_layout(ctx: RunContext, params: dict) -> StepResult:
     more (init's sleep(1) and its next wait), so that the steady state between respawns and
     the respawn itself are in the profile (issue 18, part 4); then write its open hot block
     from the kept link inputs ``inputs`` (as in idle-layout), relink, check and stop init, and
-    make the relinked busybox the target of the next launch-init.
-
-    Not in the profile: the vforked child's own instructions before its exec (it runs
-    untraced, in init's memory): remap.profile follows one thread."""
+    make the relinked busybox the target of the next launch-init.  The child init vforks is
+    profiled too, up to its exec (remap.profile: it runs in init's memory)."""
     run = init_run(ctx, "init-layout")
     objs = _kept_inputs(ctx, params, "init-layout")
     before, after = float(params.get("seconds", 3.0)), float(params.get("after", 3.0))
@@ -207,6 +207,27 @@ def _init_layout(ctx: RunContext, params: dict) -> StepResult:
     res = ctx.measure("init-layout", respawn=prof.results.get("profiled"))
     margin = int(params.get("margin", DEFAULT_MARGIN + SIGNAL_ROOM))
     return _relink_open(ctx, params, res, prof, objs, "init_layout", margin)
+
+
+def _link_once(objs: list[Path], binary: Path, script: Path) -> Path:
+    """BINARY linked from OBJS with SCRIPT, unless it is there already (ExperimentError when
+    the link fails).  Why once: its name is the script's digest (the script names the
+    profiled executable's sha256: the same name, the same bytes), and the binary of a run in
+    progress -- busybox init execs it again for every child it respawns -- must not be
+    replaced under it: a new file at its path makes /proc/PID/exe of what runs it read
+    "(deleted)".  Linked beside it and hard-linked into place, so that of two runs linking
+    it at once the first one's file stays."""
+    if binary.is_file():
+        return binary
+    tmp = binary.with_name(f".{binary.name}.{os.getpid()}")
+    try:
+        link(objs, tmp, script)
+        tmp.chmod(0o755)  # an unprivileged user may run it
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, binary)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return binary
 
 
 def _kept_inputs(ctx: RunContext, params: dict, name: str) -> list[Path]:
@@ -255,8 +276,7 @@ def _relink_open(
     digest = hashlib.sha256(lay.script.encode()).hexdigest()
     script = out / f"{name}-{digest[:12]}.ld"
     script.write_text(lay.script)
-    binary = link(objs, out / f"{name}-hot-{digest[:12]}", script)
-    binary.chmod(0o755)  # an unprivileged user may run it
+    binary = _link_once(objs, out / f"{name}-hot-{digest[:12]}", script)
     info.update(budget=lay.budget, pages=lay.pages, script=str(script), script_sha256=digest,
                 binary=str(binary), binary_sha256=sha256_file(binary))  # fmt: skip
     ok, why = ctx.finisher(ctx) if ctx.finisher else (True, None)  # checked, then stopped

@@ -1,6 +1,7 @@
 """Fold: reshape a live process so its working set lives in fewer pages.
 
-Three plans, each a list of steps (see steps.py) run by plan.run_plan:
+Three plans, each a list of steps (steps.py: the drops and the fence; stackmove.py: exec's
+gap closed; singlepage.py: the hot-block fold) run by plan.run_plan:
 - :func:`squeeze` -- any process: drop clean file pages and dead stack, after closing the stack
   gap where that is safe (skipped, with the reason, where it is not).  Generic.
 - :func:`fold` -- the same with the stack relocation required: it refuses instead of skipping,
@@ -21,7 +22,7 @@ Example::
 from __future__ import annotations
 
 from .. import procfs, unwind
-from . import steps
+from . import singlepage, stackmove, steps
 from .hotpage import find_hot_page
 from .plan import FoldReport, run_plan
 
@@ -37,17 +38,17 @@ def squeeze(
     Why the move belongs here: drops alone leave the live stack wherever exec's random gap put
     it -- one, two or three pages (frames straddling a boundary, strings a page away): the seed
     author's "12 kB reproducible, 8 kB unreproducible", and 16 kB in one run of five on the
-    demo bot.  Moving the frames and tables up against the strings (steps.close_stack_gap)
+    demo bot.  Moving the frames and tables up against the strings (stackmove.close_stack_gap)
     loses nothing: it is a copy, every pointer fixed, verified.  Where it is not safe (threads,
     a kernel-held pointer, swap) or costs the stop too much (more than 4 MB of writable memory
-    to scan for pointers: steps.SQUEEZE_MOVE_SCAN_MAX_PAGES) it is skipped with the reason, and
+    to scan for pointers: stackmove.SQUEEZE_MOVE_SCAN_MAX_PAGES) it is skipped with the reason, and
     the squeeze goes on.  MOVE=False: drops only, nothing in the process is moved.
     FENCE=False: file mappings are not split into one-page VMAs (steps.fence_fault_around),
     so the kernel's fault-around brings up to 16 pages back per fault, as without remap.
     """
     plan = [steps.use_own_syscall]
     if move:
-        plan.append(steps.optional(steps.squeeze_stack_gap, "relocate-stack"))
+        plan.append(steps.optional(stackmove.squeeze_stack_gap, "relocate-stack"))
     if fence:  # first: the drops' own calls and the cure refault the chain's pages, one each
         plan.append(steps.fence_fault_around)
     plan += [steps.drop_dead_stack, steps.drop_clean_file]
@@ -100,7 +101,7 @@ def fold(pid: int, *, dry_run: bool = False, single_page: bool | None = None) ->
     if single_page:
         if hot is not None:  # the frame walk's tables, read now too
             unwind.prepare(procfs.read_exe(pid))
-        plan = [steps.use_own_syscall, steps.single_page]
+        plan = [steps.use_own_syscall, singlepage.single_page]
         if hot is not None and hot.cold_reachable:
             # an open block keeps its cold code mapped: a path no profile saw faults it back,
             # and without a fence fault-around maps 16 pages for each such fault
@@ -108,7 +109,7 @@ def fold(pid: int, *, dry_run: bool = False, single_page: bool | None = None) ->
         return run_plan(pid, "single-page", plan, dry_run=dry_run)
     plan = [
         steps.use_own_syscall,
-        steps.close_stack_gap,
+        stackmove.close_stack_gap,
         steps.drop_dead_stack,
         steps.drop_clean_file,
     ]

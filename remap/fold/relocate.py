@@ -117,7 +117,7 @@ def walk_frames(
 
     Why this walk beside remap.unwind (CFI): a program built with -fno-omit-frame-pointer
     keeps an exact chain needing no unwind tables; the single-page fold prefers the CFI walk
-    and uses this one when that cannot prove the root (steps._steady_root cross-checks them).
+    and uses this one when that cannot prove the root (singlepage._steady_root cross-checks them).
     A chain that breaks (rbp outside the stack) is reported, never guessed.
     """
     frames: list[tuple[int, int]] = []

@@ -25,7 +25,7 @@ from ..errors import UnsupportedTarget
 from ..gadget import find as find_gadget
 from ..inject.memory import Memory
 from ..inject.ptrace import Ptrace
-from ..procfs import read_maps
+from ..procfs import read_exe, read_maps
 
 SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]")
 
@@ -38,21 +38,26 @@ def _traceme() -> None:  # runs in the child between fork and exec
         os._exit(127)
 
 
-def launch(argv: list[str], **popen_kw) -> subprocess.Popen:
+EXEC_HOPS = 4  # execs followed to reach the program (nsenter execs it in place: one hop)
+
+
+def launch(argv: list[str], *, program: str | None = None, **popen_kw) -> subprocess.Popen:
     """Popen(argv) with the vdso hidden from the program and unmapped before it runs.
+
+    PROGRAM: the executable ARGV ends up running when ARGV[0] is a launcher that execs it in
+    place (nsenter into a network namespace, dropping to a user on the way): the child is
+    followed through its execs (at most EXEC_HOPS) and the vdso is hidden
+    at the exec of PROGRAM, still before its first instruction.  Popen's own user/group
+    switch happens before the child asks to be traced, so an unprivileged target works too
+    (only the kernel's saved auxv copy then stays stale: PR_SET_MM_MAP needs a capability).
 
     Raises UnsupportedTarget when the program cannot be handled so, and the ptrace layer's
     errors (AccessDenied, NoSuchProcess...) when ptrace refuses or the child dies."""
     proc = subprocess.Popen(argv, preexec_fn=_traceme, **popen_kw)  # noqa: PLW1509
     pid = proc.pid
     pt = Ptrace(pid)
-    status = pt.ffi.new("int *")
     try:
-        pt.wait(pid, status, 0)
-        st = status[0]
-        if not os.WIFSTOPPED(st) or os.WSTOPSIG(st) != K.SIGTRAP:
-            raise UnsupportedTarget(f"--no-vdso: {argv[0]} did not stop at exec (status {st:#x})")
-        pt.setoptions(pid, K.PTRACE_O_TRACESYSGOOD)
+        _stop_at_program(pt, pid, os.path.realpath(program or argv[0]), argv[0])
         saved = pt.getregs(pid)
         mem = Memory(pid, pt.lib, pt.ffi)
         auxv = _hide_auxv_entry(mem, saved.rsp)
@@ -65,6 +70,36 @@ def launch(argv: list[str], **popen_kw) -> subprocess.Popen:
         raise
     pt.check(pt.detach(pid), "PTRACE_DETACH")
     return proc
+
+
+def _stop_at_program(pt: Ptrace, pid: int, want: str, first: str) -> None:
+    """Wait (each wait bounded by the ptrace layer's deadline) for the exec stop of WANT.
+
+    Without PTRACE_O_TRACEEXEC every exec of a traced child ends in a SIGTRAP sent to it once
+    the new image is complete (the classic ptrace exec stop; the event stop the option gives
+    comes earlier, inside execve, where an injected call would be taken for execve's own
+    return).  Each such stop that is not WANT is continued with the SIGTRAP suppressed; any
+    other signal is passed on.  Raises UnsupportedTarget when the child exits, or has not
+    exec'd WANT after EXEC_HOPS execs."""
+    status = pt.ffi.new("int *")
+    hops = signals = 0
+    while hops <= EXEC_HOPS and signals <= EXEC_HOPS:
+        r = pt.wait(pid, status, 0)
+        st = status[0]
+        if r != pid or not os.WIFSTOPPED(st):
+            raise UnsupportedTarget(f"--no-vdso: {first} did not stop at exec (status {st:#x})")
+        sig = os.WSTOPSIG(st)
+        if sig != K.SIGTRAP:
+            signals += 1
+            pt.cont_checked(pid, sig)
+            continue
+        if not hops:
+            pt.setoptions(pid, K.PTRACE_O_TRACESYSGOOD)
+        if read_exe(pid) == want:
+            return
+        hops += 1
+        pt.cont_checked(pid)
+    raise UnsupportedTarget(f"--no-vdso: {first} did not exec {want} within {EXEC_HOPS} execs")
 
 
 def _hide_auxv_entry(mem: Memory, sp: int) -> tuple[int, int]:

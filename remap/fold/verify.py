@@ -79,7 +79,7 @@ def hash_pages(read: Reader, addrs: Iterable[int], holes: Holes = ()) -> dict[in
 def check_same(before: dict[int, bytes], read: Reader, *, holes: Holes = ()) -> int:
     """Re-hash every page of BEFORE and raise UnsafeStep naming the first page that changed.
     Returns the number of bytes verified.  (Moved blocks are verified by read-back where
-    they are written: steps.close_stack_gap, steps.single_page.)"""
+    they are written: stackmove.close_stack_gap, singlepage.single_page.)"""
     for addr, digest in before.items():
         if _digest(read, addr, list(holes)) != digest:
             raise UnsafeStep(f"anonymous page {addr:#x} changed during the fold")
