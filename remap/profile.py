@@ -848,15 +848,19 @@ def _follow_vfork(
     reset_sighandlers_and_unblock_sigs, init_exec, execve), so its code and stack depth belong
     to the parent's working set, and a layout without them maps them back at every respawn.
     The parent waits in its vfork stop meanwhile.  Raises UnsafeStep when the child never
-    stops."""
+    stops (it stays traced, and runs on once this tracer exits: no wait without an end)."""
+    seen.stopped = True  # the parent, in its vfork stop (what its detach must know)
     child = _Stepper(st.event_msg())
     child.attached = True  # traced from birth (PTRACE_O_TRACEVFORK)
-    stopped = False
     try:
-        if not child.wait_for(VFORK_CHILD_STOP_S):
-            raise UnsafeStep(f"the vfork child {child.pid} did not stop within "
-                             f"{VFORK_CHILD_STOP_S:g} s")  # fmt: skip
-        stopped = True
+        born = child.wait_for(VFORK_CHILD_STOP_S)
+    except NoSuchProcess:
+        return  # killed before its first stop: it ran nothing
+    if not born:
+        raise UnsafeStep(f"the vfork child {child.pid} did not stop within "
+                         f"{VFORK_CHILD_STOP_S:g} s")  # fmt: skip
+    stopped = True
+    try:
         child.getregs()
         reason = seen.reason
         _step_loop(child, exe, dec, seen, stack, None, deadline, max_steps, trace_every,
