@@ -828,11 +828,17 @@ def compile_target(name: str, out_dir: Path) -> Path:
 
 
 def link(objects: list[Path], out: Path, script: Path | None = None, libs: list[str] = ()) -> Path:
-    """Link OBJECTS statically with musl (with SCRIPT as the linker script when given)."""
+    """Link OBJECTS statically with musl (with SCRIPT as the linker script when given).
+
+    OBJECTS are one ``--start-group``/``--end-group``: ld rescans their archives until no
+    reference is left, so archives that call each other link in any order (busybox's Kbuild
+    lib.a files: libbb's appletlib.o refers to init_main in init/lib.a, listed before it, as
+    scripts/trylink links them).  For plain objects the group changes nothing."""
     argv = ["musl-gcc", "-static", "-no-pie"]
     if script is not None:
         argv += [f"-Wl,-T,{script}", "-Wl,--no-warn-rwx-segments", "-Wl,--orphan-handling=error"]
-    argv += ["-o", str(out), *map(str, objects), *libs]
+    group = ["-Wl,--start-group", *map(str, objects), "-Wl,--end-group"]
+    argv += ["-o", str(out), *group, *libs]
     _run(argv, f"cannot link {out.name}")
     return out
 

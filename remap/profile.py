@@ -379,7 +379,9 @@ class _Stepper:
         self.attached = False
 
     def seize(self) -> None:
-        if not self.pt.seize(self.pid):
+        """Seize and stop the process; a vfork it makes stops it with PTRACE_EVENT_VFORK and
+        its child, traced from birth, stops at its exec (_follow_vfork)."""
+        if not self.pt.seize(self.pid, K.PTRACE_O_TRACEVFORK | K.PTRACE_O_TRACEEXEC):
             raise NoSuchProcess(self.pid)
         self.attached = True
         self.pt.interrupt(self.pid, gone_ok=False)
@@ -411,6 +413,18 @@ class _Stepper:
 
     def step(self, sig: int = 0) -> None:
         self.pt.singlestep(self.pid, sig)
+
+    def event(self) -> int:
+        """The PTRACE_EVENT_* of this stop (0: none)."""
+        return self.status[0] >> 16
+
+    def event_msg(self) -> int:
+        """PTRACE_GETEVENTMSG: at a vfork event, the child's PID."""
+        msg = self.ffi.new("unsigned long *")
+        addr = int(self.ffi.cast("uintptr_t", msg))
+        self.pt.check(self.lib.rn_ptrace(K.PTRACE_GETEVENTMSG, self.pid, 0, addr),
+                      "PTRACE_GETEVENTMSG")  # fmt: skip
+        return int(msg[0])
 
     def stop_signal(self) -> int:
         """The signal to pass on after this stop: 0 for our own trap and for ptrace events."""
@@ -734,16 +748,19 @@ def _step_loop(
     deadline: float | None,
     max_steps: int,
     trace_every: int,
+    until_exec: bool = False,
 ) -> None:
     """Record the instruction at each stop, then step once; until the workload is done and the
-    target blocks again, the deadline passes, or max_steps.  The hot loop of the profiler:
-    plain locals, one dict lookup per decoded instruction."""
+    target blocks again, the deadline passes, or max_steps (UNTIL_EXEC: a vfork child, until
+    its exec).  A vfork's child is stepped to its exec before the parent goes on
+    (_follow_vfork).  The hot loop of the profiler: plain locals, one dict lookup per decoded
+    instruction."""
     regs = st.regs
     fs_base, gs_base = regs.fs_base, regs.gs_base
     counts, first_seen, touched, trace = seen.counts, seen.first_seen, seen.touched, seen.trace
     cache = dec.cache
     sig = 0
-    n = 0
+    n = seen.steps
     while n < max_steps:
         rip = regs.rip
         rsp = regs.rsp
@@ -794,6 +811,13 @@ def _step_loop(
             if not _wait_syscall(st, done, deadline):
                 seen.reason = "idle" if done is not None and done.is_set() else "time"
                 return
+            ev = st.event()
+            if ev == K.PTRACE_EVENT_VFORK:
+                _follow_vfork(st, exe, dec, seen, stack, deadline, max_steps, trace_every)
+                n = seen.steps
+            elif ev == K.PTRACE_EVENT_EXEC and until_exec:
+                seen.stopped = True
+                return
         else:
             st.wait()
         seen.stopped = True
@@ -803,6 +827,50 @@ def _step_loop(
             seen.reason = "time"
             return
     seen.reason = "max-steps"
+
+
+VFORK_CHILD_STOP_S = 5.0  # a vfork child stops at birth: waiting longer means it never will
+
+
+def _follow_vfork(
+    st: _Stepper,
+    exe: _Exe,
+    dec: _Decoder,
+    seen: _Seen,
+    stack: tuple[int, ...],
+    deadline: float | None,
+    max_steps: int,
+    trace_every: int,
+) -> None:
+    """Step the child of the vfork ST just stopped in, from its first stop to its exec (or its
+    exit), into the same SEEN; then let it go.  Why: until its exec a vfork child runs in the
+    parent's memory and on the parent's stack, below its frames (busybox init's respawn:
+    reset_sighandlers_and_unblock_sigs, init_exec, execve), so its code and stack depth belong
+    to the parent's working set, and a layout without them maps them back at every respawn.
+    The parent waits in its vfork stop meanwhile.  Raises UnsafeStep when the child never
+    stops (it stays traced, and runs on once this tracer exits: no wait without an end)."""
+    seen.stopped = True  # the parent, in its vfork stop (what its detach must know)
+    child = _Stepper(st.event_msg())
+    child.attached = True  # traced from birth (PTRACE_O_TRACEVFORK)
+    try:
+        born = child.wait_for(VFORK_CHILD_STOP_S)
+    except NoSuchProcess:
+        return  # killed before its first stop: it ran nothing
+    if not born:
+        raise UnsafeStep(f"the vfork child {child.pid} did not stop within "
+                         f"{VFORK_CHILD_STOP_S:g} s")  # fmt: skip
+    stopped = True
+    try:
+        child.getregs()
+        reason = seen.reason
+        _step_loop(child, exe, dec, seen, stack, None, deadline, max_steps, trace_every,
+                   until_exec=True)  # fmt: skip
+        stopped, seen.reason = seen.stopped, reason
+    except NoSuchProcess:
+        return  # it exited (an exec that failed): what it ran is recorded
+    finally:
+        child.interrupt_and_detach(stopped)
+        seen.stopped = True  # the parent is still in its vfork stop
 
 
 def _functions(

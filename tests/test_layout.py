@@ -59,6 +59,30 @@ def test_archive_reader_finds_musl_members():
     assert sec.pattern.endswith("libc.a:read.lo(.text.read)")
 
 
+def test_link_resolves_archives_that_call_each_other_in_any_order(tmp_path):
+    """busybox's Kbuild archives refer back to archives listed before them (libbb/lib.a's
+    main -> init_main in init/lib.a): link() groups its inputs, so that order links."""
+    units = {
+        "main": "int applet(void); int main(void) { return applet(); }",
+        "applet": "int helper(void); int applet(void) { return helper() + 1; }",
+        "helper": "int helper(void) { return 41; }",
+    }
+    for name, text in units.items():
+        (tmp_path / f"{name}.c").write_text(text + "\n")
+        subprocess.run(["musl-gcc", "-c", "-o", str(tmp_path / f"{name}.o"),
+                        str(tmp_path / f"{name}.c")], check=True)  # fmt: skip
+    archives = []
+    for name in ("helper", "applet", "main"):  # each needs one listed before it
+        a = tmp_path / f"lib{name}.a"
+        subprocess.run(["ar", "rcs", str(a), str(tmp_path / f"{name}.o")], check=True)
+        archives.append(a)
+    plain = subprocess.run(["musl-gcc", "-static", "-no-pie", "-o", str(tmp_path / "plain"),
+                            *map(str, archives)], capture_output=True, text=True)  # fmt: skip
+    assert plain.returncode != 0 and "undefined reference" in plain.stderr  # the order matters
+    out = link(archives, tmp_path / "grouped")
+    assert subprocess.run([out], timeout=10).returncode == 42
+
+
 def test_layout_packs_the_hot_path_and_is_deterministic(prof, obj):
     lay = plan_layout(prof, [obj, musl_libc()])
     code = [e.section.name for e in lay.code]

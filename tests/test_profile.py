@@ -158,6 +158,27 @@ def test_profile_refuses_threads(spawn):
     assert _tracer(t.pid) == 0 and t.proc.poll() is None
 
 
+def test_profile_steps_a_vfork_child_up_to_its_exec(spawn):
+    """A vfork child runs in its parent's memory and below its frames until it execs (busybox
+    init's respawn): the profile steps it too, up to its exec, which still happens; the
+    parent reaps it as before, also once the profile has let both go."""
+    t = spawn("vforker")
+    assert t.proc.stdout.readline().startswith(b"ready ")
+    t.wait_blocked()
+
+    def once() -> str:
+        t.proc.stdin.write(b"go\n")
+        t.proc.stdin.flush()
+        return t.proc.stdout.readline().decode().strip()
+
+    prof = profile(t.pid, seconds=60, workload=once)
+    assert prof.results["profiled"] == "reaped 0"  # the child exec'd /bin/true, which exited 0
+    names = prof.function_names()
+    assert "run_child" in names and "execve" in names and "main" in names
+    assert _tracer(t.pid) == 0
+    assert once() == "reaped 0"
+
+
 # ---------------------------------------------------------------------------- a real program
 def _mech(variant: str):
     try:

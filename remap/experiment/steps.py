@@ -92,6 +92,8 @@ class RunContext:
       fields: extra top-level fields for this run's JSON record (e.g. "stack_gap").
       finisher: set by a launch that knows its target better than :func:`finish` (EnergyMech:
         a final PING, then SIGTERM and its QUIT answered); called instead of it.
+      handle: what a launch step knows of its target beyond the process (launch-init: the
+        :class:`remap.initns.InitRun`), for the later steps of the same subject (respawn).
     Preconditions a step may rely on: steps run in the TOML order, in one thread; the runner
     stops and reaps the target after the last step whatever happened.
     """
@@ -105,6 +107,7 @@ class RunContext:
     records: list[StepResult] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
     finisher: Callable[[RunContext], tuple[bool, str | None]] | None = None  # replaces finish
+    handle: Any = None  # the launch step's own handle on its target (remap.initns.InitRun)
 
     @property
     def pid(self) -> int:

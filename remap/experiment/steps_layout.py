@@ -1,7 +1,8 @@
 """Experiment steps of the profile -> linker script -> relink round trip (remap.profile,
 remap.layout): ``auto-layout`` (experiments/auto-single-page-minibot.toml),
-``profile-layout`` (experiments/second-program-sic.toml) and ``mech-layout``
-(experiments/energymech-layout.toml).
+``profile-layout`` (experiments/second-program-sic.toml), ``mech-layout``
+(experiments/energymech-layout.toml), ``idle-layout`` (experiments/agetty-layout.toml) and
+``init-layout`` (experiments/init-layout.toml).
 
 Why here and not in remap.layout: the layout is a library (a profile and link inputs in, a
 script out) that must load without ptrace, IRC or the runner; these steps glue it to a running
@@ -10,11 +11,14 @@ experiment.  Loaded by the runner only when an experiment names one of them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import time
 from itertools import count
 from pathlib import Path
 
+from .. import initns
 from ..errors import ExperimentError, UnsafeStep, UsageError
 from ..kconst import SHF_WRITE
 from ..layout import (
@@ -30,6 +34,7 @@ from ..profile import irc_workload, profile
 from ..sources import KEPT_DIR, kept_files
 from ..targets import build_dir, sha256_file
 from .steps import RunContext, StepResult, step
+from .steps_getty import init_run
 
 PROFILE_CAP_S = 300.0  # a profile that runs longer than this is cut there
 
@@ -168,19 +173,75 @@ def _idle_layout(ctx: RunContext, params: dict) -> StepResult:
     under the build's kept/ folder, link order) + musl's libc.a, relink, stop it (its
     finisher checks it first: agetty accepts a login name) and make the relinked binary the
     target of the next launch step."""
+    objs = _kept_inputs(ctx, params, "idle-layout")
+    ctx.wait_idle()
+    prof = profile(ctx.pid, seconds=float(params.get("seconds", 6.0)))
+    res = ctx.measure("idle-layout")
+    margin = int(params.get("margin", DEFAULT_MARGIN + SIGNAL_ROOM))
+    return _relink_open(ctx, params, res, prof, objs, "idle_layout", margin)
+
+
+INIT_RESPAWN_TIMEOUT_S = 60.0  # a single-stepped init reaps and vforks slowly
+
+
+@step("init-layout")
+def _init_layout(ctx: RunContext, params: dict) -> StepResult:
+    """Profile busybox init (started by launch-init) idle for ``seconds``, across a respawn
+    (its child killed: the SIGCHLD, the reap, the vfork of a new child) and ``after`` seconds
+    more (init's sleep(1) and its next wait), so that the steady state between respawns and
+    the respawn itself are in the profile (issue 18, part 4); then write its open hot block
+    from the kept link inputs ``inputs`` (as in idle-layout), relink, check and stop init, and
+    make the relinked busybox the target of the next launch-init.  The child init vforks is
+    profiled too, up to its exec (remap.profile: it runs in init's memory)."""
+    run = init_run(ctx, "init-layout")
+    objs = _kept_inputs(ctx, params, "init-layout")
+    before, after = float(params.get("seconds", 3.0)), float(params.get("after", 3.0))
+    ctx.wait_idle()
+
+    def wl() -> dict:
+        time.sleep(before)
+        old, new = initns.respawn(run, timeout=INIT_RESPAWN_TIMEOUT_S)
+        return {"old": old, "new": new}
+
+    prof = profile(ctx.pid, seconds=PROFILE_CAP_S, workload=wl, idle=after)
+    res = ctx.measure("init-layout", respawn=prof.results.get("profiled"))
+    margin = int(params.get("margin", DEFAULT_MARGIN + SIGNAL_ROOM))
+    return _relink_open(ctx, params, res, prof, objs, "init_layout", margin)
+
+
+def _link_once(objs: list[Path], binary: Path, script: Path) -> Path:
+    """BINARY linked from OBJS with SCRIPT, unless it is there already (ExperimentError when
+    the link fails).  Why once: its name is the script's digest (the script names the
+    profiled executable's sha256: the same name, the same bytes), and the binary of a run in
+    progress -- busybox init execs it again for every child it respawns -- must not be
+    replaced under it: a new file at its path makes /proc/PID/exe of what runs it read
+    "(deleted)".  Linked beside it and hard-linked into place, so that of two runs linking
+    it at once the first one's file stays."""
+    if binary.is_file():
+        return binary
+    tmp = binary.with_name(f".{binary.name}.{os.getpid()}")
+    try:
+        link(objs, tmp, script)
+        tmp.chmod(0o755)  # an unprivileged user may run it
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, binary)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return binary
+
+
+def _kept_inputs(ctx: RunContext, params: dict, name: str) -> list[Path]:
+    """The kept link inputs named by the step's ``inputs`` (paths under the build's kept/
+    folder, in link order); ExperimentError naming what is malformed or missing."""
     names = params.get("inputs")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ExperimentError("step 'idle-layout': inputs must be a list of kept/ paths")
+        raise ExperimentError(f"step {name!r}: inputs must be a list of kept/ paths")
     kept = {str(p.relative_to(ctx.target_path.parent / KEPT_DIR)): p
             for p in kept_files(ctx.target_path)}  # fmt: skip
     missing = [n for n in names if n not in kept]
     if missing:
         raise ExperimentError(f"{ctx.target_path}: kept link inputs missing: {missing}")
-    ctx.wait_idle()
-    prof = profile(ctx.pid, seconds=float(params.get("seconds", 6.0)))
-    res = ctx.measure("idle-layout")
-    margin = int(params.get("margin", DEFAULT_MARGIN + SIGNAL_ROOM))
-    return _relink_open(ctx, params, res, prof, [kept[n] for n in names], "idle_layout", margin)
+    return [kept[n] for n in names]
 
 
 def _relink_open(
@@ -215,8 +276,7 @@ def _relink_open(
     digest = hashlib.sha256(lay.script.encode()).hexdigest()
     script = out / f"{name}-{digest[:12]}.ld"
     script.write_text(lay.script)
-    binary = link(objs, out / f"{name}-hot-{digest[:12]}", script)
-    binary.chmod(0o755)  # an unprivileged user may run it
+    binary = _link_once(objs, out / f"{name}-hot-{digest[:12]}", script)
     info.update(budget=lay.budget, pages=lay.pages, script=str(script), script_sha256=digest,
                 binary=str(binary), binary_sha256=sha256_file(binary))  # fmt: skip
     ok, why = ctx.finisher(ctx) if ctx.finisher else (True, None)  # checked, then stopped

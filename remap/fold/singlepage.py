@@ -23,6 +23,7 @@ from .stackmove import (
     RED_ZONE,
     commit_rewrites,
     end_of_tables,
+    ended_wait,
     in_syscall,
     pointer_rewrites,
     refuse_kernel_held_pointers,
@@ -67,9 +68,10 @@ def single_page(ctx: FoldContext) -> Action | None:
     may only be moved or kept), which are kept, their pointers into the stack relocated.
 
     Preconditions (each refused with its reason): a hot block in the executable; one thread;
-    blocked in a restartable syscall *inside* the block; the frame walk (CFI, else the rbp
-    chain) reaches a frame whose caller is outside the hot code (the steady-state root, which by
-    the contract never returns); moved frames + strings + a margin fit the reserve.  Caught
+    blocked in a restartable syscall *inside* the block (or just out of a wait the stop ended
+    with EINTR: stackmove.ended_wait); the frame walk (CFI, else the rbp chain) reaches a frame
+    whose caller is outside the hot code (the steady-state root, which by the contract never
+    returns); moved frames + strings + a margin fit the reserve.  Caught
     signals are blocked for good (a signal frame would not fit), unless the block is open and
     its reserve has room for one (_room_for_handlers); signals at their default action push no
     frame and keep working
@@ -101,7 +103,7 @@ def _single_page_target(ctx: FoldContext) -> tuple[HotPage, dict[str, int], resi
     if len(s.threads) != 1:
         raise UnsafeStep(f"single-page fold needs one thread, found {len(s.threads)}")
     regs = s.regs()
-    if not in_syscall(regs) or not hot.contains(regs["rip"]):
+    if not (in_syscall(regs) or ended_wait(regs)) or not hot.contains(regs["rip"]):
         raise UnsafeStep(
             f"the target is not waiting in a syscall inside its hot page (rip {regs['rip']:#x}, "
             f"hot page {hot.start:#x}-{hot.end:#x}); try again when it is idle"

@@ -11,6 +11,7 @@ predicts the squeeze with, without stopping the target.
 
 from __future__ import annotations
 
+import errno
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,19 @@ _RESTARTABLE_NRS = frozenset(K.SYSCALLS[n] for n in RESTARTABLE_UNDER_MOVE)
 def in_syscall(regs: dict[str, int]) -> bool:
     """Stopped inside an interrupted syscall (rax holds a -ERESTART* code)."""
     return regs["orig_rax"] < 2**63 and (2**64 - regs["rax"]) in K.ERESTART_CODES
+
+
+# Waits that a stop ends with -EINTR instead of a restart code (measured on 6.18, see
+# remap.fold.peek's _STOP_CODE; rt_sigtimedwait: kernel/signal.c do_sigtimedwait)
+_EINTR_WAIT_NRS = frozenset(K.SYSCALLS[n] for n in ("rt_sigtimedwait", "epoll_wait",
+                                                    "epoll_pwait"))  # fmt: skip
+
+
+def ended_wait(regs: dict[str, int]) -> bool:
+    """Stopped just after one of the waits our stop ended with -EINTR (busybox init in musl's
+    sigtimedwait, which calls it again on EINTR): the call is over, the kernel holds nothing
+    of it, and the program sees the EINTR whether or not anything is done at this stop."""
+    return regs["orig_rax"] in _EINTR_WAIT_NRS and regs["rax"] == 2**64 - errno.EINTR
 
 
 def _syscall_name(nr: int) -> str:

@@ -22,7 +22,7 @@ from ..errors import UnsafeStep
 from .peek import looks_like_tcb
 from .plan import Action, FoldContext, NeedsStop
 from .ranges import coalesce, page_floor, total
-from .stackmove import RED_ZONE, in_syscall
+from .stackmove import RED_ZONE, ended_wait, in_syscall
 
 
 # ----------------------------------------------------------------------------- gadget
@@ -36,7 +36,7 @@ def use_own_syscall(ctx: FoldContext) -> Action | None:
         regs = ctx.session.regs()
     except NeedsStop:  # a dry run's running main thread: no instrument to choose yet
         return None
-    if not in_syscall(regs):
+    if not in_syscall(regs) and not ended_wait(regs):
         return None
     site = regs["rip"] - 2
     if ctx.session.read(site, 2) != b"\x0f\x05":
