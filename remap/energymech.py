@@ -121,11 +121,12 @@ def start(
             pw = pwd.getpwnam(user)
             os.chown(workdir, pw.pw_uid, pw.pw_gid)
         # MECHRESET set (even empty): the bot stays in the foreground; unset, it daemonizes
-        extra = env or {}
-        env = {**DEFAULT_ENV, **extra} if daemon else {**DEFAULT_ENV, **extra, "MECHRESET": ""}
+        full = {**DEFAULT_ENV, **(env or {})}
+        if not daemon:
+            full["MECHRESET"] = ""
         quiet = dict.fromkeys(("stdin", "stdout", "stderr"), subprocess.DEVNULL)
         argv = [str(binary), "-f", CONFIG]
-        kw = dict(aslr=aslr, env=env, env_size=env_size, cwd=workdir, user=user, netns=ns,
+        kw = dict(aslr=aslr, env=full, env_size=env_size, cwd=workdir, user=user, netns=ns,
                   vdso=vdso)  # fmt: skip
         if daemon:
             started: list[Launched] = []

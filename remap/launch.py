@@ -210,11 +210,7 @@ def _start_isolated(
     uid, gid = _user_ids(user)
     if ns is None:
         return subprocess.Popen(list(argv), user=uid, group=gid, extra_groups=[], **popen_kw)
-    if shutil.which("nsenter") is None:
-        raise UnsupportedTarget("launch: --netns needs nsenter (apt-get install util-linux)")
-    proc = subprocess.Popen(
-        ns.enter_argv(list(argv), uid=uid, gid=gid), pass_fds=(ns.fd,), **popen_kw
-    )
+    proc = subprocess.Popen(_nsenter_argv(ns, argv, uid, gid), pass_fds=(ns.fd,), **popen_kw)
     want = os.path.realpath(argv[0])
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline and proc.poll() is None:
@@ -242,10 +238,15 @@ def _start_hidden(hider, argv: list[str], user: str | None, ns: NetNamespace | N
         if uid is not None:
             kw.update(user=uid, group=gid, extra_groups=[])
         return hider.launch(list(argv), **kw)
+    return hider.launch(_nsenter_argv(ns, argv, uid, gid), program=argv[0],
+                        pass_fds=(ns.fd,), **kw)  # fmt: skip
+
+
+def _nsenter_argv(ns: NetNamespace, argv: list[str], uid: int | None, gid: int | None):
+    """ARGV run by nsenter inside NS as UID/GID (UnsupportedTarget without nsenter)."""
     if shutil.which("nsenter") is None:
         raise UnsupportedTarget("launch: --netns needs nsenter (apt-get install util-linux)")
-    return hider.launch(ns.enter_argv(list(argv), uid=uid, gid=gid), program=argv[0],
-                        pass_fds=(ns.fd,), **kw)  # fmt: skip
+    return ns.enter_argv(list(argv), uid=uid, gid=gid)
 
 
 def _user_ids(user: str | None) -> tuple[int | None, int | None]:
