@@ -89,7 +89,20 @@ def test_the_remap_command_runs_map_without_argparse_or_re(echoloop):
     assert json.loads(r.stdout)["pid"] == echoloop.pid
     loaded = {ln.rsplit("|", 1)[-1].strip() for ln in r.stderr.splitlines() if "|" in ln}
     assert "remap.mapjson" in loaded
-    assert loaded.isdisjoint({"re", "argparse", "enum", "ctypes"}), sorted(loaded)
+    assert loaded.isdisjoint({"re", "argparse", "enum", "ctypes", "contextlib"}), sorted(loaded)
+
+
+def test_an_in_process_map_keeps_the_garbage_collector(echoloop, capsys):
+    """The command's own `map` runs with the cyclic collector off (it ends the process:
+    remap.cli.main's quick_exit); a caller of main() in its own process keeps it on."""
+    import gc
+
+    from remap.cli import main
+
+    assert gc.isenabled()
+    assert main(["map", str(echoloop.pid), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pid"] == echoloop.pid
+    assert gc.isenabled()
 
 
 def test_explain_json_shape_and_text(echoloop):
