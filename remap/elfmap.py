@@ -54,7 +54,7 @@ class ElfInfo:
     """What remap needs from one ELF file: loads, allocated sections, sorted symbols."""
 
     __slots__ = ("path", "segments", "sections", "sym_addr", "sym_end", "sym_name", "_strs")
-    __slots__ += ("_sec_addr", "_base", "_strbase")
+    __slots__ += ("_sec_addr", "_base", "_strbase", "_strend", "_pages", "_pages_raw")
 
     def __init__(self, path: str, segments: list[Segment], sections: list[Section]):
         self.path, self.segments, self.sections = path, segments, sections
@@ -67,6 +67,11 @@ class ElfInfo:
         self.sym_name = array("Q")
         self._strs = b""  # the string table, or a mapped cache entry holding it at _strbase
         self._strbase = 0
+        self._strend: int | None = None  # where it ends in that entry (None: at its end)
+        # describe_pages of every page from base_vaddr, when a cache entry brought them (the
+        # entry's marshalled list, unmarshalled at the first describe_pages: _page_table)
+        self._pages: list[tuple] | None = None
+        self._pages_raw: memoryview | None = None
 
     def __repr__(self) -> str:
         return (
@@ -115,16 +120,47 @@ class ElfInfo:
 
     def strtab(self) -> bytes:
         """The symbols' string table (names at the offsets in sym_name)."""
-        return bytes(self._strs[self._strbase :])
+        return bytes(self._strs[self._strbase : self._strend])
 
     def describe_pages(self, lo: int, hi: int) -> list[tuple[str | None, str | None, str | None]]:
-        """:meth:`describe` of every page in [LO, HI) (page-aligned ELF vaddrs), in one pass.
+        """:meth:`describe` of every page in [LO, HI) (page-aligned ELF vaddrs).
 
-        Why: a run of present pages in a big library is hundreds of pages (~1,800 on a CPython
-        process: most of ``map --json``'s own time, issue 15); walking the sorted sections and
-        symbols alongside them, each name decoded once, costs a fraction of a bisect per page
-        and table.  Equal to ``[describe(a) for a in range(lo, hi, PAGE_SIZE)]`` (tests check it
-        on real files)."""
+        Equal to ``[describe(a) for a in range(lo, hi, PAGE_SIZE)]`` (tests check it on real
+        files).  Why not that: a run of present pages in a big library is hundreds of pages
+        (~1,800 on a CPython process: most of ``map --json``'s own time, issue 15).  A cache
+        entry holds every page's description (:func:`page_table`), so this is a slice of it;
+        otherwise :meth:`walk_pages` computes them in one pass."""
+        table = self._page_table()
+        first = lo - self._base
+        if table is not None and first >= 0 and not first % K.PAGE_SIZE:
+            i, j = first >> K.PAGE_SHIFT, (hi - self._base + K.PAGE_SIZE - 1) >> K.PAGE_SHIFT
+            if j <= len(table):
+                return table[i:j]
+        return self.walk_pages(lo, hi)
+
+    def _page_table(self) -> list[tuple] | None:
+        """The cache entry's page descriptions, unmarshalled once; None without them, or when
+        they are not one per page from base_vaddr (then describe_pages computes)."""
+        raw = self._pages_raw
+        if raw is not None:
+            self._pages_raw = None
+            import marshal
+
+            try:
+                table = marshal.loads(raw)
+            except (EOFError, ValueError, TypeError):
+                table = None
+            if type(table) is list and len(table) == self._page_count():
+                self._pages = table
+        return self._pages
+
+    def _page_count(self) -> int:
+        """Pages from base_vaddr to the end of the highest PT_LOAD, its .bss included."""
+        return (self.end_vaddr - self._base + K.PAGE_SIZE - 1) >> K.PAGE_SHIFT
+
+    def walk_pages(self, lo: int, hi: int) -> list[tuple[str | None, str | None, str | None]]:
+        """:meth:`describe_pages` computed: the sorted sections and symbols walked alongside
+        the pages, each name decoded once -- a fraction of a bisect per page and table."""
         out = []
         append = out.append
         secs, sec_addr, nsec = self.sections, self._sec_addr, len(self.sections)
@@ -409,13 +445,14 @@ def load(path: str, inode: int | None = None) -> ElfInfo | None:
 # $REMAP_ELF_CACHE (default $XDG_CACHE_HOME/remap/elf, ~/.cache/remap/elf; "off" disables it),
 # one file per file version: named by device, inode, size, mtime and ctime, so a rewritten,
 # replaced or touched file is parsed again.  A cache that cannot be read or written is ignored:
-# it only ever saves time.  Layout (format 3): the header's length (8 bytes), the header
-# (marshal: format, path, loads, sections, the byte lengths of the three symbol columns and of
-# the string table), zeros to a multiple of 8, then the columns and the string table as they
-# are in memory.  It is mapped, not read: the columns and names are used in place, so only the
-# pages a lookup touches are faulted in (libpython's entry is 700 kB; a page fault costs ~5-7 us
-# on this VM, and `remap map`'s table never looks a library's symbol up: issue 15).
-_CACHE_FORMAT = 3  # 3: marshal header, then the symbol columns and names raw (2: all marshal)
+# it only ever saves time.  Layout (format 4): the header's length (8 bytes), the header
+# (marshal: format, path, loads, sections, the byte lengths of the three symbol columns, of
+# the string table and of the page table), zeros to a multiple of 8, then the columns and the
+# string table as they are in memory, then the page table (marshal: :func:`page_table`).  It
+# is mapped, not read: the columns and names are used in place, so only the pages a lookup
+# touches are faulted in (libpython's entry is 700 kB; a page fault costs ~5-7 us on this VM,
+# and `remap map`'s table never looks a library's symbol up: issue 15).
+_CACHE_FORMAT = 4  # 4: + the page table; 3: marshal header, then the columns and names raw
 
 
 def cache_dir() -> str | None:
@@ -456,18 +493,19 @@ def _load_cached(path: str, st: os.stat_result) -> ElfInfo | None:
             # entries are replaced, never rewritten in place (_store_cached): it cannot shrink
             m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         n = int.from_bytes(m[:8], "little")
-        fmt, cpath, segs, secs, na, ne, nn, ns = marshal.loads(m[8 : 8 + n])
+        fmt, cpath, segs, secs, na, ne, nn, ns, np = marshal.loads(m[8 : 8 + n])
         if fmt != _CACHE_FORMAT or cpath != path:  # another format, or a hard link's other name
             return None
         off = 8 + n + (-n % 8)
-        if not (na == ne == nn and na % 8 == 0 and off + 3 * na + ns == len(m)):
+        if not (na == ne == nn and na % 8 == 0 and off + 3 * na + ns + np == len(m)):
             return None  # columns not whole words, of unequal lengths, or cut short
         info = ElfInfo(path, [Segment(*s) for s in segs], [Section(*s) for s in secs])
         view = memoryview(m)
         info.sym_addr = view[off : off + na].cast("Q")
         info.sym_end = view[off + na : off + 2 * na].cast("Q")
         info.sym_name = view[off + 2 * na : off + 3 * na].cast("Q")
-        info._strs, info._strbase = m, off + 3 * na
+        info._strs, info._strbase, info._strend = m, off + 3 * na, off + 3 * na + ns
+        info._pages_raw = view[off + 3 * na + ns :] if np else None
     except (OSError, EOFError, ValueError, TypeError):
         return None
     return info
@@ -479,11 +517,33 @@ def cache_entry(info: ElfInfo) -> bytes:
 
     cols = [c.tobytes() for c in (info.sym_addr, info.sym_end, info.sym_name)]
     strs = info.strtab()
+    pages = page_table(info)
     head = marshal.dumps((
         _CACHE_FORMAT, info.path, [tuple(s) for s in info.segments],
-        [tuple(s) for s in info.sections], *map(len, cols), len(strs),
+        [tuple(s) for s in info.sections], *map(len, cols), len(strs), len(pages),
     ))  # fmt: skip
-    return b"".join([len(head).to_bytes(8, "little"), head, bytes(-len(head) % 8), *cols, strs])
+    parts = [len(head).to_bytes(8, "little"), head, bytes(-len(head) % 8), *cols, strs, pages]
+    return b"".join(parts)
+
+
+_PAGE_TABLE_MAX = 1 << 16  # pages (256 MiB of loads): libpython's ~1,400
+
+
+def page_table(info: ElfInfo) -> bytes:
+    """The (label, section, symbol) of every page of INFO from its base_vaddr to the end of
+    its highest PT_LOAD, as one marshalled list (equal tuples as one object: marshal writes a
+    repeat as a reference).  Why stored: describing a library's present pages page by page is
+    ~3 us a page here (libpython's 1,300 on a CPython process, issue 15); a slice of this is
+    nothing.  Empty (not stored) past _PAGE_TABLE_MAX pages: a huge .bss would cost more to
+    describe whole than its few present pages do."""
+    import marshal
+
+    if info._page_count() > _PAGE_TABLE_MAX:
+        return b""
+    base = info.base_vaddr
+    same: dict[tuple, tuple] = {}
+    pages = info.walk_pages(base, base + info._page_count() * K.PAGE_SIZE)
+    return marshal.dumps([same.setdefault(d, d) for d in pages])
 
 
 def _store_cached(info: ElfInfo, st: os.stat_result) -> None:

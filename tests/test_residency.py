@@ -308,6 +308,15 @@ def test_a_mapped_elf_cache_entry_is_what_a_parse_gives(tmp_path, monkeypatch):
     assert [again._name(i) for i in range(len(again.sym_name))] == [
         fresh._name(i) for i in range(len(fresh.sym_name))
     ]
+    # every page's description comes from the entry's page table, as the parse computes it
+    lo, n = fresh.base_vaddr, fresh._page_count()
+    assert again._page_table() is not None and fresh._page_table() is None
+    assert again.describe_pages(lo, lo + n * K.PAGE_SIZE) == fresh.describe_pages(
+        lo, lo + n * K.PAGE_SIZE
+    )
+    mid = lo + n // 2 * K.PAGE_SIZE  # a run inside, one running past the table, one before it
+    for a, b in ((mid, mid + 3 * K.PAGE_SIZE), (mid, lo + (n + 2) * K.PAGE_SIZE), (0, 8192)):
+        assert again.describe_pages(a, b) == fresh.walk_pages(a, b), (a, b)
     elfmap._cache.clear()
 
 
@@ -422,6 +431,15 @@ def test_elf_cache_is_keyed_by_file_version(tmp_path, monkeypatch):
         entry.write_bytes(entry_of(head[:4] + list(cols) + head[7:], body))
         elfmap._cache.clear()
         assert fields(elfmap.load(str(exe))) == fields(fresh)
+    # a page table of the wrong length, or not marshal: the rest is served, the pages computed
+    pages = elfmap.page_table(fresh)
+    top = fresh.base_vaddr + fresh._page_count() * K.PAGE_SIZE
+    for bad in (marshal.dumps(marshal.loads(pages)[:-1]), b"\xff" * len(pages)):
+        entry.write_bytes(entry_of(head[:8] + [len(bad)], body[: -len(pages)] + bad))
+        elfmap._cache.clear()
+        info = elfmap.load(str(exe))
+        assert fields(info) == fields(fresh) and info._page_table() is None
+        assert info.describe_pages(fresh.base_vaddr, top) == fresh.walk_pages(fresh.base_vaddr, top)
     # a touched file is another version: parsed again, kept beside the old entry
     st = exe.stat()
     os.utime(exe, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
@@ -430,6 +448,25 @@ def test_elf_cache_is_keyed_by_file_version(tmp_path, monkeypatch):
     assert len(list(cache.iterdir())) == 2
     monkeypatch.setenv("REMAP_ELF_CACHE", "off")
     assert elfmap.cache_dir() is None
+
+
+def test_an_elf_past_the_page_table_limit_is_described_page_by_page(tmp_path, monkeypatch):
+    """A file with more pages than elfmap._PAGE_TABLE_MAX (a huge .bss) gets no stored page
+    table; its entry is still served and its pages still described."""
+    from remap import elfmap
+
+    exe = str(targets.build("echoloop"))
+    monkeypatch.setenv("REMAP_ELF_CACHE", str(tmp_path))
+    monkeypatch.setattr(elfmap, "_PAGE_TABLE_MAX", 1)
+    elfmap._cache.clear()
+    fresh = elfmap.load(exe)
+    elfmap._cache.clear()
+    again = elfmap.load(exe)
+    assert again is not fresh and again.sections == fresh.sections
+    assert fresh._page_count() > 1 and again._page_table() is None
+    lo, hi = fresh.base_vaddr, fresh.base_vaddr + fresh._page_count() * K.PAGE_SIZE
+    assert again.describe_pages(lo, hi) == [fresh.describe(a) for a in range(lo, hi, 4096)]
+    elfmap._cache.clear()
 
 
 def test_describe_pages_is_describe_of_each_page():
