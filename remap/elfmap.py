@@ -18,9 +18,7 @@ Example::
 
 from __future__ import annotations
 
-import bisect
 import os
-import struct
 from array import array
 from collections import namedtuple
 
@@ -91,7 +89,9 @@ class ElfInfo:
 
     def section_at(self, lo: int, hi: int) -> list[Section]:
         """Allocated sections overlapping vaddr range [lo, hi), sorted by address."""
-        i = max(0, bisect.bisect_right(self._sec_addr, lo) - 1)
+        from bisect import bisect_right  # here and below: not on `remap map`'s path (issue 15)
+
+        i = max(0, bisect_right(self._sec_addr, lo) - 1)
         out = []
         while i < len(self.sections) and self.sections[i].addr < hi:
             s = self.sections[i]
@@ -102,8 +102,10 @@ class ElfInfo:
 
     def symbol_at(self, lo: int, hi: int) -> str | None:
         """The symbol containing vaddr LO, else the first symbol starting in [lo, hi)."""
+        from bisect import bisect_right
+
         a = self.sym_addr
-        i = bisect.bisect_right(a, lo) - 1
+        i = bisect_right(a, lo) - 1
         # several symbols may start at or before lo; look back over a few for one containing lo
         j = i
         while j >= 0 and j > i - 8:
@@ -161,14 +163,16 @@ class ElfInfo:
     def walk_pages(self, lo: int, hi: int) -> list[tuple[str | None, str | None, str | None]]:
         """:meth:`describe_pages` computed: the sorted sections and symbols walked alongside
         the pages, each name decoded once -- a fraction of a bisect per page and table."""
+        from bisect import bisect_right
+
         out = []
         append = out.append
         secs, sec_addr, nsec = self.sections, self._sec_addr, len(self.sections)
         a, ends, nsym = self.sym_addr, self.sym_end, len(self.sym_addr)
         names: dict[int, str] = {}  # symbol index -> name: a long function spans many pages
-        i = bisect.bisect_right(a, lo) - 1  # the last symbol starting at or before the page
-        k = max(0, bisect.bisect_right(sec_addr, lo) - 1)  # the same for sections
-        page_size, base, bisect_right = K.PAGE_SIZE, self._base, bisect.bisect_right
+        i = bisect_right(a, lo) - 1  # the last symbol starting at or before the page
+        k = max(0, bisect_right(sec_addr, lo) - 1)  # the same for sections
+        page_size, base = K.PAGE_SIZE, self._base
         for page in range(lo, hi, page_size):
             top = page + page_size
             if i + 1 < nsym and a[i + 1] <= page:  # dense code: a dozen symbols a page
@@ -251,14 +255,16 @@ def _kind(flags: int, is_nobits: bool) -> str:
 
 
 # --------------------------------------------------------------------------- raw ELF64 tables
-# include/uapi/linux/elf.h: Elf64_Ehdr after e_ident, Elf64_Phdr, Elf64_Shdr, Elf64_Sym
-_EHDR = struct.Struct("<HHIQQQIHHHHHH")
+# include/uapi/linux/elf.h: Elf64_Ehdr after e_ident, Elf64_Phdr, Elf64_Shdr, Elf64_Sym, as
+# struct formats: struct is imported by the functions that parse (`remap map` reads cached
+# entries and needs none: ~0.7 ms with _struct, issue 15), which cache the compiled formats
+_EHDR = "<HHIQQQIHHHHHH"
 _EHDR_KEYS = ("e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize "
               "e_phentsize e_phnum e_shentsize e_shnum e_shstrndx").split()  # fmt: skip
-_PHDR = struct.Struct("<IIQQQQQQ")
-_SHDR = struct.Struct("<IIQQQQIIQQ")
-_SYM = struct.Struct("<IBBHQQ")
-_RELA = struct.Struct("<QQq")  # Elf64_Rela: r_offset, r_info (sym << 32 | type), r_addend
+_PHDR, _PHDR_SIZE = "<IIQQQQQQ", 56
+_SHDR, _SHDR_SIZE = "<IIQQQQIIQQ", 64
+_SYM, _SYM_SIZE = "<IBBHQQ", 24
+_RELA = "<QQq"  # Elf64_Rela: r_offset, r_info (sym << 32 | type), r_addend
 
 
 def class_and_machine(head: bytes) -> tuple[int, int] | None:
@@ -266,8 +272,7 @@ def class_and_machine(head: bytes) -> tuple[int, int] | None:
     for the only processes remap injects into); None when HEAD is not an ELF header."""
     if len(head) < 20 or head[:4] != b"\x7fELF":
         return None
-    order = "<" if head[5] == K.ELFDATA2LSB else ">"
-    return head[4], struct.unpack_from(f"{order}H", head, 18)[0]
+    return head[4], int.from_bytes(head[18:20], "little" if head[5] == K.ELFDATA2LSB else "big")
 
 
 def _elf64_header(ident: bytes) -> dict[str, int] | None:
@@ -277,16 +282,20 @@ def _elf64_header(ident: bytes) -> dict[str, int] | None:
         return None
     if ident[4] != K.ELFCLASS64 or ident[5] != K.ELFDATA2LSB:
         return None
-    return dict(zip(_EHDR_KEYS, _EHDR.unpack_from(ident, 16), strict=True))
+    import struct
+
+    return dict(zip(_EHDR_KEYS, struct.unpack_from(_EHDR, ident, 16), strict=True))
 
 
 def _raw_tables(read, h: dict[str, int]) -> tuple[list[tuple], list[tuple], bytes]:
     """(program headers, section headers, section-name string table) of an ELF64 file whose
     header is H; READ(offset, n) returns the file's bytes there."""
+    import struct
+
     n = h["e_phnum"]
-    ph = list(_PHDR.iter_unpack(read(h["e_phoff"], n * h["e_phentsize"])[: n * _PHDR.size]))
+    ph = list(struct.iter_unpack(_PHDR, read(h["e_phoff"], n * h["e_phentsize"])[: n * _PHDR_SIZE]))
     n = h["e_shnum"]
-    sh = list(_SHDR.iter_unpack(read(h["e_shoff"], n * h["e_shentsize"])[: n * _SHDR.size]))
+    sh = list(struct.iter_unpack(_SHDR, read(h["e_shoff"], n * h["e_shentsize"])[: n * _SHDR_SIZE]))
     names = b""
     if 0 < h["e_shstrndx"] < len(sh):
         st = sh[h["e_shstrndx"]]
@@ -324,8 +333,13 @@ def _parse(path: str) -> ElfInfo | None:
     with f:
         try:
             ident = f.read(64)
-            if ident[:4] != b"\x7fELF":
-                return None
+        except OSError:
+            return None
+        if ident[:4] != b"\x7fELF":  # a locale archive, a font: `remap map` reads no further
+            return None
+        import struct
+
+        try:
             h = _elf64_header(ident)
             if h is not None:
                 return _parse_raw64(path, f, h)
@@ -397,6 +411,8 @@ def _parse_elftools(path: str, f, elf) -> ElfInfo:
 
 def _load_symbols(info: ElfInfo, f, tab: tuple[int, int], strtab: tuple[int, int]) -> None:
     """Read Elf64_Sym entries (offset, size of the table and its string table) directly."""
+    import struct
+
     f.seek(tab[0])
     raw = f.read(tab[1])
     f.seek(strtab[0])
@@ -405,8 +421,8 @@ def _load_symbols(info: ElfInfo, f, tab: tuple[int, int], strtab: tuple[int, int
     # a CPython binary; decoding them all would cost more than the rest of the snapshot)
     syms = sorted(
         (value, min(value + size, K.MASK64), name)  # an end past 2**64: a malformed file
-        for name, info_b, _o, shndx, value, size in _SYM.iter_unpack(
-            raw[: len(raw) // _SYM.size * _SYM.size]
+        for name, info_b, _o, shndx, value, size in struct.iter_unpack(
+            _SYM, raw[: len(raw) // _SYM_SIZE * _SYM_SIZE]
         )
         if value and shndx and (info_b & 0xF) in (K.STT_FUNC, K.STT_OBJECT)
     )
@@ -628,6 +644,8 @@ class ElfTables:
     def __init__(self, raw: bytes):
         """Parse RAW (a whole ELF64 little-endian file); raises ValueError for anything else
         (not ELF, 32-bit, big-endian, or truncated)."""
+        import struct
+
         h = _elf64_header(raw[:64])
         if h is None:
             raise ValueError("not an ELF64 little-endian file")
@@ -660,6 +678,8 @@ class ElfTables:
     def symbols(self) -> list[Symbol]:
         """Every entry of .symtab (SHT_SYMTAB) in table order; [] for a stripped file."""
         if self._symbols is None:
+            import struct
+
             out: list[Symbol] = []
             for tab in self.sections:
                 if tab.type != K.SHT_SYMTAB or tab.link >= len(self.sections):
@@ -667,8 +687,8 @@ class ElfTables:
                 strs = self.sections[tab.link]
                 names = self.raw[strs.offset : strs.offset + strs.size]
                 body = self.raw[tab.offset : tab.offset + tab.size]
-                for name, info, _other, shndx, value, size in _SYM.iter_unpack(
-                    body[: len(body) // _SYM.size * _SYM.size]
+                for name, info, _other, shndx, value, size in struct.iter_unpack(
+                    _SYM, body[: len(body) // _SYM_SIZE * _SYM_SIZE]
                 ):
                     out.append(
                         Symbol(_cstr(names, name), value, size, info & 0xF, info >> 4, shndx)
@@ -691,6 +711,8 @@ class ElfTables:
 
         Why decoded and not counted: ld's PLT layouts differ (lazy .plt with PLT0, IBT's
         .plt.sec, .plt.got for -z now); the jump's own displacement says which slot it uses."""
+        import struct
+
         slots: dict[int, str] = {}
         for rel in self.sections:
             if rel.type != K.SHT_RELA or rel.link >= len(self.sections) or not rel.entsize:
@@ -701,10 +723,10 @@ class ElfTables:
             strs = self.sections[dyn.link]
             names = self.raw[strs.offset : strs.offset + strs.size]
             body = self.raw[rel.offset : rel.offset + rel.size]
-            for off, info, _addend in _RELA.iter_unpack(body[: len(body) // 24 * 24]):
-                at = dyn.offset + (info >> 32) * _SYM.size
-                if info >> 32 and at + _SYM.size <= len(self.raw):
-                    name = _cstr(names, _SYM.unpack_from(self.raw, at)[0])
+            for off, info, _addend in struct.iter_unpack(_RELA, body[: len(body) // 24 * 24]):
+                at = dyn.offset + (info >> 32) * _SYM_SIZE
+                if info >> 32 and at + _SYM_SIZE <= len(self.raw):
+                    name = _cstr(names, struct.unpack_from(_SYM, self.raw, at)[0])
                     if name:
                         slots[off] = name
         out = []
@@ -728,6 +750,7 @@ class ElfTables:
         byte-code (CIE/FDE, LEB128, pointer encodings) the struct readers above do not speak;
         remap.unwind walks frames with it.  Raises ValueError on a malformed .eh_frame."""
         import io
+        import struct
 
         from elftools.common.exceptions import DWARFError, ELFError
         from elftools.dwarf.callframe import FDE

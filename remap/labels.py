@@ -277,7 +277,7 @@ def exe_vma_label(e, view: ElfView, page_labels: list[str]) -> str | None:
     """A file mapping of the executable is labelled by its most common page label (the first
     64 pages' ELF labels when none is present)."""
     labels = Counter(page_labels) or Counter(
-        view.describe(a)[0] for a in range(e.start, min(e.end, e.start + (64 << 12)), 4096)
+        d[0] for d in view.describe_pages(e.start, min(e.end, e.start + (64 << 12)))
     )
     # max(), as Counter.most_common(1) does it, without the heapq import most_common brings
     return max(labels.items(), key=_count)[0] if labels else None

@@ -25,7 +25,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import struct
 from array import array
 from collections import namedtuple
 from collections.abc import Iterable, Sequence
@@ -160,12 +159,13 @@ def present_read(pid: int, ranges: Iterable[tuple[int, int]], fd: int | None = N
 
 # --------------------------------------------------------------------------- PAGEMAP_SCAN
 # struct pm_scan_arg (include/uapi/linux/fs.h, 6.7+): twelve u64 fields, in this order; the
-# output vector is an array of struct page_region {u64 start, end, categories}.  Packed with
-# struct and held in array("Q") (its buffer_info() is the address the kernel writes to), not
-# ctypes: importing ctypes costs every `remap map` ~1-2 ms (issue 15).
-_PM_SCAN_ARG = struct.Struct("=12Q")
+# output vector is an array of struct page_region {u64 start, end, categories}.  Both are
+# array("Q") words (native u64: the vector's buffer_info() is the address the kernel writes
+# to), not ctypes or struct: importing ctypes costs every `remap map` ~1-2 ms, struct ~0.7 ms
+# (issue 15).
+_PM_SCAN_WORDS = 12
 _WALK_END = 4  # index of walk_end among the twelve fields
-assert _PM_SCAN_ARG.size == K.PM_SCAN_ARG_SIZE
+assert _PM_SCAN_WORDS * array("Q").itemsize == K.PM_SCAN_ARG_SIZE
 _REGION_WORDS = 3
 
 
@@ -198,14 +198,12 @@ def _ioctl_scan(fd: int, start: int, end: int, vec: array) -> tuple[int, int]:
     """(regions written into VEC, walk_end) of one PAGEMAP_SCAN call over [start, end)."""
     want = K.PAGE_IS_PRESENT | K.PAGE_IS_FILE | K.PAGE_IS_PFNZERO | K.PAGE_IS_HUGE
     addr, words = vec.buffer_info()
-    arg = bytearray(
-        _PM_SCAN_ARG.pack(
-            K.PM_SCAN_ARG_SIZE, 0, start, end, 0, addr, words // _REGION_WORDS, 0, 0,
-            K.PAGE_IS_PRESENT, 0, want,
-        )
-    )  # fmt: skip
+    arg = array("Q", (
+        K.PM_SCAN_ARG_SIZE, 0, start, end, 0, addr, words // _REGION_WORDS, 0, 0,
+        K.PAGE_IS_PRESENT, 0, want,
+    ))  # fmt: skip
     n = fcntl.ioctl(fd, K.PAGEMAP_SCAN, arg, True)
-    return n, _PM_SCAN_ARG.unpack_from(arg)[_WALK_END]
+    return n, arg[_WALK_END]
 
 
 _vec: list = []
