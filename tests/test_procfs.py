@@ -187,6 +187,33 @@ def test_many_vmas_fast_parsers_match_line_parsers():
         p.stdout.close()
 
 
+def test_small_smaps_cut_by_line_count_match_the_line_parser(spawn):
+    """Below 100 VMAs smaps is cut into records by line count (procfs._parse_smaps_uniform,
+    here tried on any count): on real processes every field and flag equals the line parser's,
+    the kernel's Rss lines sum alike, and a record that breaks the layout sends the text to
+    the line parser."""
+    t = spawn("echoloop")
+    t.wait_blocked()
+    for pid in (os.getpid(), t.pid):
+        with open(f"/proc/{pid}/smaps", "rb") as f:
+            data = f.read()
+        cut, slow = procfs._parse_smaps_uniform(data), procfs._parse_smaps_slow(data)
+        assert cut and cut == slow
+        assert [e.fields for e in cut] == [e.fields for e in slow]
+        assert [e.vmflags for e in cut] == [e.vmflags for e in slow]
+        kernel_rss = sum(int(ln.split()[1]) for ln in data.splitlines() if ln.startswith(b"Rss:"))
+        assert sum(e.get("Rss") for e in cut) == kernel_rss
+        lines = data.split(b"\n")
+        rss = next(i for i, ln in enumerate(lines) if ln.startswith(b"Rss:"))
+        for bad in (
+            data.replace(b"\nSwap:", b"\nSwop:", 1),  # one record names a field otherwise
+            data.replace(b" kB\n", b" kB more\n", 1),  # one value is not a number and kB
+            b"\n".join(lines[:rss] + lines[rss + 1 :]),  # one record lacks a field
+        ):
+            assert procfs._parse_smaps_uniform(bad) is None
+            assert procfs.parse_smaps(bad) == procfs._parse_smaps_slow(bad)
+
+
 # ---------------------------------------------------------------------------- the other readers
 def test_thread_files_read_through_procfs_match_the_kernel_text(spawn):
     """status per thread, wchan, children, personality, mem and exe, each read through its one
