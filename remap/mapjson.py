@@ -4,7 +4,9 @@ Why not ``snapshot(pid).to_json()``: on a process with thousands of mappings tha
 and a Page object per mapping and page, then a dict per object, then encodes the dicts -- three
 copies of the same facts, most of the command's time.  :func:`document` reads the same files
 (maps, status, pagemap: PAGEMAP_SCAN where the kernel has it), labels with the same functions
-(remap.labels) and writes each run of present pages as text at once.  It prints exactly what
+(remap.labels) and writes each run of present pages at once, as ASCII bytes (the document is
+ASCII: every string in it is escaped so) formatted by ``bytes % tuple``, ~40% faster than
+joining str() of each address (issue 15).  It prints exactly what
 ``json.dumps(snapshot(pid, pfns=False, smaps=False).to_json(), separators=(",", ":"))`` prints
 for the same instant (tests/test_residency.py checks byte equality on real processes).
 
@@ -33,11 +35,12 @@ _CHUNK_PAGES = 512  # pages per piece of a long run: ~45 kB, reused by malloc fr
 def document(pid: int, *, method: str = "auto") -> str:
     """PID's ``{"pid", "kernel", "vmas": [...]}`` document (issue 2's map --json shape) as
     compact JSON text.  Raises what :func:`remap.residency.snapshot` raises."""
-    return "".join(pieces(pid, method=method))
+    return b"".join(pieces(pid, method=method)).decode("ascii")
 
 
-def pieces(pid: int, *, method: str = "auto") -> Iterator[str]:
-    """:func:`document`'s text in pieces of at most ~50 kB, to be written one after another.
+def pieces(pid: int, *, method: str = "auto") -> Iterator[bytes]:
+    """:func:`document`'s text (ASCII bytes) in pieces of at most ~50 kB, to be written one
+    after another.
 
     Why: a page fault costs ~5-7 us on this VM; a 30 MB process's document is ~1 MB, and held
     whole (then encoded whole for stdout) it is ~700 fresh pages faulted in -- ~4 ms of
@@ -58,18 +61,18 @@ def pieces(pid: int, *, method: str = "auto") -> Iterator[str]:
     return _pieces(pid, kernel, entries, runs, views, exe, sps, fstypes, set(pfnmap))
 
 
-def _pieces(pid, kernel, entries, runs, views, exe, sps, fstypes, pfnmap_set) -> Iterator[str]:
-    enc: dict[str, str] = {}  # path/label -> JSON string literal, encoded once per distinct one
+def _pieces(pid, kernel, entries, runs, views, exe, sps, fstypes, pfnmap_set) -> Iterator[bytes]:
+    enc: dict[str, bytes] = {}  # path/label -> JSON string literal, encoded once per distinct one
 
-    def lit(text: str) -> str:
+    def lit(text: str) -> bytes:
         v = enc.get(text)
         if v is None:
-            v = enc[text] = _enc(text)
+            v = enc[text] = _enc(text).encode()
         return v
 
-    mids: dict[tuple[str, str, str], str] = {}  # (perms, path, label) -> their JSON members
+    mids: dict[tuple[str, str, str], bytes] = {}  # (perms, path, label) -> their JSON members
 
-    yield f'{{"pid":{pid},"kernel":{_enc(kernel)},"vmas":['
+    yield b'{"pid":%d,"kernel":%s,"vmas":[' % (pid, lit(kernel))
     for i, (e, rs, view) in enumerate(zip(entries, runs, views, strict=True)):
         if not e.path and view is None and not sps and not rs:
             # most VMAs of a big process: anonymous, nothing present -- classify() would say
@@ -89,10 +92,10 @@ def _pieces(pid, kernel, entries, runs, views, exe, sps, fstypes, pfnmap_set) ->
             ]  # fmt: skip
             label = labels.exe_vma_label(e, view, page_labels) or label
             head = _head(e, label, n, mids, lit)
-            yield f"{',' if i else ''}{head}{','.join(pages)}]}}"
+            yield b"%s%s%s]}" % (b"," if i else b"", head, b",".join(pages))
             continue
-        yield f"{',' if i else ''}{_head(e, label, n, mids, lit)}"
-        sep = ""
+        yield b"%s%s" % (b"," if i else b"", _head(e, label, n, mids, lit))
+        sep = b""
         for r in rs:
             if r.zero:
                 continue
@@ -100,18 +103,22 @@ def _pieces(pid, kernel, entries, runs, views, exe, sps, fstypes, pfnmap_set) ->
                 r, i in pfnmap_set, kind, private_file, view, label, is_exe_part, lit, None
             ):
                 yield sep + piece
-                sep = ","
-        yield "]}"
-    yield "]}"
+                sep = b","
+        yield b"]}"
+    yield b"]}"
 
 
-def _head(e, label: str, n: int, mids: dict, lit) -> str:
+def _head(e, label: str, n: int, mids: dict, lit) -> bytes:
     """A VMA's members up to its page list, open: ``{"start":..,"rss_kb":..,"pages":[``."""
     key = (e.perms, e.path, label)
     mid = mids.get(key)
     if mid is None:
-        mid = mids[key] = f'"perms":{lit(e.perms)},"path":{lit(e.path)},"label":{lit(label)},'
-    return f'{{"start":{e.start},"end":{e.end},{mid}"rss_kb":{4 * n},"pages":['
+        mid = mids[key] = b'"perms":%s,"path":%s,"label":%s,' % (
+            lit(e.perms),
+            lit(e.path),
+            lit(label),
+        )
+    return b'{"start":%d,"end":%d,%s"rss_kb":%d,"pages":[' % (e.start, e.end, mid, 4 * n)
 
 
 def _run_pages(r, pfnmap: bool, kind, private_file, view, label, is_exe_part, lit, page_labels):
@@ -119,13 +126,19 @@ def _run_pages(r, pfnmap: bool, kind, private_file, view, label, is_exe_part, li
     one a page with one (their labels then go to PAGE_LABELS for the executable's mappings)."""
     backing, _cow = labels.backing(r.file, pfnmap, kind, private_file)
     if view is None:
-        tail = f',"backing":"{backing}","label":{lit(label)},"section":null,"symbol":null}}'
-        glue = tail + ',{"addr":'
+        # the template is formatted again below: a '%' in the label (a file's name) doubled
+        esc = lit(label).replace(b"%", b"%%")
+        page = b'{"addr":%%d,"backing":"%s","label":%s,"section":null,"symbol":null}' % (
+            backing.encode(),
+            esc,
+        )
         step = _CHUNK_PAGES * K.PAGE_SIZE
-        return [
-            '{"addr":' + glue.join(map(str, range(lo, min(lo + step, r.end), K.PAGE_SIZE))) + tail
-            for lo in range(r.start, r.end, step)
-        ]
+        out = []
+        for lo in range(r.start, r.end, step):
+            addrs = tuple(range(lo, min(lo + step, r.end), K.PAGE_SIZE))
+            out.append(b",".join([page] * len(addrs)) % addrs)
+        return out
+    page = b'{"addr":%%d,"backing":"%s","label":%%s,"section":%%s,"symbol":%%s}' % backing.encode()
     out = []
     for a, (pl, sec, sym) in zip(
         range(r.start, r.end, K.PAGE_SIZE), view.describe_pages(r.start, r.end), strict=True
@@ -135,8 +148,9 @@ def _run_pages(r, pfnmap: bool, kind, private_file, view, label, is_exe_part, li
         if page_labels is not None:
             page_labels.append(pl)
         out.append(
-            f'{{"addr":{a},"backing":"{backing}","label":{lit(pl)},'
-            f'"section":{"null" if sec is None else lit(sec)},'
-            f'"symbol":{"null" if sym is None else _enc(sym)}}}'
-        )
+            page % (
+                a, lit(pl), b"null" if sec is None else lit(sec),
+                b"null" if sym is None else _enc(sym).encode(),
+            )
+        )  # fmt: skip
     return out

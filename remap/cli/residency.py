@@ -76,10 +76,13 @@ def cmd_map(args: argparse.Namespace) -> int:
         # straight from maps + the page walk (exact: results are stated in page-walk kB).
         from ..mapjson import pieces
 
-        write = sys.stdout.write  # piece by piece: the whole text would be ~1 MB of new pages
-        for piece in pieces(args.pid):
+        out = sys.stdout
+        buf = getattr(out, "buffer", None)  # a text stream without bytes (StringIO): decoded
+        out.flush()  # what it holds goes first
+        write = buf.write if buf is not None else lambda b: out.write(b.decode("ascii"))
+        for piece in pieces(args.pid):  # piece by piece: the whole would be ~1 MB of new pages
             write(piece)
-        write("\n")
+        write(b"\n")
         return 0
     if not args.pages and not args.png:  # the table alone: smaps + status (remap.maptable)
         from ..maptable import text
