@@ -122,9 +122,11 @@ def _head(e, label: str, n: int, mids: dict, lit) -> bytes:
 
 
 def _run_pages(r, pfnmap: bool, kind, private_file, view, label, is_exe_part, lit, page_labels):
-    """The JSON objects of run R's pages: one piece per _CHUNK_PAGES pages without an ELF view,
-    one a page with one (their labels then go to PAGE_LABELS for the executable's mappings)."""
+    """The JSON objects of run R's pages, in pieces of _CHUNK_PAGES pages, each formatted by
+    one ``bytes %`` over its pages' values (their labels go to PAGE_LABELS for the
+    executable's mappings)."""
     backing, _cow = labels.backing(r.file, pfnmap, kind, private_file)
+    step = _CHUNK_PAGES * K.PAGE_SIZE
     if view is None:
         # the template is formatted again below: a '%' in the label (a file's name) doubled
         esc = lit(label).replace(b"%", b"%%")
@@ -132,25 +134,29 @@ def _run_pages(r, pfnmap: bool, kind, private_file, view, label, is_exe_part, li
             backing.encode(),
             esc,
         )
-        step = _CHUNK_PAGES * K.PAGE_SIZE
         out = []
         for lo in range(r.start, r.end, step):
             addrs = tuple(range(lo, min(lo + step, r.end), K.PAGE_SIZE))
             out.append(b",".join([page] * len(addrs)) % addrs)
         return out
+    described = view.describe_pages(r.start, r.end)
+    if page_labels is not None:
+        page_labels.extend(pl if is_exe_part and pl else label for pl, _, _ in described)
     page = b'{"addr":%%d,"backing":"%s","label":%%s,"section":%%s,"symbol":%%s}' % backing.encode()
+    lab, known = lit(label), {None: b"null"}  # section -> its JSON value, for this run
     out = []
-    for a, (pl, sec, sym) in zip(
-        range(r.start, r.end, K.PAGE_SIZE), view.describe_pages(r.start, r.end), strict=True
-    ):
-        if not (is_exe_part and pl):
-            pl = label
-        if page_labels is not None:
-            page_labels.append(pl)
-        out.append(
-            page % (
-                a, lit(pl), b"null" if sec is None else lit(sec),
+    for k, lo in enumerate(range(r.start, r.end, step)):
+        values: list = []
+        put = values.extend
+        for a, (pl, sec, sym) in zip(
+            range(lo, min(lo + step, r.end), K.PAGE_SIZE),
+            described[k * _CHUNK_PAGES : (k + 1) * _CHUNK_PAGES],
+            strict=True,
+        ):
+            put((
+                a, lit(pl) if is_exe_part and pl else lab,
+                known.get(sec) or known.setdefault(sec, lit(sec)),
                 b"null" if sym is None else _enc(sym).encode(),
-            )
-        )  # fmt: skip
+            ))  # fmt: skip
+        out.append(b",".join([page] * (len(values) // 4)) % tuple(values))
     return out
