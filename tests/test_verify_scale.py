@@ -509,3 +509,52 @@ def test_drop_proof_by_runs_names_the_first_page_that_may_not_go():
             check_drops("t", [(hole, hole + K.PAGE_SIZE)], p.pid, vmas, {}, None)
     finally:
         _stop(p)
+
+
+_IMPORTS_IN_STOP = r"""
+import contextlib, sys
+import remap.fold as F
+import remap.inject as inj
+
+seen = {}
+orig = inj.attach
+
+
+@contextlib.contextmanager
+def attach(pid, **kw):
+    with orig(pid, **kw) as s:
+        seen["stopped"] = set(sys.modules)
+        yield s
+    seen["released"] = set(sys.modules)
+
+
+inj.attach = attach  # run_plan imports it when it runs
+F.squeeze(int(sys.argv[1]))
+print(" ".join(sorted(seen["released"] - seen["stopped"])) or "-")
+"""
+
+
+@pytest.mark.parametrize("target", ["echoloop", "glibcloop"])
+def test_the_stop_loads_no_module(target):
+    """A fresh driver's first squeeze imports nothing while the target is stopped: what the
+    stop needs is loaded before it (issue 15: the zero page's probe imported ctypes inside the
+    stop, 3 of static musl's 9-11 ms).  echoloop has no chain of its own (scratch, the batch
+    stub, a stack move); glibcloop's chain is its own code."""
+    exe = str(targets.build(target))
+    p = subprocess.Popen([exe], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        if target == "glibcloop":
+            assert _line(p).startswith(b"ready")
+        _wait_sleeping(p.pid)
+        r = subprocess.run([sys.executable, "-c", _IMPORTS_IN_STOP, str(p.pid)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["-"], f"imported while {target} was stopped: {r.stdout}"
+        p.stdin.write(b"z\n")
+        p.stdin.flush()
+        if target == "echoloop":  # it still echoes, byte for byte
+            assert _line(p) == b"z\n"
+        else:
+            _wait_sleeping(p.pid)  # it read the line and is back in read(2)
+    finally:
+        _stop(p)
