@@ -468,7 +468,13 @@ def load(path: str, inode: int | None = None) -> ElfInfo | None:
 # is mapped, not read: the columns and names are used in place, so only the pages a lookup
 # touches are faulted in (libpython's entry is 700 kB; a page fault costs ~5-7 us on this VM,
 # and `remap map`'s table never looks a library's symbol up: issue 15).
+# Bounded: each store prunes the directory (_prune_cache): entries of another format, earlier
+# versions of the same file (same device and inode), temporaries a killed writer left, and then
+# the oldest-written entries beyond CACHE_MAX_ENTRIES or CACHE_MAX_BYTES.
 _CACHE_FORMAT = 4  # 4: + the page table; 3: marshal header, then the columns and names raw
+CACHE_MAX_ENTRIES = 1024
+CACHE_MAX_BYTES = 128 << 20
+_TMP_STALE_S = 3600  # a .tmp this old belongs to no writer still running
 
 
 def cache_dir() -> str | None:
@@ -578,6 +584,52 @@ def _store_cached(info: ElfInfo, st: os.stat_result) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+        return
+    _prune_cache(os.path.dirname(fn), os.path.basename(fn))
+
+
+def _prune_cache(d: str, kept: str) -> None:
+    """Remove what no load can use and what exceeds the bounds (the comment above
+    _CACHE_FORMAT); KEPT, the entry just written, stays.  Runs on a cache miss only, beside a
+    parse that costs far more.  Errors are ignored: another remap may be pruning too."""
+    import time
+
+    fmt = f"v{_CACHE_FORMAT}-"
+    same = kept.rsplit("-", 3)[0] + "-"  # v3-DEV-INO-: the other versions of that file
+    now = time.time()
+    live: list[tuple[float, int, str]] = []  # (mtime, size, name) of current entries
+    try:
+        with os.scandir(d) as it:
+            for e in it:
+                name = e.name
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if name.endswith(".tmp"):
+                    stale = now - st.st_mtime > _TMP_STALE_S
+                else:
+                    stale = not name.startswith(fmt) or (name != kept and name.startswith(same))
+                if stale:
+                    _unlink(e.path)
+                elif name != kept and not name.endswith(".tmp"):
+                    live.append((st.st_mtime, st.st_size, name))
+    except OSError:
+        return
+    live.sort()  # oldest first
+    count, total = len(live) + 1, sum(size for _, size, _ in live)
+    for _, size, name in live:
+        if count <= CACHE_MAX_ENTRIES and total <= CACHE_MAX_BYTES:
+            break
+        _unlink(os.path.join(d, name))
+        count, total = count - 1, total - size
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def load_bias(info: ElfInfo, lowest_start: int, lowest_offset: int) -> int:

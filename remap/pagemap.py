@@ -483,7 +483,10 @@ def pfns_for(pid: int, runs: Iterable[Present], fd: int | None = None) -> dict[i
     return out
 
 
-_COALESCE = 4096
+# Pages between two ranges read with one pread.  Reading the entries between costs the kernel a
+# walk of every VMA there: on a CPython whose file mappings the fault-around fence split into
+# 2,300 VMAs, its 361 anonymous spans read in 1.8 ms at 4,096 pages (4 preads), 0.9 ms at 16-64.
+_COALESCE = 64
 
 
 def _frames(path: str, pfns: Iterable[int]) -> dict[int, int]:

@@ -128,6 +128,7 @@ def test_a_refusal_no_lower_layer_named_exits_4_not_70(is_root):
         ("map", "999999999", "--json"),  # no such process
         ("floor", "1", "--seconds", "0", "--json"),  # a usage error
         ("fold", "999999999", "--single-page", "--json"),  # issue 18: was an empty stdout
+        ("explain", "999999999", "--js"),  # argparse's abbreviation of --json
     ],
 )
 def test_a_refusal_with_json_is_a_json_document(argv):

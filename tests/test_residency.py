@@ -465,12 +465,15 @@ def test_elf_cache_is_keyed_by_file_version(tmp_path, monkeypatch):
         info = elfmap.load(str(exe))
         assert fields(info) == fields(fresh) and info._page_table() is None
         assert info.describe_pages(fresh.base_vaddr, top) == fresh.walk_pages(fresh.base_vaddr, top)
-    # a touched file is another version: parsed again, kept beside the old entry
+    # a touched file is another version: parsed again; its entry replaces the old one's
     st = exe.stat()
     os.utime(exe, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     elfmap._cache.clear()
     assert fields(elfmap.load(str(exe))) == fields(fresh)
-    assert len(list(cache.iterdir())) == 2
+    (newer,) = cache.iterdir()
+    assert newer.name != entry.name and newer.name.endswith(
+        f"-{exe.stat().st_mtime_ns:x}-{exe.stat().st_ctime_ns:x}"
+    )
     monkeypatch.setenv("REMAP_ELF_CACHE", "off")
     assert elfmap.cache_dir() is None
 
@@ -491,6 +494,35 @@ def test_an_elf_past_the_page_table_limit_is_described_page_by_page(tmp_path, mo
     assert fresh._page_count() > 1 and again._page_table() is None
     lo, hi = fresh.base_vaddr, fresh.base_vaddr + fresh._page_count() * K.PAGE_SIZE
     assert again.describe_pages(lo, hi) == [fresh.describe(a) for a in range(lo, hi, 4096)]
+    elfmap._cache.clear()
+
+
+def test_elf_cache_stays_bounded(tmp_path, monkeypatch):
+    """Each store prunes: another format's entries and a killed writer's old temporary go, a
+    fresh temporary stays, and beyond CACHE_MAX_ENTRIES the oldest-written entries go first
+    (real files parsed: the libraries this interpreter maps)."""
+    from remap import elfmap, procfs
+
+    monkeypatch.setenv("REMAP_ELF_CACHE", str(tmp_path))
+    monkeypatch.setattr(elfmap, "CACHE_MAX_ENTRIES", 3)
+    libs = sorted({e.path for e in procfs.read_maps(os.getpid()) if ".so" in e.path})
+    assert len(libs) >= 5, libs
+    old_fmt, old_tmp, new_tmp = (tmp_path / n for n in ("v2-1-2-3-4-5", "v3-x.9.tmp", "v3-y.8.tmp"))
+    for f in (old_fmt, old_tmp, new_tmp):
+        f.write_bytes(b"left over")
+    hour_ago = time.time() - 2 * elfmap._TMP_STALE_S
+    os.utime(old_tmp, (hour_ago, hour_ago))
+    elfmap._cache.clear()
+    stored = []
+    for i, lib in enumerate(libs[:5]):
+        elfmap.load(lib)
+        (name,) = {p.name for p in tmp_path.iterdir()} - set(stored) - {new_tmp.name}
+        stored.append(name)
+        t = time.time() - 100 + i  # written in this order, a second apart
+        os.utime(tmp_path / name, (t, t))
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {*stored[2:], new_tmp.name}, (stored, left)
+    assert elfmap._load_cached(libs[4], os.stat(libs[4])) is not None  # the newest serves
     elfmap._cache.clear()
 
 

@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None, *, quick_exit: bool = False) -> int:
 def _run(words: list[str], fast: list[bool], quick_exit: bool = False) -> int:
     """The exit code of one command line; appends True to FAST when it took the fast ``map``
     path (the handler then ran, whatever it returned or raised).  QUICK_EXIT: see main."""
-    as_json = "--json" in words  # a refusal is then a JSON document on stdout as well
+    # a refusal is then a JSON document on stdout as well; argparse also takes --json
+    # abbreviated (--js), and no other option starts with --j
+    as_json = any(w.startswith("--j") and "--json".startswith(w) for w in words)
     try:
         args = fast_map_args(words)
         if args is None:

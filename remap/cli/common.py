@@ -15,6 +15,33 @@ if TYPE_CHECKING:
     import argparse
 
 
+def console(**kw):
+    """A rich Console for stdout on which a closed pipe raises BrokenPipeError.
+
+    Why: rich's own on_broken_pipe exits 1, so `remap explain PID | head` failed where
+    `remap map PID | head` ends with 0; remap.cli._run treats a reader that went away as
+    success, for every command alike."""
+    return _quiet_console_class()(**kw)
+
+
+def _quiet_console_class():
+    from rich.console import Console
+
+    global _QUIET_CONSOLE
+    if _QUIET_CONSOLE is None:
+
+        class PipeConsole(Console):
+            def on_broken_pipe(self) -> None:
+                self.quiet = True  # nothing more is written; the caller's handler says 0
+                raise BrokenPipeError("stdout closed by its reader")
+
+        _QUIET_CONSOLE = PipeConsole
+    return _QUIET_CONSOLE
+
+
+_QUIET_CONSOLE = None
+
+
 def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 

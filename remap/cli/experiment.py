@@ -15,7 +15,7 @@ import sys
 
 from ..errors import EXIT_FAILED, UsageError
 from ..sources import SourceMissing
-from .common import add_json, int_at_least, path_arg, print_json
+from .common import add_json, console, int_at_least, path_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -185,7 +185,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(name: str, summ: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"{name}", title_justify="left")
@@ -209,7 +208,7 @@ def _print_summary(name: str, summ: dict) -> None:
                 ", ".join(f"{k}x{v}" for k, v in list(dist.items())[:6])
                 + (" ..." if len(dist) > 6 else ""),
             )
-    Console().print(t)
+    console().print(t)
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
@@ -307,7 +306,6 @@ def _launch_target(spec: str):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from ..report import (
@@ -334,9 +332,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         t.add_column(h)
     for r in rows(summ):
         t.add_row(*r)
-    con = Console()
+    con = console()
     if not con.is_terminal:
-        con = Console(width=160)
+        con = console(width=160)
     con.print(t)
     if set(matrix["kernels"]) != {"host"}:
         heads, mrows = matrix_table(matrix)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_json, pid_arg, print_json
+from .common import add_json, console, pid_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,11 +100,10 @@ def _show(report, as_json: bool) -> int:
     if as_json:
         print_json(report.to_json())
         return 0
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    con = Console()
+    con = console()
     t = Table(
         title=f"remap {report.kind} pid {report.pid}" + (" (dry run)" if report.dry_run else "")
     )

@@ -12,7 +12,7 @@ import argparse
 import os
 
 from ..errors import UsageError
-from .common import add_json, path_arg, pid_arg, print_json
+from .common import add_json, console, path_arg, pid_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,10 +87,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _print_profile(prof) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = console()
     t = Table(title=f"remap profile pid {prof.pid}: {os.path.basename(prof.exe)}")
     for col in ("function", "address", "size", "steps", "section"):
         t.add_column(col, justify="right" if col in ("size", "steps") else "left")

@@ -13,7 +13,7 @@ import sys
 import time
 
 from ..errors import AccessDenied, UsageError
-from .common import add_json, int_at_least, pid_arg, print_json
+from .common import add_json, console, int_at_least, pid_arg, print_json
 
 TYPE_CHECKING = False  # argparse for annotations only: `remap map` runs without it (remap.cli)
 if TYPE_CHECKING:
@@ -59,9 +59,7 @@ def _positive_float(text: str) -> float:
 
 
 def _console():
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=False, width=max(100, _term_width()))
+    return console(highlight=False, soft_wrap=False, width=max(100, _term_width()))
 
 
 def _term_width() -> int:

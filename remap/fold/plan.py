@@ -225,7 +225,9 @@ class FoldContext:
                                   stacks, s.read)  # fmt: skip
 
 
-Layout = tuple[list[tuple], list[tuple]]  # (VMAs by their maps line, runs of present pages)
+# (VMAs by their maps line, runs of present pages by merge group (_groups), zero-page counts
+# by VMA index where not 0)
+Layout = tuple[list[tuple], list[tuple], dict[int, int]]
 _BIG_SPAN = 256 * PAGE_SIZE  # an anonymous span this big is checked from its entries (reuse)
 
 
@@ -238,7 +240,12 @@ class Prior:
     model is a function of the maps lines, the thread set and the runs of present pages (with
     their file bit, zero-page runs counted per VMA): when those read inside the stop equal the
     prior ones, the prior model *is* the stopped one.  (Only a thread-stack label could differ:
-    a thread running at the first read has no sp; no step uses that label.)"""
+    a thread running at the first read has no sp; no step uses that label.)
+
+    The runs are compared by merge group, not by VMA (_groups): once the maps are known equal,
+    a run cut at every VMA boundary says no more than one cut only where VMAs do not touch,
+    and a process the fault-around fence split (libpython: 2,000 one-page VMAs) is then a few
+    ranges to scan and a few hundred runs to compare, not thousands (issue 15)."""
 
     snap: residency.Snapshot
     threads: list[int]
@@ -247,9 +254,8 @@ class Prior:
     at_stop: verify.Frames | None = None  # entries read by reuse(frames=True)
 
     @functools.cached_property
-    def _plain(self) -> list[bool]:
-        """Per VMA: neither a PFN map nor hugetlb (its pages count as anonymous or file)."""
-        return [not (v.pfnmap or v.hugetlb) for v in self.snap.vmas]
+    def _groups(self) -> list[int]:
+        return _groups(self.snap.vmas)
 
     @classmethod
     def take(cls, pid: int) -> Prior:
@@ -259,23 +265,17 @@ class Prior:
         snap = stopped_snapshot(pid)
         if _vma_keys(procfs.parse_maps(text)) != _vma_keys(snap.vmas):
             text = None  # it mapped or unmapped meanwhile: the stop compares parsed lines
-        runs = []
+        gid = _groups(snap.vmas)
+        pieces = []
+        zero = {}
         for i, v in enumerate(snap.vmas):
-            anon = v.pages[0].backing == "anon" if v.pages else False
-            lo = hi = -1
-            for p in v.pages:
-                a = p.backing == "anon"
-                if p.addr == hi and a == anon:
-                    hi += PAGE_SIZE
-                    continue
-                if lo >= 0:
-                    runs.append((i, lo, hi, anon))
-                lo, hi, anon = p.addr, p.addr + PAGE_SIZE, a
-            if lo >= 0:
-                runs.append((i, lo, hi, anon))
-            runs.append((i, "zero", v.zero_pages))
-        prior = cls(snap, threads, (_vma_keys(snap.vmas), runs), text)
-        prior._plans, prior._plain  # noqa: B018 -- computed now, not inside the stop
+            if v.zero_pages:
+                zero[i] = v.zero_pages
+            g = gid[i]
+            pieces += [(p.addr, p.addr + PAGE_SIZE, p.backing == "anon", g) for p in v.pages]
+        prior = cls(snap, threads, (_vma_keys(snap.vmas), _merged_runs(pieces), zero), text)
+        prior._groups = gid
+        prior._plans  # noqa: B018 -- computed now, not inside the stop
         return prior
 
     def reuse(self, session: Any, *, frames: bool = False) -> residency.Snapshot | None:
@@ -298,77 +298,115 @@ class Prior:
             maps = [m for m in maps if not in_scratch(session, m.start, m.end)]
             if _vma_keys(maps) != self.layout[0]:
                 return None
-        walked = self._walk(frames)
-        runs = []
-        for i, (plain, rs) in enumerate(zip(self._plain, walked, strict=True)):
-            zero, lo, hi, anon = 0, -1, -1, False
-            for r in rs:
-                if r.zero:
-                    zero += r.npages
-                    continue
-                a = plain and not r.file
-                if r.start == hi and a == anon:
-                    hi = r.end
-                    continue
-                if lo >= 0:
-                    runs.append((i, lo, hi, anon))
-                lo, hi, anon = r.start, r.end, a
-            if lo >= 0:
-                runs.append((i, lo, hi, anon))
-            runs.append((i, "zero", zero))
-        if runs != self.layout[1]:
+        runs, zero = self._walk(frames)
+        if runs != self.layout[1] or zero != self.layout[2]:
             self.at_stop = None
             return None
         return self.snap
 
-    def _walk(self, frames: bool) -> list[list[pagemap.Present]]:
-        """Present runs of each VMA of the model, as they are now (see reuse), read as
-        _walk_plan decided before the stop."""
-        pid, vmas = self.snap.pid, self.snap.vmas
+    def _walk(self, frames: bool) -> tuple[list[tuple], dict[int, int]]:
+        """The present runs as they are now, merged by group (_merged_runs), and the zero-page
+        counts by VMA: read as _walk_plan decided before the stop (see reuse)."""
+        pid, vmas, gid = self.snap.pid, self.snap.vmas, self._groups
         plan = self._plans[frames]
-        out: list[list[pagemap.Present]] = [[] for _ in vmas]
-        for idx, ranges, pf in plan.walks:
-            for i, rs in zip(idx, pagemap.walk(pid, ranges, pf)[0], strict=True):
-                out[i].extend(rs)
-        if not frames:
-            return out
-        entries = pagemap.entries_for(pid, plan.spans)
-        zpfn = pagemap.zero_pfn()
-        self.at_stop = verify.Frames(pid, plan.spans, entries, zpfn, now=entries)
-        for i, (lo, _), data in zip(plan.span_vma, plan.spans, entries, strict=True):
-            if i in plan.big:
-                out[i].extend(pagemap.runs_of_entries(lo, data, zpfn))
-                out[i].sort()
-        return out
+        pieces: list[tuple] = []
+        zero: dict[int, int] = {}
+
+        def add(rs: list[pagemap.Present], g: int, plain: bool) -> None:
+            for r in rs:
+                if r.zero:
+                    _count_zero(zero, vmas, plan.starts, r.start, r.end)
+                else:
+                    pieces.append((r.start, r.end, plain and not r.file, g))
+
+        for gs, ranges, pf in plan.walks:
+            for g, rs in zip(gs, pagemap.walk(pid, ranges, pf)[0], strict=True):
+                add(rs, g, plan.plain[g])
+        if frames:
+            entries = pagemap.entries_for(pid, plan.spans)
+            zpfn = pagemap.zero_pfn()
+            self.at_stop = verify.Frames(pid, plan.spans, entries, zpfn, now=entries)
+            for i, (lo, _), data in zip(plan.span_vma, plan.spans, entries, strict=True):
+                if i in plan.big:
+                    add(pagemap.runs_of_entries(lo, data, zpfn), gid[i], plan.plain[gid[i]])
+        return _merged_runs(pieces), zero
 
     @functools.cached_property
     def _plans(self) -> dict[bool, _WalkPlan]:
         """What reuse reads, by FRAMES, computed from the model before the stop."""
-        return {False: _walk_plan(self.snap.vmas, False), True: _walk_plan(self.snap.vmas, True)}
+        vmas, gid = self.snap.vmas, self._groups
+        return {False: _walk_plan(vmas, gid, False), True: _walk_plan(vmas, gid, True)}
+
+
+def _groups(vmas: list[residency.Vma]) -> list[int]:
+    """Per VMA, its merge group: neighbours that touch and are read alike (neither, or both, a
+    PFN map; neither, or both, hugetlb) share one."""
+    out: list[int] = []
+    g, end, kind = -1, -1, None
+    for v in vmas:
+        k = (v.pfnmap, v.hugetlb)
+        if v.start != end or k != kind:
+            g += 1
+        out.append(g)
+        end, kind = v.end, k
+    return out
+
+
+def _merged_runs(pieces: list[tuple]) -> list[tuple]:
+    """PIECES (start, end, anon, group) as (group, start, end, anon) runs in address order,
+    each as long as it goes: the one form both sides of Prior.reuse's comparison take."""
+    pieces.sort()
+    out: list[tuple] = []
+    g0 = s0 = e0 = -1
+    a0 = False
+    for s, e, a, g in pieces:
+        if s == e0 and g == g0 and a == a0:
+            e0 = e
+            continue
+        if g0 >= 0:
+            out.append((g0, s0, e0, a0))
+        g0, s0, e0, a0 = g, s, e, a
+    if g0 >= 0:
+        out.append((g0, s0, e0, a0))
+    return out
+
+
+def _count_zero(zero: dict[int, int], vmas: list, starts: list[int], lo: int, hi: int) -> None:
+    """Add the zero-page run [lo, hi) to ZERO, by VMA (a run may cross VMAs of one group)."""
+    i = bisect.bisect_right(starts, lo) - 1
+    while lo < hi and 0 <= i < len(vmas):
+        end = min(hi, vmas[i].end)
+        if end > lo:
+            zero[i] = zero.get(i, 0) + (end - lo) // PAGE_SIZE
+        lo, i = end, i + 1
 
 
 @dataclass
 class _WalkPlan:
-    """How Prior.reuse reads the present pages: WALKS, each (VMA index per range, ranges,
+    """How Prior.reuse reads the present pages: WALKS, each (merge group per range, ranges,
     positions of PFN-map ranges) for pagemap.walk; with frames, SPANS (and their VMAs) whose
-    entries are read, BIG the VMAs whose span's presence comes from those entries."""
+    entries are read, BIG the VMAs whose span's presence comes from those entries.  PLAIN:
+    per group, neither a PFN map nor hugetlb (its pages count as anonymous or file); STARTS:
+    the VMAs' starts (zero-page runs are counted by VMA)."""
 
     walks: list[tuple[list[int], list[tuple[int, int]], list[int]]]
+    plain: list[bool]
+    starts: list[int]
     spans: list[tuple[int, int]] = field(default_factory=list)
     span_vma: list[int] = field(default_factory=list)
     big: set[int] = field(default_factory=set)
 
 
-def _walk_plan(vmas: list[residency.Vma], frames: bool) -> _WalkPlan:
+def _walk_plan(vmas: list[residency.Vma], gid: list[int], frames: bool) -> _WalkPlan:
     """Without FRAMES: one walk over every VMA.  With: the anonymous spans (_anon_spans) are
     read as entries; big spans' presence comes from them, and everything else is scanned in
     walks that stop at each big span (one ioctl walk across it would cost as much as the read
-    it saves)."""
-    pfnmap = {i for i, v in enumerate(vmas) if v.pfnmap}
-    if not frames:
-        return _WalkPlan([(list(range(len(vmas))), [(v.start, v.end) for v in vmas],
-                           sorted(pfnmap))])  # fmt: skip
-    spans = _anon_spans(vmas)  # [(vma index, (start, end))]
+    it saves).  Touching ranges of one group are scanned as one."""
+    plain = [True] * (gid[-1] + 1 if gid else 0)
+    for i, v in enumerate(vmas):
+        if v.pfnmap or v.hugetlb:
+            plain[gid[i]] = False
+    spans = _anon_spans(vmas) if frames else []  # [(vma index, (start, end))]
     big = {i: sp for i, sp in spans if sp[1] - sp[0] >= _BIG_SPAN}
     pieces: list[tuple[int, int, int]] = []  # (vma index, start, end), address order
     cuts = [0]  # where a new walk starts in pieces: after each big span
@@ -382,11 +420,23 @@ def _walk_plan(vmas: list[residency.Vma], frames: bool) -> _WalkPlan:
             pieces.append((i, hi, v.end))
     walks = []
     for c0, c1 in zip(cuts, [*cuts[1:], len(pieces)], strict=True):
-        part = pieces[c0:c1]
-        if part:
-            pf = [k for k, (i, _, _) in enumerate(part) if i in pfnmap]
-            walks.append(([i for i, _, _ in part], [(lo, hi) for _, lo, hi in part], pf))
-    return _WalkPlan(walks, [sp for _, sp in spans], [i for i, _ in spans], set(big))
+        gs: list[int] = []
+        ranges: list[tuple[int, int]] = []
+        pf: list[int] = []
+        for i, lo, hi in pieces[c0:c1]:
+            g = gid[i]
+            if ranges and gs[-1] == g and ranges[-1][1] == lo:
+                ranges[-1] = (ranges[-1][0], hi)
+                continue
+            if vmas[i].pfnmap:
+                pf.append(len(ranges))
+            gs.append(g)
+            ranges.append((lo, hi))
+        if ranges:
+            walks.append((gs, ranges, pf))
+    starts = [v.start for v in vmas]
+    return _WalkPlan(walks, plain, starts, [sp for _, sp in spans], [i for i, _ in spans],
+                     set(big))  # fmt: skip
 
 
 def _flags_of(snap: residency.Snapshot) -> dict[tuple, frozenset[str]]:
@@ -634,6 +684,9 @@ def _evidence_kind(evidence: str) -> tuple[bool, list[str]]:
             "PFNs are hidden from this user (pagemap shows them to CAP_SYS_ADMIN only): kept "
             "anonymous pages were verified by sha256, a stop that grows with anonymous memory"
         ]
+    # learned now, not by the frames evidence inside the stop: its probe imports ctypes
+    # (~3 ms, issue 15: static musl's first squeeze stopped 9-11 ms instead of 5)
+    pagemap.zero_pfn()
     return True, []
 
 

@@ -54,7 +54,7 @@ def drop_clean_file(ctx: FoldContext) -> Action | None:
     ranges: list[tuple[int, int]] = []  # built in one pass: pages are in address order
     lo = hi = n = 0
     for v in ctx.snap.vmas:
-        if not v.is_file:
+        if not v.pages or not v.is_file:
             continue
         for p in v.pages:
             if p.backing != "file" or p.addr in keep:  # backing "file": Page.clean_file
@@ -112,15 +112,16 @@ def fence_fault_around(ctx: FoldContext) -> Action | None:
     difference and re-reads.  The program's own hints come from smaps read before the stop
     (FoldContext.vmflags_for).
     """
+    page = K.PAGE_SIZE
     vmas = [
         v
         for v in ctx.snap.vmas
-        if v.is_file
+        if v.end - v.start > page  # first: a fenced process has thousands of one-page VMAs
+        and v.is_file
         and v.perms[3] == "p"  # shared mappings (and shmem: nothing of it is dropped) stay whole
         and v.label != "shmem"
         and not v.pfnmap
         and not v.hugetlb
-        and v.end - v.start > K.PAGE_SIZE
     ]
     if not vmas:
         return None

@@ -211,7 +211,18 @@ def build_frame(at: int, regs: dict[str, int], mask: int, fp: bytes, first: int,
 def frame_spot(rsp: int, size: int, *, resident_only: bool = False) -> int:
     """Where a thread's frames go below rsp - RED_ZONE: inside the page holding that address when
     they fit there (that page is resident, and no squeeze drops it), else just below it (which
-    may fault in a stack page) -- or 0 with resident_only."""
+    may fault in a stack page) -- or 0 with resident_only.
+
+    The page faulted in below stays after the session (issue 17, "no page of remap's own"),
+    and nothing better is safe: the session's last call (munmap of scratch) must leave a
+    whole frame in memory that outlives it, or a driver killed during it resumes the thread
+    on the injected registers; the FP image cannot be shortened (a NULL fpstate resets the
+    FPU, an FX-only image sets PKRU to 0; a compacted XSAVE image from a sigframe is an ABI
+    edge older kernels reject); and nothing outside the process can drop an anonymous page
+    (process_madvise takes no MADV_DONTNEED, MADV_PAGEOUT needs swap).  Measured on busybox
+    init, 20 launches: the room below rsp - RED_ZONE in its page was 56-3,848 bytes, and this
+    CPU's frame (AVX-512 and PKRU: 3,136 + BOOT_SIZE) fit in 1.  The same page is where the
+    kernel puts any signal frame for that thread (init's SIGCHLD at a respawn)."""
     top = rsp - K.RED_ZONE
     at = (top - size) & ~63
     if at - BOOT_SIZE >= top & ~(K.PAGE_SIZE - 1):
