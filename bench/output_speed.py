@@ -11,6 +11,11 @@ Goals: ``map --json`` and the ``map`` table each <= floor + 2 x pmap; ``--pages`
 <= floor + 200 ms.  Each command runs REPEAT times; the median is printed.  With ``--baseline
 DIR`` (another checkout with its own .venv, e.g. a worktree of main) its ``remap`` runs each
 command too, interleaved with this checkout's on the same process, and the ratio is printed.
+Each remap reads its own ELF cache (REMAP_ELF_CACHE: a fresh directory per checkout, filled by
+one untimed ``map --json`` first): remap prunes other formats' entries from the cache it
+stores into (remap.elfmap), so two checkouts of different formats sharing ~/.cache/remap/elf
+evict each other's entries at every miss, as any other remap on the machine may mid-run, and
+each then parses every mapped library again (~40 ms) instead of reading it.
 
 Usage:  .venv/bin/python bench/output_speed.py [--mb 30] [--repeat 7] [--baseline DIR]
 """
@@ -40,13 +45,16 @@ def _median_s(argv: list[str], repeat: int) -> float:
     return _medians([argv], repeat)[0]
 
 
+_ENVS: dict[str, dict[str, str]] = {}  # a remap executable -> its environment (_own_caches)
+
+
 def _medians(argvs: list[list[str]], repeat: int) -> list[float]:
     """The median wall time of each of ARGVS, run in turn REPEAT times (interleaved, so that
     a noisy moment of the machine falls on all of them alike)."""
     times: list[list[float]] = [[] for _ in argvs]
     for _ in range(repeat):
         for argv, ts in zip(argvs, times, strict=True):
-            t, rc, err = run_timed(argv, 120)
+            t, rc, err = run_timed(argv, 120, env=_ENVS.get(argv[0]))
             if rc != 0:
                 raise SystemExit(f"{' '.join(argv)} failed ({rc}): {err.decode().strip()}")
             ts.append(t)
@@ -76,7 +84,9 @@ def _report(pid: str, repeat: int, base: str | None = None) -> None:
     """Time every command on PID and print the table with the goals (and BASE's times)."""
     with open(f"/proc/{pid}/status") as f:
         rss = next(ln.split()[1] for ln in f if ln.startswith("VmRSS:"))
-    png = os.path.join(tempfile.mkdtemp(prefix="remap-bench-"), "map.png")
+    tmp = tempfile.mkdtemp(prefix="remap-bench-")
+    png = os.path.join(tmp, "map.png")
+    _own_caches(tmp, pid, [REMAP] + ([base] if base else []))
     floor = _median_s([sys.executable, "-c", "pass"], repeat)
     pmap = _median_s(["pmap", "-XX", pid], repeat)
     rows = [
@@ -97,6 +107,16 @@ def _report(pid: str, repeat: int, base: str | None = None) -> None:
         g = f"{goal * 1e3:9.0f}  {'yes' if t <= goal else 'no '}" if goal else f"{'-':>9}  - "
         b = f"{tb[0] * 1e3:9.0f}{t / tb[0]:7.2f}" if base else ""
         print(f"{name:<14}{t * 1e3:8.0f}{t / floor:9.1f}{g}{b}")
+
+
+def _own_caches(tmp: str, pid: str, remaps: list[str]) -> None:
+    """Give each of REMAPS an ELF cache of its own under TMP (see the module docstring), filled
+    by one untimed ``map PID --json``."""
+    for i, remap in enumerate(remaps):
+        _ENVS[remap] = dict(os.environ, REMAP_ELF_CACHE=os.path.join(tmp, f"elf-{i}"))
+        _t, rc, err = run_timed([remap, "map", pid, "--json"], 120, env=_ENVS[remap])
+        if rc != 0:
+            raise SystemExit(f"{remap} map {pid} --json failed ({rc}): {err.decode().strip()}")
 
 
 if __name__ == "__main__":
