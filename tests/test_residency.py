@@ -498,9 +498,9 @@ def test_an_elf_past_the_page_table_limit_is_described_page_by_page(tmp_path, mo
 
 
 def test_elf_cache_stays_bounded(tmp_path, monkeypatch):
-    """Each store prunes: another format's entries and a killed writer's old temporary go, a
-    fresh temporary stays, and beyond CACHE_MAX_ENTRIES the oldest-written entries go first
-    (real files parsed: the libraries this interpreter maps)."""
+    """Each store prunes: another format's hour-old entries and a killed writer's old
+    temporary go, a fresh temporary stays, and beyond CACHE_MAX_ENTRIES the oldest-written
+    entries go first (real files parsed: the libraries this interpreter maps)."""
     from remap import elfmap, procfs
 
     monkeypatch.setenv("REMAP_ELF_CACHE", str(tmp_path))
@@ -512,6 +512,8 @@ def test_elf_cache_stays_bounded(tmp_path, monkeypatch):
         f.write_bytes(b"left over")
     hour_ago = time.time() - 2 * elfmap._TMP_STALE_S
     os.utime(old_tmp, (hour_ago, hour_ago))
+    hour_ago = time.time() - 2 * elfmap._OTHER_FORMAT_STALE_S
+    os.utime(old_fmt, (hour_ago, hour_ago))
     elfmap._cache.clear()
     stored = []
     for i, lib in enumerate(libs[:5]):
@@ -523,6 +525,27 @@ def test_elf_cache_stays_bounded(tmp_path, monkeypatch):
     left = {p.name for p in tmp_path.iterdir()}
     assert left == {*stored[2:], new_tmp.name}, (stored, left)
     assert elfmap._load_cached(libs[4], os.stat(libs[4])) is not None  # the newest serves
+    elfmap._cache.clear()
+
+
+def test_another_remaps_fresh_cache_entries_are_kept(tmp_path, monkeypatch):
+    """Another format's entries written within the hour belong to another remap version in
+    use: a store leaves them (pruned at once, two versions taking turns evicted each other's
+    entries and parsed every library at every run); older ones go."""
+    from remap import elfmap
+
+    monkeypatch.setenv("REMAP_ELF_CACHE", str(tmp_path))
+    other, fmt = elfmap._CACHE_FORMAT + 1, elfmap._CACHE_FORMAT
+    fresh, old = tmp_path / f"v{other}-1-2-3-4-5", tmp_path / f"v{other}-6-7-8-9-a"
+    for f in (fresh, old):
+        f.write_bytes(b"another version's entry")
+    hour_ago = time.time() - 2 * elfmap._OTHER_FORMAT_STALE_S
+    os.utime(old, (hour_ago, hour_ago))
+    elfmap._cache.clear()
+    elfmap.load(str(targets.build("echoloop")))  # parsed and stored: the store prunes
+    left = {p.name for p in tmp_path.iterdir()}
+    assert fresh.name in left and old.name not in left
+    assert any(n.startswith(f"v{fmt}-") for n in left), left
     elfmap._cache.clear()
 
 
