@@ -44,7 +44,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import elfmap
+from . import elftables
 from . import kconst as K
 from .errors import ExperimentError, UnsafeStep, UsageError
 from .kconst import PAGE_SIZE
@@ -92,7 +92,7 @@ class InputSection:
 
 class ObjectFile:
     """A relocatable object (a .o, or one member of a .a): its sections and symbols read with
-    :class:`remap.elfmap.ElfTables`, its relocations (which ElfTables does not read) parsed
+    :class:`remap.elftables.ElfTables`, its relocations (which ElfTables does not read) parsed
     lazily with pyelftools."""
 
     def __init__(self, file: str, member: str | None, data: bytes):
@@ -106,10 +106,10 @@ class ObjectFile:
         return ELFFile(io.BytesIO(self.data))
 
     @cached_property
-    def tables(self) -> elfmap.ElfTables | None:
+    def tables(self) -> elftables.ElfTables | None:
         """Section headers and .symtab (None: not an ELF64 little-endian file)."""
         try:
-            return elfmap.ElfTables(self.data)
+            return elftables.ElfTables(self.data)
         except ValueError:
             return None
 
@@ -121,10 +121,10 @@ class ObjectFile:
         ]
 
     @property
-    def symbols(self) -> list[elfmap.Symbol]:
+    def symbols(self) -> list[elftables.Symbol]:
         """Every .symtab entry ([] for a file that is not ELF64).
 
-        Read with struct (elfmap), not pyelftools: finding one static function means reading
+        Read with struct (elftables), not pyelftools: finding one static function means reading
         the symbol tables of all ~1,300 members of libc.a, ~40x faster this way."""
         return self.tables.symbols if self.tables else []
 
@@ -513,7 +513,7 @@ def _take_unnamed(hot: _HotSet, prof: Profile, li: LinkInputs, d) -> None:
     code does not follow.  A miss costs nothing (the closure may have it already); a wrong
     hit only a few bytes in the block.  Of the sections holding it, the smallest is taken."""
     try:
-        elf = elfmap.open_elf(prof.exe)
+        elf = elftables.open_elf(prof.exe)
     except OSError:
         return  # the profiled executable is gone: the relocation closure is all there is
     if elf is None or not d.spans:
@@ -855,14 +855,14 @@ def _run(argv: list[str], what: str, cwd: Path | None = None) -> None:
 def elf_symbols(path: Path, names: tuple[str, ...]) -> dict[str, int]:
     """Values of NAMES in PATH's symbol table (a quick check of a generated binary); raises
     OSError when PATH cannot be read."""
-    elf = elfmap.open_elf(str(path))
+    elf = elftables.open_elf(str(path))
     return elf.symbol_values(names) if elf else {}
 
 
 def writable_objects(path: Path, top: int = 8) -> list[list]:
     """The TOP largest objects in writable sections of PATH: [name, bytes, section]; raises
     OSError when PATH cannot be read."""
-    elf = elfmap.open_elf(str(path))
+    elf = elftables.open_elf(str(path))
     out = []
     for sym in elf.symbols if elf else []:
         if sym.type == K.STT_OBJECT and sym.in_section and sym.size:

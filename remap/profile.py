@@ -6,7 +6,7 @@ misses rare paths (the bot's !mem handler runs once in a thousand lines), single
 not.  We seize the process (PTRACE_SEIZE, no SIGSTOP), single-step it while a workload drives
 it, and for each instruction record:
 
-- its address, mapped to a function symbol of the executable read *from disk* (remap.elfmap);
+- its address, mapped to a function symbol of the executable read *from disk* (remap.elftables);
 - its memory operands, decoded with capstone and evaluated against the registers of that very
   stop (rip-relative, base + index * scale + disp, fs/gs bases), mapped to data symbols or, when
   no symbol covers them, to section + offset;
@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import elfmap, procfs, unwind
+from . import elftables, procfs, unwind
 from . import kconst as K
 from .errors import (
     NoSuchProcess,
@@ -196,12 +196,12 @@ class _Sym:
 
 class _Exe:
     """Symbols, sections and code bytes of the executable, from the file on disk (read with
-    :class:`remap.elfmap.ElfTables`, the one ELF reader)."""
+    :class:`remap.elftables.ElfTables`, the one ELF reader)."""
 
     def __init__(self, path: str):
         """Read the executable at PATH; raises UnsupportedTarget for anything but an x86_64
         ELF64 file and OSError when PATH cannot be read."""
-        elf = elfmap.open_elf(path)
+        elf = elftables.open_elf(path)
         if elf is None or elf.machine != K.EM_X86_64:
             raise UnsupportedTarget(f"{path}: not an x86_64 executable")
         self.raw = elf.raw
@@ -239,7 +239,7 @@ class _Exe:
 
 
 def _symbols(
-    elf: elfmap.ElfTables, sections: dict[str, list[int]]
+    elf: elftables.ElfTables, sections: dict[str, list[int]]
 ) -> tuple[list[_Sym], list[_Sym]]:
     """(functions, data objects) of ELF's .symtab, sorted and one per address; size-0 code
     labels get the bytes up to the next symbol.  Undefined, absolute and common symbols, and
@@ -269,7 +269,7 @@ def _symbols(
     return _dedup(funcs), _dedup(objs)
 
 
-def _plt_stubs(elf: elfmap.ElfTables, sections: dict[str, list[int]]) -> list[_Sym]:
+def _plt_stubs(elf: elftables.ElfTables, sections: dict[str, list[int]]) -> list[_Sym]:
     """A dynamic executable's PLT stubs as functions named for their target ("printf@plt"):
     a profile then says what the program called in its libraries, not ".plt+0x405040"."""
     out = []

@@ -399,9 +399,9 @@ def _check_result(r: Recipe, binary: Path) -> None:
 def elf_interpreter(path: Path) -> str | None:
     """The PT_INTERP path of an ELF file (None: statically linked); raises ExperimentError for
     a file that is not ELF64 and OSError when PATH cannot be read."""
-    from . import elfmap  # here, not at the top: this change to sources.py stays in one function
+    from . import elftables  # here, not at the top: this change to sources.py stays in one function
 
-    elf = elfmap.open_elf(str(path))
+    elf = elftables.open_elf(str(path))
     if elf is None:
         raise ExperimentError(f"{path}: not an ELF64 little-endian file")
     return elf.interpreter

@@ -3,7 +3,7 @@
 Why: the single-page fold must know where the hot frames end (the CFA of the steady-state
 root), and code built with -fomit-frame-pointer (EnergyMech, all of musl's libc.a) keeps no rbp
 chain.  Each frame is unwound by the DWARF call-frame rules of its pc (pyelftools decodes
-.eh_frame; elfmap reads the file): CFA = reg + offset, the return address and saved registers
+.eh_frame; elftables reads the file): CFA = reg + offset, the return address and saved registers
 at CFA + n.  musl's libc.a carries no .eh_frame at all, so for a pc without an FDE the rules are
 *derived from the function's machine code* (:func:`code_rule`): every path from the symbol's
 entry to the pc is followed and its stack-pointer changes summed (or, once rbp is a frame
@@ -36,7 +36,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from . import elfmap
+from . import elftables
 from .errors import UnsafeStep
 
 # System V x86-64 psABI, figure 3.36: DWARF register numbers
@@ -93,7 +93,7 @@ class Frame:
 class Module:
     """The unwind tables of one ELF file: its FDE ranges (decoded on demand) and functions."""
 
-    def __init__(self, path: str, tables: elfmap.ElfTables, inode: int = 0):
+    def __init__(self, path: str, tables: elftables.ElfTables, inode: int = 0):
         self.path, self.tables, self.inode = path, tables, inode
         self.entry = tables.entry
         try:
@@ -191,7 +191,7 @@ def module(path: str) -> Module:
         st = os.stat(path)
         key = (st.st_dev, st.st_ino, st.st_mtime_ns)
         if key not in _modules:
-            tables = elfmap.open_elf(path)
+            tables = elftables.open_elf(path)
             if tables is None:
                 raise CannotUnwind(f"{path} is not an ELF64 file: no unwind tables")
             _modules[key] = Module(path, tables, st.st_ino)

@@ -572,16 +572,16 @@ def test_describe_pages_is_describe_of_each_page():
 
 
 def test_elf_tables_agree_with_pyelftools(tmp_path):
-    """elfmap.ElfTables (the one struct reader the hot page finder, profiler and layout writer
+    """elftables.ElfTables (the one struct reader the hot page finder, profiler and layout writer
     share) against pyelftools on the hot-page demo bot: every section header, every symbol,
     the hot page's bytes, the ELF class and machine."""
-    from remap import elfmap
+    from remap import elfmap, elftables
 
     path = str(targets.build("minibot", "hotpage"))
-    t = elfmap.open_elf(path)
+    t = elftables.open_elf(path)
     assert t is not None and t.etype == K.ET_EXEC and t.machine == K.EM_X86_64
     assert t.interpreter is None  # musl-gcc -static
-    py = elfmap.open_elf(os.path.realpath(sys.executable))
+    py = elftables.open_elf(os.path.realpath(sys.executable))
     assert py is not None and py.interpreter == "/lib64/ld-linux-x86-64.so.2"
     with open(path, "rb") as f:
         e = ELFFile(f)
@@ -601,4 +601,4 @@ def test_elf_tables_agree_with_pyelftools(tmp_path):
         assert elfmap.class_and_machine(f.read(20)) == (K.ELFCLASS64, K.EM_X86_64)
     assert elfmap.class_and_machine(b"#!/bin/sh\n" * 2) is None
     (tmp_path / "sh").write_bytes(b"#!/bin/sh\n")
-    assert elfmap.open_elf(str(tmp_path / "sh")) is None
+    assert elftables.open_elf(str(tmp_path / "sh")) is None

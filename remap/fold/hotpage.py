@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import elfmap, procfs
+from .. import elftables, procfs
 from .. import kconst as K
 from ..errors import UnsafeStep
 
@@ -69,7 +69,7 @@ def find_hot_page(pid: int) -> HotPage | None:
 
 def _parse_hot_page(pid: int) -> HotPage | None:
     try:
-        elf = elfmap.open_elf(procfs.path(pid, "exe"))  # the mapped inode, even if replaced
+        elf = elftables.open_elf(procfs.path(pid, "exe"))  # the mapped inode, even if replaced
     except OSError as e:
         raise procfs.translate(pid, e, "exe") from None
     if elf is None or elf.etype != K.ET_EXEC:
