@@ -8,9 +8,12 @@ machines are noisy: the ratios matter, not the absolute times):
     remap map --json / map / map --pages / map --png FILE / explain
 
 Goals: ``map --json`` and the ``map`` table each <= floor + 2 x pmap; ``--pages`` and ``--png``
-<= floor + 200 ms.  Each command runs REPEAT times; the median is printed.  With ``--baseline
-DIR`` (another checkout with its own .venv, e.g. a worktree of main) its ``remap`` runs each
-command too, interleaved with this checkout's on the same process, and the ratio is printed.
+<= floor + 200 ms.  Each command runs REPEAT times; the median is printed.  The floor and pmap
+are timed in every row, interleaved with its command, and that row's goal comes from them:
+timed once beforehand, a floor of 18 ms taken in a quiet moment set a 36 ms goal for commands
+then timed while the machine was twice as slow.  With ``--baseline DIR`` (another checkout
+with its own .venv, e.g. a worktree of main) its ``remap`` runs each command too, interleaved
+with this checkout's on the same process, and the ratio is printed.
 Each remap reads its own ELF cache (REMAP_ELF_CACHE: a fresh directory per checkout, filled by
 one untimed ``map --json`` first): remap prunes other formats' entries from the cache it
 stores into (remap.elfmap), so two checkouts of different formats sharing ~/.cache/remap/elf
@@ -39,10 +42,6 @@ keep = [bytes(1000) for _ in range(int(sys.argv[1]) * 1000)]
 print("ready", flush=True)
 time.sleep(600)
 """
-
-
-def _median_s(argv: list[str], repeat: int) -> float:
-    return _medians([argv], repeat)[0]
 
 
 _ENVS: dict[str, dict[str, str]] = {}  # a remap executable -> its environment (_own_caches)
@@ -87,26 +86,30 @@ def _report(pid: str, repeat: int, base: str | None = None) -> None:
     tmp = tempfile.mkdtemp(prefix="remap-bench-")
     png = os.path.join(tmp, "map.png")
     _own_caches(tmp, pid, [REMAP] + ([base] if base else []))
-    floor = _median_s([sys.executable, "-c", "pass"], repeat)
-    pmap = _median_s(["pmap", "-XX", pid], repeat)
-    rows = [
-        ("map --json", ["map", pid, "--json"], floor + 2 * pmap),
-        ("map", ["map", pid], floor + 2 * pmap),
-        ("map --pages", ["map", pid, "--pages"], floor + 0.2),
-        ("map --png", ["map", pid, "--png", png], floor + 0.2),
+    yardsticks = [[sys.executable, "-c", "pass"], ["pmap", "-XX", pid]]
+    rows = [  # name, arguments, goal from (floor, pmap)
+        ("map --json", ["map", pid, "--json"], lambda f, p: f + 2 * p),
+        ("map", ["map", pid], lambda f, p: f + 2 * p),
+        ("map --pages", ["map", pid, "--pages"], lambda f, p: f + 0.2),
+        ("map --png", ["map", pid, "--png", png], lambda f, p: f + 0.2),
         ("explain", ["explain", pid], None),
     ]
-    print(f"process: {rss} kB RSS; floor (python -c pass) {floor * 1e3:.0f} ms, "
-          f"pmap -XX {pmap * 1e3:.0f} ms; median of {repeat}")  # fmt: skip
+    print(f"process: {rss} kB RSS; floor = python -c pass, pmap = pmap -XX, timed in each row "
+          f"beside its command; median of {repeat}")  # fmt: skip
     if base:
         print(f"baseline: {base}")
     extra = f"{'base ms':>9}{'ratio':>7}" if base else ""
-    print(f"{'command':<14}{'ms':>8}{'x floor':>9}{'goal ms':>9}  met{extra}")
-    for name, args, goal in rows:
-        t, *tb = _medians([[REMAP, *args]] + ([[base, *args]] if base else []), repeat)
+    print(
+        f"{'command':<14}{'ms':>6}{'floor':>7}{'pmap':>6}{'x floor':>9}{'goal ms':>9}  met{extra}"
+    )
+    for name, args, goal_of in rows:
+        floor, pmap, t, *tb = _medians(
+            [*yardsticks, [REMAP, *args]] + ([[base, *args]] if base else []), repeat
+        )
+        goal = goal_of(floor, pmap) if goal_of else None
         g = f"{goal * 1e3:9.0f}  {'yes' if t <= goal else 'no '}" if goal else f"{'-':>9}  - "
         b = f"{tb[0] * 1e3:9.0f}{t / tb[0]:7.2f}" if base else ""
-        print(f"{name:<14}{t * 1e3:8.0f}{t / floor:9.1f}{g}{b}")
+        print(f"{name:<14}{t * 1e3:6.0f}{floor * 1e3:7.0f}{pmap * 1e3:6.0f}{t / floor:9.1f}{g}{b}")
 
 
 def _own_caches(tmp: str, pid: str, remaps: list[str]) -> None:
