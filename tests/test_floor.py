@@ -145,3 +145,27 @@ def test_floor_refuses_a_traced_process(probe):
         st.terminate()
         st.wait(timeout=5)
     _healthy(t)
+
+
+def test_the_floor_window_is_kept_inside_one_wall_clock_period():
+    """EnergyMech's update() (src/core.c) runs its ten-minute bookkeeping after each multiple
+    of 600 s: the floor step waits past a boundary that would fall in its window, and
+    check-floor counts the boundaries a window held (steps_floor's docstring)."""
+    from remap.errors import ExperimentError
+    from remap.experiment import steps_floor as SF
+
+    t = 1_764_684_000.0  # a multiple of 600 (and of 3,600)
+    assert SF.period_wait(t + 100, 600, 150) == 0.0  # the next boundary is 500 s away
+    assert SF.period_wait(t + 450, 600, 150) == 0.0  # exactly the window away: clear
+    assert SF.period_wait(t + 451, 600, 150) == 149 + SF.PERIOD_MARGIN_S
+    assert SF.period_wait(t - 0.5, 600, 150) == 0.5 + SF.PERIOD_MARGIN_S
+    start = t - 0.5 + SF.period_wait(t - 0.5, 600, 150)  # the window starts after the wait
+    assert SF.periods_crossed(start, start + 150, 600) == 0
+    assert SF.periods_crossed(t - 1, t, 600) == 1 and SF.periods_crossed(t, t + 599, 600) == 0
+    assert SF.periods_crossed(t - 1, t + 601, 600) == 2
+    assert SF._period_params({}) is None
+    assert SF._period_params({"period": 600, "window": 150}) == (600, 150)
+    for bad in ({"period": 600}, {"window": 150}, {"period": 600, "window": 594},
+                {"period": 10, "window": 1}, {"period": 600.5, "window": 150}):  # fmt: skip
+        with pytest.raises(ExperimentError):
+            SF._period_params(bad)
