@@ -543,4 +543,4 @@ def render_png(fl: Floor, path: str, width: int = 64) -> None:
         y = top + 16 * k
         d.rectangle((lx, y, lx + 9, y + 9), fill=COLOURS[c], outline="black")
         d.text((lx + 14, y - 1), c, fill="black", font=font)
-    im.save(path, "PNG")
+    im.save(path, None if path.lower().endswith(".png") else "PNG")  # see render.png's save

@@ -335,6 +335,10 @@ def test_png_cells_are_the_page_walk(echoloop, tmp_path):
     assert Image.open(path).convert("RGB").getpixel(xy) == (0, 0, 0)
     png(snap, str(path))
     assert Image.open(path).convert("RGB").getpixel(xy) == flat[i]
+    other = tmp_path / "m.picture"  # no .png: the format is named, the file is still a PNG
+    png(snap, str(other))
+    assert other.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(other).size == Image.open(path).size
 
 
 def test_a_reader_that_goes_away_is_not_an_error(echoloop):
