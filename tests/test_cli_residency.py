@@ -339,6 +339,10 @@ def test_png_cells_are_the_page_walk(echoloop, tmp_path):
     png(snap, str(other))
     assert other.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(other).size == Image.open(path).size
+    # `map --png` reads no PFNs where the scan tells zero pages: the same picture, byte for byte
+    cli = tmp_path / "cli.png"
+    remap_cli("map", str(echoloop.pid), "--png", str(cli))
+    assert cli.read_bytes() == path.read_bytes()
 
 
 def test_a_reader_that_goes_away_is_not_an_error(echoloop):
