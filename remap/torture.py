@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import inject, procfs
+from . import inject, native, procfs
 from . import kconst as K
 from .errors import RemapError, UnsafeStep
 
@@ -361,6 +361,12 @@ def storm(
     drivers_hung (not gone DRIVER_EXIT_S after SIGINT/SIGTERM), slowest_driver_exit_s, failures
     (one line each, at most 20).
     """
+    # what a driver does once per process (the helper library, the batch stub's code, which a
+    # fresh checkout assembles) is done here, inherited by every fork: a driver killed within
+    # max_delay_s spent it all on that, and in a fresh worktree no session ever ran (500/500
+    # "survived" a storm that injected nothing)
+    native.load()
+    native.stub_code()
     rng = random.Random(seed)
     counters = _Counters()
     suspend = "seccomp" in w.modes

@@ -79,6 +79,28 @@ def _storm_in_fresh_interpreter(modes, kills: int, sig: int, seed: int) -> dict:
     return json.loads(r.stdout.splitlines()[-1])
 
 
+def test_a_storm_in_a_fresh_build_dir_runs_sessions(tmp_path):
+    """In a fresh checkout the batch stub is assembled at its first use.  Each forked driver
+    did that itself and was killed within the storm's 30 ms before a session ended: 30 of 30
+    "survived" with 0 sessions.  storm() now does the once-per-process work before it forks."""
+    code = (
+        "import json\n"
+        "from remap import targets, torture\n"
+        "w = torture.start_worker(targets.build('torture_worker'))\n"
+        "try:\n"
+        "    print(json.dumps(torture.storm(w, 30, seed=1), default=str))\n"
+        "finally:\n"
+        "    w.stop()\n"
+    )
+    env = {**os.environ, "REMAP_BUILD_DIR": str(tmp_path)}  # nothing built yet
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    fig = json.loads(r.stdout.splitlines()[-1])
+    no_failures(fig)
+    assert fig["sessions"] > 0, fig
+
+
 def test_stop_and_cont_from_outside_during_sessions(worker):
     no_failures(torture.storm(worker(), 20, signal.SIGKILL, seed=3, stop_target=True))
 

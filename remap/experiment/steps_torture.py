@@ -54,6 +54,8 @@ def torture_step(ctx: RunContext, params: dict) -> StepResult:
     fig["duration_s"] = round(time.monotonic() - t0, 2)
     fig["modes"] = modes
     ctx.fields["torture"] = fig
+    if not fig["sessions"]:  # every kill landed before a session ended: nothing was proven
+        fig["failures"].append(f"no session completed in {kills} rounds: raise max_delay_ms")
     if fig["failures"]:
         ctx.records.append(ctx.measure("torture", **fig))
         raise ExperimentError(f"{len(fig['failures'])} failures, first: {fig['failures'][0]}")
