@@ -516,6 +516,8 @@ def render_png(fl: Floor, path: str, width: int = 64) -> None:
     space.  Raises OSError when PATH cannot be written."""
     from PIL import Image, ImageDraw, ImageFont
 
+    from .render import save_png
+
     cell, top, left = 10, 36, 8
     rows: list[list[PageNeed]] = [[]]
     for p in fl.pages:
@@ -543,4 +545,4 @@ def render_png(fl: Floor, path: str, width: int = 64) -> None:
         y = top + 16 * k
         d.rectangle((lx, y, lx + 9, y + 9), fill=COLOURS[c], outline="black")
         d.text((lx + 14, y - 1), c, fill="black", font=font)
-    im.save(path, None if path.lower().endswith(".png") else "PNG")  # see render.png's save
+    save_png(im, path)

@@ -22,6 +22,8 @@ from . import texttable
 
 TYPE_CHECKING = False  # typing itself costs ~3 ms of every `remap map` (issue 15)
 if TYPE_CHECKING:
+    from typing import Any
+
     from rich.table import Table
 
     from .residency import Snapshot
@@ -248,10 +250,18 @@ def png(snap: Snapshot, path: str, width: int = 128, marked: set[int] | None = N
         y = top + k * line
         draw.rectangle((lx, y + 2, lx + 9, y + 11), fill=c, outline="black")
         draw.text((lx + 14, y), lb, fill="black", font=font)
-    # a ".png" path makes Pillow import its PNG plugin alone; a format named imports the five of
-    # Image.preinit (BMP, GIF, JPEG, PPM, PNG): ~11 ms of every `map --png` (issue 15)
-    canvas.save(path, None if path.lower().endswith(".png") else "PNG", compress_level=3)
+    save_png(canvas, path, compress_level=3)
     return n
+
+
+def save_png(im: Any, path: str, **options: Any) -> None:
+    """Write Pillow image IM to PATH as a PNG (OPTIONS: Pillow's PNG options).
+
+    Why not im.save(path, "PNG"): a format named makes Pillow import the five plugins of
+    Image.preinit (BMP, GIF, JPEG, PPM, PNG); a ".png" path imports the PNG one alone, ~11 ms
+    of every picture (issue 15).  Another path still gets a PNG.  Raises OSError when PATH
+    cannot be written."""
+    im.save(path, None if path.lower().endswith(".png") else "PNG", **options)
 
 
 def _cells(snap: Snapshot, starts: list[int]) -> int:
