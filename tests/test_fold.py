@@ -94,8 +94,12 @@ def test_squeeze_bot_keeps_serving(bot):
     }  # fmt: skip
     assert r.after["rss_kb"] < before.rss_kb
     assert r.after["rss_kb"] <= 12  # the hot page + at most 2 live stack pages, every run
-    if "relocate-stack" not in names:  # the gap was already small: only clean file pages went
-        assert r.after["counters_kb"]["status_rss_anon"] == before.counters_kb["status_rss_anon"]
+    if "relocate-stack" not in names:  # the gap was already small: nothing anonymous moved,
+        # and only the dead stack pages below rsp-128 went (one in about 1 of 30 launches: a
+        # deeper call at start-up left the page below rsp's resident)
+        dead = sum(s.detail["pages"] for s in r.steps if s.name == "drop-dead-stack")
+        anon = before.counters_kb["status_rss_anon"] - 4 * dead
+        assert r.after["counters_kb"]["status_rss_anon"] == anon
     assert r.after["counters_kb"]["status_rss_file"] == 0
     assert _cmdline(lb.pid) == cmdline
     assert srv.ping(1000) == 1000
@@ -108,12 +112,18 @@ def test_squeeze_no_move_only_drops(bot, capsys):
     stack_before = [p.addr for v in before.vmas if v.label == "stack" for p in v.pages]
     assert remap_main(["squeeze", str(lb.pid), "--no-move", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert [s["name"] for s in r["steps"]] == ["fence-fault-around", "drop-clean-file"]
+    names = [s["name"] for s in r["steps"]]
+    assert [n for n in names if n != "drop-dead-stack"] == ["fence-fault-around", "drop-clean-file"]
     assert r["after"]["rss_kb"] <= 16  # hot page + the 1-3 pages the live stack straddles
-    # nothing moved: the same anonymous pages at the same places
-    assert r["after"]["counters_kb"]["status_rss_anon"] == before.counters_kb["status_rss_anon"]
+    # nothing moved: the same anonymous pages at the same places, less the dead stack pages
+    # below rsp-128 (present in about 1 launch of 30: a deeper call at start-up)
+    dead = {a for s in r["steps"] if s["name"] == "drop-dead-stack"
+            for a0, e in s["detail"]["ranges"] for a in range(a0, e, 4096)}  # fmt: skip
+    anon = before.counters_kb["status_rss_anon"] - 4 * len(dead)
+    assert r["after"]["counters_kb"]["status_rss_anon"] == anon
     after = residency.snapshot(lb.pid)
-    assert [p.addr for v in after.vmas if v.label == "stack" for p in v.pages] == stack_before
+    stack_after = [p.addr for v in after.vmas if v.label == "stack" for p in v.pages]
+    assert stack_after == [a for a in stack_before if a not in dead]
     assert srv.ping(100) == 100
 
 
