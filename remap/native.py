@@ -75,7 +75,6 @@ int rn_unpin_thread(int slot);
 void rn_guard_clear(int slot);
 long rn_getxstate(int tid, void *buf, unsigned long size);
 int rn_reinterrupt(int tid, const struct user_regs_struct *regs, struct rn_call *c);
-long rn_vm_read(int pid, void *local, unsigned long remote, unsigned long n);
 long rn_vm_write(int pid, const void *local, unsigned long remote, unsigned long n);
 int rn_pidfd_open(int pid);
 long rn_process_madvise(int pidfd, unsigned long addr, unsigned long len, int advice);

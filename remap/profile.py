@@ -377,6 +377,7 @@ class _Stepper:
         self.regs = self.ffi.new("struct user_regs_struct *")
         self.status = self.ffi.new("int *")
         self.attached = False
+        self.mem: procfs.MemFile | None = None  # opened at the first code read (_read_mem)
 
     def seize(self) -> None:
         """Seize and stop the process; a vfork it makes stops it with PTRACE_EVENT_VFORK and
@@ -458,6 +459,8 @@ class _Stepper:
         finally:
             pt.detach(self.pid)
             self.attached = False
+            if self.mem is not None:
+                self.mem.close()
 
 
 def _trap_pending(tid: int) -> bool:
@@ -1014,9 +1017,14 @@ def _wait_syscall(st: _Stepper, done: threading.Event | None, deadline: float | 
 
 
 def _read_mem(st: _Stepper, addr: int, n: int) -> bytes:
-    buf = st.ffi.new("char[]", n)
-    got = st.lib.rn_vm_read(st.pid, buf, addr, n)
-    return bytes(st.ffi.buffer(buf, max(got, 0)))
+    """Up to N bytes at ADDR (b"" where nothing is mapped), through /proc/PID/mem: a read
+    that never unshares a page the target shares with a forked child (procfs.MemFile)."""
+    if st.mem is None:
+        st.mem = procfs.MemFile(st.pid)
+    try:
+        return st.mem.read(addr, n)
+    except OSError:
+        return b""
 
 
 def _mapping_name(maps: list[tuple[int, int, int, str]], addr: int) -> str:

@@ -387,3 +387,65 @@ def test_go_webhook_keeps_serving_and_its_arena_is_never_dead_stack(tmp_path):
     finally:
         p.kill()
         p.wait()
+
+
+FORKED = r"""
+import ctypes, mmap, os, sys, time
+m = mmap.mmap(-1, 3 * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+m.write(bytes(range(256)) * 48)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+child = os.fork()
+if child == 0:  # shares the three pages copy-on-write, and never writes them
+    time.sleep(60)
+    os._exit(0)
+print(addr, child, flush=True)
+for line in sys.stdin:
+    print(sum(m[:]), flush=True)
+"""
+
+
+def _frame(pid: int, addr: int) -> int:
+    from remap import kconst as K
+    from remap import pagemap
+
+    (raw,) = pagemap.entries_for(pid, [(addr, addr + K.PAGE_SIZE)])
+    return int.from_bytes(raw, "little") & K.PM_PFN_MASK
+
+
+def test_reading_a_forked_targets_memory_keeps_its_pages_shared():
+    """process_vm_readv pins what it reads, and a read-only pin of a page a forked child still
+    shares gives the target a copy (a new frame, same bytes): reading a forking server's heap
+    copied it, and the frames evidence then refused the squeeze (busybox httpd in CI).  remap
+    reads through /proc/PID/mem: after a dry run, a session's reads of every shared page and a
+    real squeeze, the three pages parent and child share are still one frame each."""
+    import os
+    import sys
+
+    import remap
+    from remap import pagemap
+
+    if not pagemap.pfns_visible():
+        pytest.skip("needs PFNs (root)")
+    p = subprocess.Popen([sys.executable, "-c", FORKED], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE)  # fmt: skip
+    addr, child = map(int, p.stdout.readline().split())
+    pages = [addr + i * 4096 for i in range(3)]
+    try:
+        _wait_sleeping(p.pid)
+        shared = [_frame(child, a) for a in pages]
+        assert [_frame(p.pid, a) for a in pages] == shared
+        dry = F.squeeze(p.pid, dry_run=True)
+        assert [_frame(p.pid, a) for a in pages] == shared, "the dry run copied them"
+        with remap.attach(p.pid) as s:
+            assert all(s.read(a, 4096) == bytes(range(256)) * 16 for a in pages)
+        assert [_frame(p.pid, a) for a in pages] == shared, "the session's reads copied them"
+        real = F.squeeze(p.pid)
+        assert [s.name for s in real.steps] == [s.name for s in dry.steps]
+        assert [_frame(p.pid, a) for a in pages] == shared, "the squeeze copied them"
+        p.stdin.write(b"sum\n")
+        p.stdin.flush()
+        assert int(p.stdout.readline()) == sum(range(256)) * 48
+    finally:
+        os.kill(child, 9)
+        p.kill()
+        p.wait()

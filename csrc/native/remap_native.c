@@ -9,8 +9,10 @@
  *     crossing.  rn_inject() does the whole round trip (set regs -> PTRACE_SYSCALL -> entry stop
  *     -> PTRACE_SYSCALL -> exit stop -> result) in one call, so the Python API stays within a
  *     small factor of a bare C loop (bench/inject.py measures it).
- *   - process_vm_readv/writev, pidfd_open, process_madvise and sched_setaffinity are thin
- *     syscalls; having them here avoids ctypes struct plumbing.
+ *   - process_vm_writev, pidfd_open, process_madvise and sched_setaffinity are thin
+ *     syscalls; having them here avoids ctypes struct plumbing.  (Reads go through
+ *     /proc/PID/mem: process_vm_readv pins, and a read-only pin unshares a page a forked child
+ *     still shares -- remap.procfs.MemFile.)
  * python-ptrace keeps what it does well: the syscall name table for names remap.kconst lacks.
  *
  * Every function returns a negative errno on failure (never sets a global), so Python can turn
@@ -654,13 +656,6 @@ long rn_getxstate(int tid, void *buf, unsigned long size)
 	if (ptrace(PTRACE_GETREGSET, tid, (void *)0x202, &v))
 		return -errno;
 	return (long)v.iov_len;
-}
-
-long rn_vm_read(int pid, void *local, unsigned long remote, unsigned long n)
-{
-	struct iovec l = {local, n}, r = {(void *)remote, n};
-	ssize_t got = process_vm_readv(pid, &l, 1, &r, 1, 0);
-	return got < 0 ? -errno : got;
 }
 
 long rn_vm_write(int pid, const void *local, unsigned long remote, unsigned long n)

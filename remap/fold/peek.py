@@ -3,7 +3,7 @@
 Why: ``--dry-run`` promises to change nothing, and a ptrace stop is a change (2-16 ms in which
 the target cannot run).  Everything the planners need can be read from outside: a blocked
 thread's sp, pc and syscall from /proc/PID/task/TID/syscall (the kernel reads the saved user
-registers of a task that is not running; no tracer is attached), memory by process_vm_readv.
+registers of a task that is not running; no tracer is attached), memory through /proc/PID/mem.
 Two things cannot, and :class:`NeedsStop` says so where they are asked for: the registers of a
 thread that is running at that instant, and an answer only an injected call gives.
 
@@ -15,11 +15,10 @@ planners the real run does.
 from __future__ import annotations
 
 import errno
-import os
 import struct
 from typing import Any
 
-from .. import native, pagemap, procfs
+from .. import pagemap, procfs
 from ..errors import NoSuchProcess
 from ..kconst import ERESTART_RESTARTBLOCK, ERESTARTNOHAND, ERESTARTSYS, MASK64, PAGE_SIZE
 from ..residency import Snapshot
@@ -72,7 +71,7 @@ class Peek:
         self.pid = pid
         self.notes: list[str] = []
         self._snap = snap
-        self._lib, self._ffi = native.load()
+        self._mem: procfs.MemFile | None = None  # opened at the first read (closed with the Peek)
         self._regs: dict[int, _Regs | None] = {}
         for tid in procfs.thread_ids(pid):
             try:
@@ -133,15 +132,17 @@ class Peek:
         self._regs[tid].update({k: v & MASK64 for k, v in regs.items()})  # type: ignore[union-attr]
 
     def read(self, addr: int, n: int) -> bytes:
-        """N bytes of the target's memory, read from outside (process_vm_readv)."""
-        buf = self._ffi.new("char[]", n)
-        if self._lib.rn_vm_read(self.pid, buf, addr, n) == n:
-            return bytes(self._ffi.buffer(buf, n))
-        fd = procfs.open_mem(self.pid)
-        try:
-            return os.pread(fd, n, addr)
-        finally:
-            os.close(fd)
+        """N bytes of the target's memory, read from outside (procfs.MemFile: a read that
+        pins nothing, so a page the target still shares with a forked child stays shared)."""
+        if self._mem is None:
+            self._mem = procfs.MemFile(self.pid)
+        return self._mem.read(addr, n)
+
+    def close(self) -> None:
+        """Close /proc/PID/mem, if a read opened it."""
+        if self._mem is not None:
+            self._mem.close()
+            self._mem = None
 
     def use_gadget(self, addr: int) -> None:
         """Nothing is injected in a dry run: no instrument to choose."""

@@ -755,7 +755,7 @@ def _pages_in(ranges: list[tuple[int, int]]) -> set[int]:
 def _dry_run(pid: int, kind: str, planners: list[Planner]) -> FoldReport:
     """The plan the real run would make, computed without ever stopping the target.
 
-    Registers come from /proc/PID/task/TID/syscall, memory from process_vm_readv (remap.fold.peek);
+    Registers come from /proc/PID/task/TID/syscall, memory from /proc/PID/mem (remap.fold.peek);
     each action's effect on what later steps see (a moved stack: new rsp, newly present
     pages; dropped pages) is applied to the context instead of running it, so the dry run
     counts the dead stack the real run finds after the move.  What only a stop can tell (a
@@ -769,23 +769,26 @@ def _dry_run(pid: int, kind: str, planners: list[Planner]) -> FoldReport:
     ctx = FoldContext(pid, s, True, _snap=snap, vmflags=_flags_of(before))
     reports: list[StepReport] = []
     dropped = 0
-    for planner in planners:
-        try:
-            action = _plan_step(ctx, planner, reports)
-        except NeedsStop as e:
-            why = f"decided at the stop: {e}"
-            name = getattr(planner, "step_name", planner.__name__.replace("_", "-"))
-            reports.append(StepReport(name, why, False, 0,
-                                      {"decided_at_stop": str(e)}))  # fmt: skip
-            continue
-        if action is None:
-            continue
-        dropped += ctx.proven_dead(action)
-        reports.append(StepReport(action.name, action.text, False, 0, action.detail))
-        if action.predict is not None:
-            action.predict(ctx)
-        if action.drops:
-            ctx.forget(action.drops)
+    try:
+        for planner in planners:
+            try:
+                action = _plan_step(ctx, planner, reports)
+            except NeedsStop as e:
+                why = f"decided at the stop: {e}"
+                name = getattr(planner, "step_name", planner.__name__.replace("_", "-"))
+                reports.append(StepReport(name, why, False, 0,
+                                          {"decided_at_stop": str(e)}))  # fmt: skip
+                continue
+            if action is None:
+                continue
+            dropped += ctx.proven_dead(action)
+            reports.append(StepReport(action.name, action.text, False, 0, action.detail))
+            if action.predict is not None:
+                action.predict(ctx)
+            if action.drops:
+                ctx.forget(action.drops)
+    finally:
+        s.close()
     return FoldReport(pid, kind, True, brief(before), None, reports, 0.0, 0,
                       ctx.notes + s.notes, {}, dropped)  # fmt: skip
 

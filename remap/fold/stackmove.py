@@ -91,7 +91,7 @@ def movable_under(nr: int | None) -> bool:
 
 MOVE_SCAN_MAX_PAGES = 16384  # writable pages the stack move scans for pointers, at most
 # ... when the move is the squeeze's optional first step: the scan runs inside the stop at
-# ~2 ms per MB (process_vm_readv, then relocate.candidates), to free one stack page; past
+# ~2 ms per MB (/proc/PID/mem, then relocate.candidates), to free one stack page; past
 # 4 MB of writable memory the squeeze skips the move (with this reason) to keep its stop short
 SQUEEZE_MOVE_SCAN_MAX_PAGES = 1024
 

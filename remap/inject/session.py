@@ -313,7 +313,7 @@ class Session:
 
     # ---- memory
     def read(self, addr: int, n: int) -> bytes:
-        """n bytes of target memory (process_vm_readv; /proc/PID/mem where that cannot).
+        """n bytes of target memory (/proc/PID/mem: procfs.MemFile says why not process_vm_readv).
 
         Safety frames are invisible: where one lies on a stack, the dead bytes it covers (and
         will give back at the cure) are returned, so hashes see the process as it will be."""
@@ -407,6 +407,7 @@ class Session:
         if self._t_unprotected:
             self.windows_ns["unprotected"] = time.monotonic_ns() - self._t_unprotected
         self._closed = True
+        self.mem.close()
         self._lib.rn_set_wait(0, 0)  # no deadline for callers outside a session
         self._pin.restore()
         if errors:
