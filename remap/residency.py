@@ -329,6 +329,7 @@ def snapshot(
     pfns: bool = True,
     smaps: bool = True,
     counters: bool = True,
+    entries: list[procfs.SmapsEntry] | None = None,
 ) -> Snapshot:
     """Read PID's residency at one instant.
 
@@ -345,13 +346,18 @@ def snapshot(
     - COUNTERS False (with SMAPS False) reads only maps and pagemap -- no status, statm,
       smaps_rollup, no notes: the fold's view of a process it holds stopped, where every
       microsecond counts (counters_kb then holds pagemap_present alone, summary is "").
+      ENTRIES (only there): the VMAs as a caller holding the process stopped knows them to be
+      still (/proc/PID/maps read again, byte for byte the text they were parsed from): maps
+      is not parsed again, only the pages are walked (0.7 of 2.7 ms for 229 VMAs).
     Raises NoSuchProcess / ZombieProcess / AccessDenied / UnsupportedTarget (remap.errors),
     ValueError for COUNTERS False with SMAPS True.
     """
     if not counters and smaps:
         raise ValueError("snapshot(counters=False) needs smaps=False")
+    if entries is not None and counters:
+        raise ValueError("snapshot(entries=...) needs counters=False")
     kernel = procfs.kernel_release()
-    got = _read_full(pid, smaps) if counters else _read_stopped(pid)
+    got = _read_full(pid, smaps) if counters else _read_stopped(pid, entries)
     ranges = [(e.start, e.end) for e in got.entries]
     pfnmap = [i for i, e in enumerate(got.entries) if labels.is_pfnmap(e.vmflags)]
     runs, frames, used = pagemap.walk(
@@ -395,10 +401,12 @@ def _read_full(pid: int, smaps: bool) -> _Instant:
     return _Instant(status, statm, entries, procfs.read_smaps_rollup(pid))
 
 
-def _read_stopped(pid: int) -> _Instant:
-    """The instant of a stopped process we hold: only what labelling needs (maps, threads)."""
+def _read_stopped(pid: int, entries: list[procfs.SmapsEntry] | None = None) -> _Instant:
+    """The instant of a stopped process we hold: only what labelling needs (maps, threads);
+    ENTRIES: the maps as the caller knows them still to be."""
     status = {"Threads": str(len(procfs.thread_ids(pid)))}
-    return _Instant(status, procfs.Statm(0, 0, 0, 0, 0, 0, 0), _maps_entries(pid), {})
+    got = _maps_entries(pid) if entries is None else entries
+    return _Instant(status, procfs.Statm(0, 0, 0, 0, 0, 0, 0), got, {})
 
 
 def _maps_entries(pid: int) -> list[procfs.SmapsEntry]:

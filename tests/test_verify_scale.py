@@ -289,6 +289,31 @@ def test_the_stop_reuses_the_prior_model_only_while_it_holds():
         _stop(p)
 
 
+def test_a_stale_prior_with_the_same_maps_walks_only_the_pages():
+    """Pages gone since the model was built, the maps text the same (DROPPER): the prior is
+    not used, but its VMAs are (Prior.same_maps), and the walk built on them inside the stop
+    is the stopped snapshot built from scratch -- VMAs, labels, pages, backings."""
+    from remap.fold.plan import Prior, stopped_snapshot
+    from remap.inject import attach
+
+    def layout(snap):
+        return [(v.start, v.end, v.perms, v.path, v.label, v.anon_kb, v.rss_kb,
+                 [(p.addr, p.backing, p.label, p.section) for p in v.pages])
+                for v in snap.vmas]  # fmt: skip
+
+    p = _start([sys.executable, "-c", DROPPER])
+    try:
+        prior = Prior.take(p.pid)
+        _poke(p, b"dropped")
+        with attach(p.pid) as s:
+            assert prior.reuse(s) is None and prior.same_maps
+            walked = stopped_snapshot(p.pid, like=prior.snap)
+            fresh = stopped_snapshot(p.pid)
+        assert layout(walked) == layout(fresh) != layout(prior.snap)
+    finally:
+        _stop(p)
+
+
 def test_pointer_candidates_never_miss_a_pointer():
     """relocate.candidates skips words at C speed: every aligned word that lies in [lo, hi)
     must still be among its candidates, whatever the block and the page around it."""

@@ -116,7 +116,9 @@ class FoldContext:
             if prior is not None:
                 self._snap = prior.reuse(self.session, frames=self.by_frames)
                 self.at_stop = prior.at_stop if self._snap is not None else None
-            self._snap = self._snap or stopped_snapshot(self.pid)
+            if self._snap is None:  # pages came or went since: walked again, here
+                like = prior.snap if prior is not None and prior.same_maps else None
+                self._snap = stopped_snapshot(self.pid, like)
         return self._snap
 
     def call(self, name: str | int, *args: int) -> int:
@@ -252,6 +254,9 @@ class Prior:
     layout: Layout
     maps_text: bytes | None = None  # /proc/PID/maps the model was built from, when known
     at_stop: verify.Frames | None = None  # entries read by reuse(frames=True)
+    # reuse found /proc/PID/maps byte for byte the text the model was built from (its VMAs
+    # hold, whatever the pages did): a walk inside the stop need not parse maps again
+    same_maps: bool = False
 
     @functools.cached_property
     def _groups(self) -> list[int]:
@@ -287,12 +292,14 @@ class Prior:
         ``at_stop`` (a verify.Frames): the first pure drops' "before" evidence, not read
         again (~13 ms for 1 GB: one pass over the page tables instead of two)."""
         self.at_stop = None
+        self.same_maps = False
         if sorted(session.threads) != self.threads:
             return None
         if self.maps_text is not None and not session.scratch_area:
             # the same text, byte for byte: the same VMAs (no parsing inside the stop)
             if procfs.read_maps_text(self.snap.pid) != self.maps_text:
                 return None
+            self.same_maps = True
         else:
             maps = procfs.read_maps(self.snap.pid)
             maps = [m for m in maps if not in_scratch(session, m.start, m.end)]
@@ -452,12 +459,17 @@ def _vma_keys(vmas: list) -> list[tuple]:
     return [(v.start, v.end, v.perms, v.offset, v.inode, v.path) for v in vmas]
 
 
-def stopped_snapshot(pid: int) -> residency.Snapshot:
+def stopped_snapshot(pid: int, like: residency.Snapshot | None = None) -> residency.Snapshot:
     """The cheap snapshot taken while the target is stopped: maps + page walk, no smaps, no PFNs.
+    LIKE: a snapshot whose maps the caller has just found byte for byte unchanged
+    (Prior.same_maps): its VMAs' entries are used, not /proc/PID/maps parsed again.
 
     Why: every millisecond here is a millisecond the target cannot run (the fold's budget is
     5 ms); the page walk alone decides presence and backing, which is all a step needs."""
-    return residency.snapshot(pid, smaps=False, pfns=False, counters=False)
+    entries = None if like is None else [v.entry for v in like.vmas]
+    if entries is not None and any(e is None for e in entries):
+        entries = None
+    return residency.snapshot(pid, smaps=False, pfns=False, counters=False, entries=entries)
 
 
 def brief(snap: residency.Snapshot) -> dict[str, Any]:
