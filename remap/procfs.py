@@ -699,12 +699,6 @@ class MemFile:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> MemFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __del__(self) -> None:  # a session dropped without close(): no fd left behind
         fd, self._fd = getattr(self, "_fd", -1), -1
         if fd >= 0:
