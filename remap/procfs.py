@@ -685,12 +685,18 @@ class MemFile:
         return os.pread(self._fd, n, addr)
 
     def read_exact(self, addr: int, n: int) -> bytes:
-        """N bytes at ADDR, or OSError(EFAULT) naming the address."""
+        """N bytes at ADDR, or OSError(EFAULT) naming the address; NoSuchProcess or
+        ZombieProcess when the process is gone (its memory then reads as nothing)."""
         try:
             out = os.pread(self._fd, n, addr)
         except OSError:
             out = b""
         if len(out) != n:
+            state = _state_or_none(self.pid)
+            if state is None:
+                raise errors.NoSuchProcess(self.pid)
+            if state == "Z":
+                raise ZombieProcess(self.pid)
             raise OSError(errno.EFAULT, f"cannot read {n} bytes at {addr:#x}")
         return out
 
