@@ -14,9 +14,15 @@ run and on that same process:
 and asks the program itself whether it still works (its own answer: an echo, a row count and
 sum, a checksum of its objects, an HTTP response) after the squeezes.
 
-Programs: a static musl echo loop (csrc/targets/echoloop.c), busybox cat (static), sqlite3 with
-100k rows in memory, CPython holding ~14 MB of live objects, python -m http.server on 127.0.0.1,
-and a Python process with 1 GB of touched anonymous memory (allocate, touch every page, wait).
+Programs: the user's own (agetty at its login prompt on a pty, busybox init as PID 1 of a PID
+namespace -- both built from Debian's sources --, EnergyMech static and dynamic on remap's
+loopback IRC server; each skipped with the reason where its source is missing), a static musl
+echo loop (csrc/targets/echoloop.c), busybox cat (static), sqlite3 with 100k rows in memory,
+CPython holding ~14 MB of live objects, python -m http.server on 127.0.0.1, and a Python process
+with 1 GB of touched anonymous memory (allocate, touch every page, wait).  Health is each one's
+own: agetty alive after each squeeze and a login accepted at the end, init's child running and a
+killed child respawned, the bot answering 5 PINGs, the echo, the row count and sum, the checksum
+of the objects, the HTTP listing.
 
 Usage:  .venv/bin/python bench/stop_time.py [--repeat 3] [--only NAME,...] [--gb 1.0]
 Goals (issue 15): stop <= 5 ms under 1 MB RSS, <= 20 ms for CPython and sqlite3, <= 50 ms for
@@ -89,6 +95,26 @@ class Prog:
     port: int = 0
 
 
+@dataclass
+class Live:
+    """A started target: its pid, its own health check, and how it is stopped (FINAL: the
+    check it can pass only once, at the end -- agetty's login ends agetty)."""
+
+    pid: int
+    check: Callable[[], bool]
+    stop: Callable[[], None]
+    final: Callable[[], bool] = lambda: True
+
+
+@dataclass
+class Real:
+    """A real program remap starts with its own launcher (remap.getty, remap.initns,
+    remap.energymech): built from its source on first use, skipped when that is missing."""
+
+    name: str
+    start: Callable[[], Live]
+
+
 def _line(p: subprocess.Popen, timeout: float) -> bytes:
     r, _, _ = select.select([p.stdout], [], [], timeout)
     if not r:
@@ -131,6 +157,60 @@ def programs(gb: float) -> list[Prog]:
         Prog(f"{gb:g} GB anonymous", [py, "-c", PY_ANON, str(gb)], b"", b"ready",
              lambda p: _ask(p, b"\n", 120) == b"OK"),
     ]  # fmt: skip
+
+
+def real_programs() -> list[Real]:
+    """The user's own programs (issue 15's table): agetty at its login prompt on a pty,
+    busybox init as PID 1 of a PID namespace, EnergyMech static and dynamic on our loopback
+    IRC server in a private network namespace."""
+
+    def agetty() -> Live:
+        from remap import getty, sources
+
+        run = getty.start(sources.build(sources.recipe("agetty")))
+        return Live(run.launched.pid, run.launched.alive, lambda: getty.stop(run),
+                    lambda: getty.login(run, "remap").startswith(getty.LOGIN_MARKER))  # fmt: skip
+
+    def init() -> Live:
+        from remap import initns, sources
+
+        run = initns.start(sources.build(sources.recipe("busybox")))
+        time.sleep(1.5)  # its child started, init back in wait()
+        respawned = lambda: len(set(initns.respawn(run))) == 2  # noqa: E731 -- old, new pid
+        return Live(run.launched.pid, lambda: initns.child(run) is not None,
+                    lambda: initns.stop(run), respawned)  # fmt: skip
+
+    def mech(variant: str) -> Callable[[], Live]:
+        def start() -> Live:
+            from remap import energymech, sources
+
+            run = energymech.start(sources.build(sources.recipe("energymech", variant)))
+            run.server.accept_bot()
+            time.sleep(2)  # joined, its first timers run
+            return Live(run.launched.pid, lambda: run.server.ping(5) == 5,
+                        lambda: energymech.stop(run))  # fmt: skip
+
+        return start
+
+    return [
+        Real("agetty (util-linux)", agetty),
+        Real("busybox init", init),
+        Real("EnergyMech static", mech("static")),
+        Real("EnergyMech dynamic", mech("dynamic")),
+    ]
+
+
+def _start_real(prog: Real) -> Live | None:
+    from remap.errors import RemapError
+    from remap.sources import SourceMissing
+
+    try:
+        live = prog.start()
+    except (SourceMissing, RemapError) as e:
+        print(f"{prog.name}: skipped ({e})")
+        return None
+    _wait_sleeping(live.pid)
+    return live
 
 
 def _start(prog: Prog) -> subprocess.Popen:
@@ -185,28 +265,41 @@ def _pmap_ms(pid: int) -> float:
     return t * 1e3
 
 
-def bench_one(prog: Prog, repeat: int) -> dict:
-    """Squeeze PROG's process REPEAT times (a dry run first); the stops, pmap -XX and health."""
+def _live(prog: Prog) -> Live:
+    p = _start(prog)
+
+    def stop() -> None:
+        p.kill()
+        p.wait(timeout=10)
+
+    return Live(p.pid, lambda: prog.check(p), stop)
+
+
+def bench_one(prog: Prog | Real, repeat: int) -> dict | None:
+    """Squeeze PROG's process REPEAT times (a dry run first); the stops, pmap -XX and health
+    (None: a real program whose source is missing here)."""
     import remap.fold as F
 
-    p = _start(prog)
+    live = _live(prog) if isinstance(prog, Prog) else _start_real(prog)
+    if live is None:
+        return None
     try:
-        rss, anon = _rss_kb(p.pid)
-        dry = F.squeeze(p.pid, dry_run=True)
+        rss, anon = _rss_kb(live.pid)
+        dry = F.squeeze(live.pid, dry_run=True)
         stops, pmaps = [], []
         healthy = True
         for _ in range(repeat):
-            pmaps.append(_pmap_ms(p.pid))
-            r = F.squeeze(p.pid)
+            pmaps.append(_pmap_ms(live.pid))
+            r = F.squeeze(live.pid)
             applied = " ".join(f"{s.name}:{s.syscalls}" for s in r.steps if s.applied)
             stops.append((r.stopped_us / 1e3, r.stop_breakdown_us, r.verified_bytes, r.notes,
                           applied))  # fmt: skip
             # the program works (and faults back what it needs): the next squeeze has work too
-            healthy = prog.check(p) and healthy
-            _wait_sleeping(p.pid)
+            healthy = live.check() and healthy
+            _wait_sleeping(live.pid)
+        healthy = live.final() and healthy
     finally:
-        p.kill()
-        p.wait(timeout=10)
+        live.stop()
     return {"name": prog.name, "rss_kb": rss, "anon_kb": anon, "dry_ms": dry.stopped_us / 1e3,
             "stops": stops, "pmap_ms": statistics.median(pmaps), "ok": healthy}  # fmt: skip
 
@@ -234,8 +327,9 @@ def main() -> int:
     print(f"kernel {os.uname().release}, PFNs visible: {pagemap.pfns_visible()}, "
           f"PAGEMAP_SCAN: {pagemap.scan_supported()}")  # fmt: skip
     only = [s.strip().lower() for s in args.only.split(",") if s.strip()]
-    rows = [bench_one(p, args.repeat) for p in programs(args.gb)
-            if not only or p.name.lower().startswith(tuple(only))]  # fmt: skip
+    progs: list[Prog | Real] = [*real_programs(), *programs(args.gb)]
+    rows = [r for p in progs if not only or p.name.lower().startswith(tuple(only))
+            if (r := bench_one(p, args.repeat)) is not None]  # fmt: skip
     hdr = (
         f"{'program':<20}{'RSS kB':>9}{'anon kB':>9}{'first ms':>10}{'later ms':>10}"
         f"{'pmap ms':>9}{'later/pmap':>11}{'goal ms':>9}{'dry ms':>8}  ok  goal"
