@@ -670,10 +670,10 @@ class MemFile:
     A dry run that reads a forking server's heap copied it, and a fold whose frames evidence
     saw the new frame refused its own squeeze (busybox httpd, which forks per request; CI
     stop 23).  /proc/PID/mem reads through get_user_pages without a pin (FOLL_GET |
-    FOLL_FORCE): nothing is copied (tests/test_verify_scale.py, a forked target's shared
-    pages keep their frames through a squeeze).  It is as fast: 3.1-3.9 ms for 8 MB in 1 MB
-    reads here, against 3.5-5.7 ms.  Raises remap's errors (NoSuchProcess, AccessDenied) when
-    it cannot be opened."""
+    FOLL_FORCE): nothing is copied (tests/test_never_harm_fold.py: a forked target's shared
+    pages keep their frames through a dry run, a session's reads and a squeeze).  It is as
+    fast: 3.1-3.9 ms for 8 MB in 1 MB reads here, against 3.5-5.7 ms.  Raises remap's errors
+    (NoSuchProcess, AccessDenied) when it cannot be opened."""
 
     def __init__(self, pid: int):
         self.pid = pid
@@ -688,7 +688,7 @@ class MemFile:
         """N bytes at ADDR, or OSError(EFAULT) naming the address; NoSuchProcess or
         ZombieProcess when the process is gone (its memory then reads as nothing)."""
         try:
-            out = os.pread(self._fd, n, addr)
+            out = self.read(addr, n)
         except OSError:
             out = b""
         if len(out) != n:
@@ -706,9 +706,8 @@ class MemFile:
             self._fd = -1
 
     def __del__(self) -> None:  # a session dropped without close(): no fd left behind
-        fd, self._fd = getattr(self, "_fd", -1), -1
-        if fd >= 0:
-            os.close(fd)
+        if getattr(self, "_fd", -1) >= 0:  # (not set when open_mem raised)
+            self.close()
 
 
 def open_mem(pid: int, *, write: bool = False) -> int:
