@@ -19,15 +19,15 @@ Example::
 from __future__ import annotations
 
 import os
-from array import array
-from collections import namedtuple
 
 from . import kconst as K
+from .record import record
 
 _PAGE_MASK = ~(K.PAGE_SIZE - 1)
+_NO_WORDS = memoryview(b"").cast("Q")
 
 
-class Segment(namedtuple("Segment", "offset vaddr filesz memsz flags")):
+class Segment(record("Segment", "offset vaddr filesz memsz flags")):
     """A PT_LOAD program header."""
 
     __slots__ = ()
@@ -38,7 +38,7 @@ class Segment(namedtuple("Segment", "offset vaddr filesz memsz flags")):
     flags: int
 
 
-class Section(namedtuple("Section", "name addr end kind")):
+class Section(record("Section", "name addr end kind")):
     """An allocated section with the label its pages get (code, rodata, data, bss)."""
 
     __slots__ = ()
@@ -58,11 +58,10 @@ class ElfInfo:
         self.path, self.segments, self.sections = path, segments, sections
         self._sec_addr = [s.addr for s in sections]
         self._base = min(s.vaddr for s in segments) & _PAGE_MASK if segments else 0
-        # sorted symbol starts, ends and name offsets into _strs (decoded on demand): arrays, or
-        # memoryviews of a mapped cache entry (its columns used in place: _load_cached)
-        self.sym_addr = array("Q")
-        self.sym_end = array("Q")
-        self.sym_name = array("Q")
+        # sorted symbol starts, ends and name offsets into _strs (decoded on demand): native
+        # u64 memoryviews, of the parse's packed words or of a mapped cache entry (its columns
+        # used in place: _load_cached); not arrays, whose module imports collections (issue 15)
+        self.sym_addr = self.sym_end = self.sym_name = _NO_WORDS
         self._strs = b""  # the string table, or a mapped cache entry holding it at _strbase
         self._strbase = 0
         self._strend: int | None = None  # where it ends in that entry (None: at its end)
@@ -427,9 +426,10 @@ def _load_symbols(info: ElfInfo, f, tab: tuple[int, int], strtab: tuple[int, int
         if value and shndx and (info_b & 0xF) in (K.STT_FUNC, K.STT_OBJECT)
     )
     info._strs = strs
-    info.sym_addr = array("Q", [s[0] for s in syms])
-    info.sym_end = array("Q", [s[1] for s in syms])
-    info.sym_name = array("Q", [s[2] for s in syms])
+    pack = struct.Struct(f"={len(syms)}Q").pack
+    info.sym_addr = memoryview(pack(*[s[0] for s in syms])).cast("Q")
+    info.sym_end = memoryview(pack(*[s[1] for s in syms])).cast("Q")
+    info.sym_name = memoryview(pack(*[s[2] for s in syms])).cast("Q")
 
 
 _cache: dict[tuple[str, int, int], ElfInfo | None] = {}

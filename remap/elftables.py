@@ -8,14 +8,13 @@ are ~0.3 ms, issue 15).
 
 from __future__ import annotations
 
-from collections import namedtuple
-
 from . import kconst as K
 from .elfmap import _RELA, _SYM, _SYM_SIZE, _cstr, _elf64_header, _loads, _raw_tables
+from .record import record
 
 
 class SectionHeader(
-    namedtuple("SectionHeader", "index name type flags addr offset size link info align entsize")
+    record("SectionHeader", "index name type flags addr offset size link info align entsize")
 ):
     """One section header (any section, allocated or not), its name resolved."""
 
@@ -33,7 +32,7 @@ class SectionHeader(
     entsize: int
 
 
-class Symbol(namedtuple("Symbol", "name value size type bind shndx")):
+class Symbol(record("Symbol", "name value size type bind shndx")):
     """One .symtab entry: TYPE is STT_* (kconst), BIND is STB_* (0 local, 1 global, 2 weak),
     SHNDX the section index (kconst.SHN_UNDEF, SHN_ABS... as the raw numbers)."""
 

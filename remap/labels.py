@@ -15,7 +15,6 @@ module imports no dataclasses.
 from __future__ import annotations
 
 import os
-from collections import Counter
 
 from . import elfmap, procfs
 from .errors import AccessDenied, NoSuchProcess
@@ -276,11 +275,13 @@ def backing(file: bool, pfnmap: bool, kind: str, private_file: bool) -> tuple[st
 def exe_vma_label(e, view: ElfView, page_labels: list[str]) -> str | None:
     """A file mapping of the executable is labelled by its most common page label (the first
     64 pages' ELF labels when none is present)."""
-    labels = Counter(page_labels) or Counter(
-        d[0] for d in view.describe_pages(e.start, min(e.end, e.start + (64 << 12)))
-    )
-    # max(), as Counter.most_common(1) does it, without the heapq import most_common brings
-    return max(labels.items(), key=_count)[0] if labels else None
+    if not page_labels:
+        page_labels = [d[0] for d in view.describe_pages(e.start, min(e.end, e.start + (64 << 12)))]
+    counts: dict[str, int] = {}  # a Counter's work without importing collections (issue 15)
+    for label in page_labels:
+        counts[label] = counts.get(label, 0) + 1
+    # max() keeps the first of equal counts, in first-seen order, as Counter.most_common(1)
+    return max(counts.items(), key=_count)[0] if counts else None
 
 
 def _count(item: tuple[str, int]) -> int:

@@ -25,26 +25,28 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from array import array
-from collections import namedtuple
-from collections.abc import Iterable, Sequence
 
 from . import errors
 from . import kconst as K
 from .errors import AccessDenied
 from .procfs import open_proc, translate, write_clear_refs
+from .record import record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 _CHUNK_PAGES = 1 << 16  # 512 KiB of entries per pread
 
 
-class Present(namedtuple("Present", "start end file zero huge", defaults=(False, False))):
+class Present(record("Present", "start end file zero huge", defaults=(False, False))):
     """A run of present pages [start, end) sharing their category bits.
 
     ``file``: pagemap bit 61 (file page or shared anon) -- i.e. not an anonymous/CoW page.
     ``zero``: the shared zero page (None when unknown: plain read without PFNs).
     ``huge``: part of a huge page (PMD-mapped THP or hugetlb), when the scan says so.
-    (A named tuple, not a frozen dataclass: thousands are built per snapshot; collections'
-    namedtuple, not typing.NamedTuple: importing typing costs every command ~3 ms.)
+    (A named tuple, not a frozen dataclass: thousands are built per snapshot; remap.record's,
+    not typing.NamedTuple: importing typing costs every command ~3 ms.)
     """
 
     __slots__ = ()
@@ -60,19 +62,36 @@ class Present(namedtuple("Present", "start end file zero huge", defaults=(False,
 
 
 # --------------------------------------------------------------------------- plain read
-def read_entries(fd: int, start: int, end: int) -> array:
-    """The raw u64 pagemap entries for [start, end), read with big preads."""
-    out = array("Q")
-    first, last = start >> K.PAGE_SHIFT, end >> K.PAGE_SHIFT
-    pos = first
-    while pos < last:
-        n = min(_CHUNK_PAGES, last - pos)
-        b = os.pread(fd, n * 8, pos * 8)
-        if not b:
-            break
-        out.frombytes(b[: len(b) // 8 * 8])
-        pos += len(b) // 8
-    return out
+def read_entries(fd: int, start: int, end: int) -> memoryview:
+    """The raw pagemap entries for [start, end), as native u64s (a read-only view of one
+    bytes object: indexable, sliceable, ``tobytes()``), read with big preads."""
+    return memoryview(_pread_span(fd, start, end)).cast("Q")
+
+
+_Byte = None  # a one-byte ctypes type, made at the first _address
+
+
+def _address(buf) -> int:
+    """The address of writable buffer BUF's first byte (valid while BUF is neither resized nor
+    closed).
+
+    Why _ctypes, ctypes' C core (~0.5 ms to import): only ctypes (1-2 ms with its Python part)
+    and array's buffer_info expose a buffer's address, and array imports collections.abc and
+    so collections (~2.5 ms of every `remap map`, issue 15).  The type is built as ctypes
+    builds its c_ubyte."""
+    global _Byte
+    import _ctypes
+
+    if _Byte is None:
+        _Byte = type("_Byte", (_ctypes._SimpleCData,), {"_type_": "B", "__slots__": ()})
+    return _ctypes.addressof(_Byte.from_buffer(buf))  # the export ends with the temporary
+
+
+def _words(n: int) -> tuple[memoryview, int]:
+    """N zeroed native u64s for the kernel to write into: a writable view and its address
+    (the view pins the bytearray under it, which cannot be resized while it is exported)."""
+    buf = bytearray(8 * n)
+    return memoryview(buf).cast("Q"), _address(buf)
 
 
 # top byte of an entry -> 1 present anonymous, 2 present file (bit 61), 0 not present
@@ -142,7 +161,7 @@ def present_read(pid: int, ranges: Iterable[tuple[int, int]], fd: int | None = N
         out = []
         for start, end in ranges:
             try:
-                data = read_entries(fd, start, end).tobytes()
+                data = _pread_span(fd, start, end)
             except OSError as e:
                 raise translate(pid, e, "pagemap") from None
             if visible and b"\x01" not in data[7::8].translate(_TOP_KIND):
@@ -160,19 +179,18 @@ def present_read(pid: int, ranges: Iterable[tuple[int, int]], fd: int | None = N
 # --------------------------------------------------------------------------- PAGEMAP_SCAN
 # struct pm_scan_arg (include/uapi/linux/fs.h, 6.7+): twelve u64 fields, in this order; the
 # output vector is an array of struct page_region {u64 start, end, categories}.  Both are
-# array("Q") words (native u64: the vector's buffer_info() is the address the kernel writes
-# to), not ctypes or struct: importing ctypes costs every `remap map` ~1-2 ms, struct ~0.7 ms
-# (issue 15).
+# native u64 words in memoryviews (the vector's address from _words), not ctypes structures
+# or struct: importing ctypes costs every `remap map` ~1-2 ms, struct ~0.7 ms (issue 15).
 _PM_SCAN_WORDS = 12
 _WALK_END = 4  # index of walk_end among the twelve fields
-assert _PM_SCAN_WORDS * array("Q").itemsize == K.PM_SCAN_ARG_SIZE
+assert _PM_SCAN_WORDS * 8 == K.PM_SCAN_ARG_SIZE
 _REGION_WORDS = 3
 
 
-def _region_vec(n: int) -> array:
-    """An output vector of N zeroed page_region entries (one allocation: not a zeroed bytes
-    copied in, twice the pages faulted -- ~0.15 ms of each `remap map --json`)."""
-    return array("Q", [0]) * (_REGION_WORDS * n)
+def _region_vec(n: int) -> tuple[memoryview, int]:
+    """An output vector of N zeroed page_region entries and its address (one zeroed
+    allocation: ~0.15 ms of each `remap map --json` when it was a zeroed bytes copied in)."""
+    return _words(_REGION_WORDS * n)
 
 
 _scan_supported: bool | None = None
@@ -186,7 +204,7 @@ def scan_supported() -> bool:
     if _scan_supported is None:
         fd = os.open("/proc/self/pagemap", os.O_RDONLY)
         try:
-            _ioctl_scan(fd, 0, K.PAGE_SIZE, _region_vec(1))
+            _ioctl_scan(fd, 0, K.PAGE_SIZE, *_region_vec(1))
             _scan_supported = True
         except OSError as e:
             _scan_supported = e.errno not in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP)
@@ -195,22 +213,23 @@ def scan_supported() -> bool:
     return _scan_supported
 
 
-def _ioctl_scan(fd: int, start: int, end: int, vec: array) -> tuple[int, int]:
-    """(regions written into VEC, walk_end) of one PAGEMAP_SCAN call over [start, end)."""
+def _ioctl_scan(fd: int, start: int, end: int, vec: memoryview, addr: int) -> tuple[int, int]:
+    """(regions written into VEC at ADDR, walk_end) of one PAGEMAP_SCAN call over [start, end)."""
     want = K.PAGE_IS_PRESENT | K.PAGE_IS_FILE | K.PAGE_IS_PFNZERO | K.PAGE_IS_HUGE
-    addr, words = vec.buffer_info()
-    arg = array("Q", (
-        K.PM_SCAN_ARG_SIZE, 0, start, end, 0, addr, words // _REGION_WORDS, 0, 0,
+    arg = memoryview(bytearray(K.PM_SCAN_ARG_SIZE)).cast("Q")
+    for i, word in enumerate((
+        K.PM_SCAN_ARG_SIZE, 0, start, end, 0, addr, len(vec) // _REGION_WORDS, 0, 0,
         K.PAGE_IS_PRESENT, 0, want,
-    ))  # fmt: skip
-    n = fcntl.ioctl(fd, K.PAGEMAP_SCAN, arg, True)
+    )):  # fmt: skip
+        arg[i] = word
+    n = fcntl.ioctl(fd, K.PAGEMAP_SCAN, arg, True)  # copies ARG in and walk_end back out
     return n, arg[_WALK_END]
 
 
 _vec: list = []
 
 
-def _scan_vec():
+def _scan_vec() -> tuple[memoryview, int]:
     """The scan's output vector, allocated once (96 kB zeroed per call cost ~20 us: the fold
     snapshots a stopped process several times).  Single-threaded use, like the rest of remap."""
     if not _vec:
@@ -241,12 +260,12 @@ def present_scan(pid: int, ranges: Sequence[tuple[int, int]], fd: int | None = N
             return out
         lo = ranges[order[0]][0]
         hi = max(ranges[i][1] for i in order)
-        vec = _scan_vec()
+        vec, vec_addr = _scan_vec()
         regions: list[tuple[int, int, int]] = []
         pos = lo
         while pos < hi:
             try:
-                n, walk_end = _ioctl_scan(fd, pos, hi, vec)
+                n, walk_end = _ioctl_scan(fd, pos, hi, vec, vec_addr)
             except OSError as e:
                 raise translate(pid, e, "pagemap") from None
             if n:
@@ -338,8 +357,8 @@ def walk(
 
 
 def _pread_span(fd: int, start: int, end: int) -> bytes:
-    """The entries of [start, end) as one bytes object (no array round trip: 1 GB of address
-    space is 2 MB of entries, read inside a stop)."""
+    """The entries of [start, end) as one bytes object, read with big preads (no copy on the
+    way: 1 GB of address space is 2 MB of entries, read inside a stop)."""
     first, last = start >> K.PAGE_SHIFT, end >> K.PAGE_SHIFT
     parts = []
     pos = first
@@ -394,14 +413,12 @@ def pfns_visible() -> bool:
     """Whether pagemap shows us real PFNs (CAP_SYS_ADMIN); checked on a page of our own."""
     global _pfns_visible
     if _pfns_visible is None:
-        # a word just written: its page is present, so its entry shows a frame or 0 (hidden);
-        # array's buffer_info gives the address without ctypes (~2-3 ms to import, issue 15)
-        word = array("Q", [1])
+        # a word just written: its page is present, so its entry shows a frame or 0 (hidden)
+        word = bytearray(b"\x01" * 8)
+        addr = _address(word)
         fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            e = int.from_bytes(
-                os.pread(fd, 8, (word.buffer_info()[0] >> K.PAGE_SHIFT) * 8), "little"
-            )
+            e = int.from_bytes(os.pread(fd, 8, (addr >> K.PAGE_SHIFT) * 8), "little")
         finally:
             os.close(fd)
         if e & K.PM_PRESENT:
@@ -426,11 +443,7 @@ def zero_pfn() -> int | None:
         m = mmap.mmap(-1, K.PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         try:
             _ = m[0]  # read fault: maps the shared zero page
-            import ctypes  # the one address only ctypes gives: an mmap's (once per process)
-
-            view = ctypes.c_char.from_buffer(m)
-            addr = ctypes.addressof(view)
-            del view  # release the buffer export so the mapping can be closed
+            addr = _address(m)
             fd = os.open("/proc/self/pagemap", os.O_RDONLY)
             try:
                 e = int.from_bytes(os.pread(fd, 8, (addr >> K.PAGE_SHIFT) * 8), "little")
@@ -537,11 +550,7 @@ def soft_dirty_supported() -> bool:
     m = mmap.mmap(-1, K.PAGE_SIZE)
     try:
         m[0:1] = b"x"
-        import ctypes  # an mmap's address (once per probe)
-
-        buf = ctypes.c_char.from_buffer(m)
-        addr = ctypes.addressof(buf)
-        del buf
+        addr = _address(m)
         write_clear_refs(os.getpid(), "4")
         m[0:1] = b"y"
         fd = open_proc(os.getpid(), "pagemap")

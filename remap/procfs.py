@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import errno
 import os
-from collections import namedtuple
 
 from . import errors
 from .errors import GONE_ERRNOS, UnsupportedTarget, ZombieProcess
 from .kconst import PF_KTHREAD
+from .record import record
 
 TYPE_CHECKING = False  # re for annotations only: imported where a big process needs it
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def open_proc(pid: int, what: str) -> int:
 
 
 # --------------------------------------------------------------------------- maps / smaps
-class MapEntry(namedtuple("MapEntry", "start end perms offset dev inode path")):
+class MapEntry(record("MapEntry", "start end perms offset dev inode path")):
     """One line of /proc/PID/maps."""
 
     __slots__ = ()
@@ -406,7 +406,7 @@ def read_status(pid: int, tid: int | None = None) -> dict[str, int | str]:
     return parse_status(_read(pid, "status" if tid is None else f"task/{tid}/status"))
 
 
-class Statm(namedtuple("Statm", "size resident shared text lib data dt")):
+class Statm(record("Statm", "size resident shared text lib data dt")):
     """/proc/PID/statm, in pages (man 5 proc): lib and dt are always 0 since 2.6."""
 
     __slots__ = ()
@@ -430,7 +430,7 @@ _STAT_FIELDS = (
 )
 
 
-class Stat(namedtuple("Stat", _STAT_FIELDS)):
+class Stat(record("Stat", _STAT_FIELDS)):
     """The fields of /proc/PID/stat remap uses (numbering as in proc(5))."""
 
     __slots__ = ()
@@ -510,7 +510,7 @@ def read_auxv(pid: int) -> list[tuple[int, int]]:
     return out
 
 
-class Syscall(namedtuple("Syscall", "running nr args sp pc", defaults=(None, (), None, None))):
+class Syscall(record("Syscall", "running nr args sp pc", defaults=(None, (), None, None))):
     """/proc/PID/syscall: what a blocked thread is doing.
 
     ``running`` means the thread was on a CPU (no registers); ``nr == -1`` means blocked but not

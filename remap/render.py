@@ -14,14 +14,12 @@ The long listings (one row per mapping, one per page) are plain text (remap.text
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
-
 from . import kconst as K
 from . import texttable
 
-TYPE_CHECKING = False  # typing itself costs ~3 ms of every `remap map` (issue 15)
+TYPE_CHECKING = False  # typing itself costs ~3 ms of every `remap map` (issue 15), collections ~2
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from rich.table import Table
@@ -143,8 +141,15 @@ def explain_table(snap: Snapshot) -> Table:
 
 def label_totals(snap: Snapshot) -> dict[str, int]:
     """{label: present kB}, largest first (used by explain and watch)."""
-    c = Counter(p.label for p in snap.pages())
-    return {k: 4 * n for k, n in c.most_common()}
+    counts: dict[str, int] = {}  # a Counter's work without importing collections
+    for p in snap.pages():
+        counts[p.label] = counts.get(p.label, 0) + 1
+    # a stable sort: equal counts stay in first-seen order, as Counter.most_common() keeps them
+    return {k: 4 * n for k, n in sorted(counts.items(), key=_count, reverse=True)}
+
+
+def _count(item: tuple[str, int]) -> int:
+    return item[1]
 
 
 # --------------------------------------------------------------------------- PNG

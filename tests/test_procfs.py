@@ -73,6 +73,35 @@ def test_syscall_parser_formats():
     assert s.nr == 0 and s.args == (0, 0x10, 1, 0, 0, 0) and s.pc == 0x401000
 
 
+def test_the_records_behave_as_the_named_tuples_they_replaced(echoloop):
+    """remap.record's tuples (MapEntry, Syscall...) keep what callers used of namedtuple:
+    tuple equality and unpacking, defaults, _replace, copy and pickle, and a TypeError for a
+    field missing or unknown."""
+    import copy
+    import pickle
+
+    maps = procfs.read_maps(echoloop.pid)
+    m = maps[0]
+    start, end, *_ = m
+    assert (start, end) == (m.start, m.end) and m == tuple(m) and hash(m) == hash(tuple(m))
+    assert m._replace(path="x") == (*m[:6], "x") and type(m._replace()) is procfs.MapEntry
+    assert pickle.loads(pickle.dumps(m)) == m and copy.deepcopy(m) == m
+    assert repr(m).startswith(f"MapEntry(start={m.start}, end={m.end}, perms=")
+    sc = procfs.Syscall(running=True)
+    assert sc == (True, None, (), None, None) and procfs.Syscall(False, 0) == (
+        False,
+        0,
+        (),
+        None,
+        None,
+    )
+    for bad in ({"nr": 1}, {"running": True, "rip": 0}):
+        with pytest.raises(TypeError):
+            procfs.Syscall(**bad)
+    with pytest.raises(TypeError):
+        m._replace(rip=0)
+
+
 def test_comm_with_spaces_and_parens():
     st = procfs.parse_stat(b"42 (a) b (c) S 1 42 42 0 -1 4194560 0 0 0 0" + b" 0" * 40)
     assert st.comm == "a) b (c" and st.state == "S" and st.ppid == 1
