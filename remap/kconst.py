@@ -268,6 +268,10 @@ SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR, SHF_TLS = 0x1, 0x2, 0x4, 0x400  # sh_flags
 STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_TLS = 0, 1, 2, 6  # ELF64_ST_TYPE(st_info)
 STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2  # ELF64_ST_BIND(st_info)
 SHN_UNDEF, SHN_ABS, SHN_COMMON = 0, 0xFFF1, 0xFFF2  # st_shndx
+# .eh_frame_hdr's pointer encodings (LSB, "Exception Frames": DW_EH_PE_*): the value formats
+# (low nibble) and applications (high nibble) remap.elftables reads; DW_EH_PE_omit: absent
+DW_EH_PE_absptr, DW_EH_PE_udata4, DW_EH_PE_udata8 = 0x00, 0x03, 0x04
+DW_EH_PE_sdata4, DW_EH_PE_sdata8, DW_EH_PE_datarel, DW_EH_PE_omit = 0x0B, 0x0C, 0x30, 0xFF
 
 # remap's own hot-page contract (not the kernel's): remap.fold.singlepage.single_page keeps
 # this many bytes free below the frames it moves into the page's stack reserve, so

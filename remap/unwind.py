@@ -35,6 +35,7 @@ import bisect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import elftables
 from .errors import UnsafeStep
@@ -91,21 +92,20 @@ class Frame:
 
 # ------------------------------------------------------------------------------- modules
 class Module:
-    """The unwind tables of one ELF file: its FDE ranges (decoded on demand) and functions."""
+    """The unwind tables of one ELF file: its FDE ranges (decoded on demand) and functions.
+
+    The FDEs are found through .eh_frame_hdr's search table and parsed one at a time, as a
+    walk asks for them (a dozen, of python3.11's 9,000: ~3 s parsed all at once); a file
+    without that table has every FDE parsed here, at once."""
 
     def __init__(self, path: str, tables: elftables.ElfTables, inode: int = 0):
         self.path, self.tables, self.inode = path, tables, inode
         self.entry = tables.entry
-        try:
-            fdes = tables.eh_frame_fdes()
-        except ValueError as e:
-            raise CannotUnwind(f"{path}: {e}") from None
-        self._fdes = []
-        for i, f in enumerate(fdes):
-            lo = f.header["initial_location"]
-            self._fdes.append((lo, lo + f.header["address_range"], i, f))
-        self._fdes.sort()
-        self._fde_lo = [x[0] for x in self._fdes]
+        self._index = tables.eh_frame_index()  # (initial locations, .eh_frame offsets)
+        self._by_offset: dict[int, Any] = {}  # the FDEs parsed so far, by .eh_frame offset
+        self._fdes: list[tuple[int, int, Any]] | None = None
+        if self._index is None:
+            self.fdes()  # no table: the whole parse now, its errors now
         funcs = sorted(
             (s.value, s.size, s.name)
             for s in tables.symbols
@@ -115,11 +115,43 @@ class Module:
         self._funcs = funcs
         self._rules: dict[int, Rule] = {}
 
+    def fdes(self) -> list[tuple[int, int, Any]]:
+        """Every FDE as (start, end, FDE), sorted: the whole .eh_frame parsed (once).  Raises
+        CannotUnwind on a malformed .eh_frame."""
+        if self._fdes is None:
+            try:
+                fdes = self.tables.eh_frame_fdes()
+            except ValueError as e:
+                raise CannotUnwind(f"{self.path}: {e}") from None
+            spans = [(f.header["initial_location"], f.header["address_range"], f) for f in fdes]
+            self._fdes = sorted(((lo, lo + n, f) for lo, n, f in spans), key=_span_start)
+            self._fde_lo = [x[0] for x in self._fdes]
+        return self._fdes
+
     def fde_at(self, vaddr: int):
-        i = bisect.bisect_right(self._fde_lo, vaddr) - 1
-        if i >= 0 and self._fdes[i][0] <= vaddr < self._fdes[i][1]:
-            return self._fdes[i][3]
-        return None
+        """The FDE covering ELF address VADDR, or None.  Raises CannotUnwind on a malformed
+        .eh_frame."""
+        if self._index is None:
+            fdes = self.fdes()
+            i = bisect.bisect_right(self._fde_lo, vaddr) - 1
+            return fdes[i][2] if i >= 0 and fdes[i][0] <= vaddr < fdes[i][1] else None
+        locs, offsets = self._index
+        i = bisect.bisect_right(locs, vaddr) - 1
+        if i < 0:
+            return None
+        fde = self._by_offset.get(offsets[i])
+        if fde is None:
+            try:
+                fde = self.tables.eh_frame_fde(offsets[i])
+            except ValueError as e:
+                raise CannotUnwind(f"{self.path}: {e}") from None
+            if fde is None:
+                raise CannotUnwind(
+                    f"{self.path}: .eh_frame_hdr points at {offsets[i]:#x}, not an FDE"
+                )
+            self._by_offset[offsets[i]] = fde
+        lo = fde.header["initial_location"]
+        return fde if lo <= vaddr < lo + fde.header["address_range"] else None
 
     def function_at(self, vaddr: int) -> tuple[int, int, str] | None:
         """(start, end, name) of the function symbol holding VADDR; a symbol of size 0 (an asm
@@ -179,6 +211,10 @@ class Module:
             )
         code = self.tables.bytes_at(lo, max(hi, vaddr + 1) - lo)
         return code_rule(code, lo, hi, vaddr, f"{name} ({self.path})")
+
+
+def _span_start(span: tuple) -> int:
+    return span[0]
 
 
 _modules: dict[tuple[int, int, int], Module] = {}

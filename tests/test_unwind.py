@@ -12,6 +12,7 @@ import os
 import re
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,7 @@ def test_code_rules_equal_every_cfi_row(build, every):
     differ)."""
     mod = unwind.module(str(targets.build(*build)) if build else _mech_static())
     agree, differ = 0, []
-    for lo, _hi, _i, fde in mod._fdes[::every]:
+    for lo, _hi, fde in mod.fdes()[::every]:
         if mod.function_at(lo) is None:
             continue
         for row in fde.get_decoded().table:
@@ -217,6 +218,31 @@ def test_no_file_no_cfi_refused():
         unwind.frame_cfa({"rip": 8, "rsp": 0x1000}, maps)
 
 
+def test_the_fde_search_table_finds_what_the_whole_parse_finds():
+    """libc and python3 (glibc, with .eh_frame_hdr): a lookup parses only the FDE the search
+    table names -- python3's 9,000 are not parsed for one walk -- and on libc it returns, at
+    every FDE's first and last byte and just past it, what a bisect over the whole parse does."""
+    from remap import elftables
+
+    paths = {m.path for m in procfs.read_maps(os.getpid())}
+    exe = next((p for p in paths if "/libpython3" in p), os.path.realpath(sys.executable))
+    py = unwind.Module(exe, elftables.open_elf(exe))  # the interpreter: libpython, or python3
+    assert len(py._index[0]) > 5000, exe  # python3.11: ~9,000 FDEs
+    at = py._index[0][len(py._index[0]) // 2]  # some function's first byte
+    assert py.fde_at(at) is not None and py._fdes is None and len(py._by_offset) == 1
+    libc = next(p for p in paths if re.search(r"/libc\.so\.6$", p))
+    mod = unwind.Module(libc, elftables.open_elf(libc))
+    fdes = mod.fdes()  # the whole parse, beside the index
+    assert mod._index is not None and len(fdes) > 1000
+    starts = [lo for lo, _hi, _f in fdes]
+    for k, (lo, hi, fde) in enumerate(fdes):
+        for at in (lo, hi - 1):
+            assert mod.fde_at(at).offset == fde.offset, hex(at)
+        if k + 1 == len(fdes) or starts[k + 1] > hi:  # a gap after it: covered by no FDE
+            assert mod.fde_at(hi) is None, hex(hi)
+    assert mod.fde_at(starts[0] - 1) is None
+
+
 def test_cfa_expression_refused_with_its_name():
     """glibc's .plt FDE states its CFA as a DWARF expression: refused by name, not guessed."""
     libc = next(
@@ -225,7 +251,7 @@ def test_cfa_expression_refused_with_its_name():
     mod = unwind.module(libc)
     expr = next(
         (lo, fde)
-        for lo, _hi, _i, fde in mod._fdes
+        for lo, _hi, fde in mod.fdes()
         if any(r["cfa"].expr is not None for r in fde.get_decoded().table)
     )
     row = next(r for r in expr[1].get_decoded().table if r["cfa"].expr is not None)
