@@ -242,8 +242,8 @@ def _classify(
         if sc.pc is not None and not sc.running and p.addr == (sc.pc - 2) & ~(K.PAGE_SIZE - 1):
             return mk("code", True, "the blocked syscall instruction (re-executed on each wake)")
         if not profiled:
-            return mk("code" if "x" in v.perms else "rodata", True, "present file page "
-                      "(--no-profile: counted as needed)")  # fmt: skip
+            return mk("code" if "x" in v.perms else "rodata", True,
+                      "present file page, counted as needed (--no-profile)")  # fmt: skip
         if u and u[0]:
             return mk("code", True, f"executed: {u[0]} instructions in the profile")
         if u and (u[1] or u[2]):
@@ -480,7 +480,8 @@ def table(fl: Floor) -> str:
     why: dict[str, dict[str, int]] = {}
     for p in fl.pages:
         r = why.setdefault(p.cls, {})
-        key = p.reason.split(":")[0] if p.cls in ("code", "rodata") else p.reason
+        # the profile's counts ("executed: 12 instructions...") grouped by what they count
+        key = p.reason.split(": ")[0] if p.cls in ("code", "rodata") else p.reason
         r[key] = r.get(key, 0) + 1
     lines = [f"remap floor pid {fl.pid}: {fl.exe}",
              f"{'class':<10} {'pages':>6} {'kB':>7}  why"]  # fmt: skip

@@ -98,6 +98,10 @@ def test_no_profile_counts_every_present_file_page(probe):
     fl = F.floor(t.pid, use_profile=False)
     assert not fl.profiled and any("--no-profile" in n for n in fl.notes)
     assert not [p for p in fl.pages if p.cls == "droppable" and p.label != "stack"]
+    # the table groups the code and rodata reasons whole, not cut at a colon inside them
+    rows = [ln for ln in F.table(fl).splitlines() if ln.startswith(("code ", "rodata "))]
+    assert rows and all(ln.count("(") == ln.count(")") for ln in rows), rows
+    assert any("present file page, counted as needed (--no-profile) (" in ln for ln in rows)
     _healthy(t)
 
 
