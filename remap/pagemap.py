@@ -166,7 +166,8 @@ def present_read(pid: int, ranges: Iterable[tuple[int, int]], fd: int | None = N
                 raise translate(pid, e, "pagemap") from None
             if visible and b"\x01" not in data[7::8].translate(_TOP_KIND):
                 # no anonymous page present, so none maps the zero page: its frame number (a
-                # probe that imports ctypes, ~2-3 ms of `map --json` reading [vvar]) is not needed
+                # probe that maps and faults a page of ours, for `map --json` reading [vvar])
+                # is not needed
                 out.append([r._replace(zero=False) for r in runs_of_entries(start, data, None)])
                 continue
             out.append(runs_of_entries(start, data, zero_pfn() if visible else None))

@@ -696,8 +696,9 @@ def _evidence_kind(evidence: str) -> tuple[bool, list[str]]:
             "PFNs are hidden from this user (pagemap shows them to CAP_SYS_ADMIN only): kept "
             "anonymous pages were verified by sha256, a stop that grows with anonymous memory"
         ]
-    # learned now, not by the frames evidence inside the stop: its probe imports ctypes
-    # (~3 ms, issue 15: static musl's first squeeze stopped 9-11 ms instead of 5)
+    # learned now, not by the frames evidence inside the stop: its probe maps a page, faults
+    # it and reads our own pagemap (it imported ctypes once, ~3 ms: static musl's first
+    # squeeze stopped 9-11 ms instead of 5, issue 15)
     pagemap.zero_pfn()
     return True, []
 
