@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -482,16 +483,24 @@ def test_prior_on_a_fenced_process_compares_page_by_page(tmp_path):
         _stop(p)
 
 
+# zero-page and anonymous mappings, with a fork between two rounds of writes: the first
+# round's pages are then shared with the child (pagemap: not PM_MMAP_EXCLUSIVE), the
+# second's copied again (exclusive to the parent)
 ZEROS = r"""
-import mmap, sys
+import mmap, os, sys
 m = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 s = sum(m[o] for o in range(0, 2 << 20, 4096 * 2))  # read: the shared zero page
 for o in range(4096, 4 << 20, 4096 * 3):
     m[o] = 1  # written: anonymous pages
-print("ready", s, flush=True)
+child = os.fork()
+if child == 0:
+    sys.stdin.readline()
+    os._exit(0)
+for o in range(4096, 4 << 20, 4096 * 6):
+    m[o] = 2  # written again: copied, exclusive to the parent
+print("ready", child, flush=True)
 sys.stdin.readline()
 """
-
 
 _TOP_PRESENT = bytes(1 if b & 0x80 else 0 for b in range(256))  # top byte: bit 63 set
 
@@ -528,12 +537,18 @@ def _runs_page_by_page(start: int, data: bytes, zero_pfn: int | None) -> list[Pr
 
 
 def test_runs_of_entries_equal_the_page_by_page_reading():
-    """pagemap.runs_of_entries (translate + regex) gives the runs the page-by-page parser
-    gives, on every VMA of a real process with file, anonymous and zero-page mappings."""
+    """pagemap.runs_of_entries (translate + finds) gives the runs the page-by-page parser
+    gives, on every VMA of a real process with file, anonymous and zero-page mappings, its
+    anonymous pages both exclusive and shared with a forked child (only the shared ones are
+    searched for the zero page's frame)."""
     from remap.pagemap import read_entries, runs_of_entries
 
-    p = _start([sys.executable, "-c", ZEROS])
+    p = subprocess.Popen([sys.executable, "-c", ZEROS], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE)  # fmt: skip
+    child = int(_line(p).split()[1])
+    _wait_sleeping(p.pid)
     try:
+        tops = set()
         zpfn = pagemap.zero_pfn() if pagemap.pfns_visible() else None
         fd = os.open(f"/proc/{p.pid}/pagemap", os.O_RDONLY)
         try:
@@ -545,13 +560,16 @@ def test_runs_of_entries_equal_the_page_by_page_reading():
                 want = _runs_page_by_page(m.start, data, zpfn)
                 assert runs_of_entries(m.start, data, zpfn) == want, hex(m.start)
                 kinds |= {(r.file, r.zero) for r in want}
+                tops |= {b & 0xA1 for b in data[7::8] if b & 0x80}  # present, file, exclusive
         finally:
             os.close(fd)
         assert (True, False if zpfn is not None else None) in kinds  # file pages
         assert (False, False if zpfn is not None else None) in kinds  # anonymous pages
+        assert {0x81, 0x80} <= tops  # anonymous pages exclusive and not (shared, zero page)
         if zpfn is not None:
             assert (False, True) in kinds  # zero-page mappings
     finally:
+        os.kill(child, signal.SIGKILL)
         _stop(p)
 
 
