@@ -8,8 +8,9 @@ Example::
     >>> print(render.map_text(remap.snapshot(pid)), end="")
     >>> render.png(remap.snapshot(pid), "map.png")
 
-The long listings (one row per mapping, one per page) are plain text (remap.texttable: a
-70 MB process has 18,000 present pages); the short explain table is drawn with rich.
+Every table is plain text (remap.texttable): a 70 MB process has 18,000 present pages, and
+rich, which drew the short explain table once, cost `remap explain` ~60 ms to import and cut
+its sentences mid-word when piped.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ TYPE_CHECKING = False  # typing itself costs ~3 ms of every `remap map` (issue 1
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
-
-    from rich.table import Table
 
     from .residency import Snapshot
 
@@ -124,19 +123,16 @@ COUNTER_TEXT = {
 }
 
 
-def explain_table(snap: Snapshot) -> Table:
+def explain_text(snap: Snapshot) -> str:
     """Every RSS figure side by side, with the difference to the exact page walk."""
-    from rich.table import Table
-
-    t = Table(title=f"pid {snap.pid} on Linux {snap.kernel}", box=None)
-    t.add_column("Figure")
-    t.add_column("kB", justify="right")
-    t.add_column("vs page walk", justify="right")
     walk = snap.counters_kb["pagemap_present"]
+    head = ["Figure", "kB", "vs page walk"]
+    rows = []
     for k, v in snap.counters_kb.items():
         diff = "" if k.startswith("status_rss_") else f"{v - walk:+d}"
-        t.add_row(COUNTER_TEXT.get(k, k), str(v), diff)
-    return t
+        # right-aligned by hand: texttable leaves the last column unpadded (long paths)
+        rows.append([COUNTER_TEXT.get(k, k), str(v), diff.rjust(len(head[2]))])
+    return texttable.render(f"pid {snap.pid} on Linux {snap.kernel}", head, rows, right={1})
 
 
 def label_totals(snap: Snapshot) -> dict[str, int]:

@@ -13,6 +13,7 @@ from helpers import NOBODY, assert_one_line_error, remap_cli, rollup_kb, state, 
 
 import remap
 from remap import targets
+from remap.render import COUNTER_TEXT
 
 
 @pytest.fixture
@@ -138,6 +139,20 @@ def test_explain_json_shape_and_text(echoloop):
     assert lag["faults"] == {str(echoloop.pid): int(fields[7]) + int(fields[9])}
     r = remap_cli("explain", str(echoloop.pid))
     assert r.returncode == 0 and "pagemap present" in r.stdout and "status counts" in r.stdout
+    # plain lines: the summary, each figure and each note whole on its line (rich, which drew
+    # this once, cut them at its width), in a process that never imports rich
+    lines = r.stdout.splitlines()
+    assert lines[0] == d["summary"] and all(f"- {n}" in lines for n in d["notes"]), lines
+    for k, v in d["counters_kb"].items():  # each figure's row: its name, then its kB
+        name = COUNTER_TEXT[k]
+        row = next(ln for ln in lines if ln.startswith(name + " "))
+        assert row[len(name) :].split()[0] == str(v), row
+    probe = "import runpy, sys; sys.argv = ['remap', 'explain', sys.argv[1]]; "
+    probe += "runpy.run_module('remap', run_name='__main__', alter_sys=True)"
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", probe, str(echoloop.pid)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    loaded = {ln.rsplit("|", 1)[-1].strip() for ln in r.stderr.splitlines() if "|" in ln}
+    assert r.returncode == 0 and "remap.render" in loaded and "rich" not in loaded, r.stderr[-500:]
 
 
 def test_watch_is_bounded_and_sees_growth(spawn):

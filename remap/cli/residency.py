@@ -13,7 +13,7 @@ import sys
 import time
 
 from ..errors import AccessDenied, UsageError
-from .common import add_json, console, int_at_least, pid_arg, print_json
+from .common import add_json, int_at_least, pid_arg, print_json
 
 TYPE_CHECKING = False  # argparse for annotations only: `remap map` runs without it (remap.cli)
 if TYPE_CHECKING:
@@ -56,16 +56,6 @@ def _positive_float(text: str) -> float:
     if not 0 < v <= 3600:
         raise UsageError(f"interval must be in (0, 3600] seconds: {text!r}")
     return v
-
-
-def _console():
-    return console(highlight=False, soft_wrap=False, width=max(100, _term_width()))
-
-
-def _term_width() -> int:
-    import shutil
-
-    return shutil.get_terminal_size((160, 40)).columns
 
 
 def cmd_map(args: argparse.Namespace) -> int:
@@ -132,19 +122,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print_json(snap.explain_json())
         return 0
-    from ..render import explain_table, label_totals
-
-    con = _console()
-    con.print(snap.summary)
-    con.print(explain_table(snap))
-    totals = ", ".join(f"{k} {v}" for k, v in label_totals(snap).items())
-    con.print(f"present by label (kB): {totals}")
+    from ..render import explain_text, label_totals
     from ..residency import fault_around, rss_lag_of
 
-    con.print(fault_around(snap).sentence())
-    con.print(rss_lag_of(snap).sentence())
-    for n in snap.notes:
-        con.print(f"- {n}")
+    # plain lines, as `map` prints (a terminal wraps them; a pipe gets them whole)
+    totals = ", ".join(f"{k} {v}" for k, v in label_totals(snap).items())
+    out = [snap.summary, explain_text(snap).rstrip("\n"), f"present by label (kB): {totals}",
+           fault_around(snap).sentence(), rss_lag_of(snap).sentence()]  # fmt: skip
+    out += [f"- {n}" for n in snap.notes]
+    sys.stdout.write("\n".join(out) + "\n")
     return 0
 
 
