@@ -422,18 +422,23 @@ _pfns_visible: bool | None = None
 _zero_pfn: int | None = None
 
 
+def _own_entry(buf) -> int:
+    """Our own pagemap entry of the page holding writable buffer BUF's first byte (the three
+    probes below ask it of a page they just touched).  Raises OSError."""
+    addr = _address(buf)
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return int.from_bytes(os.pread(fd, 8, (addr >> K.PAGE_SHIFT) * 8), "little")
+    finally:
+        os.close(fd)
+
+
 def pfns_visible() -> bool:
     """Whether pagemap shows us real PFNs (CAP_SYS_ADMIN); checked on a page of our own."""
     global _pfns_visible
     if _pfns_visible is None:
         # a word just written: its page is present, so its entry shows a frame or 0 (hidden)
-        word = bytearray(b"\x01" * 8)
-        addr = _address(word)
-        fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            e = int.from_bytes(os.pread(fd, 8, (addr >> K.PAGE_SHIFT) * 8), "little")
-        finally:
-            os.close(fd)
+        e = _own_entry(bytearray(b"\x01" * 8))
         if e & K.PM_PRESENT:
             _pfns_visible = bool(e & K.PM_PFN_MASK)
         else:  # not present after all (swapped out at once?): the zero-page probe decides
@@ -456,12 +461,7 @@ def zero_pfn() -> int | None:
         m = mmap.mmap(-1, K.PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         try:
             _ = m[0]  # read fault: maps the shared zero page
-            addr = _address(m)
-            fd = os.open("/proc/self/pagemap", os.O_RDONLY)
-            try:
-                e = int.from_bytes(os.pread(fd, 8, (addr >> K.PAGE_SHIFT) * 8), "little")
-            finally:
-                os.close(fd)
+            e = _own_entry(m)
         finally:
             m.close()
         pfn = e & K.PM_PFN_MASK
@@ -563,16 +563,10 @@ def soft_dirty_supported() -> bool:
     m = mmap.mmap(-1, K.PAGE_SIZE)
     try:
         m[0:1] = b"x"
-        addr = _address(m)
         write_clear_refs(os.getpid(), "4")
         m[0:1] = b"y"
-        fd = open_proc(os.getpid(), "pagemap")
-        try:
-            entry = read_entries(fd, addr, addr + K.PAGE_SIZE)[0]
-        finally:
-            os.close(fd)
-        return bool(entry & K.PM_SOFT_DIRTY)
-    except (OSError, IndexError, AccessDenied):
+        return bool(_own_entry(m) & K.PM_SOFT_DIRTY)
+    except (OSError, AccessDenied):  # AccessDenied: clear_refs refused
         return False
     finally:
         m.close()

@@ -141,11 +141,7 @@ def label_totals(snap: Snapshot) -> dict[str, int]:
     for p in snap.pages():
         counts[p.label] = counts.get(p.label, 0) + 1
     # a stable sort: equal counts stay in first-seen order, as Counter.most_common() keeps them
-    return {k: 4 * n for k, n in sorted(counts.items(), key=_count, reverse=True)}
-
-
-def _count(item: tuple[str, int]) -> int:
-    return item[1]
+    return {k: 4 * n for k, n in sorted(counts.items(), key=lambda kv: kv[1], reverse=True)}
 
 
 # --------------------------------------------------------------------------- PNG
